@@ -1,0 +1,103 @@
+//! Storage and shared types for orderflow: the only crate that knows SQL.
+//!
+//! Invariant: every store method is one whole unit of work, so its transaction
+//! lives inside the backend and nothing above this crate sees a driver type.
+
+pub mod messages;
+pub mod model;
+mod mssql;
+pub mod pricing;
+mod sqlite;
+pub mod store;
+
+/// Helpers for tests that need a database of their own.
+pub mod testing {
+    /// Creates an empty SQL Server database beside the one `url` names and returns its URL.
+    pub async fn fresh_mssql_database(url: &str) -> anyhow::Result<String> {
+        crate::mssql::fresh_database(url).await
+    }
+}
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+pub use model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
+pub use mssql::MssqlStore;
+pub use sqlite::SqliteStore;
+pub use store::{
+    FailureOutcome, OrderStore, OutboxStats, OutboxStore, Placed, ProcessOutcome, ProcessingStore,
+    Store, StoreError,
+};
+
+/// Every SQL Server statement this crate sends, for the T-SQL parser test.
+pub fn mssql_statements() -> Vec<(&'static str, &'static str)> {
+    mssql::statements()
+}
+
+/// Connects to the database named by `url` and runs the migrations.
+///
+/// `sqlite://path/to/file.db` (or `sqlite::memory:` is not supported: several
+/// processes share the file) selects SQLite; `mssql://…` or an ADO.NET string
+/// starting with `server=` selects SQL Server.
+pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let lower = url.to_ascii_lowercase();
+    if let Some(path) = lower
+        .starts_with("sqlite:")
+        .then(|| url["sqlite:".len()..].trim_start_matches("//"))
+    {
+        let store = SqliteStore::open(path)
+            .await
+            .with_context(|| format!("opening sqlite database {path}"))?;
+        return Ok(Arc::new(store));
+    }
+    if lower.starts_with("mssql://") || lower.starts_with("sqlserver://") || lower.starts_with("server=") {
+        let store = MssqlStore::connect(url)
+            .await
+            .context("connecting to sql server")?;
+        return Ok(Arc::new(store));
+    }
+    anyhow::bail!("unsupported DATABASE_URL scheme: expected sqlite://PATH or mssql://USER:PASSWORD@HOST:PORT/DATABASE")
+}
+
+/// Hides the password of a database URL so that it can be logged.
+pub fn redact_url(url: &str) -> String {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("server=") {
+        return url
+            .split(';')
+            .map(|part| match part.split_once('=') {
+                Some((k, _)) if k.trim().eq_ignore_ascii_case("password") || k.trim().eq_ignore_ascii_case("pwd") => {
+                    format!("{k}=***")
+                }
+                _ => part.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(";");
+    }
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(redact_url("mssql://sa:Secret1!@db:1433/orders"), "mssql://sa:***@db:1433/orders");
+        assert_eq!(
+            redact_url("server=tcp:db,1433;user=sa;password=Secret1!;TrustServerCertificate=true"),
+            "server=tcp:db,1433;user=sa;password=***;TrustServerCertificate=true"
+        );
+        assert_eq!(redact_url("sqlite://data/orderflow.db"), "sqlite://data/orderflow.db");
+    }
+}

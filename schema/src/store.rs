@@ -1,0 +1,141 @@
+//! Storage role traits and their error type.
+//!
+//! Invariant: each method is one whole unit of work (its own transaction), and
+//! errors say what the caller can do: not found, duplicate, retry, give up.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::{NewOrder, Order, OrderId, OutboxId, OutboxRow, Product};
+use crate::pricing::Priced;
+
+/// What went wrong in the store, phrased as what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique key already exists.
+    #[error("duplicate: {0}")]
+    Conflict(String),
+    /// Transient: the database is unreachable, busy, or chose us as a deadlock victim. Retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; retrying will not help.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// True when retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Result of placing an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// A new order and its outbox row were committed.
+    Created(Order),
+    /// The idempotency key was seen before: this is the order it created.
+    Existing(Order),
+}
+
+/// What the consumer's unit of work did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessOutcome {
+    /// Priced and final; the inbox row was written in the same transaction.
+    Processed(Order),
+    /// Already applied (inbox hit, or the order is already final): nothing changed.
+    Duplicate,
+    /// The order does not exist; nothing changed.
+    OrderNotFound,
+    /// The order was marked `failed` with this reason (e.g. unknown product).
+    Failed(String),
+}
+
+/// Result of recording a failed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureOutcome {
+    /// The row will be retried at its next attempt time.
+    Retrying,
+    /// The row hit the attempt cap and was parked (`dead_at`).
+    Parked,
+}
+
+/// Backlog figures for the relay's gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct OutboxStats {
+    /// Rows neither published nor parked.
+    pub pending: i64,
+    /// Age in seconds of the oldest such row (0 when none).
+    pub oldest_pending_seconds: f64,
+    /// Parked rows.
+    pub parked: i64,
+}
+
+/// The producer's unit of work: the order and its outbox row together.
+#[async_trait]
+pub trait OrderStore: Send + Sync {
+    /// The catalogue, ordered by product id.
+    async fn products(&self) -> Result<Vec<Product>, StoreError>;
+    /// One product, or `NotFound`.
+    async fn product(&self, product_id: &str) -> Result<Product, StoreError>;
+    /// Writes the order and its `OrderPlacedV1` outbox row in one transaction.
+    async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError>;
+    /// One order, or `NotFound`.
+    async fn order(&self, order_id: OrderId) -> Result<Order, StoreError>;
+    /// The most recent orders, newest first.
+    async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError>;
+}
+
+/// The relay's unit of work: lease, confirm, retry, park.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Leases up to `limit` due rows for `owner` until `lease` from now (database clock).
+    async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Marks rows published (only those still leased by `owner`) and moves their
+    /// orders `pending → published`, never overwriting a later status. Returns
+    /// the number of outbox rows marked.
+    async fn mark_published(&self, owner: &str, ids: &[OutboxId]) -> Result<u64, StoreError>;
+    /// Counts a failed attempt; parks the row once `attempts >= max_attempts`,
+    /// else makes it due again after `retry_in`.
+    async fn record_failure(
+        &self,
+        owner: &str,
+        id: OutboxId,
+        error: &str,
+        retry_in: Duration,
+        max_attempts: i32,
+    ) -> Result<FailureOutcome, StoreError>;
+    /// Gives back every lease `owner` holds, so another relay may take the rows at once.
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+    /// Backlog figures.
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+}
+
+/// The consumer's unit of work: dedupe, price, finalise.
+#[async_trait]
+pub trait ProcessingStore: Send + Sync {
+    /// In one transaction: records `outbox_id` in the inbox (a duplicate means
+    /// "already done"), looks up the order and its product's list price, prices
+    /// it with `price`, and sets it `processed`, guarded by its status. An unknown
+    /// product marks the order `failed` instead.
+    async fn process_order(
+        &self,
+        outbox_id: Option<OutboxId>,
+        order_id: OrderId,
+        price: fn(rust_decimal::Decimal, i32) -> Priced,
+    ) -> Result<ProcessOutcome, StoreError>;
+    /// Marks the order `failed` with `reason` where it exists and is not final,
+    /// and records `outbox_id` in the inbox. Returns false when the order does not exist.
+    async fn fail_order(&self, outbox_id: Option<OutboxId>, order_id: OrderId, reason: &str)
+    -> Result<bool, StoreError>;
+}
+
+/// Everything a backend offers; each service takes the role it needs.
+pub trait Store: OrderStore + OutboxStore + ProcessingStore {}
+
+impl<T: OrderStore + OutboxStore + ProcessingStore> Store for T {}
