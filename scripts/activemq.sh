@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Runs a private ActiveMQ Classic instance (Debian's `activemq` package) as a
+# plain process: its own folder, its own STOMP port, its own heap.
+#
+#   scripts/activemq.sh install            # apt-get install activemq if missing
+#   scripts/activemq.sh start DIR PORT     # start (if not running) and wait for the port
+#   scripts/activemq.sh stop DIR           # stop it and wait for the process to end
+set -euo pipefail
+
+ACTIVEMQ_HOME=/usr/share/activemq
+
+install() {
+    if [ ! -f "$ACTIVEMQ_HOME/bin/activemq.jar" ]; then
+        echo "installing ActiveMQ from the OS packages..." >&2
+        if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then apt-get update -qq; fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq >/dev/null \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq >/dev/null; }
+    fi
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start() {
+    local dir port
+    dir=$(realpath -m "$1")
+    port=$2
+    install
+    mkdir -p "$dir/conf" "$dir/data" "$dir/tmp"
+    if [ -f "$dir/broker.pid" ] && kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
+        port_open "$port" && return 0
+    fi
+    # Absolute paths everywhere; memory limit well below the heap so a large
+    # backlog pages to disk instead of exhausting the JVM.
+    cat >"$dir/conf/activemq.xml" <<XML
+<beans xmlns="http://www.springframework.org/schema/beans"
+       xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+       xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
+                           http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
+  <broker xmlns="http://activemq.apache.org/schema/core" brokerName="orderflow" useJmx="false"
+          dataDirectory="$dir/data" schedulePeriodForDestinationPurge="0">
+    <persistenceAdapter>
+      <kahaDB directory="$dir/data/kahadb" concurrentStoreAndDispatchQueues="false"/>
+    </persistenceAdapter>
+    <systemUsage>
+      <systemUsage>
+        <memoryUsage><memoryUsage limit="128 mb"/></memoryUsage>
+        <storeUsage><storeUsage limit="8 gb"/></storeUsage>
+        <tempUsage><tempUsage limit="2 gb"/></tempUsage>
+      </systemUsage>
+    </systemUsage>
+    <transportConnectors>
+      <transportConnector name="stomp" uri="stomp://127.0.0.1:$port?transport.closeAsync=false"/>
+    </transportConnectors>
+  </broker>
+</beans>
+XML
+    nohup java -Xms128M -Xmx384M -XX:+UseSerialGC \
+        -Dactivemq.home="$ACTIVEMQ_HOME" -Dactivemq.base="$dir" -Dactivemq.conf="$dir/conf" \
+        -Dactivemq.data="$dir/data" -Djava.io.tmpdir="$dir/tmp" \
+        -Dactivemq.classpath="/usr/share/java/slf4j-simple.jar" \
+        -jar "$ACTIVEMQ_HOME/bin/activemq.jar" start "xbean:file:$dir/conf/activemq.xml" \
+        >"$dir/broker.log" 2>&1 </dev/null &
+    echo $! >"$dir/broker.pid"
+    for _ in $(seq 1 600); do
+        if port_open "$port"; then return 0; fi
+        if ! kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
+            echo "ActiveMQ exited during start-up; its log:" >&2
+            tail -n 40 "$dir/broker.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "ActiveMQ did not listen on port $port within 60 s; its log:" >&2
+    tail -n 40 "$dir/broker.log" >&2
+    return 1
+}
+
+stop() {
+    local dir pid
+    dir=$(realpath -m "$1")
+    [ -f "$dir/broker.pid" ] || return 0
+    pid=$(cat "$dir/broker.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || { rm -f "$dir/broker.pid"; return 0; }
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$dir/broker.pid"
+}
+
+case "${1:-}" in
+    install) install ;;
+    start) start "$2" "$3" ;;
+    stop) stop "$2" ;;
+    *) echo "usage: $0 install | start DIR PORT | stop DIR" >&2; exit 2 ;;
+esac

@@ -1,0 +1,12 @@
+//! A small STOMP 1.2 client for ActiveMQ: receipts, transactions, heart-beats,
+//! client-individual acknowledgements.
+//!
+//! Invariant: a receipted frame resolves exactly once: `Ok` on the broker's
+//! RECEIPT, `Rejected` on an ERROR naming it, `Closed` if the connection dies
+//! first. "Closed" and a caller's timeout both mean "unknown", never "lost".
+
+mod client;
+mod codec;
+
+pub use client::{Client, Config, Receipt, StompError};
+pub use codec::{CodecError, Frame, Item, StompCodec};
