@@ -1,1 +1,229 @@
-//! placeholder
+//! The consumer: prices and finalises orders from `/queue/order.processing`.
+//!
+//! Invariants: only the consumer subscribes; a message is ACKed only after its
+//! database commit (or after it is safely on the dead-letter queue); transient
+//! failures are retried in place and never NACKed (ActiveMQ 5 sends a NACKed
+//! message straight to its DLQ).
+
+mod config;
+pub mod handler;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use observability::{Backoff, Readiness};
+use prometheus::Registry;
+use schema::Store;
+use schema::messages::{DEAD_LETTER_QUEUE, ORDER_QUEUE};
+use stomp::{Client, Frame, StompError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::handler::{Verdict, handle_delivery};
+use crate::metrics::Metrics;
+
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A built consumer: database connected and migrated, admin port bound.
+pub struct App {
+    config: Config,
+    store: Arc<dyn Store>,
+    admin: TcpListener,
+    registry: Registry,
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+impl App {
+    /// Connects to the database (running migrations) and binds the admin port.
+    /// The broker is connected in `run`, with retries, so the consumer starts during an outage.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let store = schema::connect(&config.database_url)
+            .await
+            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("binding admin address {}", config.admin_addr))?;
+        let registry = observability::new_registry();
+        let metrics = Metrics::register(&registry)?;
+        let readiness = Readiness::new(&["broker"]);
+        Ok(App { config, store, admin, registry, metrics, readiness })
+    }
+
+    /// The bound admin address (tests bind port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener has an address")
+    }
+
+    /// Consumes until `shutdown`; then finishes the message in hand, disconnects, and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App { config, store, admin, registry, metrics, readiness } = self;
+        tracing::info!(
+            admin = %admin.local_addr()?,
+            database = %schema::redact_url(&config.database_url),
+            broker = %schema::redact_url(&config.broker_url),
+            "consumer started"
+        );
+        let stop_admin = CancellationToken::new();
+        let admin_task = tokio::spawn(observability::serve(
+            admin,
+            observability::admin_router(registry, readiness.clone()),
+            stop_admin.clone(),
+        ));
+        let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
+        broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
+        let consumer = Consumer { store, metrics, readiness, broker, prefetch: config.prefetch };
+        let work = consumer.run(shutdown.clone());
+        tokio::pin!(work);
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(config.shutdown_grace_ms)).await;
+        };
+        tokio::select! {
+            _ = &mut work => {}
+            _ = grace => tracing::warn!("grace period over with a message still in hand; it will be redelivered"),
+        }
+        stop_admin.cancel();
+        admin_task.await?.context("admin server")?;
+        tracing::info!("consumer stopped");
+        Ok(())
+    }
+}
+
+struct Consumer {
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    readiness: Readiness,
+    broker: stomp::Config,
+    prefetch: u32,
+}
+
+impl Consumer {
+    /// Connect, subscribe, consume; reconnect with backoff whenever the connection ends.
+    async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        while !shutdown.is_cancelled() {
+            let client = match self.subscribe().await {
+                Ok(client) => client,
+                Err(error) => {
+                    self.readiness.set("broker", false, error.to_string());
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot subscribe");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            self.readiness.set("broker", true, "subscribed");
+            self.metrics.broker_connected.set(1);
+            tracing::info!(queue = ORDER_QUEUE, prefetch = self.prefetch, "subscribed");
+            if let Err(error) = self.consume(&client, &shutdown).await {
+                tracing::warn!(%error, "broker connection lost; reconnecting");
+            }
+            self.metrics.broker_connected.set(0);
+            self.readiness.set("broker", false, "disconnected");
+            client.disconnect(Duration::from_secs(2)).await;
+        }
+    }
+
+    async fn subscribe(&self) -> Result<Client, StompError> {
+        let client = Client::connect(&self.broker).await?;
+        client.subscribe(ORDER_QUEUE, "orders", self.prefetch, BROKER_TIMEOUT).await?;
+        Ok(client)
+    }
+
+    /// Handles deliveries until shutdown (Ok) or the connection fails (Err).
+    async fn consume(&self, client: &Client, shutdown: &CancellationToken) -> Result<(), StompError> {
+        let mut messages = client.take_messages().expect("a fresh client has its message stream");
+        loop {
+            let frame = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                frame = messages.recv() => frame,
+            };
+            let Some(frame) = frame else {
+                return Err(StompError::Closed("message stream ended".into()));
+            };
+            self.deliver(client, frame, shutdown).await?;
+        }
+    }
+
+    async fn deliver(&self, client: &Client, frame: Frame, shutdown: &CancellationToken) -> Result<(), StompError> {
+        let started = Instant::now();
+        if frame.get("redelivered") == Some("true") {
+            self.metrics.redeliveries.inc();
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let verdict = loop {
+            match handle_delivery(self.store.as_ref(), &frame).await {
+                Ok(verdict) => break verdict,
+                Err(error) => {
+                    self.metrics.messages.with_label_values(&["retried"]).inc();
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "database failed; retrying the message");
+                    tokio::select! {
+                        // Not ACKed: the broker redelivers it after we disconnect.
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        };
+        match &verdict {
+            Verdict::Processed(order) => {
+                tracing::info!(
+                    order_id = order.order_id.0,
+                    "Processed order {}: unit_price={}, total_price={}",
+                    order.order_id,
+                    order.unit_price.unwrap_or_default(),
+                    order.total_price.unwrap_or_default()
+                );
+                self.metrics.messages.with_label_values(&["processed"]).inc();
+                if let Some(done) = order.processed_at {
+                    let e2e = (done - order.created_at).to_std().unwrap_or_default();
+                    self.metrics.end_to_end_seconds.observe(e2e.as_secs_f64());
+                }
+            }
+            Verdict::Duplicate => self.metrics.messages.with_label_values(&["duplicate"]).inc(),
+            Verdict::DeadLetter { reason, order_failed } => {
+                tracing::warn!(%reason, order_failed, "message dead-lettered");
+                client.request(dead_letter(&frame, reason), BROKER_TIMEOUT).await?;
+                self.metrics.messages.with_label_values(&["dead_lettered"]).inc();
+                if *order_failed {
+                    self.metrics.messages.with_label_values(&["failed"]).inc();
+                }
+            }
+        }
+        let ack = frame.get("ack").or_else(|| frame.get("message-id")).unwrap_or_default();
+        client.ack([ack]).await?;
+        self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+/// The dead-letter copy: the original body, the reason, and the original headers.
+fn dead_letter(frame: &Frame, reason: &str) -> Frame {
+    let reason: String = reason.chars().take(1000).collect();
+    let mut out = Frame::new("SEND")
+        .header("destination", DEAD_LETTER_QUEUE)
+        .header("persistent", "true")
+        .header("dlq-reason", reason)
+        .header("content-type", frame.get("content-type").unwrap_or("application/octet-stream"));
+    for (name, value) in &frame.headers {
+        match name.as_str() {
+            "content-length" | "content-type" | "ack" | "subscription" | "receipt" => {}
+            "outbox-id" | "order-id" | "traceparent" | "tracestate" => {
+                out = out.header(name, value.clone()).header(&format!("original-{name}"), value.clone());
+            }
+            _ => out = out.header(&format!("original-{name}"), value.clone()),
+        }
+    }
+    out.body(frame.body.clone())
+}

@@ -1,1 +1,156 @@
-//! placeholder
+//! The relay: drains the transactional outbox to ActiveMQ `/queue/order.processing`.
+//!
+//! Invariant: only the relay publishes order events, and it marks a row
+//! published only after the broker's RECEIPT (at-least-once; the consumer dedupes).
+
+mod config;
+pub mod metrics;
+pub mod publisher;
+pub mod relay;
+mod retry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use observability::Readiness;
+use prometheus::Registry;
+use schema::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::metrics::Metrics;
+use crate::publisher::{Publisher, StompPublisher};
+use crate::relay::Relay;
+
+/// A built relay: database connected and migrated, admin port bound.
+pub struct App {
+    config: Config,
+    store: Arc<dyn Store>,
+    admin: TcpListener,
+    registry: Registry,
+    readiness: Readiness,
+    relay: Arc<Relay>,
+}
+
+impl App {
+    /// Connects to the database (running migrations) and binds the admin port.
+    /// The broker is connected lazily, so the relay starts during a broker outage.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let store = schema::connect(&config.database_url)
+            .await
+            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
+        let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
+        broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
+        let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(broker, config.receipt_timeout()));
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("binding admin address {}", config.admin_addr))?;
+        let registry = observability::new_registry();
+        let metrics = Metrics::register(&registry)?;
+        let owner = config.relay_id.clone().unwrap_or_else(default_relay_id);
+        let relay = Arc::new(Relay {
+            store: store.clone(),
+            publisher,
+            owner,
+            batch_size: config.batch_size,
+            lease: config.lease(),
+            max_attempts: config.max_attempts,
+            metrics,
+        });
+        let readiness = Readiness::new(&["database", "broker"]);
+        Ok(App { config, store, admin, registry, readiness, relay })
+    }
+
+    /// The bound admin address (tests bind port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener has an address")
+    }
+
+    /// Runs until `shutdown`: then stops claiming, finishes the batch in
+    /// flight within the grace period, releases its leases and disconnects.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App { config, store, admin, registry, readiness, relay } = self;
+        tracing::info!(
+            relay_id = %relay.owner,
+            admin = %admin.local_addr()?,
+            database = %schema::redact_url(&config.database_url),
+            broker = %config.broker_url_redacted(),
+            "relay started"
+        );
+        let stop_admin = CancellationToken::new();
+        let admin_task = tokio::spawn(observability::serve(
+            admin,
+            observability::admin_router(registry, readiness.clone()),
+            stop_admin.clone(),
+        ));
+        let watch_task = tokio::spawn(watch(store.clone(), relay.clone(), readiness, stop_admin.clone()));
+
+        let poll_min = Duration::from_millis(config.poll_min_ms);
+        let poll_max = Duration::from_millis(config.poll_max_ms.max(config.poll_min_ms));
+        let work = relay.run(poll_min, poll_max, shutdown.clone());
+        tokio::pin!(work);
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(config.shutdown_grace_ms)).await;
+        };
+        tokio::select! {
+            _ = &mut work => {}
+            _ = grace => tracing::warn!("grace period over with a batch still in flight"),
+        }
+        match store.release_leases(&relay.owner).await {
+            Ok(n) => tracing::info!(released = n, "leases released"),
+            Err(error) => tracing::warn!(%error, "could not release leases; they expire on their own"),
+        }
+        relay.publisher.close().await;
+        stop_admin.cancel();
+        let _ = watch_task.await;
+        admin_task.await?.context("admin server")?;
+        tracing::info!("relay stopped");
+        Ok(())
+    }
+}
+
+impl Config {
+    fn broker_url_redacted(&self) -> String {
+        schema::redact_url(&self.broker_url)
+    }
+}
+
+/// Refreshes backlog gauges and readiness every second; reconnects an idle broker link.
+async fn watch(store: Arc<dyn Store>, relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.outbox_stats().await {
+            Ok(stats) => {
+                relay.metrics.outbox_pending.set(stats.pending);
+                relay.metrics.outbox_oldest_pending_seconds.set(stats.oldest_pending_seconds);
+                relay.metrics.outbox_parked.set(stats.parked);
+                readiness.set("database", true, "ok");
+            }
+            Err(error) => readiness.set("database", false, error.to_string()),
+        }
+        match relay.publisher.check().await {
+            Ok(()) => {
+                relay.metrics.broker_connected.set(1);
+                readiness.set("broker", true, "connected");
+            }
+            Err(error) => {
+                relay.metrics.broker_connected.set(0);
+                readiness.set("broker", false, error);
+            }
+        }
+    }
+}
+
+fn default_relay_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "relay".into());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}

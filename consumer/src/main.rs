@@ -1,0 +1,24 @@
+//! `consumer` binary: prices and finalises orders from the queue. All logic lives in the library.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = consumer::Config::parse();
+    observability::init_tracing(config.log_json);
+    let shutdown = observability::shutdown_on_signals();
+    let app = match consumer::App::build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "consumer failed to start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match app.run(shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "consumer stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The admin port: Prometheus text at `/metrics`, liveness at `/healthz`,
+//! readiness (per component) at `/readyz`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A fresh registry with the process collector (memory, CPU, open fds) registered.
+pub fn new_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    {
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        if let Err(error) = registry.register(Box::new(process)) {
+            tracing::warn!(?error, "process metrics unavailable");
+        }
+    }
+    registry
+}
+
+/// Named readiness components (`database`, `broker`, ...), each up or down with a note.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    components: Arc<Mutex<BTreeMap<&'static str, (bool, String)>>>,
+}
+
+impl Readiness {
+    /// Readiness with the given components, all down until reported.
+    pub fn new(components: &[&'static str]) -> Self {
+        let map = components.iter().map(|c| (*c, (false, "not checked yet".to_string()))).collect();
+        Self { components: Arc::new(Mutex::new(map)) }
+    }
+
+    /// Reports a component up (`ok = true`) or down, with a short note.
+    pub fn set(&self, component: &'static str, ok: bool, note: impl Into<String>) {
+        self.components.lock().expect("readiness lock").insert(component, (ok, note.into()));
+    }
+
+    /// True when every component is up.
+    pub fn is_ready(&self) -> bool {
+        self.components.lock().expect("readiness lock").values().all(|(ok, _)| *ok)
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let map = self.components.lock().expect("readiness lock");
+        let components: serde_json::Map<String, serde_json::Value> = map
+            .iter()
+            .map(|(k, (ok, note))| ((*k).to_string(), serde_json::json!({ "ok": ok, "note": note })))
+            .collect();
+        serde_json::json!({ "ready": map.values().all(|(ok, _)| *ok), "components": components })
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Registry,
+    readiness: Readiness,
+}
+
+/// `/metrics`, `/healthz`, `/readyz`; services may merge their own admin routes.
+pub fn admin_router(registry: Registry, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { registry, readiness })
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut buf = Vec::new();
+    let encoder = TextEncoder::new();
+    match encoder.encode(&state.registry.gather(), &mut buf) {
+        Ok(()) => ([(header::CONTENT_TYPE, encoder.format_type().to_string())], buf).into_response(),
+        Err(error) => {
+            tracing::error!(?error, "encoding metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let code = if state.readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(state.readiness.report()))
+}
+
+/// Serves `router` on an already bound listener until `shutdown` fires.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

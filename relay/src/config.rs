@@ -1,0 +1,79 @@
+//! Relay configuration: every flag has an env var of the same meaning as in
+//! the other services; `relay --help` is the reference.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Drains the transactional outbox to ActiveMQ.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "relay", version, about)]
+pub struct Config {
+    /// Database: `sqlite://PATH` (embedded default) or `mssql://USER:PASSWORD@HOST:PORT/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://.orderflow/orderflow.db")]
+    pub database_url: String,
+    /// ActiveMQ STOMP connector, `tcp://[USER:PASS@]HOST:PORT`.
+    #[arg(long, env = "BROKER_URL", default_value = "tcp://127.0.0.1:61613")]
+    pub broker_url: String,
+    /// Admin port address (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9101")]
+    pub admin_addr: SocketAddr,
+    /// Rows leased and published per batch.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 200)]
+    pub batch_size: u32,
+    /// How long a lease lasts (ms); a crashed relay's rows are retried after it.
+    #[arg(long, env = "RELAY_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Shortest pause between polls when the last poll found work (ms).
+    #[arg(long, env = "RELAY_POLL_MIN_MS", default_value_t = 1)]
+    pub poll_min_ms: u64,
+    /// Longest pause between polls when idle (ms); the pause doubles per empty poll.
+    #[arg(long, env = "RELAY_POLL_MAX_MS", default_value_t = 50)]
+    pub poll_max_ms: u64,
+    /// Broker rejections of one row before it is parked.
+    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: i32,
+    /// How long to wait for the broker's RECEIPT before the outcome counts as unknown (ms).
+    #[arg(long, env = "RELAY_RECEIPT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub receipt_timeout_ms: u64,
+    /// STOMP heart-beat interval (ms); 0 disables.
+    #[arg(long, env = "BROKER_HEARTBEAT_MS", default_value_t = 5_000)]
+    pub heartbeat_ms: u64,
+    /// Name of this relay in lease columns; defaults to host-pid-random.
+    #[arg(long, env = "RELAY_ID")]
+    pub relay_id: Option<String>,
+    /// How long SIGTERM waits for the batch in flight (ms).
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15_000)]
+    pub shutdown_grace_ms: u64,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Settings for tests and embedding: the given database and broker, admin on port 0.
+    pub fn for_urls(database_url: &str, broker_url: &str) -> Self {
+        Self {
+            database_url: database_url.to_string(),
+            broker_url: broker_url.to_string(),
+            admin_addr: "127.0.0.1:0".parse().expect("static address"),
+            batch_size: 200,
+            lease_ms: 30_000,
+            poll_min_ms: 1,
+            poll_max_ms: 50,
+            max_attempts: 5,
+            receipt_timeout_ms: 10_000,
+            heartbeat_ms: 5_000,
+            relay_id: None,
+            shutdown_grace_ms: 15_000,
+            log_json: false,
+        }
+    }
+
+    pub(crate) fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+
+    pub(crate) fn receipt_timeout(&self) -> Duration {
+        Duration::from_millis(self.receipt_timeout_ms)
+    }
+}

@@ -1,0 +1,166 @@
+//! The relay step and its loop: lease a batch, publish, confirm or retry.
+//!
+//! Invariants: a row is marked published only after its RECEIPT; a broker
+//! outage never counts an attempt or parks a row; a broker ERROR for a row
+//! counts one attempt and parks it at the cap, so one bad row never blocks others.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use observability::Backoff;
+use schema::{FailureOutcome, OutboxId, OutboxStore, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::publisher::{Outcome, Publisher};
+use crate::retry::retry_after;
+
+/// What one step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Rows leased.
+    pub claimed: usize,
+    /// Rows confirmed and marked published.
+    pub published: usize,
+    /// Rows the broker rejected (attempt counted).
+    pub rejected: usize,
+    /// Of those, rows parked at the attempt cap.
+    pub parked: usize,
+    /// Rows whose outcome is unknown (broker unreachable or silent).
+    pub unknown: usize,
+}
+
+/// Why a step could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The database failed; retry later.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The broker is unreachable or stopped answering; retry later.
+    #[error("broker unavailable: {0}")]
+    BrokerUnavailable(String),
+}
+
+/// Everything the relay step needs.
+pub struct Relay {
+    pub store: Arc<dyn OutboxStore>,
+    pub publisher: Arc<dyn Publisher>,
+    pub owner: String,
+    pub batch_size: u32,
+    pub lease: Duration,
+    pub max_attempts: i32,
+    pub metrics: Metrics,
+}
+
+impl Relay {
+    /// One step: lease a batch, publish it, record every row's outcome.
+    pub async fn relay_once(&self) -> Result<BatchReport, RelayError> {
+        let started = Instant::now();
+        let rows = self.store.claim_batch(&self.owner, self.batch_size, self.lease).await?;
+        let mut report = BatchReport { claimed: rows.len(), ..BatchReport::default() };
+        if rows.is_empty() {
+            return Ok(report);
+        }
+        self.metrics.batch_size.observe(rows.len() as f64);
+        let outcomes = self.publisher.publish(&rows).await;
+        let now = Utc::now();
+        let mut confirmed: Vec<OutboxId> = Vec::with_capacity(rows.len());
+        let mut unknown_reason = None;
+        for (row, outcome) in rows.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Confirmed => {
+                    confirmed.push(row.outbox_id);
+                    let dwell = (now - row.created_at).to_std().unwrap_or_default();
+                    self.metrics.dwell_seconds.observe(dwell.as_secs_f64());
+                }
+                Outcome::Rejected(reason) => {
+                    report.rejected += 1;
+                    self.metrics.publish_errors.with_label_values(&["rejected"]).inc();
+                    tracing::warn!(outbox_id = %row.outbox_id, order_id = row.order_id.0, %reason, "broker rejected message");
+                    let retry_in = retry_after(row.attempts);
+                    let outcome = self
+                        .store
+                        .record_failure(&self.owner, row.outbox_id, &reason, retry_in, self.max_attempts)
+                        .await?;
+                    if outcome == FailureOutcome::Parked {
+                        report.parked += 1;
+                        self.metrics.parked.inc();
+                        tracing::error!(outbox_id = %row.outbox_id, order_id = row.order_id.0, "outbox row parked");
+                    }
+                }
+                Outcome::Unknown(reason) => {
+                    report.unknown += 1;
+                    unknown_reason.get_or_insert(reason);
+                }
+            }
+        }
+        self.mark_published(&confirmed).await?;
+        report.published = confirmed.len();
+        self.metrics.published.inc_by(confirmed.len() as u64);
+        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+        if let Some(reason) = unknown_reason {
+            self.metrics.publish_errors.with_label_values(&["unknown"]).inc_by(report.unknown as u64);
+            // Give the rows back at once: they go out again after the reconnect
+            // rather than after the lease; the consumer absorbs any duplicate.
+            self.store.release_leases(&self.owner).await?;
+            return Err(RelayError::BrokerUnavailable(reason));
+        }
+        Ok(report)
+    }
+
+    /// Marks confirmed rows, retrying briefly: the receipts are in hand, and
+    /// failing here would only cause duplicates after the lease expires.
+    async fn mark_published(&self, ids: &[OutboxId]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let mut tries = 0;
+        loop {
+            match self.store.mark_published(&self.owner, ids).await {
+                Ok(_) => return Ok(()),
+                Err(error) if error.is_transient() && tries < 8 => {
+                    tries += 1;
+                    tracing::warn!(%error, "marking published failed, retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Runs steps until `shutdown`; never stops a batch half-way.
+    pub async fn run(&self, poll_min: Duration, poll_max: Duration, shutdown: CancellationToken) {
+        let mut idle = poll_min;
+        let mut failures = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        while !shutdown.is_cancelled() {
+            let pause = match self.relay_once().await {
+                Ok(report) if report.claimed > 0 => {
+                    failures.reset();
+                    idle = poll_min;
+                    continue;
+                }
+                Ok(_) => {
+                    let pause = idle;
+                    idle = (idle * 2).min(poll_max);
+                    pause
+                }
+                Err(error) => {
+                    let kind = match &error {
+                        RelayError::Store(_) => "database",
+                        RelayError::BrokerUnavailable(_) => "broker",
+                    };
+                    self.metrics.publish_errors.with_label_values(&[kind]).inc();
+                    let delay = failures.next_delay();
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay step failed");
+                    delay
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
