@@ -1,1 +1,206 @@
-//! placeholder
+//! The producer: the browser form and the JSON API that place orders.
+//!
+//! Invariant: an order and its outbox row are written in one transaction by
+//! the store; the producer never talks to the broker.
+
+mod api;
+mod config;
+pub mod error;
+pub mod metrics;
+mod pages;
+pub mod validation;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use observability::Readiness;
+use prometheus::Registry;
+use schema::{NewOrder, Placed, Product, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::validation::{RawOrder, validate};
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    catalogue: Arc<RwLock<Vec<Product>>>,
+    recent_orders: u32,
+}
+
+impl AppState {
+    /// True when the product is in the catalogue; a miss re-reads the
+    /// catalogue once, so a product added to the database is seen at once.
+    async fn product_exists(&self, product_id: &str) -> Result<bool, StoreError> {
+        if self.cached_product(product_id) {
+            return Ok(true);
+        }
+        let fresh = self.store.products().await?;
+        *self.catalogue.write().expect("catalogue lock") = fresh;
+        Ok(self.cached_product(product_id))
+    }
+
+    fn cached_product(&self, product_id: &str) -> bool {
+        self.catalogue.read().expect("catalogue lock").iter().any(|p| p.product_id == product_id)
+    }
+
+    fn products(&self) -> Vec<Product> {
+        self.catalogue.read().expect("catalogue lock").clone()
+    }
+
+    /// Validates and stores an order. The store call runs in its own task, so
+    /// a client hanging up cannot cut a database call in half.
+    async fn place(&self, raw: RawOrder, idempotency_key: Option<String>, traceparent: Option<String>) -> Result<Placed, ApiError> {
+        let product = raw.product_id.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.trim().to_string());
+        let exists = match product {
+            Some(p) if !p.is_empty() => self.product_exists(&p).await?,
+            _ => false,
+        };
+        let valid = validate(&raw, |_| exists).map_err(|errors| {
+            for e in &errors {
+                self.metrics.validation_rejections.with_label_values(&[e.field]).inc();
+            }
+            ApiError::Invalid(errors)
+        })?;
+        let order = NewOrder {
+            customer_name: valid.customer_name,
+            product_id: valid.product_id,
+            quantity: valid.quantity,
+            idempotency_key,
+            traceparent,
+            tracestate: None,
+        };
+        let store = self.store.clone();
+        let placed = tokio::spawn(async move { store.place_order(order).await })
+            .await
+            .map_err(|e| ApiError::Internal(format!("order task failed: {e}")))??;
+        if let Placed::Created(order) = &placed {
+            self.metrics.orders_placed.inc();
+            tracing::info!(order_id = order.order_id.0, product_id = %order.product_id, quantity = order.quantity, "order placed");
+        }
+        Ok(placed)
+    }
+}
+
+/// A built producer: database connected and migrated, both ports bound.
+pub struct App {
+    config: Config,
+    http: TcpListener,
+    admin: TcpListener,
+    registry: Registry,
+    state: AppState,
+}
+
+impl App {
+    /// Connects to the database (running migrations), loads the catalogue, binds both ports.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let store = schema::connect(&config.database_url)
+            .await
+            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
+        let products = store.products().await.context("loading the catalogue")?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding http address {}", config.http_addr))?;
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("binding admin address {}", config.admin_addr))?;
+        let registry = observability::new_registry();
+        let metrics = Metrics::register(&registry)?;
+        let state = AppState {
+            store,
+            metrics,
+            catalogue: Arc::new(RwLock::new(products)),
+            recent_orders: config.recent_orders,
+        };
+        Ok(App { config, http, admin, registry, state })
+    }
+
+    /// The bound public address (tests bind port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound listener has an address")
+    }
+
+    /// The bound admin address (tests bind port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown`, then lets requests in flight finish within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App { config, http, admin, registry, state } = self;
+        tracing::info!(
+            url = %format!("http://{}/", http.local_addr()?),
+            admin = %admin.local_addr()?,
+            database = %schema::redact_url(&config.database_url),
+            "producer started"
+        );
+        let readiness = Readiness::new(&["database"]);
+        let stop = CancellationToken::new();
+        let watch = tokio::spawn(watch_database(state.store.clone(), readiness.clone(), stop.clone()));
+        let admin_task = tokio::spawn(observability::serve(
+            admin,
+            observability::admin_router(registry, readiness),
+            stop.clone(),
+        ));
+        let server = observability::serve(http, router(state), shutdown.clone());
+        tokio::pin!(server);
+        let grace = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(config.shutdown_grace_ms)).await;
+        };
+        tokio::select! {
+            result = &mut server => result.context("http server")?,
+            _ = grace => tracing::warn!("grace period over with requests in flight"),
+        }
+        stop.cancel();
+        let _ = watch.await;
+        admin_task.await?.context("admin server")?;
+        tracing::info!("producer stopped");
+        Ok(())
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/orders", post(pages::submit))
+        .route("/orders/{id}", get(pages::order))
+        .route("/api/orders", post(api::create_order).get(api::recent_orders))
+        .route("/api/orders/{id}", get(api::get_order))
+        .route("/api/products", get(api::products))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record))
+        .with_state(state)
+}
+
+async fn watch_database(store: Arc<dyn Store>, readiness: Readiness, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.products().await {
+            Ok(_) => readiness.set("database", true, "ok"),
+            Err(error) => readiness.set("database", false, error.to_string()),
+        }
+    }
+}
+
+/// A W3C `traceparent` value, if the header holds a well-formed one.
+pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?.trim();
+    let parts: Vec<&str> = value.split('-').collect();
+    let well_formed = parts.len() == 4
+        && [2, 32, 16, 2].iter().zip(&parts).all(|(len, p)| p.len() == *len && p.chars().all(|c| c.is_ascii_hexdigit()));
+    well_formed.then(|| value.to_ascii_lowercase())
+}

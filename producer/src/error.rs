@@ -1,0 +1,62 @@
+//! The JSON API's one error type.
+//!
+//! Invariant: 4xx answers say what to fix; a 5xx logs its cause and never shows it.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use schema::StoreError;
+use serde_json::json;
+
+use crate::validation::FieldError;
+
+/// Everything an API handler can answer besides success.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request could not be read (malformed JSON, bad header).
+    BadRequest(String),
+    /// 422: the request was read but its fields are invalid.
+    Invalid(Vec<FieldError>),
+    /// 404.
+    NotFound,
+    /// 503: the database is unavailable; the client may retry.
+    Unavailable(String),
+    /// 500: a bug or an unexpected failure; logged, not shown.
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response(),
+            ApiError::Invalid(errors) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "invalid order", "errors": errors }))).into_response()
+            }
+            ApiError::NotFound => (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response(),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "error": "temporarily unavailable, retry shortly" })),
+                )
+                    .into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": "internal error" }))).into_response()
+            }
+        }
+    }
+}

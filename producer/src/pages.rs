@@ -1,0 +1,142 @@
+//! The browser pages: the order form with recent orders, and one order's page.
+//!
+//! Invariant: an invalid form re-renders with every field's message and the
+//! values typed so far (422); a valid one redirects to the order's page (303).
+
+use askama::Template;
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use schema::{Order, OrderId, Placed, Product, StoreError};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::validation::{FieldError, RawOrder};
+use crate::{AppState, traceparent};
+
+/// An order formatted for display.
+pub(crate) struct OrderView {
+    order_id: i64,
+    customer_name: String,
+    product_id: String,
+    quantity: i32,
+    status: String,
+    unit_price: String,
+    total_price: String,
+    failure_reason: String,
+    created_at: String,
+    processed_at: String,
+}
+
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> Self {
+        let money = |d: Option<rust_decimal::Decimal>| d.map_or_else(|| "—".to_string(), |d| d.to_string());
+        Self {
+            order_id: o.order_id.0,
+            customer_name: o.customer_name.clone(),
+            product_id: o.product_id.clone(),
+            quantity: o.quantity,
+            status: o.status.to_string(),
+            unit_price: money(o.unit_price),
+            total_price: money(o.total_price),
+            failure_reason: o.failure_reason.clone().unwrap_or_default(),
+            created_at: o.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            processed_at: o.processed_at.map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
+        }
+    }
+}
+
+/// What the user typed, to put back into the form.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct OrderForm {
+    customer_name: Option<String>,
+    product_id: Option<String>,
+    quantity: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+struct IndexPage {
+    products: Vec<Product>,
+    orders: Vec<OrderView>,
+    form: OrderForm,
+    errors: Vec<FieldError>,
+}
+
+impl IndexPage {
+    fn error_for(&self, field: &str) -> String {
+        self.errors.iter().filter(|e| e.field == field).map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ")
+    }
+
+    fn value(field: &Option<String>) -> &str {
+        field.as_deref().unwrap_or("")
+    }
+}
+
+#[derive(Template)]
+#[template(path = "order.html")]
+struct OrderPage {
+    order: OrderView,
+    is_final: bool,
+}
+
+fn render(status: StatusCode, page: impl Template) -> Response {
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(error) => {
+            tracing::error!(?error, "template failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    }
+}
+
+fn page_error(error: ApiError) -> Response {
+    match error {
+        ApiError::NotFound => (StatusCode::NOT_FOUND, Html("<h1>Order not found</h1><p><a href=\"/\">Back to the order form</a></p>")).into_response(),
+        other => {
+            let status = other.into_response().status();
+            (status, Html("<h1>Sorry, something went wrong</h1><p>Please try again in a moment.</p>")).into_response()
+        }
+    }
+}
+
+async fn index_page(state: &AppState, form: OrderForm, errors: Vec<FieldError>, status: StatusCode) -> Response {
+    let orders = match state.store.recent_orders(state.recent_orders).await {
+        Ok(orders) => orders,
+        Err(error) => return page_error(error.into()),
+    };
+    let page = IndexPage { products: state.products(), orders: orders.iter().map(OrderView::from).collect(), form, errors };
+    render(status, page)
+}
+
+/// `GET /`
+pub(crate) async fn index(State(state): State<AppState>) -> Response {
+    let form = OrderForm { quantity: Some("1".into()), ..OrderForm::default() };
+    index_page(&state, form, Vec::new(), StatusCode::OK).await
+}
+
+/// `POST /orders`
+pub(crate) async fn submit(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<OrderForm>) -> Response {
+    let raw = RawOrder::from_form(form.customer_name.as_deref(), form.product_id.as_deref(), form.quantity.as_deref());
+    match state.place(raw, None, traceparent(&headers)).await {
+        Ok(Placed::Created(order) | Placed::Existing(order)) => Redirect::to(&format!("/orders/{}", order.order_id)).into_response(),
+        Err(ApiError::Invalid(errors)) => index_page(&state, form, errors, StatusCode::UNPROCESSABLE_ENTITY).await,
+        Err(other) => page_error(other),
+    }
+}
+
+/// `GET /orders/{id}`
+pub(crate) async fn order(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else { return page_error(ApiError::NotFound) };
+    match state.store.order(OrderId(id)).await {
+        Ok(order) => {
+            let page = OrderPage { is_final: order.status.is_final(), order: OrderView::from(&order) };
+            let mut response = render(StatusCode::OK, page);
+            response.headers_mut().insert(header::CACHE_CONTROL, "no-store".parse().expect("static header"));
+            response
+        }
+        Err(StoreError::NotFound) => page_error(ApiError::NotFound),
+        Err(other) => page_error(other.into()),
+    }
+}
