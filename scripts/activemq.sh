@@ -3,7 +3,8 @@
 # plain process: its own folder, its own STOMP port, its own heap.
 #
 #   scripts/activemq.sh install            # apt-get install activemq if missing
-#   scripts/activemq.sh start DIR PORT     # start (if not running) and wait for the port
+#   scripts/activemq.sh start DIR PORT [PID] # start (if not running) and wait for the port;
+#                                           # with PID, stop the broker when that process ends
 #   scripts/activemq.sh stop DIR           # stop it and wait for the process to end
 set -euo pipefail
 
@@ -63,6 +64,10 @@ XML
         -jar "$ACTIVEMQ_HOME/bin/activemq.jar" start "xbean:file:$dir/conf/activemq.xml" \
         >"$dir/broker.log" 2>&1 </dev/null &
     echo $! >"$dir/broker.pid"
+    if [ -n "${3:-}" ]; then
+        # Watchdog: a test run that dies must not leave its broker behind.
+        setsid nohup "$0" watch "$dir" "$3" >/dev/null 2>&1 </dev/null &
+    fi
     for _ in $(seq 1 600); do
         if port_open "$port"; then return 0; fi
         if ! kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
@@ -91,9 +96,15 @@ stop() {
     rm -f "$dir/broker.pid"
 }
 
+watch() {
+    while kill -0 "$2" 2>/dev/null; do sleep 1; done
+    stop "$1"
+}
+
 case "${1:-}" in
     install) install ;;
-    start) start "$2" "$3" ;;
+    start) start "$2" "$3" "${4:-}" ;;
+    watch) watch "$2" "$3" ;;
     stop) stop "$2" ;;
-    *) echo "usage: $0 install | start DIR PORT | stop DIR" >&2; exit 2 ;;
+    *) echo "usage: $0 install | start DIR PORT [WATCH_PID] | stop DIR" >&2; exit 2 ;;
 esac

@@ -17,7 +17,6 @@ use anyhow::Context;
 use observability::{Backoff, Readiness};
 use prometheus::Registry;
 use schema::Store;
-use schema::messages::{DEAD_LETTER_QUEUE, ORDER_QUEUE};
 use stomp::{Client, Frame, StompError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +76,7 @@ impl App {
         ));
         let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
         broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
-        let consumer = Consumer { store, metrics, readiness, broker, prefetch: config.prefetch };
+        let consumer = Consumer { store, metrics, readiness, broker, prefetch: config.prefetch, queue: config.queue.clone() };
         let work = consumer.run(shutdown.clone());
         tokio::pin!(work);
         let grace = async {
@@ -101,6 +100,7 @@ struct Consumer {
     readiness: Readiness,
     broker: stomp::Config,
     prefetch: u32,
+    queue: String,
 }
 
 impl Consumer {
@@ -124,7 +124,7 @@ impl Consumer {
             backoff.reset();
             self.readiness.set("broker", true, "subscribed");
             self.metrics.broker_connected.set(1);
-            tracing::info!(queue = ORDER_QUEUE, prefetch = self.prefetch, "subscribed");
+            tracing::info!(queue = %self.queue, prefetch = self.prefetch, "subscribed");
             if let Err(error) = self.consume(&client, &shutdown).await {
                 tracing::warn!(%error, "broker connection lost; reconnecting");
             }
@@ -136,7 +136,7 @@ impl Consumer {
 
     async fn subscribe(&self) -> Result<Client, StompError> {
         let client = Client::connect(&self.broker).await?;
-        client.subscribe(ORDER_QUEUE, "orders", self.prefetch, BROKER_TIMEOUT).await?;
+        client.subscribe(&self.queue, "orders", self.prefetch, BROKER_TIMEOUT).await?;
         Ok(client)
     }
 
@@ -194,7 +194,7 @@ impl Consumer {
             Verdict::Duplicate => self.metrics.messages.with_label_values(&["duplicate"]).inc(),
             Verdict::DeadLetter { reason, order_failed } => {
                 tracing::warn!(%reason, order_failed, "message dead-lettered");
-                client.request(dead_letter(&frame, reason), BROKER_TIMEOUT).await?;
+                client.request(dead_letter(&self.queue, &frame, reason), BROKER_TIMEOUT).await?;
                 self.metrics.messages.with_label_values(&["dead_lettered"]).inc();
                 if *order_failed {
                     self.metrics.messages.with_label_values(&["failed"]).inc();
@@ -202,17 +202,17 @@ impl Consumer {
             }
         }
         let ack = frame.get("ack").or_else(|| frame.get("message-id")).unwrap_or_default();
-        client.ack([ack]).await?;
+        client.ack(&[ack]).await?;
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }
 
 /// The dead-letter copy: the original body, the reason, and the original headers.
-fn dead_letter(frame: &Frame, reason: &str) -> Frame {
+fn dead_letter(queue: &str, frame: &Frame, reason: &str) -> Frame {
     let reason: String = reason.chars().take(1000).collect();
     let mut out = Frame::new("SEND")
-        .header("destination", DEAD_LETTER_QUEUE)
+        .header("destination", format!("{queue}.DLQ"))
         .header("persistent", "true")
         .header("dlq-reason", reason)
         .header("content-type", frame.get("content-type").unwrap_or("application/octet-stream"));

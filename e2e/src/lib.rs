@@ -1,1 +1,49 @@
-//! placeholder
+//! Test kit for end-to-end tests: a private ActiveMQ, the three services
+//! started in-process on port 0, and typed helpers to drive and inspect them.
+//!
+//! Invariant: every helper waits on a condition with a deadline, never on a
+//! fixed sleep; every test gets its own SQLite file and its own queue.
+
+pub mod broker;
+pub mod service;
+pub mod stack;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A queue name no other test uses.
+pub fn unique_queue() -> String {
+    format!("/queue/test.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads one sample from Prometheus text, e.g. `orderflow_consumer_messages_total{outcome="processed"}`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}

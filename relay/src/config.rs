@@ -14,6 +14,9 @@ pub struct Config {
     /// ActiveMQ STOMP connector, `tcp://[USER:PASS@]HOST:PORT`.
     #[arg(long, env = "BROKER_URL", default_value = "tcp://127.0.0.1:61613")]
     pub broker_url: String,
+    /// Queue the order events go to; the dead-letter queue is this name plus `.DLQ`.
+    #[arg(long, env = "ORDER_QUEUE", default_value = schema::messages::ORDER_QUEUE)]
+    pub queue: String,
     /// Admin port address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9101")]
     pub admin_addr: SocketAddr,
@@ -55,6 +58,7 @@ impl Config {
         Self {
             database_url: database_url.to_string(),
             broker_url: broker_url.to_string(),
+            queue: schema::messages::ORDER_QUEUE.to_string(),
             admin_addr: "127.0.0.1:0".parse().expect("static address"),
             batch_size: 200,
             lease_ms: 30_000,

@@ -45,7 +45,7 @@ impl App {
             .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
         let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
         broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
-        let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(broker, config.receipt_timeout()));
+        let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(broker, config.queue.clone(), config.receipt_timeout()));
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;

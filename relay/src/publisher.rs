@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use schema::OutboxRow;
-use schema::messages::{EVENT_TYPE_HEADER, ORDER_ID_HEADER, ORDER_QUEUE, OUTBOX_ID_HEADER};
+use schema::messages::{EVENT_TYPE_HEADER, ORDER_ID_HEADER, OUTBOX_ID_HEADER};
 use stomp::{Client, Frame, StompError};
 use tokio::sync::Mutex;
 
@@ -38,21 +38,22 @@ pub trait Publisher: Send + Sync {
 /// Publishes over one STOMP connection, reconnecting on demand.
 pub struct StompPublisher {
     config: stomp::Config,
+    queue: String,
     receipt_timeout: Duration,
     client: Mutex<Option<Client>>,
 }
 
 impl StompPublisher {
     /// A publisher for the broker at `config`; connects on first use.
-    pub fn new(config: stomp::Config, receipt_timeout: Duration) -> Self {
-        Self { config, receipt_timeout, client: Mutex::new(None) }
+    pub fn new(config: stomp::Config, queue: String, receipt_timeout: Duration) -> Self {
+        Self { config, queue, receipt_timeout, client: Mutex::new(None) }
     }
 }
 
 /// The SEND frame for a row: seed-compatible JSON body plus our headers.
-pub fn frame_for(row: &OutboxRow) -> Frame {
+pub fn frame_for(queue: &str, row: &OutboxRow) -> Frame {
     let mut frame = Frame::new("SEND")
-        .header("destination", ORDER_QUEUE)
+        .header("destination", queue)
         .header("persistent", "true")
         .header("content-type", "application/json")
         .header(OUTBOX_ID_HEADER, row.outbox_id.to_string())
@@ -82,7 +83,7 @@ impl Publisher for StompPublisher {
             }
         }
         let client = guard.as_ref().expect("connected above");
-        let receipts = match client.send_with_receipts(rows.iter().map(frame_for)).await {
+        let receipts = match client.send_with_receipts(rows.iter().map(|row| frame_for(&self.queue, row))).await {
             Ok(receipts) => receipts,
             Err(error) => {
                 *guard = None;

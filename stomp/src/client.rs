@@ -276,8 +276,9 @@ impl Client {
 
     /// Acknowledges messages by the value of their `ack` header (not `message-id`:
     /// ActiveMQ rejects that).
-    pub async fn ack<'a>(&self, ack_ids: impl IntoIterator<Item = &'a str>) -> Result<(), StompError> {
-        self.send(ack_ids.into_iter().map(|id| Frame::new("ACK").header("id", id))).await
+    pub async fn ack(&self, ack_ids: &[&str]) -> Result<(), StompError> {
+        let frames: Vec<Frame> = ack_ids.iter().map(|id| Frame::new("ACK").header("id", *id)).collect();
+        self.send(frames).await
     }
 
     /// Says goodbye politely (waiting briefly for the receipt) and closes.

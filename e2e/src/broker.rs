@@ -1,0 +1,71 @@
+//! A private ActiveMQ for tests, run by `scripts/activemq.sh`.
+//!
+//! Invariant: a broker started here is stopped when its handle drops, and by
+//! the script's watchdog if the test process dies first.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// One private broker instance.
+pub struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/activemq.sh")
+}
+
+impl Broker {
+    /// Starts a broker on a free port in a fresh folder and waits until it listens.
+    pub fn start() -> Broker {
+        let dir = tempfile::Builder::new().prefix("orderflow-broker-").tempdir().expect("temp dir");
+        let broker = Broker { dir, port: crate::free_port() };
+        broker.start_again();
+        broker
+    }
+
+    /// `tcp://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the (stopped) broker again on the same folder and port: persistent messages survive.
+    pub fn start_again(&self) {
+        let status = Command::new("bash")
+            .arg(script())
+            .args(["start", &self.dir.path().display().to_string(), &self.port.to_string()])
+            .arg(std::process::id().to_string())
+            .status()
+            .expect("running scripts/activemq.sh");
+        assert!(status.success(), "the broker did not start (see {}/broker.log)", self.dir.path().display());
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after 15 s) and waits for the process to end.
+    pub fn stop(&self) {
+        let _ = Command::new("bash").arg(script()).args(["stop", &self.dir.path().display().to_string()]).status();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The run's shared broker: `TEST_BROKER_URL` when the test command started
+/// one, else one private broker per test process.
+pub fn shared_broker_url() -> String {
+    static SHARED: OnceLock<String> = OnceLock::new();
+    SHARED
+        .get_or_init(|| match std::env::var("TEST_BROKER_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                // Kept for the whole process; the script's watchdog stops it when we exit.
+                let broker = Box::leak(Box::new(Broker::start()));
+                broker.url()
+            }
+        })
+        .clone()
+}

@@ -1,0 +1,122 @@
+//! Each service in its own tokio runtime, so a test can stop it gracefully
+//! (cancel and wait) or kill it abruptly (drop every task mid-flight, like `kill -9`).
+
+use std::net::SocketAddr;
+
+use futures::future::BoxFuture;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A built service app: its addresses and how to run it.
+pub trait Runnable: Send + 'static {
+    /// Public (producer only) and admin addresses.
+    fn addrs(&self) -> (Option<SocketAddr>, SocketAddr);
+    /// Runs until the token fires.
+    fn run(self, shutdown: CancellationToken) -> BoxFuture<'static, anyhow::Result<()>>;
+}
+
+impl Runnable for producer::App {
+    fn addrs(&self) -> (Option<SocketAddr>, SocketAddr) {
+        (Some(self.http_addr()), self.admin_addr())
+    }
+    fn run(self, shutdown: CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(producer::App::run(self, shutdown))
+    }
+}
+
+impl Runnable for relay::App {
+    fn addrs(&self) -> (Option<SocketAddr>, SocketAddr) {
+        (None, self.admin_addr())
+    }
+    fn run(self, shutdown: CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(relay::App::run(self, shutdown))
+    }
+}
+
+impl Runnable for consumer::App {
+    fn addrs(&self) -> (Option<SocketAddr>, SocketAddr) {
+        (None, self.admin_addr())
+    }
+    fn run(self, shutdown: CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> {
+        Box::pin(consumer::App::run(self, shutdown))
+    }
+}
+
+/// A running service.
+pub struct Service {
+    runtime: Option<Runtime>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The producer's public address.
+    pub http_addr: Option<SocketAddr>,
+    /// The admin port (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_addr: SocketAddr,
+}
+
+impl Service {
+    /// Builds the app inside a fresh runtime and starts running it.
+    pub async fn start<A, F>(build: F) -> anyhow::Result<Service>
+    where
+        A: Runnable,
+        F: Future<Output = anyhow::Result<A>> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let (tx, rx) = oneshot::channel();
+        let task = runtime.spawn(async move {
+            let app = build.await?;
+            let _ = tx.send(app.addrs());
+            app.run(token).await
+        });
+        let (http_addr, admin_addr) = match rx.await {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let error = task.await.map_err(anyhow::Error::from).and_then(|r| r.err().ok_or_else(|| anyhow::anyhow!("service ended")));
+                runtime.shutdown_background();
+                return Err(error.unwrap_or_else(|e| e));
+            }
+        };
+        Ok(Service { runtime: Some(runtime), shutdown, task: Some(task), http_addr, admin_addr })
+    }
+
+    /// Graceful stop (as on SIGTERM): returns the service's own result.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let result = match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        };
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+        result
+    }
+
+    /// Abrupt stop: every task is dropped wherever it is, sockets close, nothing is flushed or released.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// The service's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin_addr))
+            .await
+            .expect("metrics endpoint answers")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The whole pipeline for one test: its own SQLite file and queue, the shared
+//! (or a private) broker, and the three services.
+
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use crate::service::Service;
+use crate::{metric_value, wait_for};
+
+/// Lease used in tests, so a killed relay's rows come back quickly.
+pub const TEST_LEASE_MS: u64 = 2_000;
+
+/// Producer + relay + consumer on one database and one queue.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub database_url: String,
+    pub broker_url: String,
+    pub queue: String,
+    pub producer: Service,
+    pub relay: Option<Service>,
+    pub consumer: Option<Service>,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    /// All three services.
+    pub async fn start(broker_url: &str) -> Stack {
+        let mut stack = Self::start_producer(broker_url).await;
+        stack.relay = Some(stack.start_relay().await);
+        stack.consumer = Some(stack.start_consumer().await);
+        stack
+    }
+
+    /// The producer only; start the others with [`Stack::start_relay`] and [`Stack::start_consumer`].
+    pub async fn start_producer(broker_url: &str) -> Stack {
+        let dir = tempfile::Builder::new().prefix("orderflow-e2e-").tempdir().expect("temp dir");
+        let database_url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
+        let config = producer::Config::for_database(&database_url);
+        let producer = Service::start(producer::App::build(config)).await.expect("producer starts");
+        Stack {
+            dir,
+            database_url,
+            broker_url: broker_url.to_string(),
+            queue: crate::unique_queue(),
+            producer,
+            relay: None,
+            consumer: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Relay settings for this stack.
+    pub fn relay_config(&self) -> relay::Config {
+        let mut config = relay::Config::for_urls(&self.database_url, &self.broker_url);
+        config.queue = self.queue.clone();
+        config.lease_ms = TEST_LEASE_MS;
+        config.receipt_timeout_ms = 3_000;
+        config.heartbeat_ms = 1_000;
+        config
+    }
+
+    /// Consumer settings for this stack.
+    pub fn consumer_config(&self) -> consumer::Config {
+        let mut config = consumer::Config::for_urls(&self.database_url, &self.broker_url);
+        config.queue = self.queue.clone();
+        config.heartbeat_ms = 1_000;
+        config
+    }
+
+    /// Starts a relay on this stack.
+    pub async fn start_relay(&self) -> Service {
+        Service::start(relay::App::build(self.relay_config())).await.expect("relay starts")
+    }
+
+    /// Starts a consumer on this stack.
+    pub async fn start_consumer(&self) -> Service {
+        Service::start(consumer::App::build(self.consumer_config())).await.expect("consumer starts")
+    }
+
+    /// `http://ADDR` of the producer.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.producer.http_addr.expect("producer has a public address"))
+    }
+
+    /// `POST /api/orders` with a JSON body; returns status and body.
+    pub async fn post_json(&self, body: &Value, idempotency_key: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(format!("{}/api/orders", self.base_url())).json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.expect("producer answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Places a valid order through the JSON API and returns its id.
+    pub async fn place_order(&self, name: &str, product_id: &str, quantity: i64) -> i64 {
+        let (status, body) = self.post_json(&json!({"customer_name": name, "product_id": product_id, "quantity": quantity}), None).await;
+        assert_eq!(status, 201, "order accepted: {body}");
+        body["order_id"].as_i64().expect("order_id in the answer")
+    }
+
+    /// A connection to the stack's database, for invariant checks.
+    pub fn db(&self) -> Connection {
+        let path = self.database_url.trim_start_matches("sqlite://");
+        let conn = Connection::open(path).expect("open the test database");
+        conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+        conn
+    }
+
+    /// One integer from SQL.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).expect("count query")
+    }
+
+    /// Waits until `n` orders are final (processed or failed).
+    pub async fn wait_until_final(&self, n: i64, timeout: Duration) {
+        wait_for(&format!("{n} final orders"), timeout, || async {
+            (self.count("SELECT COUNT(*) FROM orders WHERE status IN ('processed', 'failed')") >= n).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until `n` orders are final and the relay has marked every outbox
+    /// row (a fast consumer may finish an order before its RECEIPT is recorded).
+    pub async fn wait_until_settled(&self, n: i64, timeout: Duration) {
+        self.wait_until_final(n, timeout).await;
+        wait_for("the outbox to drain", timeout, || async {
+            (self.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") == 0).then_some(())
+        })
+        .await
+    }
+
+    /// The consumer's count of messages with this outcome.
+    pub async fn consumer_outcome(&self, outcome: &str) -> f64 {
+        let consumer = self.consumer.as_ref().expect("consumer running");
+        metric_value(&consumer.metrics().await, &format!("orderflow_consumer_messages_total{{outcome=\"{outcome}\"}}"))
+            .unwrap_or(0.0)
+    }
+
+    /// The end-of-test invariants: `n` orders, every one processed exactly
+    /// once with the right prices, one published outbox row and one inbox row each.
+    pub fn assert_all_processed_exactly_once(&self, n: i64) {
+        assert_eq!(self.count("SELECT COUNT(*) FROM orders"), n, "orders placed");
+        assert_eq!(self.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'"), n, "orders processed");
+        assert_eq!(self.count("SELECT COUNT(*) FROM outbox"), n, "one outbox row per order");
+        assert_eq!(self.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"), 0, "no outbox row left unpublished");
+        assert_eq!(self.count("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL"), 0, "nothing parked");
+        assert_eq!(self.count("SELECT COUNT(*) FROM inbox"), n, "one inbox row per message");
+        assert_eq!(
+            self.count("SELECT COUNT(*) FROM inbox i JOIN outbox o ON o.outbox_id = i.outbox_id"),
+            n,
+            "every inbox row is one of our outbox rows"
+        );
+        let wrong_prices = self.count(
+            "SELECT COUNT(*) FROM orders o JOIN products p ON p.product_id = o.product_id \
+             WHERE CAST(o.unit_price AS REAL) <> ROUND(CAST(p.list_price AS REAL) * 0.9 + 1e-9, 2) \
+                OR CAST(o.total_price AS REAL) <> ROUND(CAST(o.unit_price AS REAL) * o.quantity, 2)",
+        );
+        assert_eq!(wrong_prices, 0, "every order priced at list price less 10 %");
+    }
+
+    /// Stops every running service gracefully; each must exit cleanly.
+    pub async fn shutdown(self) {
+        if let Some(consumer) = self.consumer {
+            consumer.stop().await.expect("consumer stops cleanly");
+        }
+        if let Some(relay) = self.relay {
+            relay.stop().await.expect("relay stops cleanly");
+        }
+        self.producer.stop().await.expect("producer stops cleanly");
+    }
+}

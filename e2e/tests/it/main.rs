@@ -1,0 +1,5 @@
+//! End-to-end tests: the three services against a real ActiveMQ and real SQLite files.
+
+mod bad_input;
+mod browser;
+mod pipeline;
