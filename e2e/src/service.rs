@@ -62,7 +62,10 @@ impl Service {
         A: Runnable,
         F: Future<Output = anyhow::Result<A>> + Send + 'static,
     {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = oneshot::channel();
@@ -74,12 +77,21 @@ impl Service {
         let (http_addr, admin_addr) = match rx.await {
             Ok(addrs) => addrs,
             Err(_) => {
-                let error = task.await.map_err(anyhow::Error::from).and_then(|r| r.err().ok_or_else(|| anyhow::anyhow!("service ended")));
+                let error = task
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r.err().ok_or_else(|| anyhow::anyhow!("service ended")));
                 runtime.shutdown_background();
                 return Err(error.unwrap_or_else(|e| e));
             }
         };
-        Ok(Service { runtime: Some(runtime), shutdown, task: Some(task), http_addr, admin_addr })
+        Ok(Service {
+            runtime: Some(runtime),
+            shutdown,
+            task: Some(task),
+            http_addr,
+            admin_addr,
+        })
     }
 
     /// Graceful stop (as on SIGTERM): returns the service's own result.

@@ -51,7 +51,11 @@ impl AppState {
     }
 
     fn cached_product(&self, product_id: &str) -> bool {
-        self.catalogue.read().expect("catalogue lock").iter().any(|p| p.product_id == product_id)
+        self.catalogue
+            .read()
+            .expect("catalogue lock")
+            .iter()
+            .any(|p| p.product_id == product_id)
     }
 
     fn products(&self) -> Vec<Product> {
@@ -60,15 +64,27 @@ impl AppState {
 
     /// Validates and stores an order. The store call runs in its own task, so
     /// a client hanging up cannot cut a database call in half.
-    async fn place(&self, raw: RawOrder, idempotency_key: Option<String>, traceparent: Option<String>) -> Result<Placed, ApiError> {
-        let product = raw.product_id.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.trim().to_string());
+    async fn place(
+        &self,
+        raw: RawOrder,
+        idempotency_key: Option<String>,
+        traceparent: Option<String>,
+    ) -> Result<Placed, ApiError> {
+        let product = raw
+            .product_id
+            .as_ref()
+            .and_then(|p| p.as_ref().ok())
+            .map(|p| p.trim().to_string());
         let exists = match product {
             Some(p) if !p.is_empty() => self.product_exists(&p).await?,
             _ => false,
         };
         let valid = validate(&raw, |_| exists).map_err(|errors| {
             for e in &errors {
-                self.metrics.validation_rejections.with_label_values(&[e.field]).inc();
+                self.metrics
+                    .validation_rejections
+                    .with_label_values(&[e.field])
+                    .inc();
             }
             ApiError::Invalid(errors)
         })?;
@@ -106,7 +122,9 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store = schema::connect(&config.database_url)
             .await
-            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
+            .with_context(|| {
+                format!("connecting to {}", schema::redact_url(&config.database_url))
+            })?;
         let products = store.products().await.context("loading the catalogue")?;
         let http = TcpListener::bind(config.http_addr)
             .await
@@ -122,22 +140,38 @@ impl App {
             catalogue: Arc::new(RwLock::new(products)),
             recent_orders: config.recent_orders,
         };
-        Ok(App { config, http, admin, registry, state })
+        Ok(App {
+            config,
+            http,
+            admin,
+            registry,
+            state,
+        })
     }
 
     /// The bound public address (tests bind port 0).
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// The bound admin address (tests bind port 0).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves until `shutdown`, then lets requests in flight finish within the grace period.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { config, http, admin, registry, state } = self;
+        let App {
+            config,
+            http,
+            admin,
+            registry,
+            state,
+        } = self;
         tracing::info!(
             url = %format!("http://{}/", http.local_addr()?),
             admin = %admin.local_addr()?,
@@ -146,7 +180,11 @@ impl App {
         );
         let readiness = Readiness::new(&["database"]);
         let stop = CancellationToken::new();
-        let watch = tokio::spawn(watch_database(state.store.clone(), readiness.clone(), stop.clone()));
+        let watch = tokio::spawn(watch_database(
+            state.store.clone(),
+            readiness.clone(),
+            stop.clone(),
+        ));
         let admin_task = tokio::spawn(observability::serve(
             admin,
             observability::admin_router(registry, readiness),
@@ -175,10 +213,16 @@ fn router(state: AppState) -> Router {
         .route("/", get(pages::index))
         .route("/orders", post(pages::submit))
         .route("/orders/{id}", get(pages::order))
-        .route("/api/orders", post(api::create_order).get(api::recent_orders))
+        .route(
+            "/api/orders",
+            post(api::create_order).get(api::recent_orders),
+        )
         .route("/api/orders/{id}", get(api::get_order))
         .route("/api/products", get(api::products))
-        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::record,
+        ))
         .with_state(state)
 }
 
@@ -201,6 +245,9 @@ pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> Option<String> {
     let value = headers.get("traceparent")?.to_str().ok()?.trim();
     let parts: Vec<&str> = value.split('-').collect();
     let well_formed = parts.len() == 4
-        && [2, 32, 16, 2].iter().zip(&parts).all(|(len, p)| p.len() == *len && p.chars().all(|c| c.is_ascii_hexdigit()));
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, p)| p.len() == *len && p.chars().all(|c| c.is_ascii_hexdigit()));
     well_formed.then(|| value.to_ascii_lowercase())
 }

@@ -42,10 +42,16 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store = schema::connect(&config.database_url)
             .await
-            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
+            .with_context(|| {
+                format!("connecting to {}", schema::redact_url(&config.database_url))
+            })?;
         let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
         broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
-        let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(broker, config.queue.clone(), config.receipt_timeout()));
+        let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(
+            broker,
+            config.queue.clone(),
+            config.receipt_timeout(),
+        ));
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
@@ -62,18 +68,34 @@ impl App {
             metrics,
         });
         let readiness = Readiness::new(&["database", "broker"]);
-        Ok(App { config, store, admin, registry, readiness, relay })
+        Ok(App {
+            config,
+            store,
+            admin,
+            registry,
+            readiness,
+            relay,
+        })
     }
 
     /// The bound admin address (tests bind port 0).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("bound listener has an address")
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Runs until `shutdown`: then stops claiming, finishes the batch in
     /// flight within the grace period, releases its leases and disconnects.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { config, store, admin, registry, readiness, relay } = self;
+        let App {
+            config,
+            store,
+            admin,
+            registry,
+            readiness,
+            relay,
+        } = self;
         tracing::info!(
             relay_id = %relay.owner,
             admin = %admin.local_addr()?,
@@ -87,7 +109,12 @@ impl App {
             observability::admin_router(registry, readiness.clone()),
             stop_admin.clone(),
         ));
-        let watch_task = tokio::spawn(watch(store.clone(), relay.clone(), readiness, stop_admin.clone()));
+        let watch_task = tokio::spawn(watch(
+            store.clone(),
+            relay.clone(),
+            readiness,
+            stop_admin.clone(),
+        ));
 
         let poll_min = Duration::from_millis(config.poll_min_ms);
         let poll_max = Duration::from_millis(config.poll_max_ms.max(config.poll_min_ms));
@@ -103,7 +130,9 @@ impl App {
         }
         match store.release_leases(&relay.owner).await {
             Ok(n) => tracing::info!(released = n, "leases released"),
-            Err(error) => tracing::warn!(%error, "could not release leases; they expire on their own"),
+            Err(error) => {
+                tracing::warn!(%error, "could not release leases; they expire on their own")
+            }
         }
         relay.publisher.close().await;
         stop_admin.cancel();
@@ -121,7 +150,12 @@ impl Config {
 }
 
 /// Refreshes backlog gauges and readiness every second; reconnects an idle broker link.
-async fn watch(store: Arc<dyn Store>, relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken) {
+async fn watch(
+    store: Arc<dyn Store>,
+    relay: Arc<Relay>,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -131,7 +165,10 @@ async fn watch(store: Arc<dyn Store>, relay: Arc<Relay>, readiness: Readiness, s
         match store.outbox_stats().await {
             Ok(stats) => {
                 relay.metrics.outbox_pending.set(stats.pending);
-                relay.metrics.outbox_oldest_pending_seconds.set(stats.oldest_pending_seconds);
+                relay
+                    .metrics
+                    .outbox_oldest_pending_seconds
+                    .set(stats.oldest_pending_seconds);
                 relay.metrics.outbox_parked.set(stats.parked);
                 readiness.set("database", true, "ok");
             }
@@ -151,6 +188,12 @@ async fn watch(store: Arc<dyn Store>, relay: Arc<Relay>, readiness: Readiness, s
 }
 
 fn default_relay_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "relay".into());
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "relay".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }

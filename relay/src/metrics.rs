@@ -2,7 +2,9 @@
 //!
 //! Invariant: labels come from small fixed sets, never ids or error text.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// The relay's metrics, registered once per process.
 #[derive(Clone)]
@@ -22,33 +24,58 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let latency = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
         let m = Self {
-            published: IntCounter::new("orderflow_relay_published_total", "Messages confirmed by the broker")?,
+            published: IntCounter::new(
+                "orderflow_relay_published_total",
+                "Messages confirmed by the broker",
+            )?,
             publish_errors: IntCounterVec::new(
-                Opts::new("orderflow_relay_publish_errors_total", "Failed publishes by kind"),
+                Opts::new(
+                    "orderflow_relay_publish_errors_total",
+                    "Failed publishes by kind",
+                ),
                 &["kind"],
             )?,
-            parked: IntCounter::new("orderflow_relay_parked_total", "Outbox rows parked after too many rejections")?,
+            parked: IntCounter::new(
+                "orderflow_relay_parked_total",
+                "Outbox rows parked after too many rejections",
+            )?,
             batch_size: Histogram::with_opts(
-                HistogramOpts::new("orderflow_relay_batch_size", "Rows per claimed batch")
-                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0]),
+                HistogramOpts::new("orderflow_relay_batch_size", "Rows per claimed batch").buckets(
+                    vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+                ),
             )?,
             batch_seconds: Histogram::with_opts(
-                HistogramOpts::new("orderflow_relay_batch_duration_seconds", "Claim to mark time of a batch")
-                    .buckets(latency.clone()),
+                HistogramOpts::new(
+                    "orderflow_relay_batch_duration_seconds",
+                    "Claim to mark time of a batch",
+                )
+                .buckets(latency.clone()),
             )?,
             dwell_seconds: Histogram::with_opts(
-                HistogramOpts::new("orderflow_relay_dwell_seconds", "Outbox commit to broker receipt")
-                    .buckets(latency),
+                HistogramOpts::new(
+                    "orderflow_relay_dwell_seconds",
+                    "Outbox commit to broker receipt",
+                )
+                .buckets(latency),
             )?,
-            outbox_pending: IntGauge::new("orderflow_outbox_pending", "Outbox rows neither published nor parked")?,
+            outbox_pending: IntGauge::new(
+                "orderflow_outbox_pending",
+                "Outbox rows neither published nor parked",
+            )?,
             outbox_oldest_pending_seconds: Gauge::new(
                 "orderflow_outbox_oldest_pending_age_seconds",
                 "Age of the oldest unpublished outbox row",
             )?,
             outbox_parked: IntGauge::new("orderflow_outbox_parked", "Parked outbox rows")?,
-            broker_connected: IntGauge::new("orderflow_relay_broker_connected", "1 while connected to the broker")?,
+            broker_connected: IntGauge::new(
+                "orderflow_relay_broker_connected",
+                "1 while connected to the broker",
+            )?,
         };
         registry.register(Box::new(m.published.clone()))?;
         registry.register(Box::new(m.publish_errors.clone()))?;

@@ -46,7 +46,12 @@ pub struct StompPublisher {
 impl StompPublisher {
     /// A publisher for the broker at `config`; connects on first use.
     pub fn new(config: stomp::Config, queue: String, receipt_timeout: Duration) -> Self {
-        Self { config, queue, receipt_timeout, client: Mutex::new(None) }
+        Self {
+            config,
+            queue,
+            receipt_timeout,
+            client: Mutex::new(None),
+        }
     }
 }
 
@@ -78,20 +83,31 @@ impl Publisher for StompPublisher {
                 Err(error) => {
                     *guard = None;
                     let reason = error.to_string();
-                    return rows.iter().map(|_| Outcome::Unknown(reason.clone())).collect();
+                    return rows
+                        .iter()
+                        .map(|_| Outcome::Unknown(reason.clone()))
+                        .collect();
                 }
             }
         }
         let client = guard.as_ref().expect("connected above");
-        let receipts = match client.send_with_receipts(rows.iter().map(|row| frame_for(&self.queue, row))).await {
+        let receipts = match client
+            .send_with_receipts(rows.iter().map(|row| frame_for(&self.queue, row)))
+            .await
+        {
             Ok(receipts) => receipts,
             Err(error) => {
                 *guard = None;
                 let reason = error.to_string();
-                return rows.iter().map(|_| Outcome::Unknown(reason.clone())).collect();
+                return rows
+                    .iter()
+                    .map(|_| Outcome::Unknown(reason.clone()))
+                    .collect();
             }
         };
-        let answers = futures::future::join_all(receipts.into_iter().map(|r| r.wait(self.receipt_timeout))).await;
+        let answers =
+            futures::future::join_all(receipts.into_iter().map(|r| r.wait(self.receipt_timeout)))
+                .await;
         let mut broken = false;
         let outcomes = answers
             .into_iter()

@@ -57,8 +57,14 @@ impl Relay {
     /// One step: lease a batch, publish it, record every row's outcome.
     pub async fn relay_once(&self) -> Result<BatchReport, RelayError> {
         let started = Instant::now();
-        let rows = self.store.claim_batch(&self.owner, self.batch_size, self.lease).await?;
-        let mut report = BatchReport { claimed: rows.len(), ..BatchReport::default() };
+        let rows = self
+            .store
+            .claim_batch(&self.owner, self.batch_size, self.lease)
+            .await?;
+        let mut report = BatchReport {
+            claimed: rows.len(),
+            ..BatchReport::default()
+        };
         if rows.is_empty() {
             return Ok(report);
         }
@@ -76,12 +82,21 @@ impl Relay {
                 }
                 Outcome::Rejected(reason) => {
                     report.rejected += 1;
-                    self.metrics.publish_errors.with_label_values(&["rejected"]).inc();
+                    self.metrics
+                        .publish_errors
+                        .with_label_values(&["rejected"])
+                        .inc();
                     tracing::warn!(outbox_id = %row.outbox_id, order_id = row.order_id.0, %reason, "broker rejected message");
                     let retry_in = retry_after(row.attempts);
                     let outcome = self
                         .store
-                        .record_failure(&self.owner, row.outbox_id, &reason, retry_in, self.max_attempts)
+                        .record_failure(
+                            &self.owner,
+                            row.outbox_id,
+                            &reason,
+                            retry_in,
+                            self.max_attempts,
+                        )
                         .await?;
                     if outcome == FailureOutcome::Parked {
                         report.parked += 1;
@@ -98,9 +113,14 @@ impl Relay {
         self.mark_published(&confirmed).await?;
         report.published = confirmed.len();
         self.metrics.published.inc_by(confirmed.len() as u64);
-        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
         if let Some(reason) = unknown_reason {
-            self.metrics.publish_errors.with_label_values(&["unknown"]).inc_by(report.unknown as u64);
+            self.metrics
+                .publish_errors
+                .with_label_values(&["unknown"])
+                .inc_by(report.unknown as u64);
             // Give the rows back at once: they go out again after the reconnect
             // rather than after the lease; the consumer absorbs any duplicate.
             self.store.release_leases(&self.owner).await?;

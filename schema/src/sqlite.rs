@@ -18,7 +18,8 @@ use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 use crate::store::{
-    FailureOutcome, OrderStore, OutboxStats, OutboxStore, Placed, ProcessOutcome, ProcessingStore, StoreError,
+    FailureOutcome, OrderStore, OutboxStats, OutboxStore, Placed, ProcessOutcome, ProcessingStore,
+    StoreError,
 };
 
 mod migrations {
@@ -117,9 +118,10 @@ impl From<rusqlite::Error> for StoreError {
         match &e {
             rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
             rusqlite::Error::SqliteFailure(f, _) => match f.code {
-                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen | ErrorCode::SystemIoFailure => {
-                    StoreError::Unavailable(e.to_string())
-                }
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::SystemIoFailure => StoreError::Unavailable(e.to_string()),
                 ErrorCode::ConstraintViolation => StoreError::Conflict(e.to_string()),
                 _ => StoreError::Other(e.to_string()),
             },
@@ -131,13 +133,16 @@ impl From<rusqlite::Error> for StoreError {
 fn parse_time(text: &str) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
 }
 
 fn parse_decimal(text: Option<String>) -> rusqlite::Result<Option<Decimal>> {
     text.map(|t| {
-        Decimal::from_str(&t)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+        Decimal::from_str(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
     })
     .transpose()
 }
@@ -149,21 +154,27 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         customer_name: row.get(1)?,
         product_id: row.get(2)?,
         quantity: row.get(3)?,
-        status: OrderStatus::from_str(&status)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into()))?,
+        status: OrderStatus::from_str(&status).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into())
+        })?,
         unit_price: parse_decimal(row.get(5)?)?,
         total_price: parse_decimal(row.get(6)?)?,
         failure_reason: row.get(7)?,
         created_at: parse_time(&row.get::<_, String>(8)?)?,
-        processed_at: row.get::<_, Option<String>>(9)?.as_deref().map(parse_time).transpose()?,
+        processed_at: row
+            .get::<_, Option<String>>(9)?
+            .as_deref()
+            .map(parse_time)
+            .transpose()?,
     })
 }
 
 fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
     let id: String = row.get(0)?;
     Ok(OutboxRow {
-        outbox_id: OutboxId::from_str(&id)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
+        outbox_id: OutboxId::from_str(&id).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })?,
         order_id: OrderId(row.get(1)?),
         event_type: row.get(2)?,
         payload: row.get(3)?,
@@ -176,11 +187,17 @@ fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
 
 fn load_order(conn: &Connection, order_id: OrderId) -> Result<Option<Order>, StoreError> {
     let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1");
-    Ok(conn.query_row(&sql, [order_id.0], order_from_row).optional()?)
+    Ok(conn
+        .query_row(&sql, [order_id.0], order_from_row)
+        .optional()?)
 }
 
 /// Records an inbox row; false when the outbox id was seen before.
-fn record_inbox(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<bool, StoreError> {
+fn record_inbox(
+    tx: &Connection,
+    outbox_id: Option<OutboxId>,
+    order_id: OrderId,
+) -> Result<bool, StoreError> {
     let Some(id) = outbox_id else { return Ok(true) };
     let inserted = tx.execute(
         "INSERT INTO inbox (outbox_id, order_id) VALUES (?1, ?2) ON CONFLICT (outbox_id) DO NOTHING",
@@ -205,8 +222,9 @@ fn seconds_modifier(d: Duration) -> String {
 impl OrderStore for SqliteStore {
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
         self.with_conn(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT product_id, name, list_price FROM products ORDER BY product_id")?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT product_id, name, list_price FROM products ORDER BY product_id",
+            )?;
             let rows = stmt.query_map([], product_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -289,7 +307,12 @@ fn product_from_row(row: &Row<'_>) -> rusqlite::Result<Product> {
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
-    async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
+    async fn claim_batch(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let owner = owner.to_string();
         self.write(move |tx| {
             // One IMMEDIATE transaction is the single writer: no two relays can
@@ -321,8 +344,9 @@ impl OutboxStore for SqliteStore {
                 "UPDATE outbox SET published_at = {NOW}, lease_owner = NULL, lease_until = NULL \
                  WHERE outbox_id = ?1 AND published_at IS NULL RETURNING order_id"
             ))?;
-            let mut advance =
-                tx.prepare_cached("UPDATE orders SET status = 'published' WHERE order_id = ?1 AND status = 'pending'")?;
+            let mut advance = tx.prepare_cached(
+                "UPDATE orders SET status = 'published' WHERE order_id = ?1 AND status = 'pending'",
+            )?;
             let mut marked = 0;
             for id in &ids {
                 let order_id: Option<i64> = mark.query_row([id], |r| r.get(0)).optional()?;
@@ -386,7 +410,11 @@ impl OutboxStore for SqliteStore {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let parked: i64 = conn.query_row("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL", [], |r| r.get(0))?;
+            let parked: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
             Ok(OutboxStats {
                 pending,
                 oldest_pending_seconds: oldest.unwrap_or(0.0).max(0.0),
@@ -458,8 +486,11 @@ impl ProcessingStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let reason = reason.chars().take(400).collect::<String>();
         self.write(move |tx| {
-            let exists: bool =
-                tx.query_row("SELECT EXISTS (SELECT 1 FROM orders WHERE order_id = ?1)", [order_id.0], |r| r.get(0))?;
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM orders WHERE order_id = ?1)",
+                [order_id.0],
+                |r| r.get(0),
+            )?;
             if !exists {
                 return Ok(false);
             }

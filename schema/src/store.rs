@@ -95,7 +95,12 @@ pub trait OrderStore: Send + Sync {
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
     /// Leases up to `limit` due rows for `owner` until `lease` from now (database clock).
-    async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError>;
+    async fn claim_batch(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<OutboxRow>, StoreError>;
     /// Marks rows published (only those still leased by `owner`) and moves their
     /// orders `pending → published`, never overwriting a later status. Returns
     /// the number of outbox rows marked.
@@ -131,8 +136,12 @@ pub trait ProcessingStore: Send + Sync {
     ) -> Result<ProcessOutcome, StoreError>;
     /// Marks the order `failed` with `reason` where it exists and is not final,
     /// and records `outbox_id` in the inbox. Returns false when the order does not exist.
-    async fn fail_order(&self, outbox_id: Option<OutboxId>, order_id: OrderId, reason: &str)
-    -> Result<bool, StoreError>;
+    async fn fail_order(
+        &self,
+        outbox_id: Option<OutboxId>,
+        order_id: OrderId,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Everything a backend offers; each service takes the role it needs.

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The full test suite on a fresh Debian/Ubuntu machine: installs what the tests
+# need (ActiveMQ, Chromium + chromedriver), starts one private broker for the
+# whole run, checks formatting and lints, builds once, runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
+    exit 1
+fi
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+need=()
+[ -f /usr/share/activemq/bin/activemq.jar ] || need+=(activemq)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} from the OS packages..."
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null \
+        || echo $((20000 + RANDOM % 30000))
+}
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== build"
+cargo build --workspace --all-targets --quiet
+
+broker_dir=$(mktemp -d -t orderflow-test-broker-XXXXXX)
+broker_port=$(free_port)
+cleanup() { scripts/activemq.sh stop "$broker_dir"; rm -rf "$broker_dir"; }
+trap cleanup EXIT
+echo "== starting ActiveMQ on 127.0.0.1:$broker_port"
+scripts/activemq.sh start "$broker_dir" "$broker_port" $$
+export TEST_BROKER_URL="tcp://127.0.0.1:$broker_port"
+
+echo "== tests"
+cargo test --workspace --no-fail-fast -- --color never
