@@ -35,6 +35,7 @@ stop_all() {
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ -z "${KEEP_BROKER:-}" ]; then scripts/activemq.sh stop "$data/activemq"; fi
     echo "stopped. Data stays in $data"
+    exit 0
 }
 trap stop_all INT TERM EXIT
 
@@ -67,3 +68,4 @@ Press Ctrl-C to stop.
 MSG
 wait -n "${pids[@]}" || true
 echo "a service exited; see $data/logs" >&2
+exit 1
