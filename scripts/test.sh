@@ -42,4 +42,8 @@ scripts/activemq.sh start "$broker_dir" "$broker_port" $$
 export TEST_BROKER_URL="tcp://127.0.0.1:$broker_port"
 
 echo "== tests"
-cargo test --workspace --no-fail-fast -- --color never
+log="$broker_dir/test.log"
+status=0
+cargo test --workspace --all-targets --no-fail-fast -- --color never 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

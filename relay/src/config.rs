@@ -42,6 +42,9 @@ pub struct Config {
     /// How long to wait for the broker's RECEIPT before the outcome counts as unknown (ms).
     #[arg(long, env = "RELAY_RECEIPT_TIMEOUT_MS", default_value_t = 10_000)]
     pub receipt_timeout_ms: u64,
+    /// Largest message body sent; a larger row is rejected without sending (and parked at the cap).
+    #[arg(long, env = "RELAY_MAX_MESSAGE_BYTES", default_value_t = schema::messages::MAX_BODY_BYTES)]
+    pub max_message_bytes: usize,
     /// STOMP heart-beat interval (ms); 0 disables.
     #[arg(long, env = "BROKER_HEARTBEAT_MS", default_value_t = 5_000)]
     pub heartbeat_ms: u64,
@@ -70,6 +73,7 @@ impl Config {
             poll_max_ms: 50,
             max_attempts: 5,
             receipt_timeout_ms: 10_000,
+            max_message_bytes: schema::messages::MAX_BODY_BYTES,
             heartbeat_ms: 5_000,
             relay_id: None,
             shutdown_grace_ms: 15_000,

@@ -51,6 +51,7 @@ impl App {
             broker,
             config.queue.clone(),
             config.receipt_timeout(),
+            config.max_message_bytes,
         ));
         let admin = TcpListener::bind(config.admin_addr)
             .await

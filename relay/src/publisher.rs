@@ -5,6 +5,7 @@
 //! connection is `Unknown` (send again later, the consumer dedupes), and only
 //! an ERROR naming the frame is `Rejected`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,22 +37,99 @@ pub trait Publisher: Send + Sync {
 }
 
 /// Publishes over one STOMP connection, reconnecting on demand.
+///
+/// A batch normally goes out as one STOMP transaction confirmed by the
+/// COMMIT's receipt. When a transaction fails, the next batch is sent with a
+/// receipt per message instead, so that a row the broker rejects is singled
+/// out (its ERROR names its receipt) and the rest are confirmed.
 pub struct StompPublisher {
     config: stomp::Config,
     queue: String,
     receipt_timeout: Duration,
+    max_message_bytes: usize,
     client: Mutex<Option<Client>>,
+    isolate: AtomicBool,
 }
 
 impl StompPublisher {
     /// A publisher for the broker at `config`; connects on first use.
-    pub fn new(config: stomp::Config, queue: String, receipt_timeout: Duration) -> Self {
+    pub fn new(
+        config: stomp::Config,
+        queue: String,
+        receipt_timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             config,
             queue,
             receipt_timeout,
+            max_message_bytes,
             client: Mutex::new(None),
+            isolate: AtomicBool::new(false),
         }
+    }
+
+    async fn per_message(
+        &self,
+        client: &Client,
+        frames: Vec<Frame>,
+    ) -> Result<Vec<Outcome>, StompError> {
+        let receipts = client.send_with_receipts(frames).await?;
+        let answers =
+            futures::future::join_all(receipts.into_iter().map(|r| r.wait(self.receipt_timeout)))
+                .await;
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(()) => Outcome::Confirmed,
+                Err(StompError::Rejected(reason)) => Outcome::Rejected(reason),
+                Err(other) => Outcome::Unknown(other.to_string()),
+            })
+            .collect())
+    }
+
+    async fn transactional(
+        &self,
+        client: &Client,
+        frames: Vec<Frame>,
+    ) -> Result<Vec<Outcome>, StompError> {
+        let n = frames.len();
+        let receipt = client.send_in_transaction(frames).await?;
+        Ok(match receipt.wait(self.receipt_timeout).await {
+            Ok(()) => vec![Outcome::Confirmed; n],
+            Err(error) => vec![Outcome::Unknown(format!("transaction failed: {error}")); n],
+        })
+    }
+
+    async fn send(&self, frames: Vec<Frame>) -> Vec<Outcome> {
+        let n = frames.len();
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            match Client::connect(&self.config).await {
+                Ok(client) => *guard = Some(client),
+                Err(error) => {
+                    *guard = None;
+                    return vec![Outcome::Unknown(error.to_string()); n];
+                }
+            }
+        }
+        let client = guard.as_ref().expect("connected above");
+        let isolate = self.isolate.load(Ordering::Relaxed);
+        let result = match isolate {
+            true => self.per_message(client, frames).await,
+            false => self.transactional(client, frames).await,
+        };
+        let outcomes = result.unwrap_or_else(|error| vec![Outcome::Unknown(error.to_string()); n]);
+        let unknown = outcomes.iter().any(|o| matches!(o, Outcome::Unknown(_)));
+        let rejected = outcomes.iter().any(|o| matches!(o, Outcome::Rejected(_)));
+        // After a failed transaction, single rows out; after a clean batch, back to transactions.
+        self.isolate
+            .store(unknown || (isolate && rejected), Ordering::Relaxed);
+        if unknown && let Some(client) = guard.take() {
+            // A missing answer means the connection cannot be trusted: start afresh.
+            client.disconnect(Duration::from_millis(200)).await;
+        }
+        outcomes
     }
 }
 
@@ -76,57 +154,36 @@ pub fn frame_for(queue: &str, row: &OutboxRow) -> Frame {
 #[async_trait]
 impl Publisher for StompPublisher {
     async fn publish(&self, rows: &[OutboxRow]) -> Vec<Outcome> {
-        let mut guard = self.client.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            match Client::connect(&self.config).await {
-                Ok(client) => *guard = Some(client),
-                Err(error) => {
-                    *guard = None;
-                    let reason = error.to_string();
-                    return rows
-                        .iter()
-                        .map(|_| Outcome::Unknown(reason.clone()))
-                        .collect();
-                }
-            }
-        }
-        let client = guard.as_ref().expect("connected above");
-        let receipts = match client
-            .send_with_receipts(rows.iter().map(|row| frame_for(&self.queue, row)))
-            .await
-        {
-            Ok(receipts) => receipts,
-            Err(error) => {
-                *guard = None;
-                let reason = error.to_string();
-                return rows
-                    .iter()
-                    .map(|_| Outcome::Unknown(reason.clone()))
-                    .collect();
-            }
-        };
-        let answers =
-            futures::future::join_all(receipts.into_iter().map(|r| r.wait(self.receipt_timeout)))
-                .await;
-        let mut broken = false;
-        let outcomes = answers
-            .into_iter()
-            .map(|answer| match answer {
-                Ok(()) => Outcome::Confirmed,
-                Err(StompError::Rejected(reason)) => Outcome::Rejected(reason),
-                Err(other) => {
-                    broken = true;
-                    Outcome::Unknown(other.to_string())
-                }
+        // A message the broker would refuse by size is a permanent failure of
+        // its row; it must never take the connection (and every other row) down.
+        let mut outcomes: Vec<Option<Outcome>> = rows
+            .iter()
+            .map(|row| {
+                (row.payload.len() > self.max_message_bytes).then(|| {
+                    Outcome::Rejected(format!(
+                        "message of {} bytes exceeds the {}-byte limit",
+                        row.payload.len(),
+                        self.max_message_bytes
+                    ))
+                })
             })
             .collect();
-        if broken {
-            // A missing receipt means the connection cannot be trusted: start afresh.
-            if let Some(client) = guard.take() {
-                client.disconnect(Duration::from_millis(200)).await;
+        let (indexes, frames): (Vec<usize>, Vec<Frame>) = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| outcomes[*i].is_none())
+            .map(|(i, row)| (i, frame_for(&self.queue, row)))
+            .unzip();
+        if !frames.is_empty() {
+            let sent = self.send(frames).await;
+            for (i, outcome) in indexes.into_iter().zip(sent) {
+                outcomes[i] = Some(outcome);
             }
         }
         outcomes
+            .into_iter()
+            .map(|o| o.expect("every row has an outcome"))
+            .collect()
     }
 
     async fn check(&self) -> Result<(), String> {
