@@ -20,7 +20,8 @@ use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 use crate::store::{
-    FailureOutcome, OrderStore, OutboxStats, OutboxStore, Placed, ProcessOutcome, ProcessingStore,
+    FailureOutcome, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore,
+    Reconciliation, RequeueTarget,
     StoreError,
 };
 
@@ -72,7 +73,31 @@ const INSERT_ORDER: &str = concat!(
     " VALUES (@P1, @P2, @P3, @P4)"
 );
 const INSERT_OUTBOX: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, \
-     created_at) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7)";
+     created_at) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, COALESCE(@P7, SYSUTCDATETIME()))";
+const PARKED_ROWS: &str = "SELECT TOP (@P1) outbox_id, order_id, attempts, last_error, created_at, dead_at \
+     FROM dbo.outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC";
+const REQUEUE: &str = "UPDATE dbo.outbox SET dead_at = NULL, attempts = 0, next_attempt_at = SYSUTCDATETIME(), \
+     lease_owner = NULL, lease_until = NULL OUTPUT inserted.outbox_id, inserted.order_id \
+     WHERE dead_at IS NOT NULL AND published_at IS NULL AND (outbox_id = @P1 OR order_id = @P2)";
+const INSERT_AUDIT: &str =
+    "INSERT INTO dbo.outbox_audit (outbox_id, order_id, action, requested_by) VALUES (@P1, @P2, @P3, @P4)";
+// Small batches under ROWLOCK + READPAST: retention never takes a big lock and
+// never waits on rows a relay or another cleaner holds.
+const PURGE_PUBLISHED: &str = "DELETE FROM dbo.outbox WHERE outbox_id IN (SELECT TOP (@P1) p.outbox_id \
+     FROM dbo.outbox p WITH (ROWLOCK, READPAST) \
+     WHERE p.published_at IS NOT NULL AND p.published_at < DATEADD(millisecond, @P2, SYSUTCDATETIME()))";
+const PURGE_INBOX: &str = "DELETE FROM dbo.inbox WHERE outbox_id IN (SELECT TOP (@P1) i.outbox_id \
+     FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < DATEADD(millisecond, @P2, SYSUTCDATETIME()))";
+const PENDING_WITHOUT_OUTBOX: &str = "SELECT COUNT_BIG(*) FROM dbo.orders o WHERE o.status = N'pending' \
+     AND NOT EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = o.order_id)";
+const PUBLISHED_NOT_PROCESSED: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE status = N'published' \
+     AND created_at < DATEADD(millisecond, @P1, SYSUTCDATETIME())";
+const RETRY_ORDER: &str = concat!(
+    "UPDATE dbo.orders SET status = N'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, ",
+    "total_price = NULL OUTPUT ",
+    order_columns!("inserted."),
+    " WHERE order_id = @P1 AND status = N'failed'"
+);
 const ORDER: &str = concat!(
     "SELECT ",
     order_columns!(""),
@@ -151,6 +176,14 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("MARK_PROCESSED", MARK_PROCESSED),
         ("MARK_FAILED", MARK_FAILED),
         ("ORDER_EXISTS", ORDER_EXISTS),
+        ("PARKED_ROWS", PARKED_ROWS),
+        ("REQUEUE", REQUEUE),
+        ("INSERT_AUDIT", INSERT_AUDIT),
+        ("PURGE_PUBLISHED", PURGE_PUBLISHED),
+        ("PURGE_INBOX", PURGE_INBOX),
+        ("PENDING_WITHOUT_OUTBOX", PENDING_WITHOUT_OUTBOX),
+        ("PUBLISHED_NOT_PROCESSED", PUBLISHED_NOT_PROCESSED),
+        ("RETRY_ORDER", RETRY_ORDER),
         ("SESSION_SETUP", SESSION_SETUP),
         ("RESET_SESSION", RESET_SESSION),
         ("BEGIN", BEGIN),
@@ -410,6 +443,23 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
+async fn insert_outbox(
+    client: &mut TdsClient,
+    order: &Order,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    created_at: Option<NaiveDateTime>,
+) -> TdsResult<OutboxId> {
+    let outbox_id = OutboxId::new();
+    let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
+        .map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
+    let params: [&dyn ToSql; 7] =
+        [&outbox_id.0, &order.order_id.0, &ORDER_PLACED_V1, &payload, &traceparent, &tracestate, &created_at];
+    exec(client, INSERT_OUTBOX, &params).await?;
+    Ok(outbox_id)
+}
+
 async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
     batch(client, BEGIN).await?;
     if let Some(key) = &order.idempotency_key
@@ -430,29 +480,9 @@ async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
         ],
     )
     .await?;
-    let stored = order_from_row(
-        inserted
-            .first()
-            .ok_or_else(|| conversion("inserted order"))?,
-    )?;
-    let outbox_id = OutboxId::new();
-    let payload = serde_json::to_string(&OrderPlacedV1::for_order(&stored, outbox_id))
-        .map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
-    let created_at = stored.created_at.naive_utc();
-    exec(
-        client,
-        INSERT_OUTBOX,
-        &[
-            &outbox_id.0,
-            &stored.order_id.0,
-            &ORDER_PLACED_V1,
-            &payload,
-            &order.traceparent,
-            &order.tracestate,
-            &created_at,
-        ],
-    )
-    .await?;
+    let stored = order_from_row(inserted.first().ok_or_else(|| conversion("inserted order"))?)?;
+    let created_at = Some(stored.created_at.naive_utc());
+    insert_outbox(client, &stored, order.traceparent.clone(), order.tracestate.clone(), created_at).await?;
     batch(client, COMMIT).await?;
     Ok(Placed::Created(stored))
 }
@@ -632,6 +662,103 @@ impl OutboxStore for MssqlStore {
         .await;
         finish(conn, result)
     }
+
+    async fn parked_rows(&self, limit: u32) -> Result<Vec<ParkedRow>, StoreError> {
+        let mut conn = self.conn().await?;
+        let limit = i64::from(limit);
+        let result = async { rows(&mut conn, PARKED_ROWS, &[&limit]).await?.iter().map(parked_from_row).collect() }.await;
+        finish(conn, result)
+    }
+
+    async fn requeue(&self, target: RequeueTarget, requested_by: &str) -> Result<Vec<OutboxId>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = requeue(&mut conn, target, requested_by).await;
+        finish(conn, result)
+    }
+
+    async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let (limit, ago) = (i64::from(limit), -millis(older_than));
+        let result = exec(&mut conn, PURGE_PUBLISHED, &[&limit, &ago]).await;
+        finish(conn, result)
+    }
+
+    async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let (limit, ago) = (i64::from(limit), -millis(older_than));
+        let result = exec(&mut conn, PURGE_INBOX, &[&limit, &ago]).await;
+        finish(conn, result)
+    }
+
+    async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError> {
+        let mut conn = self.conn().await?;
+        let ago = -millis(published_for);
+        let result = async {
+            let count = |rows: Vec<Row>| rows.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0);
+            Ok(Reconciliation {
+                pending_without_outbox: count(rows(&mut conn, PENDING_WITHOUT_OUTBOX, &[]).await?),
+                published_not_processed: count(rows(&mut conn, PUBLISHED_NOT_PROCESSED, &[&ago]).await?),
+            })
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = retry_order(&mut conn, order_id, requested_by).await;
+        match finish(conn, result)? {
+            Some(id) => Ok(id),
+            None => match self.order(order_id).await {
+                Ok(o) => Err(StoreError::Conflict(format!("order {order_id} is {}, not failed", o.status))),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+fn parked_from_row(row: &Row) -> TdsResult<ParkedRow> {
+    Ok(ParkedRow {
+        outbox_id: OutboxId(row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?),
+        order_id: OrderId(row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?),
+        attempts: row.try_get::<i32, _>(2)?.ok_or_else(|| conversion("attempts"))?,
+        last_error: row.try_get::<&str, _>(3)?.map(str::to_string),
+        created_at: utc(row.try_get::<NaiveDateTime, _>(4)?.ok_or_else(|| conversion("created_at"))?),
+        dead_at: utc(row.try_get::<NaiveDateTime, _>(5)?.ok_or_else(|| conversion("dead_at"))?),
+    })
+}
+
+async fn requeue(client: &mut TdsClient, target: RequeueTarget, requested_by: &str) -> TdsResult<Vec<OutboxId>> {
+    let (by_id, by_order) = match target {
+        RequeueTarget::Outbox(id) => (Some(id.0), None),
+        RequeueTarget::Order(order) => (None, Some(order.0)),
+    };
+    batch(client, BEGIN).await?;
+    let requeued = rows(client, REQUEUE, &[&by_id, &by_order]).await?;
+    let mut ids = Vec::with_capacity(requeued.len());
+    for row in &requeued {
+        let id = row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?;
+        let order_id = row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?;
+        exec(client, INSERT_AUDIT, &[&id, &order_id, &"requeue", &requested_by]).await?;
+        ids.push(OutboxId(id));
+    }
+    batch(client, COMMIT).await?;
+    Ok(ids)
+}
+
+/// `None` when the order is not `failed` (or does not exist).
+async fn retry_order(client: &mut TdsClient, order_id: OrderId, requested_by: &str) -> TdsResult<Option<OutboxId>> {
+    batch(client, BEGIN).await?;
+    let updated = rows(client, RETRY_ORDER, &[&order_id.0]).await?;
+    let Some(row) = updated.first() else {
+        batch(client, ROLLBACK).await?;
+        return Ok(None);
+    };
+    let order = order_from_row(row)?;
+    let outbox_id = insert_outbox(client, &order, None, None, None).await?;
+    exec(client, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &"retry", &requested_by]).await?;
+    batch(client, COMMIT).await?;
+    Ok(Some(outbox_id))
 }
 
 async fn process(

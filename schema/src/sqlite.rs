@@ -18,7 +18,8 @@ use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 use crate::store::{
-    FailureOutcome, OrderStore, OutboxStats, OutboxStore, Placed, ProcessOutcome, ProcessingStore,
+    FailureOutcome, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore,
+    Reconciliation, RequeueTarget,
     StoreError,
 };
 
@@ -214,6 +215,40 @@ fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str) -> Result<usize
     Ok(tx.execute(&sql, params![order_id.0, reason])?)
 }
 
+/// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
+fn insert_outbox(
+    tx: &Connection,
+    order: &Order,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+    created_at: Option<DateTime<Utc>>,
+) -> Result<OutboxId, StoreError> {
+    let outbox_id = OutboxId::new();
+    let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
+        .map_err(|e| StoreError::Other(e.to_string()))?;
+    let sql = format!(
+        "INSERT INTO outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, {NOW}))"
+    );
+    tx.execute(
+        &sql,
+        params![
+            outbox_id.to_string(),
+            order.order_id.0,
+            ORDER_PLACED_V1,
+            payload,
+            traceparent,
+            tracestate,
+            created_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
+        ],
+    )?;
+    Ok(outbox_id)
+}
+
+fn ago_modifier(d: Duration) -> String {
+    format!("-{:.3} seconds", d.as_secs_f64())
+}
+
 fn seconds_modifier(d: Duration) -> String {
     format!("+{:.3} seconds", d.as_secs_f64())
 }
@@ -260,22 +295,7 @@ impl OrderStore for SqliteStore {
                 params![order.customer_name, order.product_id, order.quantity, order.idempotency_key],
                 order_from_row,
             )?;
-            let outbox_id = OutboxId::new();
-            let payload = serde_json::to_string(&OrderPlacedV1::for_order(&stored, outbox_id))
-                .map_err(|e| StoreError::Other(e.to_string()))?;
-            tx.execute(
-                "INSERT INTO outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    outbox_id.to_string(),
-                    stored.order_id.0,
-                    ORDER_PLACED_V1,
-                    payload,
-                    order.traceparent,
-                    order.tracestate,
-                    stored.created_at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-                ],
-            )?;
+            insert_outbox(tx, &stored, order.traceparent.as_deref(), order.tracestate.as_deref(), Some(stored.created_at))?;
             Ok(Placed::Created(stored))
         })
         .await
@@ -420,6 +440,127 @@ impl OutboxStore for SqliteStore {
                 oldest_pending_seconds: oldest.unwrap_or(0.0).max(0.0),
                 parked,
             })
+        })
+        .await
+    }
+
+    async fn parked_rows(&self, limit: u32) -> Result<Vec<ParkedRow>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT outbox_id, order_id, attempts, last_error, created_at, dead_at FROM outbox \
+                 WHERE dead_at IS NOT NULL ORDER BY dead_at DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| {
+                let id: String = r.get(0)?;
+                Ok(ParkedRow {
+                    outbox_id: OutboxId::from_str(&id).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
+                    order_id: OrderId(r.get(1)?),
+                    attempts: r.get(2)?,
+                    last_error: r.get(3)?,
+                    created_at: parse_time(&r.get::<_, String>(4)?)?,
+                    dead_at: parse_time(&r.get::<_, String>(5)?)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn requeue(&self, target: RequeueTarget, requested_by: &str) -> Result<Vec<OutboxId>, StoreError> {
+        let requested_by = requested_by.to_string();
+        self.write(move |tx| {
+            let (by_id, by_order) = match target {
+                RequeueTarget::Outbox(id) => (Some(id.to_string()), None),
+                RequeueTarget::Order(order) => (None, Some(order.0)),
+            };
+            let sql = format!(
+                "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = {NOW}, lease_owner = NULL, \
+                   lease_until = NULL \
+                 WHERE dead_at IS NOT NULL AND published_at IS NULL AND (outbox_id = ?1 OR order_id = ?2) \
+                 RETURNING outbox_id, order_id"
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(params![by_id, by_order], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut audit = tx.prepare_cached(
+                "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, 'requeue', ?3)",
+            )?;
+            let mut ids = Vec::with_capacity(rows.len());
+            for (id, order_id) in rows {
+                audit.execute(params![id, order_id, requested_by])?;
+                ids.push(OutboxId::from_str(&id).map_err(|e| StoreError::Other(e.to_string()))?);
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox \
+                   WHERE published_at IS NOT NULL \
+                     AND published_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) LIMIT ?2)",
+                params![ago_modifier(older_than), limit],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM inbox WHERE outbox_id IN (SELECT outbox_id FROM inbox \
+                   WHERE processed_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) LIMIT ?2)",
+                params![ago_modifier(older_than), limit],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError> {
+        self.with_conn(move |conn| {
+            let pending_without_outbox = conn.query_row(
+                "SELECT COUNT(*) FROM orders o WHERE o.status = 'pending' \
+                 AND NOT EXISTS (SELECT 1 FROM outbox x WHERE x.order_id = o.order_id)",
+                [],
+                |r| r.get(0),
+            )?;
+            let published_not_processed = conn.query_row(
+                "SELECT COUNT(*) FROM orders WHERE status = 'published' \
+                 AND created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
+                [ago_modifier(published_for)],
+                |r| r.get(0),
+            )?;
+            Ok(Reconciliation { pending_without_outbox, published_not_processed })
+        })
+        .await
+    }
+
+    async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
+        let requested_by = requested_by.to_string();
+        self.write(move |tx| {
+            let sql = format!(
+                "UPDATE orders SET status = 'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, \
+                   total_price = NULL WHERE order_id = ?1 AND status = 'failed' RETURNING {ORDER_COLUMNS}"
+            );
+            let Some(order) = tx.query_row(&sql, [order_id.0], order_from_row).optional()? else {
+                return match load_order(tx, order_id)? {
+                    None => Err(StoreError::NotFound),
+                    Some(o) => Err(StoreError::Conflict(format!("order {order_id} is {}, not failed", o.status))),
+                };
+            };
+            let outbox_id = insert_outbox(tx, &order, None, None, None)?;
+            tx.execute(
+                "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, 'retry', ?3)",
+                params![outbox_id.to_string(), order_id.0, requested_by],
+            )?;
+            Ok(outbox_id)
         })
         .await
     }

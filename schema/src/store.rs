@@ -76,6 +76,41 @@ pub struct OutboxStats {
     pub parked: i64,
 }
 
+/// A parked outbox row, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParkedRow {
+    /// The row.
+    pub outbox_id: OutboxId,
+    /// Its order.
+    pub order_id: OrderId,
+    /// Failed attempts.
+    pub attempts: i32,
+    /// The broker's last answer.
+    pub last_error: Option<String>,
+    /// When the row was committed.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When it was parked.
+    pub dead_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Which parked rows to requeue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequeueTarget {
+    /// One row.
+    Outbox(OutboxId),
+    /// Every parked row of one order.
+    Order(OrderId),
+}
+
+/// Findings of the reconciliation sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Reconciliation {
+    /// Orders `pending` with no outbox row at all: they would never be published.
+    pub pending_without_outbox: i64,
+    /// Orders `published` longer than the threshold and still not processed.
+    pub published_not_processed: i64,
+}
+
 /// The producer's unit of work: the order and its outbox row together.
 #[async_trait]
 pub trait OrderStore: Send + Sync {
@@ -119,6 +154,20 @@ pub trait OutboxStore: Send + Sync {
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
     /// Backlog figures.
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+    /// Parked rows, most recently parked first.
+    async fn parked_rows(&self, limit: u32) -> Result<Vec<ParkedRow>, StoreError>;
+    /// Makes parked rows due again (attempts reset) and records who asked, in
+    /// one transaction. Returns the rows requeued.
+    async fn requeue(&self, target: RequeueTarget, requested_by: &str) -> Result<Vec<OutboxId>, StoreError>;
+    /// Deletes up to `limit` outbox rows published more than `older_than` ago; returns how many.
+    async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` inbox rows recorded more than `older_than` ago; returns how many.
+    async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
+    /// Counts orders that look stuck.
+    async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError>;
+    /// Puts a `failed` order back to `pending` with a fresh outbox row (a new
+    /// idempotency key), recording who asked. `Conflict` unless the order is `failed`.
+    async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError>;
 }
 
 /// The consumer's unit of work: dedupe, price, finalise.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
+use schema::RequeueTarget;
 use schema::pricing::price;
 use schema::{
     FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, Store,
@@ -357,6 +358,77 @@ pub async fn recent_orders_are_newest_first(store: Arc<dyn Store>) {
     assert_eq!(store.recent_orders(1).await.unwrap().len(), 1);
 }
 
+pub async fn parked_rows_are_listed_and_requeued_with_an_audit_record(store: Arc<dyn Store>) {
+    let order = place(&store, "P123", 1).await;
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    let id = rows[0].outbox_id;
+    let parked = store.record_failure("relay-a", id, "too big", Duration::ZERO, 1).await.unwrap();
+    assert_eq!(parked, FailureOutcome::Parked);
+    let listed = store.parked_rows(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].outbox_id, listed[0].order_id, listed[0].attempts), (id, order, 1));
+    assert_eq!(listed[0].last_error.as_deref(), Some("too big"));
+    assert!(store.requeue(RequeueTarget::Order(OrderId(order.0 + 1000)), "ops@example").await.unwrap().is_empty());
+    assert_eq!(store.requeue(RequeueTarget::Order(order), "ops@example").await.unwrap(), vec![id]);
+    assert!(store.parked_rows(10).await.unwrap().is_empty());
+    let again = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!((again[0].outbox_id, again[0].attempts), (id, 0), "due again with a fresh attempt count");
+    store.record_failure("relay-a", id, "too big", Duration::ZERO, 1).await.unwrap();
+    assert_eq!(store.requeue(RequeueTarget::Outbox(id), "ops@example").await.unwrap(), vec![id]);
+    assert_eq!(store.outbox_stats().await.unwrap().parked, 0);
+}
+
+pub async fn retention_deletes_old_rows_in_small_batches(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let order = place(&store, "P200", 1).await;
+        store.process_order(Some(OutboxId::new()), order, price).await.unwrap();
+    }
+    place(&store, "P200", 1).await; // stays unpublished
+    let rows = store.claim_batch("relay-a", 5, Duration::from_secs(30)).await.unwrap();
+    ids.extend(rows.iter().map(|r| r.outbox_id));
+    store.mark_published("relay-a", &ids).await.unwrap();
+    assert_eq!(store.purge_published(Duration::from_secs(3600), 100).await.unwrap(), 0, "nothing is an hour old");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge_published(Duration::ZERO, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_published(Duration::ZERO, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_published(Duration::ZERO, 2).await.unwrap(), 1);
+    assert_eq!(store.purge_published(Duration::ZERO, 2).await.unwrap(), 0);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 1, "unpublished rows are never purged");
+    assert_eq!(store.purge_inbox(Duration::from_secs(3600), 100).await.unwrap(), 0);
+    assert_eq!(store.purge_inbox(Duration::ZERO, 3).await.unwrap(), 3);
+    assert_eq!(store.purge_inbox(Duration::ZERO, 3).await.unwrap(), 2);
+}
+
+pub async fn reconciliation_reports_orders_published_but_not_processed(store: Arc<dyn Store>) {
+    let stuck = place(&store, "P123", 1).await;
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    store.mark_published("relay-a", &[rows[0].outbox_id]).await.unwrap();
+    assert_eq!(store.order(stuck).await.unwrap().status, OrderStatus::Published);
+    let fresh = store.reconcile(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(fresh, schema::Reconciliation::default(), "nothing is stuck for an hour");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let found = store.reconcile(Duration::ZERO).await.unwrap();
+    assert_eq!((found.published_not_processed, found.pending_without_outbox), (1, 0));
+    store.process_order(None, stuck, price).await.unwrap();
+    assert_eq!(store.reconcile(Duration::ZERO).await.unwrap().published_not_processed, 0);
+}
+
+pub async fn a_failed_order_can_be_retried_once_its_cause_is_fixed(store: Arc<dyn Store>) {
+    let order = place(&store, "P999", 2).await;
+    let first = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()[0].outbox_id;
+    store.mark_published("relay-a", &[first]).await.unwrap();
+    assert!(matches!(store.process_order(Some(first), order, price).await.unwrap(), ProcessOutcome::Failed(_)));
+    let fresh = store.retry_failed_order(order, "ops@example").await.unwrap();
+    assert_ne!(fresh, first, "a new idempotency key: the old one is in the inbox");
+    let retried = store.order(order).await.unwrap();
+    assert_eq!((retried.status, retried.failure_reason), (OrderStatus::Pending, None));
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.outbox_id).collect::<Vec<_>>(), vec![fresh]);
+    assert!(matches!(store.retry_failed_order(order, "ops").await, Err(schema::StoreError::Conflict(_))));
+    assert!(matches!(store.retry_failed_order(OrderId(555_555), "ops").await, Err(schema::StoreError::NotFound)));
+}
+
 macro_rules! contract_tests {
     ($backend:ident, $make:path) => {
         mod $backend {
@@ -373,7 +445,11 @@ macro_rules! contract_tests {
                 fail_order_marks_only_unfinished_orders,
                 a_failing_row_is_retried_then_parked,
                 released_leases_are_claimable_at_once,
-                recent_orders_are_newest_first
+                recent_orders_are_newest_first,
+                parked_rows_are_listed_and_requeued_with_an_audit_record,
+                retention_deletes_old_rows_in_small_batches,
+                reconciliation_reports_orders_published_but_not_processed,
+                a_failed_order_can_be_retried_once_its_cause_is_fixed
             );
         }
     };
@@ -419,4 +495,12 @@ async fn sqlite_migrations_are_safe_to_run_concurrently_and_repeatedly() {
     }
     let store = schema::connect(&url).await.unwrap();
     assert_eq!(store.products().await.unwrap().len(), 6, "seeded once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reconciliation_finds_pending_orders_without_an_outbox_row() {
+    let (store, dir) = sqlite_store().await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("contract.db")).unwrap();
+    conn.execute("INSERT INTO orders (customer_name, product_id, quantity) VALUES ('Seed', 'P123', 2)", []).unwrap();
+    assert_eq!(store.reconcile(Duration::from_secs(3600)).await.unwrap().pending_without_outbox, 1);
 }
