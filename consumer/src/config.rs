@@ -8,11 +8,7 @@ use std::net::SocketAddr;
 #[command(name = "consumer", version, about)]
 pub struct Config {
     /// Database: `sqlite://PATH` (embedded default) or `mssql://USER:PASSWORD@HOST:PORT/DB`.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://.orderflow/orderflow.db"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://.orderflow/orderflow.db")]
     pub database_url: String,
     /// ActiveMQ STOMP connector, `tcp://[USER:PASS@]HOST:PORT`.
     #[arg(long, env = "BROKER_URL", default_value = "tcp://127.0.0.1:61613")]

@@ -50,25 +50,20 @@ pub fn parse(frame: &Frame) -> Result<Accepted, Rejection> {
     let reject = |reason: String, order_id: Option<i64>| Rejection { reason, order_id };
     if frame.body.len() > MAX_BODY_BYTES {
         return Err(reject(
-            format!(
-                "message body of {} bytes exceeds the {MAX_BODY_BYTES}-byte limit",
-                frame.body.len()
-            ),
+            format!("message body of {} bytes exceeds the {MAX_BODY_BYTES}-byte limit", frame.body.len()),
             None,
         ));
     }
     let value: serde_json::Value = serde_json::from_slice(&frame.body)
         .map_err(|e| reject(format!("message body is not valid JSON: {e}"), None))?;
     let order_id = value.get("order_id").and_then(serde_json::Value::as_i64);
-    let message: OrderPlacedV1 = serde_json::from_value(value)
-        .map_err(|e| reject(format!("invalid order message: {e}"), order_id))?;
+    let message: OrderPlacedV1 =
+        serde_json::from_value(value).map_err(|e| reject(format!("invalid order message: {e}"), order_id))?;
     let header_id = match frame.get(OUTBOX_ID_HEADER) {
-        Some(raw) => Some(OutboxId::from_str(raw.trim()).map_err(|_| {
-            reject(
-                format!("invalid {OUTBOX_ID_HEADER} header {raw:?}"),
-                order_id,
-            )
-        })?),
+        Some(raw) => Some(
+            OutboxId::from_str(raw.trim())
+                .map_err(|_| reject(format!("invalid {OUTBOX_ID_HEADER} header {raw:?}"), order_id))?,
+        ),
         None => None,
     };
     if !QUANTITY_RANGE.contains(&message.quantity) {
@@ -83,56 +78,33 @@ pub fn parse(frame: &Frame) -> Result<Accepted, Rejection> {
         ));
     }
     if message.order_id <= 0 {
-        return Err(reject(
-            format!("order_id {} is not a valid order id", message.order_id),
-            None,
-        ));
+        return Err(reject(format!("order_id {} is not a valid order id", message.order_id), None));
     }
-    Ok(Accepted {
-        outbox_id: header_id.or(message.outbox_id),
-        message,
-    })
+    Ok(Accepted { outbox_id: header_id.or(message.outbox_id), message })
 }
 
 /// Handles one delivery: parse, then one store transaction.
-pub async fn handle_delivery(
-    store: &dyn ProcessingStore,
-    frame: &Frame,
-) -> Result<Verdict, StoreError> {
+pub async fn handle_delivery(store: &dyn ProcessingStore, frame: &Frame) -> Result<Verdict, StoreError> {
     let accepted = match parse(frame) {
         Ok(accepted) => accepted,
         Err(Rejection { reason, order_id }) => {
-            let outbox_id = frame
-                .get(OUTBOX_ID_HEADER)
-                .and_then(|h| OutboxId::from_str(h.trim()).ok());
+            let outbox_id = frame.get(OUTBOX_ID_HEADER).and_then(|h| OutboxId::from_str(h.trim()).ok());
             let order_failed = match order_id {
                 Some(id) if id > 0 => store.fail_order(outbox_id, OrderId(id), &reason).await?,
                 _ => false,
             };
-            return Ok(Verdict::DeadLetter {
-                reason,
-                order_failed,
-            });
+            return Ok(Verdict::DeadLetter { reason, order_failed });
         }
     };
     let order_id = OrderId(accepted.message.order_id);
-    Ok(
-        match store
-            .process_order(accepted.outbox_id, order_id, price)
-            .await?
-        {
-            ProcessOutcome::Processed(order) => Verdict::Processed(order),
-            ProcessOutcome::Duplicate => Verdict::Duplicate,
-            ProcessOutcome::OrderNotFound => Verdict::DeadLetter {
-                reason: format!("order {order_id} not found"),
-                order_failed: false,
-            },
-            ProcessOutcome::Failed(reason) => Verdict::DeadLetter {
-                reason,
-                order_failed: true,
-            },
-        },
-    )
+    Ok(match store.process_order(accepted.outbox_id, order_id, price).await? {
+        ProcessOutcome::Processed(order) => Verdict::Processed(order),
+        ProcessOutcome::Duplicate => Verdict::Duplicate,
+        ProcessOutcome::OrderNotFound => {
+            Verdict::DeadLetter { reason: format!("order {order_id} not found"), order_failed: false }
+        }
+        ProcessOutcome::Failed(reason) => Verdict::DeadLetter { reason, order_failed: true },
+    })
 }
 
 #[cfg(test)]
@@ -149,10 +121,8 @@ mod tests {
 
     #[test]
     fn a_seed_style_message_is_accepted_without_an_outbox_id() {
-        let ok = parse(&frame(
-            r#"{"order_id": 1, "customer_name": "Ajay", "product_id": "P123", "quantity": 2}"#,
-        ))
-        .unwrap();
+        let ok =
+            parse(&frame(r#"{"order_id": 1, "customer_name": "Ajay", "product_id": "P123", "quantity": 2}"#)).unwrap();
         assert_eq!(ok.outbox_id, None);
         assert_eq!(ok.message.quantity, 2);
     }
@@ -160,73 +130,50 @@ mod tests {
     #[test]
     fn the_outbox_id_header_wins_over_the_body() {
         let id = "0193a0b4-7c1e-7a2b-9c3d-4e5f60718293";
-        let f =
-            frame(r#"{"order_id": 1, "customer_name": "A", "product_id": "P123", "quantity": 2}"#)
-                .header(OUTBOX_ID_HEADER, id);
+        let f = frame(r#"{"order_id": 1, "customer_name": "A", "product_id": "P123", "quantity": 2}"#)
+            .header(OUTBOX_ID_HEADER, id);
         assert_eq!(parse(&f).unwrap().outbox_id.unwrap().to_string(), id);
     }
 
     #[test]
     fn non_json_is_rejected_without_an_order() {
         let r = reason("not json at all");
-        assert!(
-            r.reason.starts_with("message body is not valid JSON"),
-            "{}",
-            r.reason
-        );
+        assert!(r.reason.starts_with("message body is not valid JSON"), "{}", r.reason);
         assert_eq!(r.order_id, None);
     }
 
     #[test]
     fn a_missing_field_names_the_field_and_the_order() {
         let r = reason(r#"{"order_id": 5, "customer_name": "A", "quantity": 2}"#);
-        assert!(
-            r.reason.contains("missing field `product_id`"),
-            "{}",
-            r.reason
-        );
+        assert!(r.reason.contains("missing field `product_id`"), "{}", r.reason);
         assert_eq!(r.order_id, Some(5));
     }
 
     #[test]
     fn a_wrong_type_is_rejected() {
-        let r = reason(
-            r#"{"order_id": 5, "customer_name": "A", "product_id": "P123", "quantity": "two"}"#,
-        );
+        let r = reason(r#"{"order_id": 5, "customer_name": "A", "product_id": "P123", "quantity": "two"}"#);
         assert!(r.reason.contains("invalid type"), "{}", r.reason);
         assert_eq!(r.order_id, Some(5));
     }
 
     #[test]
     fn quantity_out_of_range_is_rejected() {
-        let r =
-            reason(r#"{"order_id": 5, "customer_name": "A", "product_id": "P123", "quantity": 0}"#);
+        let r = reason(r#"{"order_id": 5, "customer_name": "A", "product_id": "P123", "quantity": 0}"#);
         assert_eq!(r.reason, "quantity 0 is out of range 1-1000");
-        let r = reason(
-            r#"{"order_id": 5, "customer_name": "A", "product_id": "P123", "quantity": 1001}"#,
-        );
+        let r = reason(r#"{"order_id": 5, "customer_name": "A", "product_id": "P123", "quantity": 1001}"#);
         assert_eq!(r.order_id, Some(5));
     }
 
     #[test]
     fn an_oversized_body_is_rejected() {
-        let big = format!(
-            r#"{{"order_id": 5, "pad": "{}"}}"#,
-            "x".repeat(MAX_BODY_BYTES)
-        );
+        let big = format!(r#"{{"order_id": 5, "pad": "{}"}}"#, "x".repeat(MAX_BODY_BYTES));
         assert!(reason(&big).reason.contains("exceeds"));
     }
 
     #[test]
     fn a_bad_outbox_id_header_is_rejected() {
-        let f =
-            frame(r#"{"order_id": 1, "customer_name": "A", "product_id": "P123", "quantity": 2}"#)
-                .header(OUTBOX_ID_HEADER, "nope");
-        assert!(
-            parse(&f)
-                .unwrap_err()
-                .reason
-                .contains("invalid outbox-id header")
-        );
+        let f = frame(r#"{"order_id": 1, "customer_name": "A", "product_id": "P123", "quantity": 2}"#)
+            .header(OUTBOX_ID_HEADER, "nope");
+        assert!(parse(&f).unwrap_err().reason.contains("invalid outbox-id header"));
     }
 }

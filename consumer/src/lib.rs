@@ -44,42 +44,24 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store = schema::connect(&config.database_url)
             .await
-            .with_context(|| {
-                format!("connecting to {}", schema::redact_url(&config.database_url))
-            })?;
+            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
         let registry = observability::new_registry();
         let metrics = Metrics::register(&registry)?;
         let readiness = Readiness::new(&["broker"]);
-        Ok(App {
-            config,
-            store,
-            admin,
-            registry,
-            metrics,
-            readiness,
-        })
+        Ok(App { config, store, admin, registry, metrics, readiness })
     }
 
     /// The bound admin address (tests bind port 0).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.local_addr().expect("bound listener has an address")
     }
 
     /// Consumes until `shutdown`; then finishes the message in hand, disconnects, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App {
-            config,
-            store,
-            admin,
-            registry,
-            metrics,
-            readiness,
-        } = self;
+        let App { config, store, admin, registry, metrics, readiness } = self;
         tracing::info!(
             admin = %admin.local_addr()?,
             database = %schema::redact_url(&config.database_url),
@@ -94,14 +76,8 @@ impl App {
         ));
         let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
         broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
-        let consumer = Consumer {
-            store,
-            metrics,
-            readiness,
-            broker,
-            prefetch: config.prefetch,
-            queue: config.queue.clone(),
-        };
+        let consumer =
+            Consumer { store, metrics, readiness, broker, prefetch: config.prefetch, queue: config.queue.clone() };
         let work = consumer.run(shutdown.clone());
         tokio::pin!(work);
         let grace = async {
@@ -161,21 +137,13 @@ impl Consumer {
 
     async fn subscribe(&self) -> Result<Client, StompError> {
         let client = Client::connect(&self.broker).await?;
-        client
-            .subscribe(&self.queue, "orders", self.prefetch, BROKER_TIMEOUT)
-            .await?;
+        client.subscribe(&self.queue, "orders", self.prefetch, BROKER_TIMEOUT).await?;
         Ok(client)
     }
 
     /// Handles deliveries until shutdown (Ok) or the connection fails (Err).
-    async fn consume(
-        &self,
-        client: &Client,
-        shutdown: &CancellationToken,
-    ) -> Result<(), StompError> {
-        let mut messages = client
-            .take_messages()
-            .expect("a fresh client has its message stream");
+    async fn consume(&self, client: &Client, shutdown: &CancellationToken) -> Result<(), StompError> {
+        let mut messages = client.take_messages().expect("a fresh client has its message stream");
         loop {
             let frame = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -188,12 +156,7 @@ impl Consumer {
         }
     }
 
-    async fn deliver(
-        &self,
-        client: &Client,
-        frame: Frame,
-        shutdown: &CancellationToken,
-    ) -> Result<(), StompError> {
+    async fn deliver(&self, client: &Client, frame: Frame, shutdown: &CancellationToken) -> Result<(), StompError> {
         let started = Instant::now();
         if frame.get("redelivered") == Some("true") {
             self.metrics.redeliveries.inc();
@@ -223,45 +186,25 @@ impl Consumer {
                     order.unit_price.unwrap_or_default(),
                     order.total_price.unwrap_or_default()
                 );
-                self.metrics
-                    .messages
-                    .with_label_values(&["processed"])
-                    .inc();
+                self.metrics.messages.with_label_values(&["processed"]).inc();
                 if let Some(done) = order.processed_at {
                     let e2e = (done - order.created_at).to_std().unwrap_or_default();
                     self.metrics.end_to_end_seconds.observe(e2e.as_secs_f64());
                 }
             }
-            Verdict::Duplicate => self
-                .metrics
-                .messages
-                .with_label_values(&["duplicate"])
-                .inc(),
-            Verdict::DeadLetter {
-                reason,
-                order_failed,
-            } => {
+            Verdict::Duplicate => self.metrics.messages.with_label_values(&["duplicate"]).inc(),
+            Verdict::DeadLetter { reason, order_failed } => {
                 tracing::warn!(%reason, order_failed, "message dead-lettered");
-                client
-                    .request(dead_letter(&self.queue, &frame, reason), BROKER_TIMEOUT)
-                    .await?;
-                self.metrics
-                    .messages
-                    .with_label_values(&["dead_lettered"])
-                    .inc();
+                client.request(dead_letter(&self.queue, &frame, reason), BROKER_TIMEOUT).await?;
+                self.metrics.messages.with_label_values(&["dead_lettered"]).inc();
                 if *order_failed {
                     self.metrics.messages.with_label_values(&["failed"]).inc();
                 }
             }
         }
-        let ack = frame
-            .get("ack")
-            .or_else(|| frame.get("message-id"))
-            .unwrap_or_default();
+        let ack = frame.get("ack").or_else(|| frame.get("message-id")).unwrap_or_default();
         client.ack(&[ack]).await?;
-        self.metrics
-            .processing_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }
@@ -273,19 +216,12 @@ fn dead_letter(queue: &str, frame: &Frame, reason: &str) -> Frame {
         .header("destination", format!("{queue}.DLQ"))
         .header("persistent", "true")
         .header("dlq-reason", reason)
-        .header(
-            "content-type",
-            frame
-                .get("content-type")
-                .unwrap_or("application/octet-stream"),
-        );
+        .header("content-type", frame.get("content-type").unwrap_or("application/octet-stream"));
     for (name, value) in &frame.headers {
         match name.as_str() {
             "content-length" | "content-type" | "ack" | "subscription" | "receipt" => {}
             "outbox-id" | "order-id" | "traceparent" | "tracestate" => {
-                out = out
-                    .header(name, value.clone())
-                    .header(&format!("original-{name}"), value.clone());
+                out = out.header(name, value.clone()).header(&format!("original-{name}"), value.clone());
             }
             _ => out = out.header(&format!("original-{name}"), value.clone()),
         }

@@ -5,13 +5,7 @@
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Outcome label values of `orderflow_consumer_messages_total`.
-pub const OUTCOMES: [&str; 5] = [
-    "processed",
-    "duplicate",
-    "failed",
-    "dead_lettered",
-    "retried",
-];
+pub const OUTCOMES: [&str; 5] = ["processed", "duplicate", "failed", "dead_lettered", "retried"];
 
 /// The consumer's metrics, registered once per process.
 #[derive(Clone)]
@@ -26,40 +20,26 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let latency = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0, 60.0,
-        ];
+        let latency =
+            vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         let m = Self {
             messages: IntCounterVec::new(
-                Opts::new(
-                    "orderflow_consumer_messages_total",
-                    "Messages handled, by outcome",
-                ),
+                Opts::new("orderflow_consumer_messages_total", "Messages handled, by outcome"),
                 &["outcome"],
             )?,
             processing_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "orderflow_consumer_processing_seconds",
-                    "Time to handle one message",
-                )
-                .buckets(latency.clone()),
+                HistogramOpts::new("orderflow_consumer_processing_seconds", "Time to handle one message")
+                    .buckets(latency.clone()),
             )?,
             end_to_end_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "orderflow_order_end_to_end_seconds",
-                    "Order created_at to processed_at",
-                )
-                .buckets(latency),
+                HistogramOpts::new("orderflow_order_end_to_end_seconds", "Order created_at to processed_at")
+                    .buckets(latency),
             )?,
             redeliveries: IntCounter::new(
                 "orderflow_consumer_redeliveries_total",
                 "Messages the broker marked redelivered",
             )?,
-            broker_connected: IntGauge::new(
-                "orderflow_consumer_broker_connected",
-                "1 while subscribed to the broker",
-            )?,
+            broker_connected: IntGauge::new("orderflow_consumer_broker_connected", "1 while subscribed to the broker")?,
         };
         for outcome in OUTCOMES {
             m.messages.with_label_values(&[outcome]);

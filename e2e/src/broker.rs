@@ -20,14 +20,8 @@ fn script() -> PathBuf {
 impl Broker {
     /// Starts a broker on a free port in a fresh folder and waits until it listens.
     pub fn start() -> Broker {
-        let dir = tempfile::Builder::new()
-            .prefix("orderflow-broker-")
-            .tempdir()
-            .expect("temp dir");
-        let broker = Broker {
-            dir,
-            port: crate::free_port(),
-        };
+        let dir = tempfile::Builder::new().prefix("orderflow-broker-").tempdir().expect("temp dir");
+        let broker = Broker { dir, port: crate::free_port() };
         broker.start_again();
         broker
     }
@@ -41,27 +35,16 @@ impl Broker {
     pub fn start_again(&self) {
         let status = Command::new("bash")
             .arg(script())
-            .args([
-                "start",
-                &self.dir.path().display().to_string(),
-                &self.port.to_string(),
-            ])
+            .args(["start", &self.dir.path().display().to_string(), &self.port.to_string()])
             .arg(std::process::id().to_string())
             .status()
             .expect("running scripts/activemq.sh");
-        assert!(
-            status.success(),
-            "the broker did not start (see {}/broker.log)",
-            self.dir.path().display()
-        );
+        assert!(status.success(), "the broker did not start (see {}/broker.log)", self.dir.path().display());
     }
 
     /// Stops the broker (SIGTERM, then SIGKILL after 15 s) and waits for the process to end.
     pub fn stop(&self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .args(["stop", &self.dir.path().display().to_string()])
-            .status();
+        let _ = Command::new("bash").arg(script()).args(["stop", &self.dir.path().display().to_string()]).status();
     }
 }
 

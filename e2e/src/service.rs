@@ -62,10 +62,7 @@ impl Service {
         A: Runnable,
         F: Future<Output = anyhow::Result<A>> + Send + 'static,
     {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let (tx, rx) = oneshot::channel();
@@ -85,13 +82,7 @@ impl Service {
                 return Err(error.unwrap_or_else(|e| e));
             }
         };
-        Ok(Service {
-            runtime: Some(runtime),
-            shutdown,
-            task: Some(task),
-            http_addr,
-            admin_addr,
-        })
+        Ok(Service { runtime: Some(runtime), shutdown, task: Some(task), http_addr, admin_addr })
     }
 
     /// Graceful stop (as on SIGTERM): returns the service's own result.

@@ -35,15 +35,10 @@ impl Stack {
 
     /// The producer only; start the others with [`Stack::start_relay`] and [`Stack::start_consumer`].
     pub async fn start_producer(broker_url: &str) -> Stack {
-        let dir = tempfile::Builder::new()
-            .prefix("orderflow-e2e-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("orderflow-e2e-").tempdir().expect("temp dir");
         let database_url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
         let config = producer::Config::for_database(&database_url);
-        let producer = Service::start(producer::App::build(config))
-            .await
-            .expect("producer starts");
+        let producer = Service::start(producer::App::build(config)).await.expect("producer starts");
         Stack {
             dir,
             database_url,
@@ -76,34 +71,22 @@ impl Stack {
 
     /// Starts a relay on this stack.
     pub async fn start_relay(&self) -> Service {
-        Service::start(relay::App::build(self.relay_config()))
-            .await
-            .expect("relay starts")
+        Service::start(relay::App::build(self.relay_config())).await.expect("relay starts")
     }
 
     /// Starts a consumer on this stack.
     pub async fn start_consumer(&self) -> Service {
-        Service::start(consumer::App::build(self.consumer_config()))
-            .await
-            .expect("consumer starts")
+        Service::start(consumer::App::build(self.consumer_config())).await.expect("consumer starts")
     }
 
     /// `http://ADDR` of the producer.
     pub fn base_url(&self) -> String {
-        format!(
-            "http://{}",
-            self.producer
-                .http_addr
-                .expect("producer has a public address")
-        )
+        format!("http://{}", self.producer.http_addr.expect("producer has a public address"))
     }
 
     /// `POST /api/orders` with a JSON body; returns status and body.
     pub async fn post_json(&self, body: &Value, idempotency_key: Option<&str>) -> (u16, Value) {
-        let mut request = self
-            .http
-            .post(format!("{}/api/orders", self.base_url()))
-            .json(body);
+        let mut request = self.http.post(format!("{}/api/orders", self.base_url())).json(body);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
@@ -114,12 +97,8 @@ impl Stack {
 
     /// Places a valid order through the JSON API and returns its id.
     pub async fn place_order(&self, name: &str, product_id: &str, quantity: i64) -> i64 {
-        let (status, body) = self
-            .post_json(
-                &json!({"customer_name": name, "product_id": product_id, "quantity": quantity}),
-                None,
-            )
-            .await;
+        let (status, body) =
+            self.post_json(&json!({"customer_name": name, "product_id": product_id, "quantity": quantity}), None).await;
         assert_eq!(status, 201, "order accepted: {body}");
         body["order_id"].as_i64().expect("order_id in the answer")
     }
@@ -128,23 +107,19 @@ impl Stack {
     pub fn db(&self) -> Connection {
         let path = self.database_url.trim_start_matches("sqlite://");
         let conn = Connection::open(path).expect("open the test database");
-        conn.busy_timeout(Duration::from_secs(10))
-            .expect("busy timeout");
+        conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
         conn
     }
 
     /// One integer from SQL.
     pub fn count(&self, sql: &str) -> i64 {
-        self.db()
-            .query_row(sql, [], |r| r.get(0))
-            .expect("count query")
+        self.db().query_row(sql, [], |r| r.get(0)).expect("count query")
     }
 
     /// Waits until `n` orders are final (processed or failed).
     pub async fn wait_until_final(&self, n: i64, timeout: Duration) {
         wait_for(&format!("{n} final orders"), timeout, || async {
-            (self.count("SELECT COUNT(*) FROM orders WHERE status IN ('processed', 'failed')") >= n)
-                .then_some(())
+            (self.count("SELECT COUNT(*) FROM orders WHERE status IN ('processed', 'failed')") >= n).then_some(())
         })
         .await
     }
@@ -154,8 +129,7 @@ impl Stack {
     pub async fn wait_until_settled(&self, n: i64, timeout: Duration) {
         self.wait_until_final(n, timeout).await;
         wait_for("the outbox to drain", timeout, || async {
-            (self.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") == 0)
-                .then_some(())
+            (self.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") == 0).then_some(())
         })
         .await
     }
@@ -163,46 +137,23 @@ impl Stack {
     /// The consumer's count of messages with this outcome.
     pub async fn consumer_outcome(&self, outcome: &str) -> f64 {
         let consumer = self.consumer.as_ref().expect("consumer running");
-        metric_value(
-            &consumer.metrics().await,
-            &format!("orderflow_consumer_messages_total{{outcome=\"{outcome}\"}}"),
-        )
-        .unwrap_or(0.0)
+        metric_value(&consumer.metrics().await, &format!("orderflow_consumer_messages_total{{outcome=\"{outcome}\"}}"))
+            .unwrap_or(0.0)
     }
 
     /// The end-of-test invariants: `n` orders, every one processed exactly
     /// once with the right prices, one published outbox row and one inbox row each.
     pub fn assert_all_processed_exactly_once(&self, n: i64) {
-        assert_eq!(
-            self.count("SELECT COUNT(*) FROM orders"),
-            n,
-            "orders placed"
-        );
-        assert_eq!(
-            self.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'"),
-            n,
-            "orders processed"
-        );
-        assert_eq!(
-            self.count("SELECT COUNT(*) FROM outbox"),
-            n,
-            "one outbox row per order"
-        );
+        assert_eq!(self.count("SELECT COUNT(*) FROM orders"), n, "orders placed");
+        assert_eq!(self.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'"), n, "orders processed");
+        assert_eq!(self.count("SELECT COUNT(*) FROM outbox"), n, "one outbox row per order");
         assert_eq!(
             self.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"),
             0,
             "no outbox row left unpublished"
         );
-        assert_eq!(
-            self.count("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL"),
-            0,
-            "nothing parked"
-        );
-        assert_eq!(
-            self.count("SELECT COUNT(*) FROM inbox"),
-            n,
-            "one inbox row per message"
-        );
+        assert_eq!(self.count("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL"), 0, "nothing parked");
+        assert_eq!(self.count("SELECT COUNT(*) FROM inbox"), n, "one inbox row per message");
         assert_eq!(
             self.count("SELECT COUNT(*) FROM inbox i JOIN outbox o ON o.outbox_id = i.outbox_id"),
             n,
@@ -213,10 +164,7 @@ impl Stack {
              WHERE CAST(o.unit_price AS REAL) <> ROUND(CAST(p.list_price AS REAL) * 0.9 + 1e-9, 2) \
                 OR CAST(o.total_price AS REAL) <> ROUND(CAST(o.unit_price AS REAL) * o.quantity, 2)",
         );
-        assert_eq!(
-            wrong_prices, 0,
-            "every order priced at list price less 10 %"
-        );
+        assert_eq!(wrong_prices, 0, "every order priced at list price less 10 %");
     }
 
     /// Stops every running service gracefully; each must exit cleanly.

@@ -36,42 +36,25 @@ pub struct Readiness {
 impl Readiness {
     /// Readiness with the given components, all down until reported.
     pub fn new(components: &[&'static str]) -> Self {
-        let map = components
-            .iter()
-            .map(|c| (*c, (false, "not checked yet".to_string())))
-            .collect();
-        Self {
-            components: Arc::new(Mutex::new(map)),
-        }
+        let map = components.iter().map(|c| (*c, (false, "not checked yet".to_string()))).collect();
+        Self { components: Arc::new(Mutex::new(map)) }
     }
 
     /// Reports a component up (`ok = true`) or down, with a short note.
     pub fn set(&self, component: &'static str, ok: bool, note: impl Into<String>) {
-        self.components
-            .lock()
-            .expect("readiness lock")
-            .insert(component, (ok, note.into()));
+        self.components.lock().expect("readiness lock").insert(component, (ok, note.into()));
     }
 
     /// True when every component is up.
     pub fn is_ready(&self) -> bool {
-        self.components
-            .lock()
-            .expect("readiness lock")
-            .values()
-            .all(|(ok, _)| *ok)
+        self.components.lock().expect("readiness lock").values().all(|(ok, _)| *ok)
     }
 
     fn report(&self) -> serde_json::Value {
         let map = self.components.lock().expect("readiness lock");
         let components: serde_json::Map<String, serde_json::Value> = map
             .iter()
-            .map(|(k, (ok, note))| {
-                (
-                    (*k).to_string(),
-                    serde_json::json!({ "ok": ok, "note": note }),
-                )
-            })
+            .map(|(k, (ok, note))| ((*k).to_string(), serde_json::json!({ "ok": ok, "note": note })))
             .collect();
         serde_json::json!({ "ready": map.values().all(|(ok, _)| *ok), "components": components })
     }
@@ -89,21 +72,14 @@ pub fn admin_router(registry: Registry, readiness: Readiness) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AdminState {
-            registry,
-            readiness,
-        })
+        .with_state(AdminState { registry, readiness })
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let mut buf = Vec::new();
     let encoder = TextEncoder::new();
     match encoder.encode(&state.registry.gather(), &mut buf) {
-        Ok(()) => (
-            [(header::CONTENT_TYPE, encoder.format_type().to_string())],
-            buf,
-        )
-            .into_response(),
+        Ok(()) => ([(header::CONTENT_TYPE, encoder.format_type().to_string())], buf).into_response(),
         Err(error) => {
             tracing::error!(?error, "encoding metrics failed");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -112,24 +88,13 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    let code = if state.readiness.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let code = if state.readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(state.readiness.report()))
 }
 
 /// Serves `router` on an already bound listener until `shutdown` fires.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

@@ -18,11 +18,7 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubles per failure, never above `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            failures: 0,
-        }
+        Self { base, cap, failures: 0 }
     }
 
     /// The un-jittered delay for the current failure count.
@@ -56,11 +52,7 @@ mod tests {
         for _ in 0..20 {
             let ceiling = b.ceiling();
             let d = b.next_delay();
-            assert!(
-                d <= ceiling && d >= ceiling / 2,
-                "{d:?} not in [{:?}, {ceiling:?}]",
-                ceiling / 2
-            );
+            assert!(d <= ceiling && d >= ceiling / 2, "{d:?} not in [{:?}, {ceiling:?}]", ceiling / 2);
             assert!(ceiling >= last_ceiling);
             assert!(ceiling <= Duration::from_secs(5));
             last_ceiling = ceiling;

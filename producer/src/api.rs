@@ -25,22 +25,17 @@ pub(crate) async fn create_order(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     let object = value.as_object().ok_or_else(|| {
-        ApiError::BadRequest(
-            "expected a JSON object with customer_name, product_id and quantity".into(),
-        )
+        ApiError::BadRequest("expected a JSON object with customer_name, product_id and quantity".into())
     })?;
-    let placed = state
-        .place(RawOrder::from_json(object), key, traceparent(&headers))
-        .await?;
+    let placed = state.place(RawOrder::from_json(object), key, traceparent(&headers)).await?;
     let (status, order) = match placed {
         Placed::Created(order) => (StatusCode::CREATED, order),
         Placed::Existing(order) => (StatusCode::OK, order),
     };
-    let location =
-        HeaderValue::from_str(&format!("/api/orders/{}", order.order_id)).expect("ascii path");
+    let location = HeaderValue::from_str(&format!("/api/orders/{}", order.order_id)).expect("ascii path");
     Ok((status, [(header::LOCATION, location)], Json(order)).into_response())
 }
 
@@ -48,23 +43,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = raw
-        .to_str()
-        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?
-        .trim();
+    let key = raw.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?.trim();
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(ApiError::BadRequest(format!(
-            "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters"
-        )));
+        return Err(ApiError::BadRequest(format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")));
     }
     Ok(Some(key.to_string()))
 }
 
 /// `GET /api/orders/{id}`
-pub(crate) async fn get_order(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Order>, ApiError> {
+pub(crate) async fn get_order(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::NotFound)?;
     Ok(Json(state.store.order(OrderId(id)).await?))
 }
@@ -84,9 +71,7 @@ pub(crate) async fn recent_orders(
 }
 
 /// `GET /api/products`
-pub(crate) async fn products(
-    State(state): State<AppState>,
-) -> Result<Json<Vec<Product>>, ApiError> {
+pub(crate) async fn products(State(state): State<AppState>) -> Result<Json<Vec<Product>>, ApiError> {
     let products = state.store.products().await?;
     Ok(Json(products))
 }

@@ -8,11 +8,7 @@ use std::net::SocketAddr;
 #[command(name = "producer", version, about)]
 pub struct Config {
     /// Database: `sqlite://PATH` (embedded default) or `mssql://USER:PASSWORD@HOST:PORT/DB`.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://.orderflow/orderflow.db"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://.orderflow/orderflow.db")]
     pub database_url: String,
     /// Public address: the browser form and the JSON API.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]

@@ -41,14 +41,11 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(message) => {
                 (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
             }
-            ApiError::Invalid(errors) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(json!({ "error": "invalid order", "errors": errors })),
-            )
-                .into_response(),
-            ApiError::NotFound => {
-                (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response()
+            ApiError::Invalid(errors) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "invalid order", "errors": errors })))
+                    .into_response()
             }
+            ApiError::NotFound => (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response(),
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 let mut response = (
@@ -56,18 +53,12 @@ impl IntoResponse for ApiError {
                     Json(json!({ "error": "temporarily unavailable, retry shortly" })),
                 )
                     .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(json!({ "error": "internal error" })),
-                )
-                    .into_response()
+                (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": "internal error" }))).into_response()
             }
         }
     }

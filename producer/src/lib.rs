@@ -51,11 +51,7 @@ impl AppState {
     }
 
     fn cached_product(&self, product_id: &str) -> bool {
-        self.catalogue
-            .read()
-            .expect("catalogue lock")
-            .iter()
-            .any(|p| p.product_id == product_id)
+        self.catalogue.read().expect("catalogue lock").iter().any(|p| p.product_id == product_id)
     }
 
     fn products(&self) -> Vec<Product> {
@@ -70,21 +66,14 @@ impl AppState {
         idempotency_key: Option<String>,
         traceparent: Option<String>,
     ) -> Result<Placed, ApiError> {
-        let product = raw
-            .product_id
-            .as_ref()
-            .and_then(|p| p.as_ref().ok())
-            .map(|p| p.trim().to_string());
+        let product = raw.product_id.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.trim().to_string());
         let exists = match product {
             Some(p) if !p.is_empty() => self.product_exists(&p).await?,
             _ => false,
         };
         let valid = validate(&raw, |_| exists).map_err(|errors| {
             for e in &errors {
-                self.metrics
-                    .validation_rejections
-                    .with_label_values(&[e.field])
-                    .inc();
+                self.metrics.validation_rejections.with_label_values(&[e.field]).inc();
             }
             ApiError::Invalid(errors)
         })?;
@@ -122,9 +111,7 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store = schema::connect(&config.database_url)
             .await
-            .with_context(|| {
-                format!("connecting to {}", schema::redact_url(&config.database_url))
-            })?;
+            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
         let products = store.products().await.context("loading the catalogue")?;
         let http = TcpListener::bind(config.http_addr)
             .await
@@ -140,38 +127,22 @@ impl App {
             catalogue: Arc::new(RwLock::new(products)),
             recent_orders: config.recent_orders,
         };
-        Ok(App {
-            config,
-            http,
-            admin,
-            registry,
-            state,
-        })
+        Ok(App { config, http, admin, registry, state })
     }
 
     /// The bound public address (tests bind port 0).
     pub fn http_addr(&self) -> SocketAddr {
-        self.http
-            .local_addr()
-            .expect("bound listener has an address")
+        self.http.local_addr().expect("bound listener has an address")
     }
 
     /// The bound admin address (tests bind port 0).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.local_addr().expect("bound listener has an address")
     }
 
     /// Serves until `shutdown`, then lets requests in flight finish within the grace period.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App {
-            config,
-            http,
-            admin,
-            registry,
-            state,
-        } = self;
+        let App { config, http, admin, registry, state } = self;
         tracing::info!(
             url = %format!("http://{}/", http.local_addr()?),
             admin = %admin.local_addr()?,
@@ -180,16 +151,9 @@ impl App {
         );
         let readiness = Readiness::new(&["database"]);
         let stop = CancellationToken::new();
-        let watch = tokio::spawn(watch_database(
-            state.store.clone(),
-            readiness.clone(),
-            stop.clone(),
-        ));
-        let admin_task = tokio::spawn(observability::serve(
-            admin,
-            observability::admin_router(registry, readiness),
-            stop.clone(),
-        ));
+        let watch = tokio::spawn(watch_database(state.store.clone(), readiness.clone(), stop.clone()));
+        let admin_task =
+            tokio::spawn(observability::serve(admin, observability::admin_router(registry, readiness), stop.clone()));
         let server = observability::serve(http, router(state), shutdown.clone());
         tokio::pin!(server);
         let grace = async {
@@ -213,16 +177,10 @@ fn router(state: AppState) -> Router {
         .route("/", get(pages::index))
         .route("/orders", post(pages::submit))
         .route("/orders/{id}", get(pages::order))
-        .route(
-            "/api/orders",
-            post(api::create_order).get(api::recent_orders),
-        )
+        .route("/api/orders", post(api::create_order).get(api::recent_orders))
         .route("/api/orders/{id}", get(api::get_order))
         .route("/api/products", get(api::products))
-        .layer(axum::middleware::from_fn_with_state(
-            state.metrics.clone(),
-            metrics::record,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record))
         .with_state(state)
 }
 

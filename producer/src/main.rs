@@ -17,10 +17,7 @@ async fn main() -> std::process::ExitCode {
     match app.run(shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(
-                error = format!("{error:#}"),
-                "producer stopped with an error"
-            );
+            tracing::error!(error = format!("{error:#}"), "producer stopped with an error");
             std::process::ExitCode::FAILURE
         }
     }

@@ -24,32 +24,19 @@ impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = Self {
             http_requests: IntCounterVec::new(
-                Opts::new(
-                    "orderflow_http_requests_total",
-                    "HTTP requests by route and status class",
-                ),
+                Opts::new("orderflow_http_requests_total", "HTTP requests by route and status class"),
                 &["route", "method", "status"],
             )?,
             http_seconds: HistogramVec::new(
-                HistogramOpts::new(
-                    "orderflow_http_request_duration_seconds",
-                    "HTTP request duration",
-                )
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0, 10.0,
+                HistogramOpts::new("orderflow_http_request_duration_seconds", "HTTP request duration").buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
                 ]),
                 &["route", "method"],
             )?,
-            orders_placed: IntCounter::new(
-                "orderflow_orders_placed_total",
-                "Orders committed with their outbox row",
-            )?,
+            orders_placed: IntCounter::new("orderflow_orders_placed_total", "Orders committed with their outbox row")?,
             validation_rejections: IntCounterVec::new(
-                Opts::new(
-                    "orderflow_validation_rejections_total",
-                    "Rejected order fields",
-                ),
+                Opts::new("orderflow_validation_rejections_total", "Rejected order fields"),
                 &["field"],
             )?,
         };
@@ -64,10 +51,8 @@ impl Metrics {
 /// Records count and duration of every request under its route template.
 pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = request.method().as_str().to_string();
     let response = next.run(request).await;
     let class = match response.status().as_u16() {
@@ -77,13 +62,7 @@ pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next
         400..=499 => "4xx",
         _ => "5xx",
     };
-    metrics
-        .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), class])
-        .inc();
-    metrics
-        .http_seconds
-        .with_label_values(&[route.as_str(), method.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    metrics.http_requests.with_label_values(&[route.as_str(), method.as_str(), class]).inc();
+    metrics.http_seconds.with_label_values(&[route.as_str(), method.as_str()]).observe(started.elapsed().as_secs_f64());
     response
 }

@@ -31,8 +31,7 @@ pub(crate) struct OrderView {
 
 impl From<&Order> for OrderView {
     fn from(o: &Order) -> Self {
-        let money =
-            |d: Option<rust_decimal::Decimal>| d.map_or_else(|| "—".to_string(), |d| d.to_string());
+        let money = |d: Option<rust_decimal::Decimal>| d.map_or_else(|| "—".to_string(), |d| d.to_string());
         Self {
             order_id: o.order_id.0,
             customer_name: o.customer_name.clone(),
@@ -43,9 +42,7 @@ impl From<&Order> for OrderView {
             total_price: money(o.total_price),
             failure_reason: o.failure_reason.clone().unwrap_or_default(),
             created_at: o.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            processed_at: o.processed_at.map_or_else(String::new, |t| {
-                t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-            }),
+            processed_at: o.processed_at.map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
         }
     }
 }
@@ -69,12 +66,7 @@ struct IndexPage {
 
 impl IndexPage {
     fn error_for(&self, field: &str) -> String {
-        self.errors
-            .iter()
-            .filter(|e| e.field == field)
-            .map(|e| e.message.as_str())
-            .collect::<Vec<_>>()
-            .join("; ")
+        self.errors.iter().filter(|e| e.field == field).map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ")
     }
 
     fn value(field: &Option<String>) -> &str {
@@ -101,68 +93,41 @@ fn render(status: StatusCode, page: impl Template) -> Response {
 
 fn page_error(error: ApiError) -> Response {
     match error {
-        ApiError::NotFound => (
-            StatusCode::NOT_FOUND,
-            Html("<h1>Order not found</h1><p><a href=\"/\">Back to the order form</a></p>"),
-        )
-            .into_response(),
+        ApiError::NotFound => {
+            (StatusCode::NOT_FOUND, Html("<h1>Order not found</h1><p><a href=\"/\">Back to the order form</a></p>"))
+                .into_response()
+        }
         other => {
             let status = other.into_response().status();
-            (
-                status,
-                Html("<h1>Sorry, something went wrong</h1><p>Please try again in a moment.</p>"),
-            )
-                .into_response()
+            (status, Html("<h1>Sorry, something went wrong</h1><p>Please try again in a moment.</p>")).into_response()
         }
     }
 }
 
-async fn index_page(
-    state: &AppState,
-    form: OrderForm,
-    errors: Vec<FieldError>,
-    status: StatusCode,
-) -> Response {
+async fn index_page(state: &AppState, form: OrderForm, errors: Vec<FieldError>, status: StatusCode) -> Response {
     let orders = match state.store.recent_orders(state.recent_orders).await {
         Ok(orders) => orders,
         Err(error) => return page_error(error.into()),
     };
-    let page = IndexPage {
-        products: state.products(),
-        orders: orders.iter().map(OrderView::from).collect(),
-        form,
-        errors,
-    };
+    let page =
+        IndexPage { products: state.products(), orders: orders.iter().map(OrderView::from).collect(), form, errors };
     render(status, page)
 }
 
 /// `GET /`
 pub(crate) async fn index(State(state): State<AppState>) -> Response {
-    let form = OrderForm {
-        quantity: Some("1".into()),
-        ..OrderForm::default()
-    };
+    let form = OrderForm { quantity: Some("1".into()), ..OrderForm::default() };
     index_page(&state, form, Vec::new(), StatusCode::OK).await
 }
 
 /// `POST /orders`
-pub(crate) async fn submit(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(form): Form<OrderForm>,
-) -> Response {
-    let raw = RawOrder::from_form(
-        form.customer_name.as_deref(),
-        form.product_id.as_deref(),
-        form.quantity.as_deref(),
-    );
+pub(crate) async fn submit(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<OrderForm>) -> Response {
+    let raw = RawOrder::from_form(form.customer_name.as_deref(), form.product_id.as_deref(), form.quantity.as_deref());
     match state.place(raw, None, traceparent(&headers)).await {
         Ok(Placed::Created(order) | Placed::Existing(order)) => {
             Redirect::to(&format!("/orders/{}", order.order_id)).into_response()
         }
-        Err(ApiError::Invalid(errors)) => {
-            index_page(&state, form, errors, StatusCode::UNPROCESSABLE_ENTITY).await
-        }
+        Err(ApiError::Invalid(errors)) => index_page(&state, form, errors, StatusCode::UNPROCESSABLE_ENTITY).await,
         Err(other) => page_error(other),
     }
 }
@@ -174,15 +139,9 @@ pub(crate) async fn order(State(state): State<AppState>, Path(id): Path<String>)
     };
     match state.store.order(OrderId(id)).await {
         Ok(order) => {
-            let page = OrderPage {
-                is_final: order.status.is_final(),
-                order: OrderView::from(&order),
-            };
+            let page = OrderPage { is_final: order.status.is_final(), order: OrderView::from(&order) };
             let mut response = render(StatusCode::OK, page);
-            response.headers_mut().insert(
-                header::CACHE_CONTROL,
-                "no-store".parse().expect("static header"),
-            );
+            response.headers_mut().insert(header::CACHE_CONTROL, "no-store".parse().expect("static header"));
             response
         }
         Err(StoreError::NotFound) => page_error(ApiError::NotFound),

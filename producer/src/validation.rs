@@ -20,10 +20,7 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
+        Self { field, message: message.into() }
     }
 }
 
@@ -49,11 +46,9 @@ impl RawOrder {
         Self {
             customer_name: name.map(|n| Ok(n.to_string())),
             product_id: product.map(|p| Ok(p.to_string())),
-            quantity: quantity.filter(|q| !q.trim().is_empty()).map(|q| {
-                q.trim()
-                    .parse::<i64>()
-                    .map_err(|_| "quantity must be a whole number".to_string())
-            }),
+            quantity: quantity
+                .filter(|q| !q.trim().is_empty())
+                .map(|q| q.trim().parse::<i64>().map_err(|_| "quantity must be a whole number".to_string())),
         }
     }
 
@@ -68,26 +63,20 @@ impl RawOrder {
         Self {
             customer_name: text("customer_name"),
             product_id: text("product_id"),
-            quantity: object.get("quantity").filter(|v| !v.is_null()).map(|v| {
-                v.as_i64()
-                    .ok_or_else(|| "quantity must be a whole number".to_string())
-            }),
+            quantity: object
+                .get("quantity")
+                .filter(|v| !v.is_null())
+                .map(|v| v.as_i64().ok_or_else(|| "quantity must be a whole number".to_string())),
         }
     }
 }
 
 /// Checks every field and reports every problem at once.
-pub fn validate(
-    raw: &RawOrder,
-    product_exists: impl Fn(&str) -> bool,
-) -> Result<ValidOrder, Vec<FieldError>> {
+pub fn validate(raw: &RawOrder, product_exists: impl Fn(&str) -> bool) -> Result<ValidOrder, Vec<FieldError>> {
     let mut errors = Vec::new();
     let name = match &raw.customer_name {
         None => {
-            errors.push(FieldError::new(
-                "customer_name",
-                "customer name is required",
-            ));
+            errors.push(FieldError::new("customer_name", "customer name is required"));
             None
         }
         Some(Err(e)) => {
@@ -98,24 +87,16 @@ pub fn validate(
             let trimmed = n.trim();
             let chars = trimmed.chars().count();
             if chars == 0 {
-                errors.push(FieldError::new(
-                    "customer_name",
-                    "customer name is required",
-                ));
+                errors.push(FieldError::new("customer_name", "customer name is required"));
                 None
             } else if chars > MAX_NAME_CHARS {
                 errors.push(FieldError::new(
                     "customer_name",
-                    format!(
-                        "customer name must be at most {MAX_NAME_CHARS} characters (got {chars})"
-                    ),
+                    format!("customer name must be at most {MAX_NAME_CHARS} characters (got {chars})"),
                 ));
                 None
             } else if trimmed.chars().any(char::is_control) {
-                errors.push(FieldError::new(
-                    "customer_name",
-                    "customer name must not contain control characters",
-                ));
+                errors.push(FieldError::new("customer_name", "customer name must not contain control characters"));
                 None
             } else {
                 Some(trimmed.to_string())
@@ -136,10 +117,7 @@ pub fn validate(
             None
         }
         Some(Ok(p)) if !product_exists(p.trim()) => {
-            errors.push(FieldError::new(
-                "product_id",
-                format!("unknown product {:?}", p.trim()),
-            ));
+            errors.push(FieldError::new("product_id", format!("unknown product {:?}", p.trim())));
             None
         }
         Some(Ok(p)) => Some(p.trim().to_string()),
@@ -156,11 +134,7 @@ pub fn validate(
         Some(Ok(q)) if !QUANTITY_RANGE.contains(q) => {
             errors.push(FieldError::new(
                 "quantity",
-                format!(
-                    "quantity must be between {} and {}",
-                    QUANTITY_RANGE.start(),
-                    QUANTITY_RANGE.end()
-                ),
+                format!("quantity must be between {} and {}", QUANTITY_RANGE.start(), QUANTITY_RANGE.end()),
             ));
             None
         }
@@ -168,11 +142,7 @@ pub fn validate(
     };
     match (name, product, quantity) {
         (Some(customer_name), Some(product_id), Some(quantity)) if errors.is_empty() => {
-            Ok(ValidOrder {
-                customer_name,
-                product_id,
-                quantity,
-            })
+            Ok(ValidOrder { customer_name, product_id, quantity })
         }
         _ => Err(errors),
     }
@@ -195,24 +165,14 @@ mod tests {
     fn a_good_form_is_trimmed_and_accepted() {
         let raw = RawOrder::from_form(Some("  Ajay "), Some("P123"), Some(" 2 "));
         let ok = validate(&raw, catalogue).unwrap();
-        assert_eq!(
-            ok,
-            ValidOrder {
-                customer_name: "Ajay".into(),
-                product_id: "P123".into(),
-                quantity: 2
-            }
-        );
+        assert_eq!(ok, ValidOrder { customer_name: "Ajay".into(), product_id: "P123".into(), quantity: 2 });
     }
 
     #[test]
     fn every_bad_field_is_reported_at_once() {
         let raw = RawOrder::from_form(Some("   "), Some("P999"), Some("abc"));
         let errors = validate(&raw, catalogue).unwrap_err();
-        assert_eq!(
-            fields(&errors),
-            vec!["customer_name", "product_id", "quantity"]
-        );
+        assert_eq!(fields(&errors), vec!["customer_name", "product_id", "quantity"]);
         assert_eq!(errors[2].message, "quantity must be a whole number");
     }
 
@@ -221,22 +181,12 @@ mod tests {
         let ok = RawOrder::from_form(Some(&"é".repeat(100)), Some("P123"), Some("1"));
         assert!(validate(&ok, catalogue).is_ok());
         let long = RawOrder::from_form(Some(&"a".repeat(101)), Some("P123"), Some("1"));
-        assert_eq!(
-            fields(&validate(&long, catalogue).unwrap_err()),
-            vec!["customer_name"]
-        );
+        assert_eq!(fields(&validate(&long, catalogue).unwrap_err()), vec!["customer_name"]);
     }
 
     #[test]
     fn quantity_bounds_are_inclusive() {
-        for (q, ok) in [
-            ("0", false),
-            ("1", true),
-            ("1000", true),
-            ("1001", false),
-            ("-3", false),
-            ("2.5", false),
-        ] {
+        for (q, ok) in [("0", false), ("1", true), ("1000", true), ("1001", false), ("-3", false), ("2.5", false)] {
             let raw = RawOrder::from_form(Some("A"), Some("P123"), Some(q));
             assert_eq!(validate(&raw, catalogue).is_ok(), ok, "quantity {q}");
         }
@@ -245,8 +195,7 @@ mod tests {
     #[test]
     fn json_types_are_checked() {
         let body = json!({"customer_name": 5, "product_id": "P123", "quantity": "2"});
-        let errors =
-            validate(&RawOrder::from_json(body.as_object().unwrap()), catalogue).unwrap_err();
+        let errors = validate(&RawOrder::from_json(body.as_object().unwrap()), catalogue).unwrap_err();
         assert_eq!(fields(&errors), vec!["customer_name", "quantity"]);
         assert_eq!(errors[0].message, "customer_name must be a string");
     }
@@ -254,12 +203,8 @@ mod tests {
     #[test]
     fn missing_json_fields_are_required() {
         let body = json!({});
-        let errors =
-            validate(&RawOrder::from_json(body.as_object().unwrap()), catalogue).unwrap_err();
-        assert_eq!(
-            fields(&errors),
-            vec!["customer_name", "product_id", "quantity"]
-        );
+        let errors = validate(&RawOrder::from_json(body.as_object().unwrap()), catalogue).unwrap_err();
+        assert_eq!(fields(&errors), vec!["customer_name", "product_id", "quantity"]);
         assert!(errors.iter().all(|e| e.message.ends_with("is required")));
     }
 }

@@ -9,11 +9,7 @@ use std::time::Duration;
 #[command(name = "relay", version, about)]
 pub struct Config {
     /// Database: `sqlite://PATH` (embedded default) or `mssql://USER:PASSWORD@HOST:PORT/DB`.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://.orderflow/orderflow.db"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://.orderflow/orderflow.db")]
     pub database_url: String,
     /// ActiveMQ STOMP connector, `tcp://[USER:PASS@]HOST:PORT`.
     #[arg(long, env = "BROKER_URL", default_value = "tcp://127.0.0.1:61613")]
@@ -54,6 +50,24 @@ pub struct Config {
     /// How long SIGTERM waits for the batch in flight (ms).
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15_000)]
     pub shutdown_grace_ms: u64,
+    /// Cron (6 fields, UTC) of the retention job; empty disables it.
+    #[arg(long, env = "RETENTION_CRON", default_value = "0 */5 * * * *")]
+    pub retention_cron: String,
+    /// Published outbox rows older than this many seconds are deleted.
+    #[arg(long, env = "OUTBOX_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub outbox_retention_secs: u64,
+    /// Inbox rows older than this many seconds are deleted.
+    #[arg(long, env = "INBOX_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub inbox_retention_secs: u64,
+    /// Rows per retention delete.
+    #[arg(long, env = "PURGE_BATCH", default_value_t = 500)]
+    pub purge_batch: u32,
+    /// Cron (6 fields, UTC) of the reconciliation sweep; empty disables it.
+    #[arg(long, env = "RECONCILE_CRON", default_value = "*/30 * * * * *")]
+    pub reconcile_cron: String,
+    /// Orders published longer than this many seconds without being processed are reported.
+    #[arg(long, env = "STALE_PUBLISHED_SECS", default_value_t = 300)]
+    pub stale_published_secs: u64,
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -77,12 +91,29 @@ impl Config {
             heartbeat_ms: 5_000,
             relay_id: None,
             shutdown_grace_ms: 15_000,
+            retention_cron: "0 */5 * * * *".into(),
+            outbox_retention_secs: 7 * 24 * 3600,
+            inbox_retention_secs: 7 * 24 * 3600,
+            purge_batch: 500,
+            reconcile_cron: "*/30 * * * * *".into(),
+            stale_published_secs: 300,
             log_json: false,
         }
     }
 
     pub(crate) fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+
+    pub(crate) fn maintenance(&self) -> crate::maintenance::Settings {
+        crate::maintenance::Settings {
+            retention_cron: self.retention_cron.clone(),
+            outbox_retention: Duration::from_secs(self.outbox_retention_secs),
+            inbox_retention: Duration::from_secs(self.inbox_retention_secs),
+            purge_batch: self.purge_batch.max(1),
+            reconcile_cron: self.reconcile_cron.clone(),
+            stale_published_after: Duration::from_secs(self.stale_published_secs),
+        }
     }
 
     pub(crate) fn receipt_timeout(&self) -> Duration {

@@ -4,7 +4,9 @@
 //! published only after the broker's RECEIPT (at-least-once; the consumer dedupes).
 
 mod config;
+pub mod maintenance;
 pub mod metrics;
+pub mod ops;
 pub mod publisher;
 pub mod relay;
 mod retry;
@@ -42,9 +44,7 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store = schema::connect(&config.database_url)
             .await
-            .with_context(|| {
-                format!("connecting to {}", schema::redact_url(&config.database_url))
-            })?;
+            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
         let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
         broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
         let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(
@@ -67,36 +67,21 @@ impl App {
             lease: config.lease(),
             max_attempts: config.max_attempts,
             metrics,
+            control: relay::Control::default(),
         });
-        let readiness = Readiness::new(&["database", "broker"]);
-        Ok(App {
-            config,
-            store,
-            admin,
-            registry,
-            readiness,
-            relay,
-        })
+        let readiness = Readiness::new(&["database", "broker", "loop"]);
+        Ok(App { config, store, admin, registry, readiness, relay })
     }
 
     /// The bound admin address (tests bind port 0).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin.local_addr().expect("bound listener has an address")
     }
 
     /// Runs until `shutdown`: then stops claiming, finishes the batch in
     /// flight within the grace period, releases its leases and disconnects.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App {
-            config,
-            store,
-            admin,
-            registry,
-            readiness,
-            relay,
-        } = self;
+        let App { config, store, admin, registry, readiness, relay } = self;
         tracing::info!(
             relay_id = %relay.owner,
             admin = %admin.local_addr()?,
@@ -107,15 +92,12 @@ impl App {
         let stop_admin = CancellationToken::new();
         let admin_task = tokio::spawn(observability::serve(
             admin,
-            observability::admin_router(registry, readiness.clone()),
+            observability::admin_router(registry, readiness.clone()).merge(ops::router(relay.clone())),
             stop_admin.clone(),
         ));
-        let watch_task = tokio::spawn(watch(
-            store.clone(),
-            relay.clone(),
-            readiness,
-            stop_admin.clone(),
-        ));
+        let mut scheduler =
+            maintenance::start(relay.store.clone(), config.maintenance(), relay.metrics.clone()).await?;
+        let watch_task = tokio::spawn(watch(store.clone(), relay.clone(), readiness, stop_admin.clone()));
 
         let poll_min = Duration::from_millis(config.poll_min_ms);
         let poll_max = Duration::from_millis(config.poll_max_ms.max(config.poll_min_ms));
@@ -136,6 +118,9 @@ impl App {
             }
         }
         relay.publisher.close().await;
+        if let Err(error) = scheduler.shutdown().await {
+            tracing::warn!(%error, "maintenance scheduler did not stop cleanly");
+        }
         stop_admin.cancel();
         let _ = watch_task.await;
         admin_task.await?.context("admin server")?;
@@ -151,12 +136,7 @@ impl Config {
 }
 
 /// Refreshes backlog gauges and readiness every second; reconnects an idle broker link.
-async fn watch(
-    store: Arc<dyn Store>,
-    relay: Arc<Relay>,
-    readiness: Readiness,
-    stop: CancellationToken,
-) {
+async fn watch(store: Arc<dyn Store>, relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -166,15 +146,15 @@ async fn watch(
         match store.outbox_stats().await {
             Ok(stats) => {
                 relay.metrics.outbox_pending.set(stats.pending);
-                relay
-                    .metrics
-                    .outbox_oldest_pending_seconds
-                    .set(stats.oldest_pending_seconds);
+                relay.metrics.outbox_oldest_pending_seconds.set(stats.oldest_pending_seconds);
                 relay.metrics.outbox_parked.set(stats.parked);
                 readiness.set("database", true, "ok");
             }
             Err(error) => readiness.set("database", false, error.to_string()),
         }
+        // A loop that has not turned for 30 s is stuck (a batch cannot take that long).
+        let age = relay.control.heartbeat_age();
+        readiness.set("loop", age < Duration::from_secs(30), format!("last turn {:.1} s ago", age.as_secs_f64()));
         match relay.publisher.check().await {
             Ok(()) => {
                 relay.metrics.broker_connected.set(1);
@@ -189,12 +169,7 @@ async fn watch(
 }
 
 fn default_relay_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "relay".into());
-    format!(
-        "{host}-{}-{:04x}",
-        std::process::id(),
-        rand::random::<u16>()
-    )
+    let host =
+        std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "relay".into());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
 }

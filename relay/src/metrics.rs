@@ -2,9 +2,7 @@
 //!
 //! Invariant: labels come from small fixed sets, never ids or error text.
 
-use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The relay's metrics, registered once per process.
 #[derive(Clone)]
@@ -19,64 +17,74 @@ pub struct Metrics {
     pub outbox_oldest_pending_seconds: Gauge,
     pub outbox_parked: IntGauge,
     pub broker_connected: IntGauge,
+    pub paused: IntGauge,
+    pub leases_held: IntGauge,
+    pub purged: IntCounterVec,
+    pub job_runs: IntCounterVec,
+    pub pending_without_outbox: IntGauge,
+    pub published_not_processed: IntGauge,
 }
 
 impl Metrics {
     /// Creates and registers the metrics.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let latency = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0, 60.0,
-        ];
+        let latency =
+            vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         let m = Self {
-            published: IntCounter::new(
-                "orderflow_relay_published_total",
-                "Messages confirmed by the broker",
-            )?,
+            published: IntCounter::new("orderflow_relay_published_total", "Messages confirmed by the broker")?,
             publish_errors: IntCounterVec::new(
-                Opts::new(
-                    "orderflow_relay_publish_errors_total",
-                    "Failed publishes by kind",
-                ),
+                Opts::new("orderflow_relay_publish_errors_total", "Failed publishes by kind"),
                 &["kind"],
             )?,
-            parked: IntCounter::new(
-                "orderflow_relay_parked_total",
-                "Outbox rows parked after too many rejections",
-            )?,
+            parked: IntCounter::new("orderflow_relay_parked_total", "Outbox rows parked after too many rejections")?,
             batch_size: Histogram::with_opts(
-                HistogramOpts::new("orderflow_relay_batch_size", "Rows per claimed batch").buckets(
-                    vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
-                ),
+                HistogramOpts::new("orderflow_relay_batch_size", "Rows per claimed batch")
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0]),
             )?,
             batch_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "orderflow_relay_batch_duration_seconds",
-                    "Claim to mark time of a batch",
-                )
-                .buckets(latency.clone()),
+                HistogramOpts::new("orderflow_relay_batch_duration_seconds", "Claim to mark time of a batch")
+                    .buckets(latency.clone()),
             )?,
             dwell_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "orderflow_relay_dwell_seconds",
-                    "Outbox commit to broker receipt",
-                )
-                .buckets(latency),
+                HistogramOpts::new("orderflow_relay_dwell_seconds", "Outbox commit to broker receipt").buckets(latency),
             )?,
-            outbox_pending: IntGauge::new(
-                "orderflow_outbox_pending",
-                "Outbox rows neither published nor parked",
-            )?,
+            outbox_pending: IntGauge::new("orderflow_outbox_pending", "Outbox rows neither published nor parked")?,
             outbox_oldest_pending_seconds: Gauge::new(
                 "orderflow_outbox_oldest_pending_age_seconds",
                 "Age of the oldest unpublished outbox row",
             )?,
             outbox_parked: IntGauge::new("orderflow_outbox_parked", "Parked outbox rows")?,
-            broker_connected: IntGauge::new(
-                "orderflow_relay_broker_connected",
-                "1 while connected to the broker",
+            broker_connected: IntGauge::new("orderflow_relay_broker_connected", "1 while connected to the broker")?,
+            paused: IntGauge::new("orderflow_relay_paused", "1 while claiming is paused by an operator")?,
+            leases_held: IntGauge::new("orderflow_relay_leases_held", "Outbox rows this relay holds leases on")?,
+            purged: IntCounterVec::new(
+                Opts::new("orderflow_retention_deleted_rows_total", "Rows deleted by the retention job"),
+                &["table"],
+            )?,
+            job_runs: IntCounterVec::new(
+                Opts::new("orderflow_maintenance_runs_total", "Maintenance job runs by outcome"),
+                &["job", "outcome"],
+            )?,
+            pending_without_outbox: IntGauge::new(
+                "orderflow_reconcile_pending_without_outbox",
+                "Orders pending with no outbox row (last reconciliation)",
+            )?,
+            published_not_processed: IntGauge::new(
+                "orderflow_reconcile_published_not_processed",
+                "Orders published but not processed after the threshold (last reconciliation)",
             )?,
         };
+        for table in ["outbox", "inbox"] {
+            m.purged.with_label_values(&[table]);
+        }
+        for job in ["retention", "reconcile"] {
+            for outcome in ["ok", "error", "skipped"] {
+                m.job_runs.with_label_values(&[job, outcome]);
+            }
+        }
+        for kind in ["rejected", "unknown", "database", "broker"] {
+            m.publish_errors.with_label_values(&[kind]);
+        }
         registry.register(Box::new(m.published.clone()))?;
         registry.register(Box::new(m.publish_errors.clone()))?;
         registry.register(Box::new(m.parked.clone()))?;
@@ -87,6 +95,12 @@ impl Metrics {
         registry.register(Box::new(m.outbox_oldest_pending_seconds.clone()))?;
         registry.register(Box::new(m.outbox_parked.clone()))?;
         registry.register(Box::new(m.broker_connected.clone()))?;
+        registry.register(Box::new(m.paused.clone()))?;
+        registry.register(Box::new(m.leases_held.clone()))?;
+        registry.register(Box::new(m.purged.clone()))?;
+        registry.register(Box::new(m.job_runs.clone()))?;
+        registry.register(Box::new(m.pending_without_outbox.clone()))?;
+        registry.register(Box::new(m.published_not_processed.clone()))?;
         Ok(m)
     }
 }

@@ -53,12 +53,7 @@ pub struct StompPublisher {
 
 impl StompPublisher {
     /// A publisher for the broker at `config`; connects on first use.
-    pub fn new(
-        config: stomp::Config,
-        queue: String,
-        receipt_timeout: Duration,
-        max_message_bytes: usize,
-    ) -> Self {
+    pub fn new(config: stomp::Config, queue: String, receipt_timeout: Duration, max_message_bytes: usize) -> Self {
         Self {
             config,
             queue,
@@ -69,15 +64,9 @@ impl StompPublisher {
         }
     }
 
-    async fn per_message(
-        &self,
-        client: &Client,
-        frames: Vec<Frame>,
-    ) -> Result<Vec<Outcome>, StompError> {
+    async fn per_message(&self, client: &Client, frames: Vec<Frame>) -> Result<Vec<Outcome>, StompError> {
         let receipts = client.send_with_receipts(frames).await?;
-        let answers =
-            futures::future::join_all(receipts.into_iter().map(|r| r.wait(self.receipt_timeout)))
-                .await;
+        let answers = futures::future::join_all(receipts.into_iter().map(|r| r.wait(self.receipt_timeout))).await;
         Ok(answers
             .into_iter()
             .map(|answer| match answer {
@@ -88,11 +77,7 @@ impl StompPublisher {
             .collect())
     }
 
-    async fn transactional(
-        &self,
-        client: &Client,
-        frames: Vec<Frame>,
-    ) -> Result<Vec<Outcome>, StompError> {
+    async fn transactional(&self, client: &Client, frames: Vec<Frame>) -> Result<Vec<Outcome>, StompError> {
         let n = frames.len();
         let receipt = client.send_in_transaction(frames).await?;
         Ok(match receipt.wait(self.receipt_timeout).await {
@@ -123,8 +108,7 @@ impl StompPublisher {
         let unknown = outcomes.iter().any(|o| matches!(o, Outcome::Unknown(_)));
         let rejected = outcomes.iter().any(|o| matches!(o, Outcome::Rejected(_)));
         // After a failed transaction, single rows out; after a clean batch, back to transactions.
-        self.isolate
-            .store(unknown || (isolate && rejected), Ordering::Relaxed);
+        self.isolate.store(unknown || (isolate && rejected), Ordering::Relaxed);
         if unknown && let Some(client) = guard.take() {
             // A missing answer means the connection cannot be trusted: start afresh.
             client.disconnect(Duration::from_millis(200)).await;
@@ -180,10 +164,7 @@ impl Publisher for StompPublisher {
                 outcomes[i] = Some(outcome);
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.expect("every row has an outcome"))
-            .collect()
+        outcomes.into_iter().map(|o| o.expect("every row has an outcome")).collect()
     }
 
     async fn check(&self) -> Result<(), String> {

@@ -5,7 +5,8 @@
 //! counts one attempt and parks it at the cap, so one bad row never blocks others.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use observability::Backoff;
@@ -42,6 +43,37 @@ pub enum RelayError {
     BrokerUnavailable(String),
 }
 
+/// Operator controls shared by the loop and the admin routes.
+#[derive(Default)]
+pub struct Control {
+    paused: AtomicBool,
+    /// Held for the whole of each step: taking it proves no batch is in flight.
+    step: tokio::sync::Mutex<()>,
+    /// Unix milliseconds of the loop's last turn (its heartbeat).
+    beat_ms: AtomicU64,
+}
+
+impl Control {
+    /// True while claiming is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Seconds since the loop last turned.
+    pub fn heartbeat_age(&self) -> Duration {
+        let beat = self.beat_ms.load(Ordering::Relaxed);
+        Duration::from_millis(unix_ms().saturating_sub(beat))
+    }
+
+    fn beat(&self) {
+        self.beat_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Everything the relay step needs.
 pub struct Relay {
     pub store: Arc<dyn OutboxStore>,
@@ -51,24 +83,20 @@ pub struct Relay {
     pub lease: Duration,
     pub max_attempts: i32,
     pub metrics: Metrics,
+    pub control: Control,
 }
 
 impl Relay {
     /// One step: lease a batch, publish it, record every row's outcome.
     pub async fn relay_once(&self) -> Result<BatchReport, RelayError> {
         let started = Instant::now();
-        let rows = self
-            .store
-            .claim_batch(&self.owner, self.batch_size, self.lease)
-            .await?;
-        let mut report = BatchReport {
-            claimed: rows.len(),
-            ..BatchReport::default()
-        };
+        let rows = self.store.claim_batch(&self.owner, self.batch_size, self.lease).await?;
+        let mut report = BatchReport { claimed: rows.len(), ..BatchReport::default() };
         if rows.is_empty() {
             return Ok(report);
         }
         self.metrics.batch_size.observe(rows.len() as f64);
+        self.metrics.leases_held.set(rows.len() as i64);
         let outcomes = self.publisher.publish(&rows).await;
         let now = Utc::now();
         let mut confirmed: Vec<OutboxId> = Vec::with_capacity(rows.len());
@@ -82,21 +110,12 @@ impl Relay {
                 }
                 Outcome::Rejected(reason) => {
                     report.rejected += 1;
-                    self.metrics
-                        .publish_errors
-                        .with_label_values(&["rejected"])
-                        .inc();
+                    self.metrics.publish_errors.with_label_values(&["rejected"]).inc();
                     tracing::warn!(outbox_id = %row.outbox_id, order_id = row.order_id.0, %reason, "broker rejected message");
                     let retry_in = retry_after(row.attempts);
                     let outcome = self
                         .store
-                        .record_failure(
-                            &self.owner,
-                            row.outbox_id,
-                            &reason,
-                            retry_in,
-                            self.max_attempts,
-                        )
+                        .record_failure(&self.owner, row.outbox_id, &reason, retry_in, self.max_attempts)
                         .await?;
                     if outcome == FailureOutcome::Parked {
                         report.parked += 1;
@@ -111,16 +130,12 @@ impl Relay {
             }
         }
         self.mark_published(&confirmed).await?;
+        self.metrics.leases_held.set(0);
         report.published = confirmed.len();
         self.metrics.published.inc_by(confirmed.len() as u64);
-        self.metrics
-            .batch_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
         if let Some(reason) = unknown_reason {
-            self.metrics
-                .publish_errors
-                .with_label_values(&["unknown"])
-                .inc_by(report.unknown as u64);
+            self.metrics.publish_errors.with_label_values(&["unknown"]).inc_by(report.unknown as u64);
             // Give the rows back at once: they go out again after the reconnect
             // rather than after the lease; the consumer absorbs any duplicate.
             self.store.release_leases(&self.owner).await?;
@@ -150,12 +165,47 @@ impl Relay {
         }
     }
 
+    /// Stops claiming; already-leased rows are still finished.
+    pub fn pause(&self) {
+        self.control.paused.store(true, Ordering::SeqCst);
+        self.metrics.paused.set(1);
+    }
+
+    /// Claims again.
+    pub fn resume(&self) {
+        self.control.paused.store(false, Ordering::SeqCst);
+        self.metrics.paused.set(0);
+    }
+
+    /// Pauses, waits for the batch in flight to be confirmed and marked, then
+    /// gives back every lease this relay holds, so a rolling restart publishes
+    /// nothing twice. Returns the number of leases released.
+    pub async fn drain(&self) -> Result<u64, StoreError> {
+        self.pause();
+        let _no_batch_in_flight = self.control.step.lock().await;
+        let released = self.store.release_leases(&self.owner).await?;
+        self.metrics.leases_held.set(0);
+        Ok(released)
+    }
+
     /// Runs steps until `shutdown`; never stops a batch half-way.
     pub async fn run(&self, poll_min: Duration, poll_max: Duration, shutdown: CancellationToken) {
         let mut idle = poll_min;
         let mut failures = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         while !shutdown.is_cancelled() {
-            let pause = match self.relay_once().await {
+            self.control.beat();
+            let step = self.control.step.lock().await;
+            if self.control.is_paused() {
+                drop(step);
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(poll_max) => {}
+                }
+                continue;
+            }
+            let result = self.relay_once().await;
+            drop(step);
+            let pause = match result {
                 Ok(report) if report.claimed > 0 => {
                     failures.reset();
                     idle = poll_min;

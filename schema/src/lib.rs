@@ -42,27 +42,15 @@ pub fn mssql_statements() -> Vec<(&'static str, &'static str)> {
 /// starting with `server=` selects SQL Server.
 pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     let lower = url.to_ascii_lowercase();
-    if let Some(path) = lower
-        .starts_with("sqlite:")
-        .then(|| url["sqlite:".len()..].trim_start_matches("//"))
-    {
-        let store = SqliteStore::open(path)
-            .await
-            .with_context(|| format!("opening sqlite database {path}"))?;
+    if let Some(path) = lower.starts_with("sqlite:").then(|| url["sqlite:".len()..].trim_start_matches("//")) {
+        let store = SqliteStore::open(path).await.with_context(|| format!("opening sqlite database {path}"))?;
         return Ok(Arc::new(store));
     }
-    if lower.starts_with("mssql://")
-        || lower.starts_with("sqlserver://")
-        || lower.starts_with("server=")
-    {
-        let store = MssqlStore::connect(url)
-            .await
-            .context("connecting to sql server")?;
+    if lower.starts_with("mssql://") || lower.starts_with("sqlserver://") || lower.starts_with("server=") {
+        let store = MssqlStore::connect(url).await.context("connecting to sql server")?;
         return Ok(Arc::new(store));
     }
-    anyhow::bail!(
-        "unsupported DATABASE_URL scheme: expected sqlite://PATH or mssql://USER:PASSWORD@HOST:PORT/DATABASE"
-    )
+    anyhow::bail!("unsupported DATABASE_URL scheme: expected sqlite://PATH or mssql://USER:PASSWORD@HOST:PORT/DATABASE")
 }
 
 /// Hides the password of a database URL so that it can be logged.
@@ -72,10 +60,7 @@ pub fn redact_url(url: &str) -> String {
         return url
             .split(';')
             .map(|part| match part.split_once('=') {
-                Some((k, _))
-                    if k.trim().eq_ignore_ascii_case("password")
-                        || k.trim().eq_ignore_ascii_case("pwd") =>
-                {
+                Some((k, _)) if k.trim().eq_ignore_ascii_case("password") || k.trim().eq_ignore_ascii_case("pwd") => {
                     format!("{k}=***")
                 }
                 _ => part.to_string(),
@@ -101,17 +86,11 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_the_logs() {
-        assert_eq!(
-            redact_url("mssql://sa:Secret1!@db:1433/orders"),
-            "mssql://sa:***@db:1433/orders"
-        );
+        assert_eq!(redact_url("mssql://sa:Secret1!@db:1433/orders"), "mssql://sa:***@db:1433/orders");
         assert_eq!(
             redact_url("server=tcp:db,1433;user=sa;password=Secret1!;TrustServerCertificate=true"),
             "server=tcp:db,1433;user=sa;password=***;TrustServerCertificate=true"
         );
-        assert_eq!(
-            redact_url("sqlite://data/orderflow.db"),
-            "sqlite://data/orderflow.db"
-        );
+        assert_eq!(redact_url("sqlite://data/orderflow.db"), "sqlite://data/orderflow.db");
     }
 }

@@ -90,10 +90,9 @@ mod tests {
 
     #[test]
     fn seed_style_message_parses() {
-        let msg: OrderPlacedV1 = serde_json::from_str(
-            r#"{"order_id": 1, "customer_name": "Ajay", "product_id": "P123", "quantity": 2}"#,
-        )
-        .unwrap();
+        let msg: OrderPlacedV1 =
+            serde_json::from_str(r#"{"order_id": 1, "customer_name": "Ajay", "product_id": "P123", "quantity": 2}"#)
+                .unwrap();
         assert_eq!(msg.order_id, 1);
         assert_eq!(msg.quantity, 2);
         assert_eq!(msg.outbox_id, None);
@@ -110,9 +109,8 @@ mod tests {
 
     #[test]
     fn wrong_types_are_rejected() {
-        let msg: Result<OrderPlacedV1, _> = serde_json::from_str(
-            r#"{"order_id": "one", "customer_name": "A", "product_id": "P1", "quantity": 1}"#,
-        );
+        let msg: Result<OrderPlacedV1, _> =
+            serde_json::from_str(r#"{"order_id": "one", "customer_name": "A", "product_id": "P1", "quantity": 1}"#);
         assert!(msg.is_err());
     }
 }

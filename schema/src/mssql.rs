@@ -21,8 +21,7 @@ use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, P
 use crate::pricing::Priced;
 use crate::store::{
     FailureOutcome, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore,
-    Reconciliation, RequeueTarget,
-    StoreError,
+    Reconciliation, RequeueTarget, StoreError,
 };
 
 mod migrations {
@@ -60,13 +59,9 @@ macro_rules! order_columns {
 }
 
 const PRODUCTS: &str = "SELECT product_id, name, list_price FROM dbo.products ORDER BY product_id";
-const PRODUCT: &str =
-    "SELECT product_id, name, list_price FROM dbo.products WHERE product_id = @P1";
-const ORDER_BY_KEY: &str = concat!(
-    "SELECT ",
-    order_columns!(""),
-    " FROM dbo.orders WITH (UPDLOCK, HOLDLOCK) WHERE idempotency_key = @P1"
-);
+const PRODUCT: &str = "SELECT product_id, name, list_price FROM dbo.products WHERE product_id = @P1";
+const ORDER_BY_KEY: &str =
+    concat!("SELECT ", order_columns!(""), " FROM dbo.orders WITH (UPDLOCK, HOLDLOCK) WHERE idempotency_key = @P1");
 const INSERT_ORDER: &str = concat!(
     "INSERT INTO dbo.orders (customer_name, product_id, quantity, idempotency_key) OUTPUT ",
     order_columns!("inserted."),
@@ -98,16 +93,8 @@ const RETRY_ORDER: &str = concat!(
     order_columns!("inserted."),
     " WHERE order_id = @P1 AND status = N'failed'"
 );
-const ORDER: &str = concat!(
-    "SELECT ",
-    order_columns!(""),
-    " FROM dbo.orders WHERE order_id = @P1"
-);
-const RECENT_ORDERS: &str = concat!(
-    "SELECT TOP (@P1) ",
-    order_columns!(""),
-    " FROM dbo.orders ORDER BY order_id DESC"
-);
+const ORDER: &str = concat!("SELECT ", order_columns!(""), " FROM dbo.orders WHERE order_id = @P1");
+const RECENT_ORDERS: &str = concat!("SELECT TOP (@P1) ", order_columns!(""), " FROM dbo.orders ORDER BY order_id DESC");
 // The portable claim: alias form of UPDATE TOP with lock hints, no updatable
 // CTE. READPAST skips rows another relay is claiming; UPDLOCK keeps two
 // claimers from reading the same row; the lease makes it invisible afterwards.
@@ -119,13 +106,13 @@ const CLAIM: &str = "UPDATE TOP (@P3) o SET lease_owner = @P1, lease_until = DAT
      AND (o.lease_until IS NULL OR o.lease_until < SYSUTCDATETIME())";
 const MARK_PUBLISHED: &str = "UPDATE dbo.outbox SET published_at = SYSUTCDATETIME(), lease_owner = NULL, lease_until = NULL \
      OUTPUT inserted.order_id WHERE outbox_id = @P1 AND published_at IS NULL";
-const ADVANCE_ORDER: &str =
-    "UPDATE dbo.orders SET status = N'published' WHERE order_id = @P1 AND status = N'pending'";
+const ADVANCE_ORDER: &str = "UPDATE dbo.orders SET status = N'published' WHERE order_id = @P1 AND status = N'pending'";
 const RECORD_FAILURE: &str = "UPDATE dbo.outbox SET attempts = attempts + 1, last_error = @P2, lease_owner = NULL, \
      lease_until = NULL, next_attempt_at = DATEADD(millisecond, @P3, SYSUTCDATETIME()), \
      dead_at = CASE WHEN attempts + 1 >= @P4 THEN SYSUTCDATETIME() ELSE NULL END \
      OUTPUT inserted.dead_at WHERE outbox_id = @P1 AND published_at IS NULL";
-const RELEASE_LEASES: &str = "UPDATE dbo.outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = @P1 AND published_at IS NULL";
+const RELEASE_LEASES: &str =
+    "UPDATE dbo.outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = @P1 AND published_at IS NULL";
 const PENDING_STATS: &str = "SELECT COUNT_BIG(*), DATEDIFF_BIG(millisecond, MIN(created_at), SYSUTCDATETIME()) \
      FROM dbo.outbox WHERE published_at IS NULL AND dead_at IS NULL";
 const PARKED_COUNT: &str = "SELECT COUNT_BIG(*) FROM dbo.outbox WHERE dead_at IS NOT NULL";
@@ -152,8 +139,7 @@ const ROLLBACK: &str = "ROLLBACK TRANSACTION";
 // Migrations from several services at once serialise on an application lock.
 const MIGRATION_LOCK: &str = "EXEC sp_getapplock @Resource = N'orderflow-migrations', @LockMode = N'Exclusive', \
      @LockOwner = N'Session', @LockTimeout = 120000";
-const MIGRATION_UNLOCK: &str =
-    "EXEC sp_releaseapplock @Resource = N'orderflow-migrations', @LockOwner = N'Session'";
+const MIGRATION_UNLOCK: &str = "EXEC sp_releaseapplock @Resource = N'orderflow-migrations', @LockOwner = N'Session'";
 
 pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -191,10 +177,7 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("ROLLBACK", ROLLBACK),
         ("MIGRATION_LOCK", MIGRATION_LOCK),
         ("MIGRATION_UNLOCK", MIGRATION_UNLOCK),
-        (
-            "CREATE_DATABASE",
-            "CREATE DATABASE orderflow_test_0123456789abcdef",
-        ),
+        ("CREATE_DATABASE", "CREATE DATABASE orderflow_test_0123456789abcdef"),
     ]
 }
 
@@ -209,20 +192,12 @@ impl managed::Manager for TdsManager {
 
     async fn create(&self) -> TdsResult<TdsClient> {
         let mut client = open_client(&self.config).await?;
-        client
-            .simple_query(SESSION_SETUP)
-            .await?
-            .into_results()
-            .await?;
+        client.simple_query(SESSION_SETUP).await?.into_results().await?;
         Ok(client)
     }
 
     async fn recycle(&self, client: &mut TdsClient, _: &Metrics) -> RecycleResult<Self::Error> {
-        client
-            .simple_query(RESET_SESSION)
-            .await?
-            .into_results()
-            .await?;
+        client.simple_query(RESET_SESSION).await?.into_results().await?;
         Ok(())
     }
 }
@@ -244,19 +219,9 @@ impl MssqlStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let config = parse_config(url)?;
         let mut client = open_client(&config).await?;
-        client
-            .simple_query(MIGRATION_LOCK)
-            .await?
-            .into_results()
-            .await?;
-        let report = migrations::migrations::runner()
-            .run_async(&mut client)
-            .await;
-        client
-            .simple_query(MIGRATION_UNLOCK)
-            .await?
-            .into_results()
-            .await?;
+        client.simple_query(MIGRATION_LOCK).await?.into_results().await?;
+        let report = migrations::migrations::runner().run_async(&mut client).await;
+        client.simple_query(MIGRATION_UNLOCK).await?.into_results().await?;
         report?;
         client.close().await?;
         let pool = Pool::builder(TdsManager { config }).max_size(16).build()?;
@@ -264,10 +229,7 @@ impl MssqlStore {
     }
 
     async fn conn(&self) -> Result<Object<TdsManager>, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("sql server pool: {e}")))
+        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sql server pool: {e}")))
     }
 }
 
@@ -279,9 +241,8 @@ fn parse_config(url: &str) -> anyhow::Result<Config> {
     } else {
         let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (creds, host_db) = rest
-            .rsplit_once('@')
-            .ok_or_else(|| anyhow::anyhow!("mssql url needs user:password@host"))?;
+        let (creds, host_db) =
+            rest.rsplit_once('@').ok_or_else(|| anyhow::anyhow!("mssql url needs user:password@host"))?;
         let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
         let (host_port, database) = host_db.split_once('/').unwrap_or((host_db, "master"));
         let (host, port) = host_port.split_once(':').unwrap_or((host_port, "1433"));
@@ -292,10 +253,7 @@ fn parse_config(url: &str) -> anyhow::Result<Config> {
         config.authentication(AuthMethod::sql_server(user, password));
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-            match (
-                k.to_ascii_lowercase().replace('_', "").as_str(),
-                v.to_ascii_lowercase().as_str(),
-            ) {
+            match (k.to_ascii_lowercase().replace('_', "").as_str(), v.to_ascii_lowercase().as_str()) {
                 ("trustservercertificate", "true") => config.trust_cert(),
                 ("encrypt", "false") => config.encryption(EncryptionLevel::NotSupported),
                 ("encrypt", "true") => config.encryption(EncryptionLevel::Required),
@@ -312,9 +270,7 @@ fn parse_config(url: &str) -> anyhow::Result<Config> {
 fn map_err(e: tiberius::error::Error) -> StoreError {
     match e.code() {
         Some(2627 | 2601) => StoreError::Conflict(e.to_string()),
-        Some(1205 | 1222 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920) => {
-            StoreError::Unavailable(e.to_string())
-        }
+        Some(1205 | 1222 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920) => StoreError::Unavailable(e.to_string()),
         Some(_) => StoreError::Other(e.to_string()),
         None => match e {
             tiberius::error::Error::Io { .. }
@@ -350,75 +306,40 @@ fn utc(t: NaiveDateTime) -> DateTime<Utc> {
 
 fn order_from_row(row: &Row) -> TdsResult<Order> {
     let text = |i: usize| -> TdsResult<String> {
-        Ok(row
-            .try_get::<&str, _>(i)?
-            .ok_or_else(|| conversion("order"))?
-            .to_string())
+        Ok(row.try_get::<&str, _>(i)?.ok_or_else(|| conversion("order"))?.to_string())
     };
     Ok(Order {
-        order_id: OrderId(
-            row.try_get::<i64, _>(0)?
-                .ok_or_else(|| conversion("order_id"))?,
-        ),
+        order_id: OrderId(row.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?),
         customer_name: text(1)?,
         product_id: text(2)?,
-        quantity: row
-            .try_get::<i32, _>(3)?
-            .ok_or_else(|| conversion("quantity"))?,
-        status: OrderStatus::from_str(&text(4)?)
-            .map_err(|e| tiberius::error::Error::Conversion(e.into()))?,
+        quantity: row.try_get::<i32, _>(3)?.ok_or_else(|| conversion("quantity"))?,
+        status: OrderStatus::from_str(&text(4)?).map_err(|e| tiberius::error::Error::Conversion(e.into()))?,
         unit_price: row.try_get::<Decimal, _>(5)?,
         total_price: row.try_get::<Decimal, _>(6)?,
         failure_reason: row.try_get::<&str, _>(7)?.map(str::to_string),
-        created_at: utc(row
-            .try_get::<NaiveDateTime, _>(8)?
-            .ok_or_else(|| conversion("created_at"))?),
+        created_at: utc(row.try_get::<NaiveDateTime, _>(8)?.ok_or_else(|| conversion("created_at"))?),
         processed_at: row.try_get::<NaiveDateTime, _>(9)?.map(utc),
     })
 }
 
 fn product_from_row(row: &Row) -> TdsResult<Product> {
     Ok(Product {
-        product_id: row
-            .try_get::<&str, _>(0)?
-            .ok_or_else(|| conversion("product_id"))?
-            .to_string(),
-        name: row
-            .try_get::<&str, _>(1)?
-            .ok_or_else(|| conversion("name"))?
-            .to_string(),
-        list_price: row
-            .try_get::<Decimal, _>(2)?
-            .ok_or_else(|| conversion("list_price"))?,
+        product_id: row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("product_id"))?.to_string(),
+        name: row.try_get::<&str, _>(1)?.ok_or_else(|| conversion("name"))?.to_string(),
+        list_price: row.try_get::<Decimal, _>(2)?.ok_or_else(|| conversion("list_price"))?,
     })
 }
 
 fn outbox_from_row(row: &Row) -> TdsResult<OutboxRow> {
     Ok(OutboxRow {
-        outbox_id: OutboxId(
-            row.try_get::<Uuid, _>(0)?
-                .ok_or_else(|| conversion("outbox_id"))?,
-        ),
-        order_id: OrderId(
-            row.try_get::<i64, _>(1)?
-                .ok_or_else(|| conversion("order_id"))?,
-        ),
-        event_type: row
-            .try_get::<&str, _>(2)?
-            .ok_or_else(|| conversion("event_type"))?
-            .to_string(),
-        payload: row
-            .try_get::<&str, _>(3)?
-            .ok_or_else(|| conversion("payload"))?
-            .to_string(),
+        outbox_id: OutboxId(row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?),
+        order_id: OrderId(row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?),
+        event_type: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("event_type"))?.to_string(),
+        payload: row.try_get::<&str, _>(3)?.ok_or_else(|| conversion("payload"))?.to_string(),
         traceparent: row.try_get::<&str, _>(4)?.map(str::to_string),
         tracestate: row.try_get::<&str, _>(5)?.map(str::to_string),
-        created_at: utc(row
-            .try_get::<NaiveDateTime, _>(6)?
-            .ok_or_else(|| conversion("created_at"))?),
-        attempts: row
-            .try_get::<i32, _>(7)?
-            .ok_or_else(|| conversion("attempts"))?,
+        created_at: utc(row.try_get::<NaiveDateTime, _>(6)?.ok_or_else(|| conversion("created_at"))?),
+        attempts: row.try_get::<i32, _>(7)?.ok_or_else(|| conversion("attempts"))?,
     })
 }
 
@@ -431,12 +352,7 @@ async fn exec(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsRe
 }
 
 async fn batch(client: &mut TdsClient, sql: &str) -> TdsResult<()> {
-    client
-        .simple_query(sql)
-        .await?
-        .into_results()
-        .await
-        .map(drop)
+    client.simple_query(sql).await?.into_results().await.map(drop)
 }
 
 fn millis(d: Duration) -> i64 {
@@ -469,17 +385,9 @@ async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
         batch(client, COMMIT).await?;
         return Ok(Placed::Existing(existing));
     }
-    let inserted = rows(
-        client,
-        INSERT_ORDER,
-        &[
-            &order.customer_name,
-            &order.product_id,
-            &order.quantity,
-            &order.idempotency_key,
-        ],
-    )
-    .await?;
+    let inserted =
+        rows(client, INSERT_ORDER, &[&order.customer_name, &order.product_id, &order.quantity, &order.idempotency_key])
+            .await?;
     let stored = order_from_row(inserted.first().ok_or_else(|| conversion("inserted order"))?)?;
     let created_at = Some(stored.created_at.naive_utc());
     insert_outbox(client, &stored, order.traceparent.clone(), order.tracestate.clone(), created_at).await?;
@@ -491,27 +399,14 @@ async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
 impl OrderStore for MssqlStore {
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
         let mut conn = self.conn().await?;
-        let result = async {
-            rows(&mut conn, PRODUCTS, &[])
-                .await?
-                .iter()
-                .map(product_from_row)
-                .collect()
-        }
-        .await;
+        let result = async { rows(&mut conn, PRODUCTS, &[]).await?.iter().map(product_from_row).collect() }.await;
         finish(conn, result)
     }
 
     async fn product(&self, product_id: &str) -> Result<Product, StoreError> {
         let mut conn = self.conn().await?;
-        let result = async {
-            rows(&mut conn, PRODUCT, &[&product_id])
-                .await?
-                .first()
-                .map(product_from_row)
-                .transpose()
-        }
-        .await;
+        let result =
+            async { rows(&mut conn, PRODUCT, &[&product_id]).await?.first().map(product_from_row).transpose() }.await;
         finish(conn, result)?.ok_or(StoreError::NotFound)
     }
 
@@ -523,17 +418,10 @@ impl OrderStore for MssqlStore {
             Err(StoreError::Conflict(_)) if order.idempotency_key.is_some() => {
                 let mut conn = self.conn().await?;
                 let key = order.idempotency_key.clone();
-                let result = async {
-                    rows(&mut conn, ORDER_BY_KEY, &[&key])
-                        .await?
-                        .first()
-                        .map(order_from_row)
-                        .transpose()
-                }
-                .await;
-                finish(conn, result)?
-                    .map(Placed::Existing)
-                    .ok_or(StoreError::NotFound)
+                let result =
+                    async { rows(&mut conn, ORDER_BY_KEY, &[&key]).await?.first().map(order_from_row).transpose() }
+                        .await;
+                finish(conn, result)?.map(Placed::Existing).ok_or(StoreError::NotFound)
             }
             other => other,
         }
@@ -541,28 +429,16 @@ impl OrderStore for MssqlStore {
 
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {
         let mut conn = self.conn().await?;
-        let result = async {
-            rows(&mut conn, ORDER, &[&order_id.0])
-                .await?
-                .first()
-                .map(order_from_row)
-                .transpose()
-        }
-        .await;
+        let result =
+            async { rows(&mut conn, ORDER, &[&order_id.0]).await?.first().map(order_from_row).transpose() }.await;
         finish(conn, result)?.ok_or(StoreError::NotFound)
     }
 
     async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
         let mut conn = self.conn().await?;
         let limit = i64::from(limit);
-        let result = async {
-            rows(&mut conn, RECENT_ORDERS, &[&limit])
-                .await?
-                .iter()
-                .map(order_from_row)
-                .collect()
-        }
-        .await;
+        let result =
+            async { rows(&mut conn, RECENT_ORDERS, &[&limit]).await?.iter().map(order_from_row).collect() }.await;
         finish(conn, result)
     }
 }
@@ -583,12 +459,7 @@ async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u
 
 #[async_trait]
 impl OutboxStore for MssqlStore {
-    async fn claim_batch(
-        &self,
-        owner: &str,
-        limit: u32,
-        lease: Duration,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
+    async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
         let mut conn = self.conn().await?;
         let (lease_ms, limit) = (millis(lease), i64::from(limit));
         let result = async {
@@ -622,18 +493,11 @@ impl OutboxStore for MssqlStore {
         let error: String = error.chars().take(1000).collect();
         let retry_ms = millis(retry_in);
         let result = async {
-            let out = rows(
-                &mut conn,
-                RECORD_FAILURE,
-                &[&id.0, &error, &retry_ms, &max_attempts],
-            )
-            .await?;
-            Ok(
-                match out.first().and_then(|r| r.get::<NaiveDateTime, _>(0)) {
-                    Some(_) => FailureOutcome::Parked,
-                    None => FailureOutcome::Retrying,
-                },
-            )
+            let out = rows(&mut conn, RECORD_FAILURE, &[&id.0, &error, &retry_ms, &max_attempts]).await?;
+            Ok(match out.first().and_then(|r| r.get::<NaiveDateTime, _>(0)) {
+                Some(_) => FailureOutcome::Parked,
+                None => FailureOutcome::Retrying,
+            })
         }
         .await;
         finish(conn, result)
@@ -653,9 +517,7 @@ impl OutboxStore for MssqlStore {
             let first = pending.first().ok_or_else(|| conversion("pending stats"))?;
             Ok(OutboxStats {
                 pending: first.get::<i64, _>(0).unwrap_or(0),
-                oldest_pending_seconds: first
-                    .get::<i64, _>(1)
-                    .map_or(0.0, |ms| (ms as f64 / 1000.0).max(0.0)),
+                oldest_pending_seconds: first.get::<i64, _>(1).map_or(0.0, |ms| (ms as f64 / 1000.0).max(0.0)),
                 parked: parked.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0),
             })
         }
@@ -666,7 +528,8 @@ impl OutboxStore for MssqlStore {
     async fn parked_rows(&self, limit: u32) -> Result<Vec<ParkedRow>, StoreError> {
         let mut conn = self.conn().await?;
         let limit = i64::from(limit);
-        let result = async { rows(&mut conn, PARKED_ROWS, &[&limit]).await?.iter().map(parked_from_row).collect() }.await;
+        let result =
+            async { rows(&mut conn, PARKED_ROWS, &[&limit]).await?.iter().map(parked_from_row).collect() }.await;
         finish(conn, result)
     }
 
@@ -779,18 +642,10 @@ async fn process(
         batch(client, ROLLBACK).await?;
         return Ok(ProcessOutcome::OrderNotFound);
     };
-    let status = row
-        .try_get::<&str, _>(0)?
-        .ok_or_else(|| conversion("status"))?;
-    let status =
-        OrderStatus::from_str(status).map_err(|e| tiberius::error::Error::Conversion(e.into()))?;
-    let quantity = row
-        .try_get::<i32, _>(1)?
-        .ok_or_else(|| conversion("quantity"))?;
-    let product_id = row
-        .try_get::<&str, _>(2)?
-        .ok_or_else(|| conversion("product_id"))?
-        .to_string();
+    let status = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("status"))?;
+    let status = OrderStatus::from_str(status).map_err(|e| tiberius::error::Error::Conversion(e.into()))?;
+    let quantity = row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?;
+    let product_id = row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string();
     let list_price = row.try_get::<Decimal, _>(3)?;
     if status.is_final() {
         batch(client, COMMIT).await?;
@@ -803,34 +658,16 @@ async fn process(
         return Ok(ProcessOutcome::Failed(reason));
     };
     let priced = price(list_price, quantity);
-    let updated = rows(
-        client,
-        MARK_PROCESSED,
-        &[&order_id.0, &priced.unit_price, &priced.total_price],
-    )
-    .await?;
-    let order = order_from_row(
-        updated
-            .first()
-            .ok_or_else(|| conversion("processed order"))?,
-    )?;
+    let updated = rows(client, MARK_PROCESSED, &[&order_id.0, &priced.unit_price, &priced.total_price]).await?;
+    let order = order_from_row(updated.first().ok_or_else(|| conversion("processed order"))?)?;
     batch(client, COMMIT).await?;
     Ok(ProcessOutcome::Processed(order))
 }
 
-async fn fail(
-    client: &mut TdsClient,
-    outbox_id: Option<OutboxId>,
-    order_id: OrderId,
-    reason: &str,
-) -> TdsResult<bool> {
+async fn fail(client: &mut TdsClient, outbox_id: Option<OutboxId>, order_id: OrderId, reason: &str) -> TdsResult<bool> {
     batch(client, BEGIN).await?;
-    let exists = rows(client, ORDER_EXISTS, &[&order_id.0])
-        .await?
-        .first()
-        .and_then(|r| r.get::<i64, _>(0))
-        .unwrap_or(0)
-        > 0;
+    let exists =
+        rows(client, ORDER_EXISTS, &[&order_id.0]).await?.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) > 0;
     if !exists {
         batch(client, ROLLBACK).await?;
         return Ok(false);
@@ -874,13 +711,8 @@ const CREATE_DATABASE: &str = "CREATE DATABASE orderflow_test_";
 /// Creates an empty database on the server named by `url` (an
 /// `mssql://…/database` URL) and returns the URL of the new database.
 pub async fn fresh_database(url: &str) -> anyhow::Result<String> {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let (server, _) = base
-        .rsplit_once('/')
-        .filter(|(s, _)| s.contains('@'))
-        .unwrap_or((base, ""));
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base.rsplit_once('/').filter(|(s, _)| s.contains('@')).unwrap_or((base, ""));
     let name = format!("{}", Uuid::new_v4().simple());
     let mut client = open_client(&parse_config(url)?).await?;
     batch(&mut client, &format!("{CREATE_DATABASE}{name}")).await?;

@@ -19,13 +19,9 @@ pub struct Priced {
 /// Prices `quantity` units of a product listed at `list_price`.
 pub fn price(list_price: Decimal, quantity: i32) -> Priced {
     let factor = Decimal::new(100 - STANDARD_DISCOUNT_PERCENT, 2);
-    let unit_price =
-        (list_price * factor).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    let unit_price = (list_price * factor).round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
     let total_price = (unit_price * Decimal::from(quantity)).round_dp(2);
-    Priced {
-        unit_price: unit_price.round_dp(2),
-        total_price,
-    }
+    Priced { unit_price: unit_price.round_dp(2), total_price }
 }
 
 #[cfg(test)]

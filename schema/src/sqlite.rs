@@ -19,8 +19,7 @@ use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, P
 use crate::pricing::Priced;
 use crate::store::{
     FailureOutcome, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore,
-    Reconciliation, RequeueTarget,
-    StoreError,
+    Reconciliation, RequeueTarget, StoreError,
 };
 
 mod migrations {
@@ -49,20 +48,17 @@ impl SqliteStore {
         }
         let migrate_path = path.clone();
         tokio::task::spawn_blocking(move || migrate(&migrate_path)).await??;
-        let pool = Config {
-            path,
-            pool: Some(PoolConfig::new(8)),
-        }
-        .builder(Runtime::Tokio1)?
-        .post_create(Hook::async_fn(|conn, _| {
-            Box::pin(async move {
-                conn.interact(|c| c.execute_batch(PRAGMAS))
-                    .await
-                    .map_err(|e| HookError::message(e.to_string()))?
-                    .map_err(HookError::Backend)
-            })
-        }))
-        .build()?;
+        let pool = Config { path, pool: Some(PoolConfig::new(8)) }
+            .builder(Runtime::Tokio1)?
+            .post_create(Hook::async_fn(|conn, _| {
+                Box::pin(async move {
+                    conn.interact(|c| c.execute_batch(PRAGMAS))
+                        .await
+                        .map_err(|e| HookError::message(e.to_string()))?
+                        .map_err(HookError::Backend)
+                })
+            }))
+            .build()?;
         Ok(Self { pool })
     }
 
@@ -71,14 +67,8 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?;
-        conn.interact(f)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
+        let conn = self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?;
+        conn.interact(f).await.map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -100,11 +90,7 @@ impl SqliteStore {
 /// several services starting at once apply them exactly once.
 fn migrate(path: &Path) -> anyhow::Result<()> {
     let lock_path = path.with_extension("migrate.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)?;
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
     lock.lock()?;
     let mut conn = Connection::open(path)?;
     conn.execute_batch(PRAGMAS)?;
@@ -134,16 +120,13 @@ impl From<rusqlite::Error> for StoreError {
 fn parse_time(text: &str) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn parse_decimal(text: Option<String>) -> rusqlite::Result<Option<Decimal>> {
     text.map(|t| {
-        Decimal::from_str(&t).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })
+        Decimal::from_str(&t)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
     })
     .transpose()
 }
@@ -155,27 +138,21 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         customer_name: row.get(1)?,
         product_id: row.get(2)?,
         quantity: row.get(3)?,
-        status: OrderStatus::from_str(&status).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into())
-        })?,
+        status: OrderStatus::from_str(&status)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into()))?,
         unit_price: parse_decimal(row.get(5)?)?,
         total_price: parse_decimal(row.get(6)?)?,
         failure_reason: row.get(7)?,
         created_at: parse_time(&row.get::<_, String>(8)?)?,
-        processed_at: row
-            .get::<_, Option<String>>(9)?
-            .as_deref()
-            .map(parse_time)
-            .transpose()?,
+        processed_at: row.get::<_, Option<String>>(9)?.as_deref().map(parse_time).transpose()?,
     })
 }
 
 fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
     let id: String = row.get(0)?;
     Ok(OutboxRow {
-        outbox_id: OutboxId::from_str(&id).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        outbox_id: OutboxId::from_str(&id)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
         order_id: OrderId(row.get(1)?),
         event_type: row.get(2)?,
         payload: row.get(3)?,
@@ -188,17 +165,11 @@ fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
 
 fn load_order(conn: &Connection, order_id: OrderId) -> Result<Option<Order>, StoreError> {
     let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1");
-    Ok(conn
-        .query_row(&sql, [order_id.0], order_from_row)
-        .optional()?)
+    Ok(conn.query_row(&sql, [order_id.0], order_from_row).optional()?)
 }
 
 /// Records an inbox row; false when the outbox id was seen before.
-fn record_inbox(
-    tx: &Connection,
-    outbox_id: Option<OutboxId>,
-    order_id: OrderId,
-) -> Result<bool, StoreError> {
+fn record_inbox(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<bool, StoreError> {
     let Some(id) = outbox_id else { return Ok(true) };
     let inserted = tx.execute(
         "INSERT INTO inbox (outbox_id, order_id) VALUES (?1, ?2) ON CONFLICT (outbox_id) DO NOTHING",
@@ -257,9 +228,8 @@ fn seconds_modifier(d: Duration) -> String {
 impl OrderStore for SqliteStore {
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
         self.with_conn(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT product_id, name, list_price FROM products ORDER BY product_id",
-            )?;
+            let mut stmt =
+                conn.prepare_cached("SELECT product_id, name, list_price FROM products ORDER BY product_id")?;
             let rows = stmt.query_map([], product_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -295,15 +265,20 @@ impl OrderStore for SqliteStore {
                 params![order.customer_name, order.product_id, order.quantity, order.idempotency_key],
                 order_from_row,
             )?;
-            insert_outbox(tx, &stored, order.traceparent.as_deref(), order.tracestate.as_deref(), Some(stored.created_at))?;
+            insert_outbox(
+                tx,
+                &stored,
+                order.traceparent.as_deref(),
+                order.tracestate.as_deref(),
+                Some(stored.created_at),
+            )?;
             Ok(Placed::Created(stored))
         })
         .await
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {
-        self.with_conn(move |conn| load_order(conn, order_id)?.ok_or(StoreError::NotFound))
-            .await
+        self.with_conn(move |conn| load_order(conn, order_id)?.ok_or(StoreError::NotFound)).await
     }
 
     async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
@@ -327,12 +302,7 @@ fn product_from_row(row: &Row<'_>) -> rusqlite::Result<Product> {
 
 #[async_trait]
 impl OutboxStore for SqliteStore {
-    async fn claim_batch(
-        &self,
-        owner: &str,
-        limit: u32,
-        lease: Duration,
-    ) -> Result<Vec<OutboxRow>, StoreError> {
+    async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
         let owner = owner.to_string();
         self.write(move |tx| {
             // One IMMEDIATE transaction is the single writer: no two relays can
@@ -364,9 +334,8 @@ impl OutboxStore for SqliteStore {
                 "UPDATE outbox SET published_at = {NOW}, lease_owner = NULL, lease_until = NULL \
                  WHERE outbox_id = ?1 AND published_at IS NULL RETURNING order_id"
             ))?;
-            let mut advance = tx.prepare_cached(
-                "UPDATE orders SET status = 'published' WHERE order_id = ?1 AND status = 'pending'",
-            )?;
+            let mut advance =
+                tx.prepare_cached("UPDATE orders SET status = 'published' WHERE order_id = ?1 AND status = 'pending'")?;
             let mut marked = 0;
             for id in &ids {
                 let order_id: Option<i64> = mark.query_row([id], |r| r.get(0)).optional()?;
@@ -397,9 +366,7 @@ impl OutboxStore for SqliteStore {
                  WHERE outbox_id = ?1 AND published_at IS NULL RETURNING dead_at"
             );
             let dead: Option<Option<String>> = tx
-                .query_row(&sql, params![id.to_string(), error, seconds_modifier(retry_in), max_attempts], |r| {
-                    r.get(0)
-                })
+                .query_row(&sql, params![id.to_string(), error, seconds_modifier(retry_in), max_attempts], |r| r.get(0))
                 .optional()?;
             Ok(match dead {
                 Some(Some(_)) => FailureOutcome::Parked,
@@ -430,16 +397,9 @@ impl OutboxStore for SqliteStore {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
-            let parked: i64 = conn.query_row(
-                "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok(OutboxStats {
-                pending,
-                oldest_pending_seconds: oldest.unwrap_or(0.0).max(0.0),
-                parked,
-            })
+            let parked: i64 =
+                conn.query_row("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL", [], |r| r.get(0))?;
+            Ok(OutboxStats { pending, oldest_pending_seconds: oldest.unwrap_or(0.0).max(0.0), parked })
         })
         .await
     }
@@ -627,11 +587,8 @@ impl ProcessingStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let reason = reason.chars().take(400).collect::<String>();
         self.write(move |tx| {
-            let exists: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM orders WHERE order_id = ?1)",
-                [order_id.0],
-                |r| r.get(0),
-            )?;
+            let exists: bool =
+                tx.query_row("SELECT EXISTS (SELECT 1 FROM orders WHERE order_id = ?1)", [order_id.0], |r| r.get(0))?;
             if !exists {
                 return Ok(false);
             }

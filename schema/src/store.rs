@@ -130,12 +130,7 @@ pub trait OrderStore: Send + Sync {
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
     /// Leases up to `limit` due rows for `owner` until `lease` from now (database clock).
-    async fn claim_batch(
-        &self,
-        owner: &str,
-        limit: u32,
-        lease: Duration,
-    ) -> Result<Vec<OutboxRow>, StoreError>;
+    async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError>;
     /// Marks rows published (only those still leased by `owner`) and moves their
     /// orders `pending → published`, never overwriting a later status. Returns
     /// the number of outbox rows marked.

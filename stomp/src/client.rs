@@ -78,10 +78,7 @@ impl Config {
     /// Parses `tcp://host:port`, `stomp://host:port` or `host:port`, with
     /// optional `user:pass@`.
     pub fn from_url(url: &str) -> Result<Self, String> {
-        let rest = url
-            .split_once("://")
-            .map_or(url, |(_, r)| r)
-            .trim_end_matches('/');
+        let rest = url.split_once("://").map_or(url, |(_, r)| r).trim_end_matches('/');
         let (creds, addr) = match rest.rsplit_once('@') {
             Some((c, a)) => (Some(c), a),
             None => (None, rest),
@@ -127,11 +124,7 @@ impl Inner {
     }
 
     fn reason(&self) -> String {
-        self.close_reason
-            .lock()
-            .expect("close reason lock")
-            .clone()
-            .unwrap_or_else(|| "closed".into())
+        self.close_reason.lock().expect("close reason lock").clone().unwrap_or_else(|| "closed".into())
     }
 }
 
@@ -193,18 +186,14 @@ impl Client {
         if connected.command != "CONNECTED" {
             let msg = connected.get("message").unwrap_or_default().to_string();
             return Err(StompError::Refused(
-                format!("{msg} {}", String::from_utf8_lossy(&connected.body))
-                    .trim()
-                    .to_string(),
+                format!("{msg} {}", String::from_utf8_lossy(&connected.body)).trim().to_string(),
             ));
         }
         // heart-beat negotiation (STOMP 1.2): each side sends at the larger of
         // what it offers and what the other wants; 0 on either side disables.
         let (server_send, server_want) = parse_heartbeat(connected.get("heart-beat"));
-        let send_every =
-            (hb > 0 && server_want > 0).then(|| Duration::from_millis(hb.max(server_want) as u64));
-        let expect_every =
-            (hb > 0 && server_send > 0).then(|| Duration::from_millis(hb.max(server_send) as u64));
+        let send_every = (hb > 0 && server_want > 0).then(|| Duration::from_millis(hb.max(server_want) as u64));
+        let expect_every = (hb > 0 && server_send > 0).then(|| Duration::from_millis(hb.max(server_send) as u64));
 
         let inner = Arc::new(Inner {
             writer: tokio::sync::Mutex::new(writer),
@@ -218,10 +207,7 @@ impl Client {
         if let Some(every) = send_every {
             tokio::spawn(heartbeat_loop(inner.clone(), every));
         }
-        Ok(Client {
-            inner,
-            messages: Mutex::new(Some(msg_rx)),
-        })
+        Ok(Client { inner, messages: Mutex::new(Some(msg_rx)) })
     }
 
     /// The MESSAGE frames of this connection's subscriptions; `None` after the first call.
@@ -267,16 +253,9 @@ impl Client {
         let mut receipts = Vec::new();
         let mut tagged = Vec::new();
         for frame in frames {
-            let id = format!(
-                "r-{}",
-                self.inner.next_receipt.fetch_add(1, Ordering::Relaxed)
-            );
+            let id = format!("r-{}", self.inner.next_receipt.fetch_add(1, Ordering::Relaxed));
             let (tx, rx) = oneshot::channel();
-            self.inner
-                .pending
-                .lock()
-                .expect("pending lock")
-                .insert(id.clone(), tx);
+            self.inner.pending.lock().expect("pending lock").insert(id.clone(), tx);
             receipts.push(Receipt(rx));
             tagged.push(frame.header("receipt", id));
         }
@@ -287,41 +266,22 @@ impl Client {
     /// Sends `frames` inside one STOMP transaction (BEGIN, frames, COMMIT) in
     /// a single flush; the returned receipt is the COMMIT's. ActiveMQ persists
     /// the whole transaction with one fsync, which is what makes batches fast.
-    pub async fn send_in_transaction(
-        &self,
-        frames: impl IntoIterator<Item = Frame>,
-    ) -> Result<Receipt, StompError> {
+    pub async fn send_in_transaction(&self, frames: impl IntoIterator<Item = Frame>) -> Result<Receipt, StompError> {
         let n = self.inner.next_receipt.fetch_add(1, Ordering::Relaxed);
         let tx = format!("tx-{n}");
         let receipt_id = format!("r-{n}");
         let (sender, rx) = oneshot::channel();
-        self.inner
-            .pending
-            .lock()
-            .expect("pending lock")
-            .insert(receipt_id.clone(), sender);
+        self.inner.pending.lock().expect("pending lock").insert(receipt_id.clone(), sender);
         let mut all = vec![Frame::new("BEGIN").header("transaction", tx.clone())];
-        all.extend(
-            frames
-                .into_iter()
-                .map(|f| f.header("transaction", tx.clone())),
-        );
-        all.push(
-            Frame::new("COMMIT")
-                .header("transaction", tx)
-                .header("receipt", receipt_id),
-        );
+        all.extend(frames.into_iter().map(|f| f.header("transaction", tx.clone())));
+        all.push(Frame::new("COMMIT").header("transaction", tx).header("receipt", receipt_id));
         self.send(all).await?;
         Ok(Receipt(rx))
     }
 
     /// Sends one frame with a receipt and waits for it.
     pub async fn request(&self, frame: Frame, timeout: Duration) -> Result<(), StompError> {
-        let receipt = self
-            .send_with_receipts([frame])
-            .await?
-            .pop()
-            .expect("one receipt per frame");
+        let receipt = self.send_with_receipts([frame]).await?.pop().expect("one receipt per frame");
         receipt.wait(timeout).await
     }
 
@@ -344,10 +304,7 @@ impl Client {
     /// Acknowledges messages by the value of their `ack` header (not `message-id`:
     /// ActiveMQ rejects that).
     pub async fn ack(&self, ack_ids: &[&str]) -> Result<(), StompError> {
-        let frames: Vec<Frame> = ack_ids
-            .iter()
-            .map(|id| Frame::new("ACK").header("id", *id))
-            .collect();
+        let frames: Vec<Frame> = ack_ids.iter().map(|id| Frame::new("ACK").header("id", *id)).collect();
         self.send(frames).await
     }
 
@@ -405,9 +362,7 @@ async fn read_loop(
         match frame.command.as_str() {
             "MESSAGE" => {
                 if messages.send(frame).await.is_err() {
-                    tracing::debug!(
-                        "message dropped: nobody is reading this connection's messages"
-                    );
+                    tracing::debug!("message dropped: nobody is reading this connection's messages");
                 }
             }
             "RECEIPT" => resolve(&inner, frame.get("receipt-id"), Ok(())),

@@ -24,11 +24,7 @@ pub struct Frame {
 impl Frame {
     /// A frame with no headers and no body.
     pub fn new(command: &str) -> Self {
-        Self {
-            command: command.to_string(),
-            headers: Vec::new(),
-            body: Bytes::new(),
-        }
+        Self { command: command.to_string(), headers: Vec::new(), body: Bytes::new() }
     }
 
     /// Adds a header.
@@ -45,10 +41,7 @@ impl Frame {
 
     /// The first value of a header.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -152,10 +145,7 @@ impl Decoder for StompCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Item>, CodecError> {
-        let eols = src
-            .iter()
-            .take_while(|b| **b == b'\n' || **b == b'\r')
-            .count();
+        let eols = src.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
         if eols > 0 {
             src.advance(eols);
             return Ok(Some(Item::Heartbeat));
@@ -172,9 +162,8 @@ impl Decoder for StompCodec {
         let command = lines.next().unwrap_or_default().to_string();
         let mut headers = Vec::new();
         for line in lines.filter(|l| !l.is_empty()) {
-            let (k, v) = line
-                .split_once(':')
-                .ok_or_else(|| CodecError::Malformed(format!("header without colon: {line:?}")))?;
+            let (k, v) =
+                line.split_once(':').ok_or_else(|| CodecError::Malformed(format!("header without colon: {line:?}")))?;
             headers.push((unescape(k)?, unescape(v)?));
         }
         let body_start = head_end.1;
@@ -209,11 +198,7 @@ impl Decoder for StompCodec {
         let mut frame_bytes = src.split_to(body_end + 1);
         frame_bytes.truncate(body_end);
         let body = frame_bytes.split_off(body_start).freeze();
-        Ok(Some(Item::Frame(Frame {
-            command,
-            headers,
-            body,
-        })))
+        Ok(Some(Item::Frame(Frame { command, headers, body })))
     }
 }
 
@@ -249,18 +234,11 @@ mod tests {
 
     #[test]
     fn a_frame_round_trips_with_escaped_headers() {
-        let frame = Frame::new("SEND")
-            .header("destination", "/queue/a")
-            .header("odd:key", "line\nbreak\\")
-            .body("{}");
+        let frame = Frame::new("SEND").header("destination", "/queue/a").header("odd:key", "line\nbreak\\").body("{}");
         let mut buf = BytesMut::new();
-        StompCodec
-            .encode(Item::Frame(frame.clone()), &mut buf)
-            .unwrap();
+        StompCodec.encode(Item::Frame(frame.clone()), &mut buf).unwrap();
         let items = decode_all(&buf);
-        let Item::Frame(back) = &items[0] else {
-            panic!("frame expected")
-        };
+        let Item::Frame(back) = &items[0] else { panic!("frame expected") };
         assert_eq!(back.command, "SEND");
         assert_eq!(back.get("odd:key"), Some("line\nbreak\\"));
         assert_eq!(back.get("content-length"), Some("2"));
@@ -279,25 +257,19 @@ mod tests {
         let mut buf = BytesMut::from(&b"MESSAGE\ncontent-length:5\n\nhel"[..]);
         assert!(StompCodec.decode(&mut buf).unwrap().is_none());
         buf.extend_from_slice(b"lo\0");
-        let Some(Item::Frame(f)) = StompCodec.decode(&mut buf).unwrap() else {
-            panic!("frame expected")
-        };
+        let Some(Item::Frame(f)) = StompCodec.decode(&mut buf).unwrap() else { panic!("frame expected") };
         assert_eq!(f.body, Bytes::from("hello"));
     }
 
     #[test]
     fn a_body_may_contain_nul_when_its_length_is_given() {
-        let Item::Frame(f) = &decode_all(b"MESSAGE\ncontent-length:3\n\na\0b\0")[0] else {
-            panic!()
-        };
+        let Item::Frame(f) = &decode_all(b"MESSAGE\ncontent-length:3\n\na\0b\0")[0] else { panic!() };
         assert_eq!(&f.body[..], b"a\0b");
     }
 
     #[test]
     fn crlf_line_endings_are_accepted() {
-        let Item::Frame(f) = &decode_all(b"CONNECTED\r\nversion:1.2\r\n\r\n\0")[0] else {
-            panic!()
-        };
+        let Item::Frame(f) = &decode_all(b"CONNECTED\r\nversion:1.2\r\n\r\n\0")[0] else { panic!() };
         assert_eq!(f.get("version"), Some("1.2"));
     }
 

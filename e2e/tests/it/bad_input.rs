@@ -18,115 +18,49 @@ async fn the_api_rejects_bad_input_with_clear_errors() {
     let url = format!("{}/api/orders", stack.base_url());
     let http = reqwest::Client::new();
 
-    let malformed = http
-        .post(&url)
-        .header("content-type", "application/json")
-        .body("{\"customer_name\": ")
-        .send()
-        .await
-        .unwrap();
+    let malformed =
+        http.post(&url).header("content-type", "application/json").body("{\"customer_name\": ").send().await.unwrap();
     assert_eq!(malformed.status().as_u16(), 400);
     let body: serde_json::Value = malformed.json().await.unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("malformed JSON"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().starts_with("malformed JSON"), "{body}");
 
     let (status, body) = stack.post_json(&json!([1, 2]), None).await;
     assert_eq!(status, 400, "{body}");
 
-    let (status, body) = stack
-        .post_json(
-            &json!({"customer_name": " ", "product_id": "NOPE", "quantity": 0}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        stack.post_json(&json!({"customer_name": " ", "product_id": "NOPE", "quantity": 0}), None).await;
     assert_eq!(status, 422);
-    let fields: Vec<&str> = body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
     assert_eq!(fields, ["customer_name", "product_id", "quantity"]);
-    assert!(
-        body["errors"][1]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown product")
-    );
+    assert!(body["errors"][1]["message"].as_str().unwrap().contains("unknown product"));
 
-    let (status, body) = stack
-        .post_json(
-            &json!({"customer_name": "A", "product_id": "P123", "quantity": "2"}),
-            None,
-        )
-        .await;
-    assert_eq!(
-        (status, body["errors"][0]["field"].as_str()),
-        (422, Some("quantity"))
-    );
+    let (status, body) =
+        stack.post_json(&json!({"customer_name": "A", "product_id": "P123", "quantity": "2"}), None).await;
+    assert_eq!((status, body["errors"][0]["field"].as_str()), (422, Some("quantity")));
 
-    let (status, body) = stack
-        .post_json(
-            &json!({"customer_name": "x".repeat(101), "product_id": "P123", "quantity": 1}),
-            None,
-        )
-        .await;
-    assert_eq!(
-        (status, body["errors"][0]["field"].as_str()),
-        (422, Some("customer_name"))
-    );
+    let (status, body) =
+        stack.post_json(&json!({"customer_name": "x".repeat(101), "product_id": "P123", "quantity": 1}), None).await;
+    assert_eq!((status, body["errors"][0]["field"].as_str()), (422, Some("customer_name")));
 
-    assert_eq!(
-        reqwest::get(format!("{}/api/orders/424242", stack.base_url()))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        404
-    );
-    assert_eq!(
-        reqwest::get(format!("{}/api/orders/abc", stack.base_url()))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        404
-    );
-    assert_eq!(
-        stack.count("SELECT COUNT(*) FROM orders"),
-        0,
-        "nothing stored from bad input"
-    );
+    assert_eq!(reqwest::get(format!("{}/api/orders/424242", stack.base_url())).await.unwrap().status().as_u16(), 404);
+    assert_eq!(reqwest::get(format!("{}/api/orders/abc", stack.base_url())).await.unwrap().status().as_u16(), 404);
+    assert_eq!(stack.count("SELECT COUNT(*) FROM orders"), 0, "nothing stored from bad input");
 
     let order = json!({"customer_name": "Ajay", "product_id": "P123", "quantity": 2});
     let (first, a) = stack.post_json(&order, Some("load-test-7")).await;
     let (again, b) = stack.post_json(&order, Some("load-test-7")).await;
-    assert_eq!(
-        (first, again),
-        (201, 200),
-        "a replayed Idempotency-Key returns the first order"
-    );
+    assert_eq!((first, again), (201, 200), "a replayed Idempotency-Key returns the first order");
     assert_eq!(a["order_id"], b["order_id"]);
     assert_eq!(stack.count("SELECT COUNT(*) FROM outbox"), 1);
     stack.shutdown().await;
 }
 
 async fn send(client: &Client, queue: &str, body: &str, headers: &[(&str, &str)]) {
-    let mut frame = Frame::new("SEND")
-        .header("destination", queue)
-        .header("persistent", "true");
+    let mut frame = Frame::new("SEND").header("destination", queue).header("persistent", "true");
     for (k, v) in headers {
         frame = frame.header(k, *v);
     }
-    client
-        .request(frame.body(body.to_string()), Duration::from_secs(10))
-        .await
-        .expect("broker accepts the send");
+    client.request(frame.body(body.to_string()), Duration::from_secs(10)).await.expect("broker accepts the send");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,34 +88,46 @@ async fn malformed_messages_are_parked_with_their_reason_and_the_consumer_keeps_
     };
     let unknown_order = unknown.order_id.0;
 
-    let client = Client::connect(&stomp::Config::from_url(&stack.broker_url).unwrap())
-        .await
-        .unwrap();
+    let client = Client::connect(&stomp::Config::from_url(&stack.broker_url).unwrap()).await.unwrap();
     let q = stack.queue.clone();
     send(&client, &q, "this is not json", &[]).await;
-    send(&client, &q, &json!({"order_id": seed_order, "customer_name": "Ajay", "product_id": "P123", "quantity": 2}).to_string(), &[]).await;
-    send(&client, &q, &json!({"order_id": range_order, "customer_name": "Bea", "product_id": "P200", "quantity": 0}).to_string(), &[]).await;
-    send(&client, &q, &json!({"order_id": 777_777, "customer_name": "Nobody", "product_id": "P123", "quantity": 1}).to_string(), &[]).await;
-    send(&client, &q, &json!({"order_id": unknown_order, "customer_name": "Dee", "product_id": "P999", "quantity": 1}).to_string(), &[]).await;
     send(
         &client,
         &q,
-        &json!({"customer_name": "NoId"}).to_string(),
+        &json!({"order_id": seed_order, "customer_name": "Ajay", "product_id": "P123", "quantity": 2}).to_string(),
         &[],
     )
     .await;
+    send(
+        &client,
+        &q,
+        &json!({"order_id": range_order, "customer_name": "Bea", "product_id": "P200", "quantity": 0}).to_string(),
+        &[],
+    )
+    .await;
+    send(
+        &client,
+        &q,
+        &json!({"order_id": 777_777, "customer_name": "Nobody", "product_id": "P123", "quantity": 1}).to_string(),
+        &[],
+    )
+    .await;
+    send(
+        &client,
+        &q,
+        &json!({"order_id": unknown_order, "customer_name": "Dee", "product_id": "P999", "quantity": 1}).to_string(),
+        &[],
+    )
+    .await;
+    send(&client, &q, &json!({"customer_name": "NoId"}).to_string(), &[]).await;
     let dup_body =
-        json!({"order_id": dup_order, "customer_name": "Cem", "product_id": "P300", "quantity": 3})
-            .to_string();
+        json!({"order_id": dup_order, "customer_name": "Cem", "product_id": "P300", "quantity": 3}).to_string();
     let dup_id = "0193a0b4-7c1e-7a2b-9c3d-4e5f60718293";
     send(&client, &q, &dup_body, &[("outbox-id", dup_id)]).await;
     send(&client, &q, &dup_body, &[("outbox-id", dup_id)]).await;
 
     // Everything on the dead-letter queue, each with its reason.
-    client
-        .subscribe(&format!("{q}.DLQ"), "dlq", 100, Duration::from_secs(10))
-        .await
-        .unwrap();
+    client.subscribe(&format!("{q}.DLQ"), "dlq", 100, Duration::from_secs(10)).await.unwrap();
     let mut messages = client.take_messages().unwrap();
     let mut parked: HashMap<String, Frame> = HashMap::new();
     while parked.len() < 5 {
@@ -190,13 +136,7 @@ async fn malformed_messages_are_parked_with_their_reason_and_the_consumer_keeps_
             .expect("dead letters arrive")
             .expect("stream open");
         client.ack(&[frame.get("ack").unwrap()]).await.unwrap();
-        parked.insert(
-            frame
-                .get("dlq-reason")
-                .expect("every dead letter has a reason")
-                .to_string(),
-            frame,
-        );
+        parked.insert(frame.get("dlq-reason").expect("every dead letter has a reason").to_string(), frame);
     }
     let reasons: Vec<&String> = parked.keys().collect();
     let has = |needle: &str| parked.keys().any(|r| r.contains(needle));
@@ -205,31 +145,18 @@ async fn malformed_messages_are_parked_with_their_reason_and_the_consumer_keeps_
     assert!(has("order 777777 not found"), "{reasons:?}");
     assert!(has("unknown product P999"), "{reasons:?}");
     assert!(has("missing field `order_id`"), "{reasons:?}");
-    let garbage = parked
-        .iter()
-        .find(|(r, _)| r.contains("not valid JSON"))
-        .unwrap()
-        .1;
-    assert_eq!(
-        &garbage.body[..],
-        b"this is not json",
-        "the original body is kept"
-    );
-    assert!(
-        garbage.get("original-message-id").is_some(),
-        "the original headers are kept"
-    );
+    let garbage = parked.iter().find(|(r, _)| r.contains("not valid JSON")).unwrap().1;
+    assert_eq!(&garbage.body[..], b"this is not json", "the original body is kept");
+    assert!(garbage.get("original-message-id").is_some(), "the original headers are kept");
 
     // Good messages among the bad ones were processed; failures are on the orders.
     stack.wait_until_final(4, Duration::from_secs(30)).await;
     let status = |id: i64| -> (String, Option<String>, Option<String>) {
         stack
             .db()
-            .query_row(
-                "SELECT status, unit_price, failure_reason FROM orders WHERE order_id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
+            .query_row("SELECT status, unit_price, failure_reason FROM orders WHERE order_id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .unwrap()
     };
     assert_eq!(
@@ -237,36 +164,14 @@ async fn malformed_messages_are_parked_with_their_reason_and_the_consumer_keeps_
         ("processed".into(), Some("90.00".into()), None),
         "a seed-style message is processed"
     );
-    assert_eq!(
-        status(range_order),
-        (
-            "failed".into(),
-            None,
-            Some("quantity 0 is out of range 1-1000".into())
-        )
-    );
-    assert_eq!(
-        status(unknown_order),
-        ("failed".into(), None, Some("unknown product P999".into()))
-    );
+    assert_eq!(status(range_order), ("failed".into(), None, Some("quantity 0 is out of range 1-1000".into())));
+    assert_eq!(status(unknown_order), ("failed".into(), None, Some("unknown product P999".into())));
     assert_eq!(status(dup_order).0, "processed");
-    wait_for(
-        "the duplicate to be acknowledged",
-        Duration::from_secs(10),
-        || async { (stack.consumer_outcome("duplicate").await >= 1.0).then_some(()) },
-    )
+    wait_for("the duplicate to be acknowledged", Duration::from_secs(10), || async {
+        (stack.consumer_outcome("duplicate").await >= 1.0).then_some(())
+    })
     .await;
-    assert_eq!(
-        stack.consumer_outcome("processed").await,
-        2.0,
-        "the duplicate was priced once"
-    );
-    assert_eq!(
-        stack.count(&format!(
-            "SELECT COUNT(*) FROM inbox WHERE outbox_id = '{dup_id}'"
-        )),
-        1,
-        "one inbox row"
-    );
+    assert_eq!(stack.consumer_outcome("processed").await, 2.0, "the duplicate was priced once");
+    assert_eq!(stack.count(&format!("SELECT COUNT(*) FROM inbox WHERE outbox_id = '{dup_id}'")), 1, "one inbox row");
     stack.shutdown().await;
 }

@@ -40,20 +40,10 @@ async fn browser() -> (Driver, Client) {
         }),
     );
     let url = format!("http://127.0.0.1:{port}");
-    let client = wait_for(
-        "chromedriver to accept a session",
-        Duration::from_secs(30),
-        || {
-            let (url, caps) = (url.clone(), caps.clone());
-            async move {
-                ClientBuilder::new(HttpConnector::new())
-                    .capabilities(caps)
-                    .connect(&url)
-                    .await
-                    .ok()
-            }
-        },
-    )
+    let client = wait_for("chromedriver to accept a session", Duration::from_secs(30), || {
+        let (url, caps) = (url.clone(), caps.clone());
+        async move { ClientBuilder::new(HttpConnector::new()).capabilities(caps).connect(&url).await.ok() }
+    })
     .await;
     (driver, client)
 }
@@ -65,120 +55,43 @@ async fn a_person_places_an_order_in_the_browser_and_sees_it_processed() {
     page.goto(&stack.base_url()).await.unwrap();
 
     // Bad input: the form comes back with a message per field and keeps what was typed.
-    page.find(Locator::Id("customer_name"))
-        .await
-        .unwrap()
-        .send_keys("   ")
-        .await
-        .unwrap();
+    page.find(Locator::Id("customer_name")).await.unwrap().send_keys("   ").await.unwrap();
     let quantity = page.find(Locator::Id("quantity")).await.unwrap();
     quantity.clear().await.unwrap();
     quantity.send_keys("abc").await.unwrap();
-    page.find(Locator::Id("submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let name_error = page
-        .wait()
-        .for_element(Locator::Id("customer_name-error"))
-        .await
-        .unwrap();
-    assert_eq!(
-        name_error.text().await.unwrap(),
-        "customer name is required"
-    );
-    let qty_error = page
-        .find(Locator::Id("quantity-error"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    page.find(Locator::Id("submit")).await.unwrap().click().await.unwrap();
+    let name_error = page.wait().for_element(Locator::Id("customer_name-error")).await.unwrap();
+    assert_eq!(name_error.text().await.unwrap(), "customer name is required");
+    let qty_error = page.find(Locator::Id("quantity-error")).await.unwrap().text().await.unwrap();
     assert_eq!(qty_error, "quantity must be a whole number");
-    assert_eq!(
-        page.find(Locator::Id("quantity"))
-            .await
-            .unwrap()
-            .prop("value")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("abc")
-    );
+    assert_eq!(page.find(Locator::Id("quantity")).await.unwrap().prop("value").await.unwrap().as_deref(), Some("abc"));
     assert_eq!(stack.count("SELECT COUNT(*) FROM orders"), 0);
 
     // Good input: redirected to the order's page, which turns `processed` by itself.
     let name = page.find(Locator::Id("customer_name")).await.unwrap();
     name.clear().await.unwrap();
     name.send_keys("Ajay").await.unwrap();
-    page.find(Locator::Css("#product_id option[value='P123']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    page.find(Locator::Css("#product_id option[value='P123']")).await.unwrap().click().await.unwrap();
     let quantity = page.find(Locator::Id("quantity")).await.unwrap();
     quantity.clear().await.unwrap();
     quantity.send_keys("2").await.unwrap();
-    page.find(Locator::Id("submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    page.find(Locator::Id("submit")).await.unwrap().click().await.unwrap();
     wait_for("the order page", Duration::from_secs(10), || async {
-        page.current_url()
-            .await
-            .ok()
-            .filter(|u| u.path().starts_with("/orders/"))
+        page.current_url().await.ok().filter(|u| u.path().starts_with("/orders/"))
     })
     .await;
-    let status = wait_for(
-        "the order to be processed in the page",
-        Duration::from_secs(30),
-        || async {
-            let text = page
-                .find(Locator::Id("status"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            (text == "processed").then_some(text)
-        },
-    )
+    let status = wait_for("the order to be processed in the page", Duration::from_secs(30), || async {
+        let text = page.find(Locator::Id("status")).await.ok()?.text().await.ok()?;
+        (text == "processed").then_some(text)
+    })
     .await;
     assert_eq!(status, "processed");
-    assert_eq!(
-        page.find(Locator::Id("unit_price"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "90.00"
-    );
-    assert_eq!(
-        page.find(Locator::Id("total_price"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "180.00"
-    );
+    assert_eq!(page.find(Locator::Id("unit_price")).await.unwrap().text().await.unwrap(), "90.00");
+    assert_eq!(page.find(Locator::Id("total_price")).await.unwrap().text().await.unwrap(), "180.00");
 
     // The home page lists it with its live status.
     page.goto(&stack.base_url()).await.unwrap();
-    let row = page
-        .find(Locator::Css("#recent-orders tr td.status"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let row = page.find(Locator::Css("#recent-orders tr td.status")).await.unwrap().text().await.unwrap();
     assert_eq!(row, "processed");
     page.close().await.unwrap();
     stack.shutdown().await;

@@ -18,13 +18,7 @@ fn place_in_background(stack: &Arc<Stack>, n: usize) -> JoinHandle<Vec<i64>> {
         let mut ids = Vec::with_capacity(n);
         for i in 0..n {
             ids.push(
-                stack
-                    .place_order(
-                        &format!("Customer {i}"),
-                        PRODUCTS[i % PRODUCTS.len()],
-                        (i % 7 + 1) as i64,
-                    )
-                    .await,
+                stack.place_order(&format!("Customer {i}"), PRODUCTS[i % PRODUCTS.len()], (i % 7 + 1) as i64).await,
             );
         }
         ids
@@ -43,27 +37,18 @@ async fn two_hundred_orders_are_processed_exactly_once() {
     stack.assert_all_processed_exactly_once(200);
     let (unit, total): (String, String) = stack
         .db()
-        .query_row(
-            "SELECT unit_price, total_price FROM orders WHERE order_id = ?1",
-            [first],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT unit_price, total_price FROM orders WHERE order_id = ?1", [first], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!((unit.as_str(), total.as_str()), ("90.00", "180.00"));
-    let api: serde_json::Value = reqwest::get(format!("{}/api/orders/{first}", stack.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api: serde_json::Value =
+        reqwest::get(format!("{}/api/orders/{first}", stack.base_url())).await.unwrap().json().await.unwrap();
     assert_eq!(api["status"], "processed");
     assert_eq!(api["unit_price"], "90.00");
     assert_eq!(api["total_price"], "180.00");
     assert_eq!(stack.consumer_outcome("processed").await, 200.0);
-    Arc::into_inner(stack)
-        .expect("no other owner")
-        .shutdown()
-        .await;
+    Arc::into_inner(stack).expect("no other owner").shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,28 +59,19 @@ async fn a_relay_killed_mid_stream_loses_nothing() {
     let placing = place_in_background(&stack, 200);
     // Kill the relay once part of the stream is published, part not.
     wait_for("some orders published", Duration::from_secs(30), || async {
-        (stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL") >= 40)
-            .then_some(())
+        (stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL") >= 40).then_some(())
     })
     .await;
     relay.kill();
-    let published_at_kill =
-        stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL");
+    let published_at_kill = stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL");
     placing.await.unwrap();
-    assert!(
-        published_at_kill < 200,
-        "the kill happened mid-stream ({published_at_kill} published)"
-    );
+    assert!(published_at_kill < 200, "the kill happened mid-stream ({published_at_kill} published)");
 
     let mut stack = Arc::into_inner(stack).expect("no other owner");
     stack.relay = Some(stack.start_relay().await);
     stack.wait_until_settled(200, Duration::from_secs(60)).await;
     stack.assert_all_processed_exactly_once(200);
-    assert_eq!(
-        stack.consumer_outcome("processed").await,
-        200.0,
-        "priced once each; replays counted as duplicates"
-    );
+    assert_eq!(stack.consumer_outcome("processed").await, 200.0, "priced once each; replays counted as duplicates");
     stack.shutdown().await;
 }
 
@@ -110,20 +86,13 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     .await;
     broker.stop();
     // Orders keep arriving while the broker is down: they wait in the outbox.
-    let processed_during_outage =
-        stack.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'");
+    let processed_during_outage = stack.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'");
     placing.await.unwrap();
-    assert!(
-        processed_during_outage < 200,
-        "the restart happened mid-stream"
-    );
+    assert!(processed_during_outage < 200, "the restart happened mid-stream");
     broker.start_again();
 
     stack.wait_until_settled(200, Duration::from_secs(90)).await;
     stack.assert_all_processed_exactly_once(200);
     assert_eq!(stack.consumer_outcome("processed").await, 200.0);
-    Arc::into_inner(stack)
-        .expect("no other owner")
-        .shutdown()
-        .await;
+    Arc::into_inner(stack).expect("no other owner").shutdown().await;
 }

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 use schema::RequeueTarget;
 use schema::pricing::price;
-use schema::{
-    FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, Store,
-};
+use schema::{FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, Store};
 
 fn new_order(name: &str, product: &str, quantity: i32) -> NewOrder {
     NewOrder {
@@ -24,11 +22,7 @@ fn new_order(name: &str, product: &str, quantity: i32) -> NewOrder {
 }
 
 async fn place(store: &Arc<dyn Store>, product: &str, quantity: i32) -> OrderId {
-    match store
-        .place_order(new_order("Ajay", product, quantity))
-        .await
-        .unwrap()
-    {
+    match store.place_order(new_order("Ajay", product, quantity)).await.unwrap() {
         Placed::Created(o) => o.order_id,
         Placed::Existing(_) => panic!("no idempotency key was given"),
     }
@@ -40,17 +34,10 @@ fn dec(s: &str) -> Decimal {
 
 pub async fn catalogue_is_seeded(store: Arc<dyn Store>) {
     let products = store.products().await.unwrap();
-    assert!(
-        products.len() >= 5,
-        "at least five products, got {}",
-        products.len()
-    );
+    assert!(products.len() >= 5, "at least five products, got {}", products.len());
     let p123 = store.product("P123").await.unwrap();
     assert_eq!(p123.list_price, dec("100.00"));
-    assert!(matches!(
-        store.product("NOPE").await,
-        Err(schema::StoreError::NotFound)
-    ));
+    assert!(matches!(store.product("NOPE").await, Err(schema::StoreError::NotFound)));
 }
 
 pub async fn order_and_outbox_row_are_written_together(store: Arc<dyn Store>) {
@@ -59,14 +46,8 @@ pub async fn order_and_outbox_row_are_written_together(store: Arc<dyn Store>) {
     assert_eq!(order.status, OrderStatus::Pending);
     assert_eq!(order.quantity, 2);
     assert_eq!(order.unit_price, None);
-    let rows = store
-        .claim_batch("relay-a", 100, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let row = rows
-        .iter()
-        .find(|r| r.order_id == id)
-        .expect("outbox row for the order");
+    let rows = store.claim_batch("relay-a", 100, Duration::from_secs(30)).await.unwrap();
+    let row = rows.iter().find(|r| r.order_id == id).expect("outbox row for the order");
     assert_eq!(row.event_type, "OrderPlacedV1");
     assert_eq!(row.attempts, 0);
     assert!(row.traceparent.is_some());
@@ -80,38 +61,22 @@ pub async fn order_and_outbox_row_are_written_together(store: Arc<dyn Store>) {
 pub async fn idempotency_key_returns_the_first_order(store: Arc<dyn Store>) {
     let mut order = new_order("Bea", "P200", 1);
     order.idempotency_key = Some("key-1".into());
-    let Placed::Created(first) = store.place_order(order.clone()).await.unwrap() else {
-        panic!("first is new")
-    };
-    let Placed::Existing(again) = store.place_order(order).await.unwrap() else {
-        panic!("second is a replay")
-    };
+    let Placed::Created(first) = store.place_order(order.clone()).await.unwrap() else { panic!("first is new") };
+    let Placed::Existing(again) = store.place_order(order).await.unwrap() else { panic!("second is a replay") };
     assert_eq!(first.order_id, again.order_id);
-    let rows = store
-        .claim_batch("relay-a", 100, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let rows = store.claim_batch("relay-a", 100, Duration::from_secs(30)).await.unwrap();
     assert_eq!(rows.len(), 1, "one outbox row for one key");
 }
 
 pub async fn a_leased_row_is_invisible_until_its_lease_expires(store: Arc<dyn Store>) {
     let id = place(&store, "P123", 1).await;
-    let a = store
-        .claim_batch("relay-a", 10, Duration::from_millis(300))
-        .await
-        .unwrap();
+    let a = store.claim_batch("relay-a", 10, Duration::from_millis(300)).await.unwrap();
     assert_eq!(a.len(), 1);
-    let b = store
-        .claim_batch("relay-b", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let b = store.claim_batch("relay-b", 10, Duration::from_secs(30)).await.unwrap();
     assert!(b.is_empty(), "relay-b must not see relay-a's lease");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let b = store
-            .claim_batch("relay-b", 10, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let b = store.claim_batch("relay-b", 10, Duration::from_secs(30)).await.unwrap();
         if let Some(row) = b.first() {
             assert_eq!(row.order_id, id);
             break;
@@ -125,18 +90,9 @@ pub async fn claims_respect_the_limit_and_share_the_work(store: Arc<dyn Store>) 
     for _ in 0..25 {
         place(&store, "P300", 1).await;
     }
-    let a = store
-        .claim_batch("relay-a", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let b = store
-        .claim_batch("relay-b", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let c = store
-        .claim_batch("relay-c", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let a = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    let b = store.claim_batch("relay-b", 10, Duration::from_secs(30)).await.unwrap();
+    let c = store.claim_batch("relay-c", 10, Duration::from_secs(30)).await.unwrap();
     assert_eq!((a.len(), b.len(), c.len()), (10, 10, 5));
     let mut ids: Vec<_> = a.iter().chain(&b).chain(&c).map(|r| r.outbox_id).collect();
     ids.sort_by_key(|i| i.0);
@@ -147,157 +103,76 @@ pub async fn claims_respect_the_limit_and_share_the_work(store: Arc<dyn Store>) 
 pub async fn publishing_advances_pending_orders_only(store: Arc<dyn Store>) {
     let first = place(&store, "P123", 2).await;
     let second = place(&store, "P123", 2).await;
-    let rows = store
-        .claim_batch("relay-a", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     // A fast consumer finishes the second order before the relay marks it.
     let done = store.process_order(None, second, price).await.unwrap();
     assert!(matches!(done, ProcessOutcome::Processed(_)));
     let ids: Vec<OutboxId> = rows.iter().map(|r| r.outbox_id).collect();
     assert_eq!(store.mark_published("relay-a", &ids).await.unwrap(), 2);
-    assert_eq!(
-        store.order(first).await.unwrap().status,
-        OrderStatus::Published
-    );
-    assert_eq!(
-        store.order(second).await.unwrap().status,
-        OrderStatus::Processed
-    );
-    assert_eq!(
-        store.mark_published("relay-a", &ids).await.unwrap(),
-        0,
-        "marking is idempotent"
-    );
+    assert_eq!(store.order(first).await.unwrap().status, OrderStatus::Published);
+    assert_eq!(store.order(second).await.unwrap().status, OrderStatus::Processed);
+    assert_eq!(store.mark_published("relay-a", &ids).await.unwrap(), 0, "marking is idempotent");
     let stats = store.outbox_stats().await.unwrap();
     assert_eq!(stats.pending, 0);
-    assert!(
-        store
-            .claim_batch("relay-a", 10, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap().is_empty());
 }
 
 pub async fn processing_prices_once_per_outbox_id(store: Arc<dyn Store>) {
     let id = place(&store, "P123", 2).await;
     let outbox_id = OutboxId::new();
-    let ProcessOutcome::Processed(order) = store
-        .process_order(Some(outbox_id), id, price)
-        .await
-        .unwrap()
-    else {
+    let ProcessOutcome::Processed(order) = store.process_order(Some(outbox_id), id, price).await.unwrap() else {
         panic!("first delivery processes")
     };
     assert_eq!(order.status, OrderStatus::Processed);
     assert_eq!(order.unit_price, Some(dec("90.00")));
     assert_eq!(order.total_price, Some(dec("180.00")));
     assert!(order.processed_at.is_some());
-    assert_eq!(
-        store
-            .process_order(Some(outbox_id), id, price)
-            .await
-            .unwrap(),
-        ProcessOutcome::Duplicate
-    );
-    assert_eq!(
-        store.process_order(None, id, price).await.unwrap(),
-        ProcessOutcome::Duplicate
-    );
-    assert_eq!(
-        store
-            .process_order(Some(OutboxId::new()), id, price)
-            .await
-            .unwrap(),
-        ProcessOutcome::Duplicate
-    );
+    assert_eq!(store.process_order(Some(outbox_id), id, price).await.unwrap(), ProcessOutcome::Duplicate);
+    assert_eq!(store.process_order(None, id, price).await.unwrap(), ProcessOutcome::Duplicate);
+    assert_eq!(store.process_order(Some(OutboxId::new()), id, price).await.unwrap(), ProcessOutcome::Duplicate);
     let again = store.order(id).await.unwrap();
-    assert_eq!(
-        again.processed_at, order.processed_at,
-        "a duplicate changes nothing"
-    );
+    assert_eq!(again.processed_at, order.processed_at, "a duplicate changes nothing");
 }
 
 pub async fn an_unknown_product_fails_the_order_with_a_reason(store: Arc<dyn Store>) {
     let id = place(&store, "P999", 1).await;
-    let outcome = store
-        .process_order(Some(OutboxId::new()), id, price)
-        .await
-        .unwrap();
-    assert_eq!(
-        outcome,
-        ProcessOutcome::Failed("unknown product P999".into())
-    );
+    let outcome = store.process_order(Some(OutboxId::new()), id, price).await.unwrap();
+    assert_eq!(outcome, ProcessOutcome::Failed("unknown product P999".into()));
     let order = store.order(id).await.unwrap();
     assert_eq!(order.status, OrderStatus::Failed);
-    assert_eq!(
-        order.failure_reason.as_deref(),
-        Some("unknown product P999")
-    );
+    assert_eq!(order.failure_reason.as_deref(), Some("unknown product P999"));
     assert_eq!(order.unit_price, None);
 }
 
 pub async fn a_missing_order_changes_nothing(store: Arc<dyn Store>) {
     let outbox_id = OutboxId::new();
-    let outcome = store
-        .process_order(Some(outbox_id), OrderId(987_654), price)
-        .await
-        .unwrap();
+    let outcome = store.process_order(Some(outbox_id), OrderId(987_654), price).await.unwrap();
     assert_eq!(outcome, ProcessOutcome::OrderNotFound);
-    assert!(
-        !store
-            .fail_order(Some(outbox_id), OrderId(987_654), "bad")
-            .await
-            .unwrap()
-    );
-    assert!(matches!(
-        store.order(OrderId(987_654)).await,
-        Err(schema::StoreError::NotFound)
-    ));
+    assert!(!store.fail_order(Some(outbox_id), OrderId(987_654), "bad").await.unwrap());
+    assert!(matches!(store.order(OrderId(987_654)).await, Err(schema::StoreError::NotFound)));
 }
 
 pub async fn fail_order_marks_only_unfinished_orders(store: Arc<dyn Store>) {
     let open = place(&store, "P123", 1).await;
     let done = place(&store, "P123", 1).await;
     store.process_order(None, done, price).await.unwrap();
-    assert!(
-        store
-            .fail_order(Some(OutboxId::new()), open, "quantity out of range")
-            .await
-            .unwrap()
-    );
+    assert!(store.fail_order(Some(OutboxId::new()), open, "quantity out of range").await.unwrap());
     assert!(store.fail_order(None, done, "late failure").await.unwrap());
     let open = store.order(open).await.unwrap();
     assert_eq!(open.status, OrderStatus::Failed);
-    assert_eq!(
-        open.failure_reason.as_deref(),
-        Some("quantity out of range")
-    );
-    assert_eq!(
-        store.order(done).await.unwrap().status,
-        OrderStatus::Processed
-    );
+    assert_eq!(open.failure_reason.as_deref(), Some("quantity out of range"));
+    assert_eq!(store.order(done).await.unwrap().status, OrderStatus::Processed);
 }
 
 pub async fn a_failing_row_is_retried_then_parked(store: Arc<dyn Store>) {
     place(&store, "P123", 1).await;
-    let rows = store
-        .claim_batch("relay-a", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     let id = rows[0].outbox_id;
-    let first = store
-        .record_failure("relay-a", id, "rejected", Duration::ZERO, 2)
-        .await
-        .unwrap();
+    let first = store.record_failure("relay-a", id, "rejected", Duration::ZERO, 2).await.unwrap();
     assert_eq!(first, FailureOutcome::Retrying);
     let deadline = Instant::now() + Duration::from_secs(10);
     let again = loop {
-        let rows = store
-            .claim_batch("relay-a", 10, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
         if !rows.is_empty() {
             break rows;
         }
@@ -305,43 +180,20 @@ pub async fn a_failing_row_is_retried_then_parked(store: Arc<dyn Store>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(again[0].attempts, 1);
-    let second = store
-        .record_failure("relay-a", id, "rejected again", Duration::ZERO, 2)
-        .await
-        .unwrap();
+    let second = store.record_failure("relay-a", id, "rejected again", Duration::ZERO, 2).await.unwrap();
     assert_eq!(second, FailureOutcome::Parked);
     let stats = store.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.parked), (0, 1));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(
-        store
-            .claim_batch("relay-a", 10, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap().is_empty());
 }
 
 pub async fn released_leases_are_claimable_at_once(store: Arc<dyn Store>) {
     place(&store, "P123", 1).await;
     place(&store, "P200", 1).await;
-    assert_eq!(
-        store
-            .claim_batch("relay-a", 10, Duration::from_secs(300))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(store.claim_batch("relay-a", 10, Duration::from_secs(300)).await.unwrap().len(), 2);
     assert_eq!(store.release_leases("relay-a").await.unwrap(), 2);
-    assert_eq!(
-        store
-            .claim_batch("relay-b", 10, Duration::from_secs(300))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(store.claim_batch("relay-b", 10, Duration::from_secs(300)).await.unwrap().len(), 2);
     let stats = store.outbox_stats().await.unwrap();
     assert_eq!(stats.pending, 2);
     assert!(stats.oldest_pending_seconds >= 0.0);
@@ -351,10 +203,7 @@ pub async fn recent_orders_are_newest_first(store: Arc<dyn Store>) {
     let a = place(&store, "P123", 1).await;
     let b = place(&store, "P200", 3).await;
     let recent = store.recent_orders(10).await.unwrap();
-    assert_eq!(
-        recent.iter().map(|o| o.order_id).collect::<Vec<_>>(),
-        vec![b, a]
-    );
+    assert_eq!(recent.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![b, a]);
     assert_eq!(store.recent_orders(1).await.unwrap().len(), 1);
 }
 

@@ -7,23 +7,14 @@ use sqlparser::parser::Parser;
 #[test]
 fn every_sql_server_statement_parses_as_tsql() {
     let statements = schema::mssql_statements();
-    assert!(
-        statements.len() >= 20,
-        "the statement table lists every statement"
-    );
+    assert!(statements.len() >= 20, "the statement table lists every statement");
     let failures: Vec<String> = statements
         .iter()
         .filter_map(|(name, sql)| {
-            Parser::parse_sql(&MsSqlDialect {}, sql)
-                .err()
-                .map(|e| format!("{name}: {e}\n  {sql}"))
+            Parser::parse_sql(&MsSqlDialect {}, sql).err().map(|e| format!("{name}: {e}\n  {sql}"))
         })
         .collect();
-    assert!(
-        failures.is_empty(),
-        "statements that do not parse:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "statements that do not parse:\n{}", failures.join("\n"));
 }
 
 #[test]
@@ -37,8 +28,5 @@ fn every_sql_server_migration_parses_as_tsql() {
         assert!(parsed.is_ok(), "{}: {:?}", path.display(), parsed.err());
         checked += parsed.unwrap().len();
     }
-    assert!(
-        checked >= 8,
-        "the migrations hold the schema's statements, parsed {checked}"
-    );
+    assert!(checked >= 8, "the migrations hold the schema's statements, parsed {checked}");
 }

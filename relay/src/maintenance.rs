@@ -1,0 +1,135 @@
+//! Scheduled maintenance: retention of published outbox rows and old inbox
+//! rows, and the reconciliation sweep that reports stuck orders.
+//!
+//! Invariants: deletes go in small batches (never one huge DELETE); a job
+//! never overlaps itself (the scheduler would start a second run of a slow
+//! job, so each job holds a guard and a run that finds it taken is skipped);
+//! several relays may run the jobs at once (batched deletes skip locked rows,
+//! the sweep only reads).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use schema::{OutboxStore, Reconciliation, StoreError};
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::metrics::Metrics;
+
+/// Settings of the maintenance jobs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Cron expression (6 fields, UTC) of the retention job; empty disables it.
+    pub retention_cron: String,
+    /// Published outbox rows older than this are deleted.
+    pub outbox_retention: Duration,
+    /// Inbox rows older than this are deleted (a redelivery after that is still
+    /// caught by the order's status guard).
+    pub inbox_retention: Duration,
+    /// Rows per delete statement.
+    pub purge_batch: u32,
+    /// Cron expression of the reconciliation sweep; empty disables it.
+    pub reconcile_cron: String,
+    /// An order `published` for longer than this without being processed is reported.
+    pub stale_published_after: Duration,
+}
+
+/// Upper bound on delete batches per run, so one run always ends.
+const MAX_BATCHES_PER_RUN: usize = 10_000;
+
+/// One retention run: deletes old rows batch by batch until none is left.
+/// Returns (outbox rows, inbox rows) deleted.
+pub async fn retention_once(store: &dyn OutboxStore, settings: &Settings, metrics: &Metrics) -> Result<(u64, u64), StoreError> {
+    let mut outbox = 0;
+    for _ in 0..MAX_BATCHES_PER_RUN {
+        let n = store.purge_published(settings.outbox_retention, settings.purge_batch).await?;
+        outbox += n;
+        metrics.purged.with_label_values(&["outbox"]).inc_by(n);
+        if n < u64::from(settings.purge_batch) {
+            break;
+        }
+    }
+    let mut inbox = 0;
+    for _ in 0..MAX_BATCHES_PER_RUN {
+        let n = store.purge_inbox(settings.inbox_retention, settings.purge_batch).await?;
+        inbox += n;
+        metrics.purged.with_label_values(&["inbox"]).inc_by(n);
+        if n < u64::from(settings.purge_batch) {
+            break;
+        }
+    }
+    Ok((outbox, inbox))
+}
+
+/// One reconciliation sweep: sets the gauges and warns about stuck orders.
+pub async fn reconcile_once(store: &dyn OutboxStore, settings: &Settings, metrics: &Metrics) -> Result<Reconciliation, StoreError> {
+    let found = store.reconcile(settings.stale_published_after).await?;
+    metrics.pending_without_outbox.set(found.pending_without_outbox);
+    metrics.published_not_processed.set(found.published_not_processed);
+    if found.pending_without_outbox > 0 {
+        tracing::warn!(count = found.pending_without_outbox, "orders pending without an outbox row: they will never be published");
+    }
+    if found.published_not_processed > 0 {
+        tracing::warn!(
+            count = found.published_not_processed,
+            after_s = settings.stale_published_after.as_secs(),
+            "orders published but not processed"
+        );
+    }
+    Ok(found)
+}
+
+/// Starts the scheduler with the enabled jobs.
+pub async fn start(store: Arc<dyn OutboxStore>, settings: Settings, metrics: Metrics) -> anyhow::Result<JobScheduler> {
+    let scheduler = JobScheduler::new().await?;
+    if !settings.retention_cron.trim().is_empty() {
+        let (store, s, m) = (store.clone(), settings.clone(), metrics.clone());
+        let guard = Arc::new(tokio::sync::Mutex::new(()));
+        scheduler
+            .add(Job::new_async(settings.retention_cron.as_str(), move |_, _| {
+                let (store, s, m, guard) = (store.clone(), s.clone(), m.clone(), guard.clone());
+                Box::pin(async move {
+                    let Ok(_running) = guard.try_lock() else {
+                        m.job_runs.with_label_values(&["retention", "skipped"]).inc();
+                        tracing::info!("retention still running from the last tick; skipped");
+                        return;
+                    };
+                    match retention_once(store.as_ref(), &s, &m).await {
+                        Ok((outbox, inbox)) => {
+                            m.job_runs.with_label_values(&["retention", "ok"]).inc();
+                            tracing::info!(outbox, inbox, "retention deleted old rows");
+                        }
+                        Err(error) => {
+                            m.job_runs.with_label_values(&["retention", "error"]).inc();
+                            tracing::warn!(%error, "retention failed; next tick tries again");
+                        }
+                    }
+                })
+            })?)
+            .await?;
+    }
+    if !settings.reconcile_cron.trim().is_empty() {
+        let (store, s, m) = (store.clone(), settings.clone(), metrics.clone());
+        let guard = Arc::new(tokio::sync::Mutex::new(()));
+        scheduler
+            .add(Job::new_async(settings.reconcile_cron.as_str(), move |_, _| {
+                let (store, s, m, guard) = (store.clone(), s.clone(), m.clone(), guard.clone());
+                Box::pin(async move {
+                    let Ok(_running) = guard.try_lock() else {
+                        m.job_runs.with_label_values(&["reconcile", "skipped"]).inc();
+                        return;
+                    };
+                    let outcome = match reconcile_once(store.as_ref(), &s, &m).await {
+                        Ok(_) => "ok",
+                        Err(error) => {
+                            tracing::warn!(%error, "reconciliation failed; next tick tries again");
+                            "error"
+                        }
+                    };
+                    m.job_runs.with_label_values(&["reconcile", outcome]).inc();
+                })
+            })?)
+            .await?;
+    }
+    scheduler.start().await?;
+    Ok(scheduler)
+}
