@@ -105,6 +105,28 @@ impl Service {
         }
     }
 
+    /// `POST` to an admin route; returns status and JSON body.
+    pub async fn admin_post(&self, path_and_query: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(format!("http://{}{path_and_query}", self.admin_addr))
+            .send()
+            .await
+            .expect("admin port answers");
+        (response.status().as_u16(), response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `GET` an admin route; returns status and JSON body.
+    pub async fn admin_get(&self, path_and_query: &str) -> (u16, serde_json::Value) {
+        let response =
+            reqwest::get(format!("http://{}{path_and_query}", self.admin_addr)).await.expect("admin port answers");
+        (response.status().as_u16(), response.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// One sample of the service's metrics (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        crate::metric_value(&self.metrics().await, series).unwrap_or(0.0)
+    }
+
     /// The service's `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.admin_addr))

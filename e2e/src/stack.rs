@@ -167,6 +167,54 @@ impl Stack {
         assert_eq!(wrong_prices, 0, "every order priced at list price less 10 %");
     }
 
+    /// Inserts `n` orders with their outbox rows straight into the database, in
+    /// one transaction (a backlog for the relay); `payload_pad` bytes of padding
+    /// make a row's message that much bigger. Returns the outbox ids.
+    pub fn fill_outbox(&self, n: usize, payload_pad: usize) -> Vec<String> {
+        let mut conn = self.db();
+        let tx = conn.transaction().expect("begin");
+        let mut ids = Vec::with_capacity(n);
+        {
+            let mut order = tx
+                .prepare("INSERT INTO orders (customer_name, product_id, quantity) VALUES (?1, 'P123', 2) RETURNING order_id")
+                .expect("prepare");
+            let mut outbox = tx
+                .prepare("INSERT INTO outbox (outbox_id, order_id, event_type, payload) VALUES (?1, ?2, 'OrderPlacedV1', ?3)")
+                .expect("prepare");
+            for i in 0..n {
+                let name = format!("Backlog {i}");
+                let order_id: i64 = order.query_row([&name], |r| r.get(0)).expect("insert order");
+                let outbox_id = uuid::Uuid::now_v7().to_string();
+                let mut payload = json!({"order_id": order_id, "customer_name": name, "product_id": "P123",
+                    "quantity": 2, "version": 1, "outbox_id": outbox_id});
+                if payload_pad > 0 {
+                    payload["pad"] = json!("x".repeat(payload_pad));
+                }
+                outbox.execute(rusqlite::params![outbox_id, order_id, payload.to_string()]).expect("insert outbox row");
+                ids.push(outbox_id);
+            }
+        }
+        tx.commit().expect("commit");
+        ids
+    }
+
+    /// Reads every message on the stack's queue (acknowledging each) until the
+    /// queue has been quiet for `quiet`; returns their `outbox-id` headers.
+    pub async fn read_queue(&self, quiet: Duration) -> Vec<String> {
+        let client = stomp::Client::connect(&stomp::Config::from_url(&self.broker_url).expect("broker url"))
+            .await
+            .expect("connect to read the queue");
+        client.subscribe(&self.queue, "reader", 1000, Duration::from_secs(10)).await.expect("subscribe");
+        let mut messages = client.take_messages().expect("message stream");
+        let mut ids = Vec::new();
+        while let Ok(Some(frame)) = tokio::time::timeout(quiet, messages.recv()).await {
+            client.ack(&[frame.get("ack").expect("ack header")]).await.expect("ack");
+            ids.push(frame.get("outbox-id").unwrap_or_default().to_string());
+        }
+        client.disconnect(Duration::from_secs(2)).await;
+        ids
+    }
+
     /// Stops every running service gracefully; each must exit cleanly.
     pub async fn shutdown(self) {
         if let Some(consumer) = self.consumer {

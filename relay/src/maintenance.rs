@@ -38,7 +38,11 @@ const MAX_BATCHES_PER_RUN: usize = 10_000;
 
 /// One retention run: deletes old rows batch by batch until none is left.
 /// Returns (outbox rows, inbox rows) deleted.
-pub async fn retention_once(store: &dyn OutboxStore, settings: &Settings, metrics: &Metrics) -> Result<(u64, u64), StoreError> {
+pub async fn retention_once(
+    store: &dyn OutboxStore,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<(u64, u64), StoreError> {
     let mut outbox = 0;
     for _ in 0..MAX_BATCHES_PER_RUN {
         let n = store.purge_published(settings.outbox_retention, settings.purge_batch).await?;
@@ -61,12 +65,19 @@ pub async fn retention_once(store: &dyn OutboxStore, settings: &Settings, metric
 }
 
 /// One reconciliation sweep: sets the gauges and warns about stuck orders.
-pub async fn reconcile_once(store: &dyn OutboxStore, settings: &Settings, metrics: &Metrics) -> Result<Reconciliation, StoreError> {
+pub async fn reconcile_once(
+    store: &dyn OutboxStore,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Reconciliation, StoreError> {
     let found = store.reconcile(settings.stale_published_after).await?;
     metrics.pending_without_outbox.set(found.pending_without_outbox);
     metrics.published_not_processed.set(found.published_not_processed);
     if found.pending_without_outbox > 0 {
-        tracing::warn!(count = found.pending_without_outbox, "orders pending without an outbox row: they will never be published");
+        tracing::warn!(
+            count = found.pending_without_outbox,
+            "orders pending without an outbox row: they will never be published"
+        );
     }
     if found.published_not_processed > 0 {
         tracing::warn!(

@@ -104,11 +104,16 @@ fn requested_by(q: &TargetQuery, headers: &HeaderMap) -> Result<String, Response
         .or_else(|| headers.get("x-requested-by").and_then(|v| v.to_str().ok()).map(str::to_string))
         .map(|w| w.trim().to_string())
         .filter(|w| !w.is_empty() && w.len() <= 200);
-    who.ok_or_else(|| error(StatusCode::BAD_REQUEST, "say who is asking: requested_by=NAME or an X-Requested-By header"))
+    who.ok_or_else(|| {
+        error(StatusCode::BAD_REQUEST, "say who is asking: requested_by=NAME or an X-Requested-By header")
+    })
 }
 
 fn parse_order_id(raw: &str) -> Result<OrderId, Response> {
-    raw.trim().parse().map(OrderId).map_err(|_| error(StatusCode::BAD_REQUEST, format!("order_id {raw:?} is not a number")))
+    raw.trim()
+        .parse()
+        .map(OrderId)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("order_id {raw:?} is not a number")))
 }
 
 async fn requeue(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Response {

@@ -3,3 +3,4 @@
 mod bad_input;
 mod browser;
 mod pipeline;
+mod relay;

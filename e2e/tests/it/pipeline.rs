@@ -72,6 +72,8 @@ async fn a_relay_killed_mid_stream_loses_nothing() {
     stack.wait_until_settled(200, Duration::from_secs(60)).await;
     stack.assert_all_processed_exactly_once(200);
     assert_eq!(stack.consumer_outcome("processed").await, 200.0, "priced once each; replays counted as duplicates");
+    let duplicates = stack.consumer_outcome("duplicate").await;
+    assert!(duplicates <= f64::from(stack.relay_config().batch_size), "at most one batch replayed, got {duplicates}");
     stack.shutdown().await;
 }
 
@@ -87,8 +89,16 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     broker.stop();
     // Orders keep arriving while the broker is down: they wait in the outbox.
     let processed_during_outage = stack.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'");
+    let relay = stack.relay.as_ref().unwrap();
+    wait_for("the relay to report the broker down", Duration::from_secs(30), || async {
+        let ready = reqwest::get(format!("http://{}/readyz", relay.admin_addr)).await.ok()?;
+        (ready.status().as_u16() == 503).then_some(())
+    })
+    .await;
     placing.await.unwrap();
     assert!(processed_during_outage < 200, "the restart happened mid-stream");
+    // The outage itself lasts ten seconds: a scenario length, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     broker.start_again();
 
     stack.wait_until_settled(200, Duration::from_secs(90)).await;

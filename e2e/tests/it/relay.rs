@@ -1,0 +1,213 @@
+//! The relay at production grade: shared work, SIGTERM, poison rows, drain,
+//! maintenance jobs; against the real broker and real SQLite.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use e2e::broker::shared_broker_url;
+use e2e::service::Service;
+use e2e::stack::Stack;
+use e2e::wait_for;
+
+const PUBLISHED: &str = "orderflow_relay_published_total";
+
+async fn wait_unpublished(stack: &Stack, n: i64, timeout: Duration) {
+    wait_for(&format!("{n} unpublished outbox rows"), timeout, || async {
+        (stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL") == n).then_some(())
+    })
+    .await
+}
+
+fn assert_distinct(ids: &[String], expected: usize) {
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), expected, "every row's message arrived");
+    assert_eq!(ids.len(), expected, "no message was published twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_share_twenty_thousand_rows_and_publish_none_twice() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    stack.fill_outbox(20_000, 0);
+    let a = stack.start_relay().await;
+    let b = stack.start_relay().await;
+    wait_unpublished(&stack, 0, Duration::from_secs(120)).await;
+    let (by_a, by_b) = (a.metric(PUBLISHED).await, b.metric(PUBLISHED).await);
+    a.stop().await.expect("relay a exits cleanly");
+    b.stop().await.expect("relay b exits cleanly");
+    assert!(by_a > 0.0 && by_b > 0.0, "each relay did part of the work: {by_a} + {by_b}");
+    assert_eq!(by_a + by_b, 20_000.0);
+    assert_distinct(&stack.read_queue(Duration::from_secs(2)).await, 20_000);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_batch_marks_it_and_leaves_no_lease() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    stack.fill_outbox(5_000, 0);
+    let relay = stack.start_relay().await;
+    wait_for("publishing under way", Duration::from_secs(30), || async {
+        (stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL") > 0).then_some(())
+    })
+    .await;
+    relay.stop().await.expect("SIGTERM ends the relay cleanly");
+    let published = stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL");
+    assert!(published < 5_000, "stopped mid-stream ({published} published)");
+    assert_eq!(stack.count("SELECT COUNT(*) FROM outbox WHERE lease_owner IS NOT NULL"), 0, "no lease left behind");
+
+    // A successor finishes the rest; the queue then holds each row exactly once.
+    let successor = stack.start_relay().await;
+    wait_unpublished(&stack, 0, Duration::from_secs(60)).await;
+    successor.stop().await.unwrap();
+    assert_distinct(&stack.read_queue(Duration::from_secs(2)).await, 5_000);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_row_is_parked_while_good_rows_flow_and_published_after_requeue() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    stack.fill_outbox(500, 0);
+    let poison = stack.fill_outbox(1, 100_000).pop().unwrap();
+    stack.fill_outbox(500, 0);
+    let mut strict = stack.relay_config();
+    strict.max_attempts = 3;
+    let relay = Service::start(relay::App::build(strict)).await.unwrap();
+    wait_for("the poison row parked", Duration::from_secs(60), || async {
+        (stack.count("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL") == 1).then_some(())
+    })
+    .await;
+    wait_unpublished(&stack, 0, Duration::from_secs(30)).await;
+    assert_eq!(
+        stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL"),
+        1_000,
+        "good rows flowed past"
+    );
+    let (status, parked) = relay.admin_get("/relay/parked").await;
+    assert_eq!(status, 200);
+    assert_eq!(parked[0]["outbox_id"], poison.as_str());
+    assert_eq!(parked[0]["attempts"], 3);
+    assert!(parked[0]["last_error"].as_str().unwrap().contains("exceeds the 65536-byte limit"), "{parked}");
+    wait_for("the parked gauge", Duration::from_secs(10), || async {
+        (relay.metric("orderflow_outbox_parked").await == 1.0).then_some(())
+    })
+    .await;
+    relay.stop().await.unwrap();
+
+    // The cause is fixed (a relay allowing larger messages); an operator requeues the row.
+    let mut lenient = stack.relay_config();
+    lenient.max_message_bytes = 1 << 20;
+    let relay = Service::start(relay::App::build(lenient)).await.unwrap();
+    let (status, body) = relay.admin_post(&format!("/relay/requeue?outbox_id={poison}")).await;
+    assert_eq!(status, 400, "an operator must say who they are: {body}");
+    let (status, body) = relay.admin_post(&format!("/relay/requeue?outbox_id={poison}&requested_by=ops-alice")).await;
+    assert_eq!(status, 200, "{body}");
+    wait_unpublished(&stack, 0, Duration::from_secs(30)).await;
+    assert_eq!(stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL"), 1_001);
+    assert_eq!(
+        stack.count(&format!(
+            "SELECT COUNT(*) FROM outbox_audit WHERE outbox_id = '{poison}' AND action = 'requeue' AND requested_by = 'ops-alice'"
+        )),
+        1,
+        "the requeue is recorded with who asked"
+    );
+    let (status, _) = relay.admin_post(&format!("/relay/requeue?outbox_id={poison}&requested_by=ops-alice")).await;
+    assert_eq!(status, 404, "nothing parked any more");
+    relay.stop().await.unwrap();
+    assert_distinct(&stack.read_queue(Duration::from_secs(2)).await, 1_001);
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_relay_claims_nothing_until_resumed() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    let a = stack.start_relay().await;
+    let (status, body) = a.admin_post("/relay/drain").await;
+    assert_eq!((status, body["paused"].as_bool()), (200, Some(true)), "{body}");
+    assert_eq!(a.admin_get("/relay/status").await.1["paused"], true);
+    assert_eq!(a.metric("orderflow_relay_paused").await, 1.0);
+
+    stack.fill_outbox(300, 0);
+    let b = stack.start_relay().await;
+    wait_unpublished(&stack, 0, Duration::from_secs(30)).await;
+    assert_eq!(a.metric(PUBLISHED).await, 0.0, "the drained relay published nothing");
+    assert_eq!(b.metric(PUBLISHED).await, 300.0);
+    b.stop().await.unwrap();
+
+    assert_eq!(a.admin_post("/relay/resume").await.1["paused"], false);
+    stack.fill_outbox(50, 0);
+    wait_unpublished(&stack, 0, Duration::from_secs(30)).await;
+    assert_eq!(a.metric(PUBLISHED).await, 50.0);
+    a.stop().await.unwrap();
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_jobs_purge_old_rows_and_report_stuck_orders() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    let mut config = stack.relay_config();
+    config.retention_cron = "* * * * * *".into();
+    config.outbox_retention_secs = 0;
+    config.inbox_retention_secs = 0;
+    config.purge_batch = 7;
+    config.reconcile_cron = "* * * * * *".into();
+    config.stale_published_secs = 0;
+    let relay = Service::start(relay::App::build(config)).await.unwrap();
+    for i in 0..20 {
+        stack.place_order(&format!("Customer {i}"), "P123", 1).await;
+    }
+    // No consumer: the orders stay `published`, which the sweep reports.
+    wait_for("the sweep to report 20 stuck orders", Duration::from_secs(30), || async {
+        (relay.metric("orderflow_reconcile_published_not_processed").await == 20.0).then_some(())
+    })
+    .await;
+    wait_for("retention to delete the published rows", Duration::from_secs(30), || async {
+        (stack.count("SELECT COUNT(*) FROM outbox") == 0).then_some(())
+    })
+    .await;
+    assert_eq!(relay.metric("orderflow_retention_deleted_rows_total{table=\"outbox\"}").await, 20.0);
+    assert!(relay.metric("orderflow_maintenance_runs_total{job=\"retention\",outcome=\"ok\"}").await >= 1.0);
+    assert_eq!(stack.count("SELECT COUNT(*) FROM orders WHERE status = 'published'"), 20, "orders are never deleted");
+    relay.stop().await.unwrap();
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_order_is_retried_from_the_admin_port() {
+    let mut stack = Stack::start(&shared_broker_url()).await;
+    let order = {
+        let store = schema::connect(&stack.database_url).await.unwrap();
+        let placed = store
+            .place_order(schema::NewOrder {
+                customer_name: "Eve".into(),
+                product_id: "P777".into(),
+                quantity: 3,
+                idempotency_key: None,
+                traceparent: None,
+                tracestate: None,
+            })
+            .await
+            .unwrap();
+        let schema::Placed::Created(order) = placed else { panic!("new order") };
+        order.order_id.0
+    };
+    stack.wait_until_final(1, Duration::from_secs(30)).await;
+    assert_eq!(stack.count(&format!("SELECT COUNT(*) FROM orders WHERE order_id = {order} AND status = 'failed'")), 1);
+    // The cause is fixed: the product is added to the catalogue.
+    stack
+        .db()
+        .execute("INSERT INTO products (product_id, name, list_price) VALUES ('P777', 'Desk lamp', '40.00')", [])
+        .unwrap();
+    let relay = stack.relay.take().unwrap();
+    let (status, body) = relay.admin_post(&format!("/relay/retry-order?order_id={order}&requested_by=ops-bob")).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for("the retried order processed", Duration::from_secs(30), || async {
+        (stack.count(&format!(
+            "SELECT COUNT(*) FROM orders WHERE order_id = {order} AND status = 'processed' AND total_price = '108.00'"
+        )) == 1)
+            .then_some(())
+    })
+    .await;
+    let (status, _) = relay.admin_post(&format!("/relay/retry-order?order_id={order}&requested_by=ops-bob")).await;
+    assert_eq!(status, 409, "only a failed order can be retried");
+    stack.relay = Some(relay);
+    stack.shutdown().await;
+}
