@@ -31,21 +31,40 @@ pub fn router(relay: Arc<Relay>) -> Router {
         .with_state(relay)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+/// What an operator request can fail with.
+#[derive(Debug)]
+enum OpsError {
+    BadRequest(String),
+    NotFound(String),
+    Store(StoreError),
 }
 
-fn store_error(e: StoreError) -> Response {
-    match e {
-        StoreError::NotFound => error(StatusCode::NOT_FOUND, "not found"),
-        StoreError::Conflict(m) => error(StatusCode::CONFLICT, m),
-        StoreError::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {m}")),
-        StoreError::Other(m) => {
-            tracing::error!(cause = %m, "operator request failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
+impl From<StoreError> for OpsError {
+    fn from(e: StoreError) -> Self {
+        OpsError::Store(e)
     }
 }
+
+impl IntoResponse for OpsError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            OpsError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            OpsError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            OpsError::Store(StoreError::NotFound) => (StatusCode::NOT_FOUND, "not found".into()),
+            OpsError::Store(StoreError::Conflict(m)) => (StatusCode::CONFLICT, m),
+            OpsError::Store(StoreError::Unavailable(m)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {m}"))
+            }
+            OpsError::Store(StoreError::Other(m)) => {
+                tracing::error!(cause = %m, "operator request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+            }
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+type Answer = Result<Json<serde_json::Value>, OpsError>;
 
 async fn status(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
     Json(json!({
@@ -67,14 +86,10 @@ async fn resume(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
     Json(json!({ "paused": false }))
 }
 
-async fn drain(State(relay): State<Arc<Relay>>) -> Response {
-    match relay.drain().await {
-        Ok(released) => {
-            tracing::warn!(relay_id = %relay.owner, released, "drained by an operator");
-            Json(json!({ "paused": true, "leases_released": released })).into_response()
-        }
-        Err(e) => store_error(e),
-    }
+async fn drain(State(relay): State<Arc<Relay>>) -> Answer {
+    let released = relay.drain().await?;
+    tracing::warn!(relay_id = %relay.owner, released, "drained by an operator");
+    Ok(Json(json!({ "paused": true, "leases_released": released })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,11 +97,9 @@ struct ParkedQuery {
     limit: Option<u32>,
 }
 
-async fn parked(State(relay): State<Arc<Relay>>, Query(q): Query<ParkedQuery>) -> Response {
-    match relay.store.parked_rows(q.limit.unwrap_or(100).clamp(1, 1000)).await {
-        Ok(rows) => Json(rows).into_response(),
-        Err(e) => store_error(e),
-    }
+async fn parked(State(relay): State<Arc<Relay>>, Query(q): Query<ParkedQuery>) -> Answer {
+    let rows = relay.store.parked_rows(q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+    Ok(Json(json!(rows)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,67 +110,42 @@ struct TargetQuery {
 }
 
 /// Who asked: `requested_by` in the query, or the `X-Requested-By` header.
-fn requested_by(q: &TargetQuery, headers: &HeaderMap) -> Result<String, Response> {
-    let who = q
-        .requested_by
+fn requested_by(q: &TargetQuery, headers: &HeaderMap) -> Result<String, OpsError> {
+    q.requested_by
         .clone()
         .or_else(|| headers.get("x-requested-by").and_then(|v| v.to_str().ok()).map(str::to_string))
         .map(|w| w.trim().to_string())
-        .filter(|w| !w.is_empty() && w.len() <= 200);
-    who.ok_or_else(|| {
-        error(StatusCode::BAD_REQUEST, "say who is asking: requested_by=NAME or an X-Requested-By header")
-    })
+        .filter(|w| !w.is_empty() && w.len() <= 200)
+        .ok_or_else(|| OpsError::BadRequest("say who is asking: requested_by=NAME or an X-Requested-By header".into()))
 }
 
-fn parse_order_id(raw: &str) -> Result<OrderId, Response> {
-    raw.trim()
-        .parse()
-        .map(OrderId)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, format!("order_id {raw:?} is not a number")))
+fn parse_order_id(raw: &str) -> Result<OrderId, OpsError> {
+    raw.trim().parse().map(OrderId).map_err(|_| OpsError::BadRequest(format!("order_id {raw:?} is not a number")))
 }
 
-async fn requeue(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Response {
-    let who = match requested_by(&q, &headers) {
-        Ok(who) => who,
-        Err(r) => return r,
-    };
+async fn requeue(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+    let who = requested_by(&q, &headers)?;
     let target = match (&q.outbox_id, &q.order_id) {
-        (Some(id), None) => match OutboxId::from_str(id.trim()) {
-            Ok(id) => RequeueTarget::Outbox(id),
-            Err(_) => return error(StatusCode::BAD_REQUEST, format!("outbox_id {id:?} is not a UUID")),
-        },
-        (None, Some(order)) => match parse_order_id(order) {
-            Ok(id) => RequeueTarget::Order(id),
-            Err(r) => return r,
-        },
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of outbox_id and order_id"),
+        (Some(id), None) => RequeueTarget::Outbox(
+            OutboxId::from_str(id.trim())
+                .map_err(|_| OpsError::BadRequest(format!("outbox_id {id:?} is not a UUID")))?,
+        ),
+        (None, Some(order)) => RequeueTarget::Order(parse_order_id(order)?),
+        _ => return Err(OpsError::BadRequest("give exactly one of outbox_id and order_id".into())),
     };
-    match relay.store.requeue(target, &who).await {
-        Ok(ids) if ids.is_empty() => error(StatusCode::NOT_FOUND, "no parked row matches"),
-        Ok(ids) => {
-            tracing::warn!(requested_by = %who, count = ids.len(), "parked rows requeued");
-            Json(json!({ "requeued": ids, "requested_by": who })).into_response()
-        }
-        Err(e) => store_error(e),
+    let ids = relay.store.requeue(target, &who).await?;
+    if ids.is_empty() {
+        return Err(OpsError::NotFound("no parked row matches".into()));
     }
+    tracing::warn!(requested_by = %who, count = ids.len(), "parked rows requeued");
+    Ok(Json(json!({ "requeued": ids, "requested_by": who })))
 }
 
-async fn retry_order(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Response {
-    let who = match requested_by(&q, &headers) {
-        Ok(who) => who,
-        Err(r) => return r,
-    };
-    let Some(raw) = &q.order_id else { return error(StatusCode::BAD_REQUEST, "order_id is required") };
-    let order_id = match parse_order_id(raw) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
-    match relay.store.retry_failed_order(order_id, &who).await {
-        Ok(outbox_id) => {
-            tracing::warn!(requested_by = %who, order_id = order_id.0, %outbox_id, "failed order retried");
-            Json(json!({ "order_id": order_id, "outbox_id": outbox_id, "status": "pending", "requested_by": who }))
-                .into_response()
-        }
-        Err(e) => store_error(e),
-    }
+async fn retry_order(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+    let who = requested_by(&q, &headers)?;
+    let raw = q.order_id.as_deref().ok_or_else(|| OpsError::BadRequest("order_id is required".into()))?;
+    let order_id = parse_order_id(raw)?;
+    let outbox_id = relay.store.retry_failed_order(order_id, &who).await?;
+    tracing::warn!(requested_by = %who, order_id = order_id.0, %outbox_id, "failed order retried");
+    Ok(Json(json!({ "order_id": order_id, "outbox_id": outbox_id, "status": "pending", "requested_by": who })))
 }
