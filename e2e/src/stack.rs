@@ -167,35 +167,10 @@ impl Stack {
         assert_eq!(wrong_prices, 0, "every order priced at list price less 10 %");
     }
 
-    /// Inserts `n` orders with their outbox rows straight into the database, in
-    /// one transaction (a backlog for the relay); `payload_pad` bytes of padding
-    /// make a row's message that much bigger. Returns the outbox ids.
+    /// Inserts `n` orders with their outbox rows straight into the database
+    /// (see [`crate::fill_outbox`]). Returns the outbox ids.
     pub fn fill_outbox(&self, n: usize, payload_pad: usize) -> Vec<String> {
-        let mut conn = self.db();
-        let tx = conn.transaction().expect("begin");
-        let mut ids = Vec::with_capacity(n);
-        {
-            let mut order = tx
-                .prepare("INSERT INTO orders (customer_name, product_id, quantity) VALUES (?1, 'P123', 2) RETURNING order_id")
-                .expect("prepare");
-            let mut outbox = tx
-                .prepare("INSERT INTO outbox (outbox_id, order_id, event_type, payload) VALUES (?1, ?2, 'OrderPlacedV1', ?3)")
-                .expect("prepare");
-            for i in 0..n {
-                let name = format!("Backlog {i}");
-                let order_id: i64 = order.query_row([&name], |r| r.get(0)).expect("insert order");
-                let outbox_id = uuid::Uuid::now_v7().to_string();
-                let mut payload = json!({"order_id": order_id, "customer_name": name, "product_id": "P123",
-                    "quantity": 2, "version": 1, "outbox_id": outbox_id});
-                if payload_pad > 0 {
-                    payload["pad"] = json!("x".repeat(payload_pad));
-                }
-                outbox.execute(rusqlite::params![outbox_id, order_id, payload.to_string()]).expect("insert outbox row");
-                ids.push(outbox_id);
-            }
-        }
-        tx.commit().expect("commit");
-        ids
+        crate::fill_outbox(&mut self.db(), n, payload_pad)
     }
 
     /// Reads every message on the stack's queue (acknowledging each) until the

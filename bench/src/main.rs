@@ -1,0 +1,155 @@
+//! `bench`: measures the relay and the consumer against the raw ceiling of the
+//! same broker for the same work, in one run on one machine.
+//!
+//! It starts a private ActiveMQ, runs the release binaries of the services as
+//! separate processes (so their memory and CPU can be read from /proc), prints
+//! a table and writes JSON. Run it with `scripts/bench.sh`.
+
+mod procs;
+mod raw;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde::Serialize;
+
+use crate::procs::ServiceProcess;
+
+/// Relay and consumer throughput against the broker's own ceiling.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Messages per phase.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Relay batch size, also the raw client's transaction size.
+    #[arg(long, default_value_t = 200)]
+    batch: usize,
+    /// Consumer prefetch, also the raw consumer's.
+    #[arg(long, default_value_t = 500)]
+    prefetch: u32,
+    /// Where the release binaries are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Write the results as JSON here too.
+    #[arg(long, default_value = "target/bench.json")]
+    json: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: String,
+    messages: usize,
+    batch: usize,
+    raw_send_msgs_per_s: f64,
+    raw_consume_msgs_per_s: f64,
+    raw_send_and_consume_msgs_per_s: f64,
+    relay_drain_msgs_per_s: f64,
+    relay_ratio: f64,
+    consumer_drain_msgs_per_s: f64,
+    consumer_ratio: f64,
+    relay: procs::Usage,
+    consumer: procs::Usage,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let broker = e2e::broker::Broker::start();
+    let url = broker.url();
+    eprintln!("broker at {url}; {} messages per phase, batch {}", args.messages, args.batch);
+
+    let payload = raw::sample_payload();
+    let raw_send = raw::send(&url, "/queue/bench.raw", args.messages, args.batch, &payload).await?;
+    eprintln!("raw send: {raw_send:.0} msg/s");
+    let raw_consume = raw::consume(&url, "/queue/bench.raw", args.messages, args.prefetch).await?;
+    eprintln!("raw consume: {raw_consume:.0} msg/s");
+    let raw_both =
+        raw::send_and_consume(&url, "/queue/bench.both", args.messages, args.batch, args.prefetch, &payload).await?;
+    eprintln!("raw send + consume: {raw_both:.0} msg/s");
+
+    let dir = tempfile::Builder::new().prefix("orderflow-bench-").tempdir()?;
+    let db_path = dir.path().join("bench.db");
+    let database_url = format!("sqlite://{}", db_path.display());
+    schema::connect(&database_url).await?;
+    let mut conn = rusqlite::Connection::open(&db_path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    e2e::fill_outbox(&mut conn, args.messages, 0);
+    let queue = "/queue/bench.pipeline";
+    let env = [
+        ("DATABASE_URL", database_url.clone()),
+        ("BROKER_URL", url.clone()),
+        ("ORDER_QUEUE", queue.to_string()),
+        ("RELAY_BATCH_SIZE", args.batch.to_string()),
+        ("CONSUMER_PREFETCH", args.prefetch.to_string()),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap_or(-1) };
+    let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env)?;
+    let started = Instant::now();
+    wait_until(Duration::from_secs(600), || count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") == 0)?;
+    let relay_rate = args.messages as f64 / started.elapsed().as_secs_f64();
+    let relay_usage = relay.stop()?;
+    eprintln!("relay drain: {relay_rate:.0} msg/s");
+
+    let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env)?;
+    let started = Instant::now();
+    let target = args.messages as i64;
+    wait_until(Duration::from_secs(600), || count("SELECT COUNT(*) FROM orders WHERE status = 'processed'") >= target)?;
+    let consumer_rate = args.messages as f64 / started.elapsed().as_secs_f64();
+    let consumer_usage = consumer.stop()?;
+    eprintln!("consumer drain: {consumer_rate:.0} msg/s");
+
+    let report = Report {
+        machine: procs::machine(),
+        messages: args.messages,
+        batch: args.batch,
+        raw_send_msgs_per_s: raw_send.round(),
+        raw_consume_msgs_per_s: raw_consume.round(),
+        raw_send_and_consume_msgs_per_s: raw_both.round(),
+        relay_drain_msgs_per_s: relay_rate.round(),
+        relay_ratio: (relay_rate / raw_send * 100.0).round() / 100.0,
+        consumer_drain_msgs_per_s: consumer_rate.round(),
+        consumer_ratio: (consumer_rate / raw_consume * 100.0).round() / 100.0,
+        relay: relay_usage,
+        consumer: consumer_usage,
+    };
+    print_table(&report);
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    println!("\nJSON written to {}", args.json.display());
+    Ok(())
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        anyhow::ensure!(Instant::now() < deadline, "phase did not finish within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn print_table(r: &Report) {
+    println!("\norderflow bench: {} messages, batch {}, on {}", r.messages, r.batch, r.machine);
+    println!("{:<44} {:>12} {:>8}", "phase", "msg/s", "ratio");
+    println!("{:<44} {:>12.0} {:>8}", "raw broker: transactional batch send", r.raw_send_msgs_per_s, "");
+    println!("{:<44} {:>12.0} {:>8}", "raw broker: client-individual consume", r.raw_consume_msgs_per_s, "");
+    println!("{:<44} {:>12.0} {:>8}", "raw broker: send + consume together", r.raw_send_and_consume_msgs_per_s, "");
+    println!(
+        "{:<44} {:>12.0} {:>7.0}%",
+        "relay: drain outbox -> broker",
+        r.relay_drain_msgs_per_s,
+        r.relay_ratio * 100.0
+    );
+    println!(
+        "{:<44} {:>12.0} {:>7.0}%",
+        "consumer: drain queue -> processed orders",
+        r.consumer_drain_msgs_per_s,
+        r.consumer_ratio * 100.0
+    );
+    println!("\n{:<10} {:>14} {:>14}", "service", "peak RSS MB", "CPU seconds");
+    for (name, u) in [("relay", &r.relay), ("consumer", &r.consumer)] {
+        println!("{:<10} {:>14.1} {:>14.2}", name, u.peak_rss_mb, u.cpu_seconds);
+    }
+}
