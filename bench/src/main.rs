@@ -60,6 +60,9 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("broker at {url}; {} messages per phase, batch {}", args.messages, args.batch);
 
     let payload = raw::sample_payload();
+    // Warm the broker's JVM up so that the first measured phase is not penalised.
+    raw::send_and_consume(&url, "/queue/bench.warmup", args.messages.min(20_000), args.batch, args.prefetch, &payload)
+        .await?;
     let raw_send = raw::send(&url, "/queue/bench.raw", args.messages, args.batch, &payload).await?;
     eprintln!("raw send: {raw_send:.0} msg/s");
     let raw_consume = raw::consume(&url, "/queue/bench.raw", args.messages, args.prefetch).await?;

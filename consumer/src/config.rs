@@ -22,6 +22,9 @@ pub struct Config {
     /// Messages the broker may push ahead of our ACKs (`activemq.prefetchSize`).
     #[arg(long, env = "CONSUMER_PREFETCH", default_value_t = 500)]
     pub prefetch: u32,
+    /// Most messages applied in one database transaction (each is ACKed after the commit).
+    #[arg(long, env = "CONSUMER_BATCH", default_value_t = 200)]
+    pub batch_size: usize,
     /// STOMP heart-beat interval (ms); 0 disables.
     #[arg(long, env = "BROKER_HEARTBEAT_MS", default_value_t = 5_000)]
     pub heartbeat_ms: u64,
@@ -42,6 +45,7 @@ impl Config {
             queue: schema::messages::ORDER_QUEUE.to_string(),
             admin_addr: "127.0.0.1:0".parse().expect("static address"),
             prefetch: 500,
+            batch_size: 200,
             heartbeat_ms: 5_000,
             shutdown_grace_ms: 15_000,
             log_json: false,

@@ -83,28 +83,43 @@ pub fn parse(frame: &Frame) -> Result<Accepted, Rejection> {
     Ok(Accepted { outbox_id: header_id.or(message.outbox_id), message })
 }
 
-/// Handles one delivery: parse, then one store transaction.
-pub async fn handle_delivery(store: &dyn ProcessingStore, frame: &Frame) -> Result<Verdict, StoreError> {
-    let accepted = match parse(frame) {
-        Ok(accepted) => accepted,
-        Err(Rejection { reason, order_id }) => {
-            let outbox_id = frame.get(OUTBOX_ID_HEADER).and_then(|h| OutboxId::from_str(h.trim()).ok());
-            let order_failed = match order_id {
-                Some(id) if id > 0 => store.fail_order(outbox_id, OrderId(id), &reason).await?,
-                _ => false,
-            };
-            return Ok(Verdict::DeadLetter { reason, order_failed });
+/// Handles a batch of deliveries: checks each, fails the orders of bad ones
+/// (each in its own transaction; rare), then applies all good ones in one
+/// store transaction. One verdict per frame, in order.
+pub async fn handle_batch(store: &dyn ProcessingStore, frames: &[Frame]) -> Result<Vec<Verdict>, StoreError> {
+    let mut verdicts: Vec<Option<Verdict>> = vec![None; frames.len()];
+    let mut accepted = Vec::with_capacity(frames.len());
+    for (i, frame) in frames.iter().enumerate() {
+        match parse(frame) {
+            Ok(ok) => accepted.push((i, ok)),
+            Err(Rejection { reason, order_id }) => {
+                let outbox_id = frame.get(OUTBOX_ID_HEADER).and_then(|h| OutboxId::from_str(h.trim()).ok());
+                let order_failed = match order_id {
+                    Some(id) if id > 0 => store.fail_order(outbox_id, OrderId(id), &reason).await?,
+                    _ => false,
+                };
+                verdicts[i] = Some(Verdict::DeadLetter { reason, order_failed });
+            }
         }
+    }
+    let items: Vec<(Option<OutboxId>, OrderId)> =
+        accepted.iter().map(|(_, a)| (a.outbox_id, OrderId(a.message.order_id))).collect();
+    let outcomes = match items.is_empty() {
+        true => Vec::new(),
+        false => store.process_orders(&items, price).await?,
     };
-    let order_id = OrderId(accepted.message.order_id);
-    Ok(match store.process_order(accepted.outbox_id, order_id, price).await? {
-        ProcessOutcome::Processed(order) => Verdict::Processed(order),
-        ProcessOutcome::Duplicate => Verdict::Duplicate,
-        ProcessOutcome::OrderNotFound => {
-            Verdict::DeadLetter { reason: format!("order {order_id} not found"), order_failed: false }
-        }
-        ProcessOutcome::Failed(reason) => Verdict::DeadLetter { reason, order_failed: true },
-    })
+    for ((i, a), outcome) in accepted.into_iter().zip(outcomes) {
+        let order_id = a.message.order_id;
+        verdicts[i] = Some(match outcome {
+            ProcessOutcome::Processed(order) => Verdict::Processed(order),
+            ProcessOutcome::Duplicate => Verdict::Duplicate,
+            ProcessOutcome::OrderNotFound => {
+                Verdict::DeadLetter { reason: format!("order {order_id} not found"), order_failed: false }
+            }
+            ProcessOutcome::Failed(reason) => Verdict::DeadLetter { reason, order_failed: true },
+        });
+    }
+    verdicts.into_iter().map(|v| v.ok_or_else(|| StoreError::Other("a message got no verdict".into()))).collect()
 }
 
 #[cfg(test)]

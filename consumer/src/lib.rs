@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-use crate::handler::{Verdict, handle_delivery};
+use crate::handler::{Verdict, handle_batch};
 use crate::metrics::Metrics;
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,8 +76,15 @@ impl App {
         ));
         let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
         broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
-        let consumer =
-            Consumer { store, metrics, readiness, broker, prefetch: config.prefetch, queue: config.queue.clone() };
+        let consumer = Consumer {
+            store,
+            metrics,
+            readiness,
+            broker,
+            prefetch: config.prefetch,
+            batch_size: config.batch_size.max(1),
+            queue: config.queue.clone(),
+        };
         let work = consumer.run(shutdown.clone());
         tokio::pin!(work);
         let grace = async {
@@ -101,6 +108,7 @@ struct Consumer {
     readiness: Readiness,
     broker: stomp::Config,
     prefetch: u32,
+    batch_size: usize,
     queue: String,
 }
 
@@ -145,65 +153,86 @@ impl Consumer {
     async fn consume(&self, client: &Client, shutdown: &CancellationToken) -> Result<(), StompError> {
         let mut messages = client.take_messages().expect("a fresh client has its message stream");
         loop {
-            let frame = tokio::select! {
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 frame = messages.recv() => frame,
             };
-            let Some(frame) = frame else {
+            let Some(first) = first else {
                 return Err(StompError::Closed("message stream ended".into()));
             };
-            self.deliver(client, frame, shutdown).await?;
+            // Take whatever else has already arrived, up to the batch size:
+            // batches grow with load and cost no latency when idle.
+            let mut frames = vec![first];
+            while frames.len() < self.batch_size {
+                match messages.try_recv() {
+                    Ok(frame) => frames.push(frame),
+                    Err(_) => break,
+                }
+            }
+            self.deliver(client, &frames, shutdown).await?;
         }
     }
 
-    async fn deliver(&self, client: &Client, frame: Frame, shutdown: &CancellationToken) -> Result<(), StompError> {
+    /// Applies a batch, dead-letters what must be, then ACKs every message.
+    async fn deliver(&self, client: &Client, frames: &[Frame], shutdown: &CancellationToken) -> Result<(), StompError> {
         let started = Instant::now();
-        if frame.get("redelivered") == Some("true") {
-            self.metrics.redeliveries.inc();
-        }
+        self.metrics.batch_size.observe(frames.len() as f64);
+        let redelivered = frames.iter().filter(|f| f.get("redelivered") == Some("true")).count();
+        self.metrics.redeliveries.inc_by(redelivered as u64);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        let verdict = loop {
-            match handle_delivery(self.store.as_ref(), &frame).await {
-                Ok(verdict) => break verdict,
+        let verdicts = loop {
+            match handle_batch(self.store.as_ref(), frames).await {
+                Ok(verdicts) => break verdicts,
                 Err(error) => {
-                    self.metrics.messages.with_label_values(&["retried"]).inc();
+                    self.metrics.messages.with_label_values(&["retried"]).inc_by(frames.len() as u64);
                     let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "database failed; retrying the message");
+                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "database failed; retrying the batch");
                     tokio::select! {
-                        // Not ACKed: the broker redelivers it after we disconnect.
+                        // Not ACKed: the broker redelivers them after we disconnect.
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         };
-        match &verdict {
-            Verdict::Processed(order) => {
-                tracing::info!(
-                    order_id = order.order_id.0,
-                    "Processed order {}: unit_price={}, total_price={}",
-                    order.order_id,
-                    order.unit_price.unwrap_or_default(),
-                    order.total_price.unwrap_or_default()
-                );
-                self.metrics.messages.with_label_values(&["processed"]).inc();
-                if let Some(done) = order.processed_at {
-                    let e2e = (done - order.created_at).to_std().unwrap_or_default();
-                    self.metrics.end_to_end_seconds.observe(e2e.as_secs_f64());
+        let mut dead_letters = Vec::new();
+        for (frame, verdict) in frames.iter().zip(&verdicts) {
+            match verdict {
+                Verdict::Processed(order) => {
+                    tracing::info!(
+                        order_id = order.order_id.0,
+                        "Processed order {}: unit_price={}, total_price={}",
+                        order.order_id,
+                        order.unit_price.unwrap_or_default(),
+                        order.total_price.unwrap_or_default()
+                    );
+                    self.metrics.messages.with_label_values(&["processed"]).inc();
+                    if let Some(done) = order.processed_at {
+                        let e2e = (done - order.created_at).to_std().unwrap_or_default();
+                        self.metrics.end_to_end_seconds.observe(e2e.as_secs_f64());
+                    }
                 }
-            }
-            Verdict::Duplicate => self.metrics.messages.with_label_values(&["duplicate"]).inc(),
-            Verdict::DeadLetter { reason, order_failed } => {
-                tracing::warn!(%reason, order_failed, "message dead-lettered");
-                client.request(dead_letter(&self.queue, &frame, reason), BROKER_TIMEOUT).await?;
-                self.metrics.messages.with_label_values(&["dead_lettered"]).inc();
-                if *order_failed {
-                    self.metrics.messages.with_label_values(&["failed"]).inc();
+                Verdict::Duplicate => self.metrics.messages.with_label_values(&["duplicate"]).inc(),
+                Verdict::DeadLetter { reason, order_failed } => {
+                    tracing::warn!(%reason, order_failed, "message dead-lettered");
+                    if *order_failed {
+                        self.metrics.messages.with_label_values(&["failed"]).inc();
+                    }
+                    dead_letters.push(dead_letter(&self.queue, frame, reason));
                 }
             }
         }
-        let ack = frame.get("ack").or_else(|| frame.get("message-id")).unwrap_or_default();
-        client.ack(&[ack]).await?;
+        if !dead_letters.is_empty() {
+            // On the dead-letter queue (receipted) before the original is ACKed: never lost.
+            let n = dead_letters.len();
+            for receipt in client.send_with_receipts(dead_letters).await? {
+                receipt.wait(BROKER_TIMEOUT).await?;
+            }
+            self.metrics.messages.with_label_values(&["dead_lettered"]).inc_by(n as u64);
+        }
+        let acks: Vec<&str> =
+            frames.iter().map(|f| f.get("ack").or_else(|| f.get("message-id")).unwrap_or_default()).collect();
+        client.ack(&acks).await?;
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         Ok(())
     }

@@ -12,6 +12,7 @@ pub const OUTCOMES: [&str; 5] = ["processed", "duplicate", "failed", "dead_lette
 pub struct Metrics {
     pub messages: IntCounterVec,
     pub processing_seconds: Histogram,
+    pub batch_size: Histogram,
     pub end_to_end_seconds: Histogram,
     pub redeliveries: IntCounter,
     pub broker_connected: IntGauge,
@@ -28,8 +29,15 @@ impl Metrics {
                 &["outcome"],
             )?,
             processing_seconds: Histogram::with_opts(
-                HistogramOpts::new("orderflow_consumer_processing_seconds", "Time to handle one message")
-                    .buckets(latency.clone()),
+                HistogramOpts::new(
+                    "orderflow_consumer_processing_seconds",
+                    "Time to handle one batch, from delivery to ACK",
+                )
+                .buckets(latency.clone()),
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("orderflow_consumer_batch_size", "Messages applied per database transaction")
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0]),
             )?,
             end_to_end_seconds: Histogram::with_opts(
                 HistogramOpts::new("orderflow_order_end_to_end_seconds", "Order created_at to processed_at")
@@ -47,6 +55,7 @@ impl Metrics {
         registry.register(Box::new(m.messages.clone()))?;
         registry.register(Box::new(m.processing_seconds.clone()))?;
         registry.register(Box::new(m.end_to_end_seconds.clone()))?;
+        registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.redeliveries.clone()))?;
         registry.register(Box::new(m.broker_connected.clone()))?;
         Ok(m)

@@ -624,22 +624,16 @@ async fn retry_order(client: &mut TdsClient, order_id: OrderId, requested_by: &s
     Ok(Some(outbox_id))
 }
 
-async fn process(
+/// One message's effect inside the batch's transaction.
+async fn process_one(
     client: &mut TdsClient,
     outbox_id: Option<OutboxId>,
     order_id: OrderId,
     price: fn(Decimal, i32) -> Priced,
 ) -> TdsResult<ProcessOutcome> {
-    batch(client, BEGIN).await?;
-    if let Some(id) = outbox_id
-        && exec(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 0
-    {
-        batch(client, ROLLBACK).await?;
-        return Ok(ProcessOutcome::Duplicate);
-    }
     let found = rows(client, ORDER_FOR_PRICING, &[&order_id.0]).await?;
+    // An unknown order leaves no inbox row: a later delivery, once the order exists, still counts.
     let Some(row) = found.first() else {
-        batch(client, ROLLBACK).await?;
         return Ok(ProcessOutcome::OrderNotFound);
     };
     let status = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("status"))?;
@@ -647,21 +641,36 @@ async fn process(
     let quantity = row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?;
     let product_id = row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string();
     let list_price = row.try_get::<Decimal, _>(3)?;
+    if let Some(id) = outbox_id
+        && exec(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 0
+    {
+        return Ok(ProcessOutcome::Duplicate);
+    }
     if status.is_final() {
-        batch(client, COMMIT).await?;
         return Ok(ProcessOutcome::Duplicate);
     }
     let Some(list_price) = list_price else {
         let reason = format!("unknown product {product_id}");
         exec(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
-        batch(client, COMMIT).await?;
         return Ok(ProcessOutcome::Failed(reason));
     };
     let priced = price(list_price, quantity);
     let updated = rows(client, MARK_PROCESSED, &[&order_id.0, &priced.unit_price, &priced.total_price]).await?;
-    let order = order_from_row(updated.first().ok_or_else(|| conversion("processed order"))?)?;
+    Ok(ProcessOutcome::Processed(order_from_row(updated.first().ok_or_else(|| conversion("processed order"))?)?))
+}
+
+async fn process_batch(
+    client: &mut TdsClient,
+    items: &[(Option<OutboxId>, OrderId)],
+    price: fn(Decimal, i32) -> Priced,
+) -> TdsResult<Vec<ProcessOutcome>> {
+    batch(client, BEGIN).await?;
+    let mut outcomes = Vec::with_capacity(items.len());
+    for (outbox_id, order_id) in items {
+        outcomes.push(process_one(client, *outbox_id, *order_id, price).await?);
+    }
     batch(client, COMMIT).await?;
-    Ok(ProcessOutcome::Processed(order))
+    Ok(outcomes)
 }
 
 async fn fail(client: &mut TdsClient, outbox_id: Option<OutboxId>, order_id: OrderId, reason: &str) -> TdsResult<bool> {
@@ -682,14 +691,13 @@ async fn fail(client: &mut TdsClient, outbox_id: Option<OutboxId>, order_id: Ord
 
 #[async_trait]
 impl ProcessingStore for MssqlStore {
-    async fn process_order(
+    async fn process_orders(
         &self,
-        outbox_id: Option<OutboxId>,
-        order_id: OrderId,
+        items: &[(Option<OutboxId>, OrderId)],
         price: fn(Decimal, i32) -> Priced,
-    ) -> Result<ProcessOutcome, StoreError> {
+    ) -> Result<Vec<ProcessOutcome>, StoreError> {
         let mut conn = self.conn().await?;
-        let result = process(&mut conn, outbox_id, order_id, price).await;
+        let result = process_batch(&mut conn, items, price).await;
         finish(conn, result)
     }
 

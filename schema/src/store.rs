@@ -168,16 +168,26 @@ pub trait OutboxStore: Send + Sync {
 /// The consumer's unit of work: dedupe, price, finalise.
 #[async_trait]
 pub trait ProcessingStore: Send + Sync {
-    /// In one transaction: records `outbox_id` in the inbox (a duplicate means
-    /// "already done"), looks up the order and its product's list price, prices
-    /// it with `price`, and sets it `processed`, guarded by its status. An unknown
-    /// product marks the order `failed` instead.
+    /// In one transaction for the whole batch, per message: looks up the order
+    /// and its product's list price, records `outbox_id` in the inbox (a
+    /// duplicate means "already done"), prices the order with `price` and sets
+    /// it `processed`, guarded by its status. An unknown product marks the
+    /// order `failed` instead; an unknown order changes nothing.
+    async fn process_orders(
+        &self,
+        items: &[(Option<OutboxId>, OrderId)],
+        price: fn(rust_decimal::Decimal, i32) -> Priced,
+    ) -> Result<Vec<ProcessOutcome>, StoreError>;
+    /// [`ProcessingStore::process_orders`] for one message.
     async fn process_order(
         &self,
         outbox_id: Option<OutboxId>,
         order_id: OrderId,
         price: fn(rust_decimal::Decimal, i32) -> Priced,
-    ) -> Result<ProcessOutcome, StoreError>;
+    ) -> Result<ProcessOutcome, StoreError> {
+        let mut outcomes = self.process_orders(&[(outbox_id, order_id)], price).await?;
+        outcomes.pop().ok_or_else(|| StoreError::Other("no outcome for the message".into()))
+    }
     /// Marks the order `failed` with `reason` where it exists and is not final,
     /// and records `outbox_id` in the inbox. Returns false when the order does not exist.
     async fn fail_order(

@@ -278,6 +278,34 @@ pub async fn a_failed_order_can_be_retried_once_its_cause_is_fixed(store: Arc<dy
     assert!(matches!(store.retry_failed_order(OrderId(555_555), "ops").await, Err(schema::StoreError::NotFound)));
 }
 
+pub async fn a_batch_is_one_transaction_with_an_outcome_per_message(store: Arc<dyn Store>) {
+    let good = place(&store, "P123", 2).await;
+    let unknown = place(&store, "P999", 1).await;
+    let seed = place(&store, "P200", 1).await;
+    let id = OutboxId::new();
+    let outcomes = store
+        .process_orders(
+            &[
+                (Some(id), good),
+                (Some(id), good),
+                (None, OrderId(424_242)),
+                (Some(OutboxId::new()), unknown),
+                (None, seed),
+                (None, seed),
+            ],
+            price,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&outcomes[0], ProcessOutcome::Processed(o) if o.total_price == Some(dec("180.00"))));
+    assert_eq!(outcomes[1], ProcessOutcome::Duplicate, "the same outbox id twice in one batch");
+    assert_eq!(outcomes[2], ProcessOutcome::OrderNotFound);
+    assert_eq!(outcomes[3], ProcessOutcome::Failed("unknown product P999".into()));
+    assert!(matches!(&outcomes[4], ProcessOutcome::Processed(_)));
+    assert_eq!(outcomes[5], ProcessOutcome::Duplicate, "a seed-style repeat is caught by the status guard");
+    assert_eq!(outcomes.len(), 6);
+}
+
 macro_rules! contract_tests {
     ($backend:ident, $make:path) => {
         mod $backend {
@@ -298,7 +326,8 @@ macro_rules! contract_tests {
                 parked_rows_are_listed_and_requeued_with_an_audit_record,
                 retention_deletes_old_rows_in_small_batches,
                 reconciliation_reports_orders_published_but_not_processed,
-                a_failed_order_can_be_retried_once_its_cause_is_fixed
+                a_failed_order_can_be_retried_once_its_cause_is_fixed,
+                a_batch_is_one_transaction_with_an_outcome_per_message
             );
         }
     };
