@@ -41,7 +41,13 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and runs the migrations.
+    /// `path` may end in `?busy_timeout_ms=N`: how long a writer waits for the
+    /// lock before the store reports the database unavailable (default 10 s).
     pub async fn open(path: &str) -> anyhow::Result<Self> {
+        let (path, busy_ms) = match path.split_once('?') {
+            Some((p, query)) => (p, parse_busy_timeout(query)?),
+            None => (path, 10_000),
+        };
         let path = PathBuf::from(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
@@ -50,12 +56,15 @@ impl SqliteStore {
         tokio::task::spawn_blocking(move || migrate(&migrate_path)).await??;
         let pool = Config { path, pool: Some(PoolConfig::new(8)) }
             .builder(Runtime::Tokio1)?
-            .post_create(Hook::async_fn(|conn, _| {
+            .post_create(Hook::async_fn(move |conn, _| {
                 Box::pin(async move {
-                    conn.interact(|c| c.execute_batch(PRAGMAS))
-                        .await
-                        .map_err(|e| HookError::message(e.to_string()))?
-                        .map_err(HookError::Backend)
+                    conn.interact(move |c| {
+                        c.execute_batch(PRAGMAS)?;
+                        c.busy_timeout(Duration::from_millis(busy_ms))
+                    })
+                    .await
+                    .map_err(|e| HookError::message(e.to_string()))?
+                    .map_err(HookError::Backend)
                 })
             }))
             .build()?;
@@ -84,6 +93,17 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+fn parse_busy_timeout(query: &str) -> anyhow::Result<u64> {
+    let mut busy = 10_000;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("busy_timeout_ms", v)) => busy = v.parse()?,
+            _ => anyhow::bail!("unknown sqlite url option {pair:?} (known: busy_timeout_ms)"),
+        }
+    }
+    Ok(busy)
 }
 
 /// Runs the migrations under an exclusive lock on a sidecar file, so that

@@ -2,5 +2,6 @@
 
 mod bad_input;
 mod browser;
+mod consumer;
 mod pipeline;
 mod relay;

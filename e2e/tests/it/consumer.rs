@@ -1,0 +1,184 @@
+//! The consumer at production grade: crashes before ACK, SIGTERM mid-batch,
+//! a locked database, and every kind of bad message.
+
+use std::time::Duration;
+
+use e2e::broker::shared_broker_url;
+use e2e::service::Service;
+use e2e::stack::Stack;
+use e2e::wait_for;
+use serde_json::json;
+use stomp::{Client, Frame};
+
+async fn raw_client(stack: &Stack) -> Client {
+    Client::connect(&stomp::Config::from_url(&stack.broker_url).unwrap()).await.unwrap()
+}
+
+async fn send(client: &Client, queue: &str, body: &str, headers: &[(&str, &str)]) {
+    let mut frame = Frame::new("SEND").header("destination", queue).header("persistent", "true");
+    for (k, v) in headers {
+        frame = frame.header(k, *v);
+    }
+    client.request(frame.body(body.to_string()), Duration::from_secs(10)).await.expect("broker accepts the send");
+}
+
+/// Publishes a backlog of `n` orders with the relay, then stops the relay: the messages wait on the queue.
+async fn queued_backlog(stack: &Stack, n: usize) {
+    stack.fill_outbox(n, 0);
+    let relay = stack.start_relay().await;
+    wait_for("the backlog on the queue", Duration::from_secs(60), || async {
+        (stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") == 0).then_some(())
+    })
+    .await;
+    relay.stop().await.unwrap();
+}
+
+fn processed(stack: &Stack) -> i64 {
+    stack.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_before_its_acks_applies_nothing_twice() {
+    let mut stack = Stack::start_producer(&shared_broker_url()).await;
+    queued_backlog(&stack, 3_000).await;
+    let consumer = stack.start_consumer().await;
+    wait_for("part of the backlog processed", Duration::from_secs(60), || async {
+        (processed(&stack) > 0).then_some(())
+    })
+    .await;
+    consumer.kill();
+    let at_kill = processed(&stack);
+    assert!(at_kill < 3_000, "killed mid-stream ({at_kill} processed)");
+    stack.consumer = Some(stack.start_consumer().await);
+    stack.wait_until_final(3_000, Duration::from_secs(60)).await;
+    assert_eq!(stack.count("SELECT COUNT(*) FROM inbox"), 3_000, "one inbox row per message");
+    let redelivered = stack.consumer_outcome("duplicate").await;
+    assert!(redelivered <= 1_000.0, "only what was in hand came back ({redelivered})");
+    // A batch the killed consumer was committing may land after the kill: the
+    // successor prices at most what was left, and sees the rest as duplicates.
+    let successor = stack.consumer_outcome("processed").await;
+    assert!(successor <= (3_000 - at_kill) as f64, "nothing priced twice ({successor} after {at_kill})");
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_batch_exits_cleanly_and_loses_nothing() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    queued_backlog(&stack, 5_000).await;
+    let consumer = stack.start_consumer().await;
+    wait_for("part of the backlog processed", Duration::from_secs(60), || async {
+        (processed(&stack) > 0).then_some(())
+    })
+    .await;
+    let first = consumer.metric("orderflow_consumer_messages_total{outcome=\"processed\"}").await;
+    consumer.stop().await.expect("SIGTERM ends the consumer cleanly");
+    let at_stop = processed(&stack);
+    assert!(at_stop < 5_000, "stopped mid-stream ({at_stop} processed)");
+    assert!(first <= at_stop as f64);
+    let successor = stack.start_consumer().await;
+    stack.wait_until_final(5_000, Duration::from_secs(60)).await;
+    let rest = successor.metric("orderflow_consumer_messages_total{outcome=\"processed\"}").await;
+    assert_eq!(at_stop as f64 + rest, 5_000.0, "every order priced exactly once");
+    assert_eq!(
+        successor.metric("orderflow_consumer_messages_total{outcome=\"duplicate\"}").await,
+        0.0,
+        "every ACK was sent"
+    );
+    successor.stop().await.unwrap();
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_is_retried_and_nothing_is_dead_lettered() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(stack.place_order(&format!("Customer {i}"), "P123", 2).await);
+    }
+    let mut config = stack.consumer_config();
+    config.database_url = format!("{}?busy_timeout_ms=100", stack.database_url);
+    let consumer = Service::start(consumer::App::build(config)).await.unwrap();
+
+    // Another writer holds the database while the messages arrive.
+    let mut locker = stack.db();
+    let lock = locker.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive).unwrap();
+    let client = raw_client(&stack).await;
+    for id in &ids {
+        let body = json!({"order_id": id, "customer_name": "Seed", "product_id": "P123", "quantity": 2}).to_string();
+        send(&client, &stack.queue, &body, &[]).await;
+    }
+    wait_for("the consumer to retry", Duration::from_secs(30), || async {
+        (consumer.metric("orderflow_consumer_messages_total{outcome=\"retried\"}").await > 0.0).then_some(())
+    })
+    .await;
+    lock.rollback().unwrap();
+
+    stack.wait_until_final(20, Duration::from_secs(30)).await;
+    assert_eq!(processed(&stack), 20);
+    assert_eq!(consumer.metric("orderflow_consumer_messages_total{outcome=\"dead_lettered\"}").await, 0.0);
+    consumer.stop().await.unwrap();
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_bad_message_is_parked_with_its_reason() {
+    let mut stack = Stack::start_producer(&shared_broker_url()).await;
+    stack.consumer = Some(stack.start_consumer().await);
+    let typed = stack.place_order("Typo", "P123", 1).await;
+    let big = stack.place_order("Big", "P123", 1).await;
+    let header = stack.place_order("Header", "P123", 1).await;
+    let good = stack.place_order("Good", "P123", 2).await;
+    let client = raw_client(&stack).await;
+    let q = stack.queue.clone();
+    send(
+        &client,
+        &q,
+        &json!({"order_id": typed, "customer_name": "T", "product_id": "P123", "quantity": "two"}).to_string(),
+        &[],
+    )
+    .await;
+    let pad = "x".repeat(70_000);
+    send(
+        &client,
+        &q,
+        &json!({"order_id": big, "customer_name": pad, "product_id": "P123", "quantity": 1}).to_string(),
+        &[],
+    )
+    .await;
+    send(
+        &client,
+        &q,
+        &json!({"order_id": header, "customer_name": "H", "product_id": "P123", "quantity": 1}).to_string(),
+        &[("outbox-id", "not-a-uuid")],
+    )
+    .await;
+    send(
+        &client,
+        &q,
+        &json!({"order_id": good, "customer_name": "G", "product_id": "P123", "quantity": 2}).to_string(),
+        &[],
+    )
+    .await;
+
+    client.subscribe(&format!("{q}.DLQ"), "dlq", 100, Duration::from_secs(10)).await.unwrap();
+    let mut messages = client.take_messages().unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let frame =
+            tokio::time::timeout(Duration::from_secs(30), messages.recv()).await.expect("dead letters").unwrap();
+        client.ack(&[frame.get("ack").unwrap()]).await.unwrap();
+        reasons.push(frame.get("dlq-reason").unwrap().to_string());
+    }
+    assert!(reasons.iter().any(|r| r.contains("invalid type: string \"two\"")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("exceeds the 65536-byte limit")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("invalid outbox-id header")), "{reasons:?}");
+    stack.wait_until_final(3, Duration::from_secs(30)).await;
+    let status = |id: i64| -> String {
+        stack.db().query_row("SELECT status FROM orders WHERE order_id = ?1", [id], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(status(typed), "failed");
+    assert_eq!(status(header), "failed");
+    assert_eq!(status(big), "pending", "an oversized body is not read, so no order is named");
+    assert_eq!(status(good), "processed", "good messages around bad ones are processed");
+    stack.shutdown().await;
+}
