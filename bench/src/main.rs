@@ -48,6 +48,8 @@ struct Report {
     relay_ratio: f64,
     consumer_drain_msgs_per_s: f64,
     consumer_ratio: f64,
+    pipeline_msgs_per_s: f64,
+    pipeline_ratio: f64,
     relay: procs::Usage,
     consumer: procs::Usage,
 }
@@ -88,7 +90,9 @@ async fn main() -> anyhow::Result<()> {
         ("RUST_LOG", "warn".to_string()),
     ];
 
-    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap_or(-1) };
+    let counter = rusqlite::Connection::open(&db_path)?;
+    counter.busy_timeout(Duration::from_secs(30))?;
+    let count = |sql: &str| -> i64 { counter.query_row(sql, [], |r| r.get(0)).unwrap_or(-1) };
     let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env)?;
     let started = Instant::now();
     wait_until(Duration::from_secs(600), || count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") == 0)?;
@@ -104,6 +108,21 @@ async fn main() -> anyhow::Result<()> {
     let consumer_usage = consumer.stop()?;
     eprintln!("consumer drain: {consumer_rate:.0} msg/s");
 
+    // Relay and consumer together on a fresh backlog: the steady pipeline rate.
+    let pipeline_queue = "/queue/bench.steady".to_string();
+    let mut steady_env = env.clone();
+    steady_env[2] = ("ORDER_QUEUE", pipeline_queue);
+    conn.execute_batch("DELETE FROM inbox; DELETE FROM outbox; DELETE FROM orders;")?;
+    e2e::fill_outbox(&mut conn, args.messages, 0);
+    let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &steady_env)?;
+    let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &steady_env)?;
+    let started = Instant::now();
+    wait_until(Duration::from_secs(600), || count("SELECT COUNT(*) FROM orders WHERE status = 'processed'") >= target)?;
+    let pipeline_rate = args.messages as f64 / started.elapsed().as_secs_f64();
+    let pipeline_relay = relay.stop()?;
+    let pipeline_consumer = consumer.stop()?;
+    eprintln!("relay + consumer: {pipeline_rate:.0} msg/s");
+
     let report = Report {
         machine: procs::machine(),
         messages: args.messages,
@@ -115,13 +134,19 @@ async fn main() -> anyhow::Result<()> {
         relay_ratio: (relay_rate / raw_send * 100.0).round() / 100.0,
         consumer_drain_msgs_per_s: consumer_rate.round(),
         consumer_ratio: (consumer_rate / raw_consume * 100.0).round() / 100.0,
-        relay: relay_usage,
-        consumer: consumer_usage,
+        pipeline_msgs_per_s: pipeline_rate.round(),
+        pipeline_ratio: (pipeline_rate / raw_both * 100.0).round() / 100.0,
+        relay: max_usage(relay_usage, pipeline_relay),
+        consumer: max_usage(consumer_usage, pipeline_consumer),
     };
     print_table(&report);
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("\nJSON written to {}", args.json.display());
     Ok(())
+}
+
+fn max_usage(a: procs::Usage, b: procs::Usage) -> procs::Usage {
+    procs::Usage { peak_rss_mb: a.peak_rss_mb.max(b.peak_rss_mb), cpu_seconds: a.cpu_seconds + b.cpu_seconds }
 }
 
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -151,7 +176,14 @@ fn print_table(r: &Report) {
         r.consumer_drain_msgs_per_s,
         r.consumer_ratio * 100.0
     );
-    println!("\n{:<10} {:>14} {:>14}", "service", "peak RSS MB", "CPU seconds");
+    println!(
+        "{:<44} {:>12.0} {:>7.0}%",
+        "relay + consumer: outbox -> processed orders",
+        r.pipeline_msgs_per_s,
+        r.pipeline_ratio * 100.0
+    );
+    println!("(relay vs raw send; consumer vs raw consume; relay + consumer vs raw send + consume)");
+    println!("\n{:<10} {:>14} {:>14}", "service", "peak RSS MB", "CPU seconds (all phases)");
     for (name, u) in [("relay", &r.relay), ("consumer", &r.consumer)] {
         println!("{:<10} {:>14.1} {:>14.2}", name, u.peak_rss_mb, u.cpu_seconds);
     }
