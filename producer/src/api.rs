@@ -70,6 +70,11 @@ pub(crate) async fn recent_orders(
     Ok(Json(state.store.recent_orders(limit).await?))
 }
 
+/// `GET /api/stats`: orders per status.
+pub(crate) async fn stats(State(state): State<AppState>) -> Result<Json<schema::OrderCounts>, ApiError> {
+    Ok(Json(state.store.order_counts().await?))
+}
+
 /// `GET /api/products`
 pub(crate) async fn products(State(state): State<AppState>) -> Result<Json<Vec<Product>>, ApiError> {
     let products = state.store.products().await?;

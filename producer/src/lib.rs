@@ -180,6 +180,7 @@ fn router(state: AppState) -> Router {
         .route("/api/orders", post(api::create_order).get(api::recent_orders))
         .route("/api/orders/{id}", get(api::get_order))
         .route("/api/products", get(api::products))
+        .route("/api/stats", get(api::stats))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record))
         .with_state(state)
 }

@@ -20,8 +20,8 @@ use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 use crate::store::{
-    FailureOutcome, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore,
-    Reconciliation, RequeueTarget, StoreError,
+    FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome,
+    ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
 };
 
 mod migrations {
@@ -69,6 +69,7 @@ const INSERT_ORDER: &str = concat!(
 );
 const INSERT_OUTBOX: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, \
      created_at) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, COALESCE(@P7, SYSUTCDATETIME()))";
+const ORDER_COUNTS: &str = "SELECT status, COUNT_BIG(*) FROM dbo.orders GROUP BY status";
 const PARKED_ROWS: &str = "SELECT TOP (@P1) outbox_id, order_id, attempts, last_error, created_at, dead_at \
      FROM dbo.outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC";
 const REQUEUE: &str = "UPDATE dbo.outbox SET dead_at = NULL, attempts = 0, next_attempt_at = SYSUTCDATETIME(), \
@@ -163,6 +164,7 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("MARK_FAILED", MARK_FAILED),
         ("ORDER_EXISTS", ORDER_EXISTS),
         ("PARKED_ROWS", PARKED_ROWS),
+        ("ORDER_COUNTS", ORDER_COUNTS),
         ("REQUEUE", REQUEUE),
         ("INSERT_AUDIT", INSERT_AUDIT),
         ("PURGE_PUBLISHED", PURGE_PUBLISHED),
@@ -432,6 +434,20 @@ impl OrderStore for MssqlStore {
         let result =
             async { rows(&mut conn, ORDER, &[&order_id.0]).await?.first().map(order_from_row).transpose() }.await;
         finish(conn, result)?.ok_or(StoreError::NotFound)
+    }
+
+    async fn order_counts(&self) -> Result<OrderCounts, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            let mut counts = OrderCounts::default();
+            for row in rows(&mut conn, ORDER_COUNTS, &[]).await? {
+                let status = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("status"))?;
+                add_count(&mut counts, status, row.try_get::<i64, _>(1)?.unwrap_or(0));
+            }
+            Ok(counts)
+        }
+        .await;
+        finish(conn, result)
     }
 
     async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,13 +14,14 @@ use chrono::{DateTime, Utc};
 use deadpool_sqlite::{Config, Hook, HookError, Pool, PoolConfig, Runtime};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use rust_decimal::Decimal;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 use crate::store::{
-    FailureOutcome, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore,
-    Reconciliation, RequeueTarget, StoreError,
+    FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome,
+    ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
 };
 
 mod migrations {
@@ -33,10 +35,24 @@ const ORDER_COLUMNS: &str = "order_id, customer_name, product_id, quantity, stat
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
 
+/// Most orders committed together by the group-commit writer.
+const MAX_ORDERS_PER_COMMIT: usize = 256;
+
 /// The embedded default backend.
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: Pool,
+    /// One write transaction at a time from this process: SQLite has a single
+    /// writer anyway, and queueing here is far cheaper than its busy handler,
+    /// which sleeps for milliseconds when connections collide.
+    writer: Arc<tokio::sync::Mutex<()>>,
+    /// Orders to place, committed in groups by [`place_orders`].
+    orders: mpsc::Sender<PlaceRequest>,
+}
+
+struct PlaceRequest {
+    order: NewOrder,
+    reply: oneshot::Sender<Result<Placed, StoreError>>,
 }
 
 impl SqliteStore {
@@ -68,7 +84,16 @@ impl SqliteStore {
                 })
             }))
             .build()?;
-        Ok(Self { pool })
+        let (orders, queue) = mpsc::channel(4 * MAX_ORDERS_PER_COMMIT);
+        let store = Self { pool, writer: Arc::new(tokio::sync::Mutex::new(())), orders };
+        tokio::spawn(place_orders(store.clone_without_queue(), queue));
+        Ok(store)
+    }
+
+    /// A handle for the group-commit task: holding the order queue's sender
+    /// would keep the task alive forever.
+    fn clone_without_queue(&self) -> WriterHandle {
+        WriterHandle { pool: self.pool.clone(), writer: self.writer.clone() }
     }
 
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -85,14 +110,101 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.with_conn(move |conn| {
+        self.clone_without_queue().write(f).await
+    }
+}
+
+/// What the group-commit task needs: the pool and the writer lock.
+struct WriterHandle {
+    pool: Pool,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl WriterHandle {
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _one_writer = self.writer.lock().await;
+        let conn = self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?;
+        conn.interact(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
         })
         .await
+        .map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
     }
+}
+
+/// Group commit: orders waiting at the same moment are written in one
+/// transaction, each inside its own savepoint, so one order's failure never
+/// touches another's and each order still commits with its outbox row.
+async fn place_orders(writer: WriterHandle, mut queue: mpsc::Receiver<PlaceRequest>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_ORDERS_PER_COMMIT {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (orders, replies): (Vec<NewOrder>, Vec<_>) = batch.into_iter().map(|r| (r.order, r.reply)).unzip();
+        let results = writer
+            .write(move |tx| {
+                Ok(orders
+                    .into_iter()
+                    .map(|order| {
+                        tx.execute_batch("SAVEPOINT place_order")?;
+                        match place_one(tx, order) {
+                            Ok(placed) => {
+                                tx.execute_batch("RELEASE place_order")?;
+                                Ok(placed)
+                            }
+                            Err(error) => {
+                                tx.execute_batch("ROLLBACK TO place_order; RELEASE place_order")?;
+                                Err(error)
+                            }
+                        }
+                    })
+                    .collect::<Vec<Result<Placed, StoreError>>>())
+            })
+            .await;
+        match results {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One order and its outbox row (inside the caller's transaction).
+fn place_one(tx: &Connection, order: NewOrder) -> Result<Placed, StoreError> {
+    if let Some(key) = &order.idempotency_key {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = ?1");
+        if let Some(existing) = tx.query_row(&sql, [key], order_from_row).optional()? {
+            return Ok(Placed::Existing(existing));
+        }
+    }
+    let sql = format!(
+        "INSERT INTO orders (customer_name, product_id, quantity, idempotency_key) \
+         VALUES (?1, ?2, ?3, ?4) RETURNING {ORDER_COLUMNS}"
+    );
+    let stored = tx.prepare_cached(&sql)?.query_row(
+        params![order.customer_name, order.product_id, order.quantity, order.idempotency_key],
+        order_from_row,
+    )?;
+    insert_outbox(tx, &stored, order.traceparent.as_deref(), order.tracestate.as_deref(), Some(stored.created_at))?;
+    Ok(Placed::Created(stored))
 }
 
 fn parse_busy_timeout(query: &str) -> anyhow::Result<u64> {
@@ -262,18 +374,15 @@ fn insert_outbox(
         "INSERT INTO outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, {NOW}))"
     );
-    tx.execute(
-        &sql,
-        params![
-            outbox_id.to_string(),
-            order.order_id.0,
-            ORDER_PLACED_V1,
-            payload,
-            traceparent,
-            tracestate,
-            created_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
-        ],
-    )?;
+    tx.prepare_cached(&sql)?.execute(params![
+        outbox_id.to_string(),
+        order.order_id.0,
+        ORDER_PLACED_V1,
+        payload,
+        traceparent,
+        tracestate,
+        created_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
+    ])?;
     Ok(outbox_id)
 }
 
@@ -310,36 +419,30 @@ impl OrderStore for SqliteStore {
     }
 
     async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError> {
-        self.write(move |tx| {
-            if let Some(key) = &order.idempotency_key {
-                let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = ?1");
-                if let Some(existing) = tx.query_row(&sql, [key], order_from_row).optional()? {
-                    return Ok(Placed::Existing(existing));
-                }
-            }
-            let sql = format!(
-                "INSERT INTO orders (customer_name, product_id, quantity, idempotency_key) \
-                 VALUES (?1, ?2, ?3, ?4) RETURNING {ORDER_COLUMNS}"
-            );
-            let stored = tx.query_row(
-                &sql,
-                params![order.customer_name, order.product_id, order.quantity, order.idempotency_key],
-                order_from_row,
-            )?;
-            insert_outbox(
-                tx,
-                &stored,
-                order.traceparent.as_deref(),
-                order.tracestate.as_deref(),
-                Some(stored.created_at),
-            )?;
-            Ok(Placed::Created(stored))
-        })
-        .await
+        let (reply, answer) = oneshot::channel();
+        self.orders
+            .send(PlaceRequest { order, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the order writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Unavailable("the order writer has stopped".into()))?
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {
         self.with_conn(move |conn| load_order(conn, order_id)?.ok_or(StoreError::NotFound)).await
+    }
+
+    async fn order_counts(&self) -> Result<OrderCounts, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut counts = OrderCounts::default();
+            for row in rows {
+                let (status, n) = row?;
+                add_count(&mut counts, &status, n);
+            }
+            Ok(counts)
+        })
+        .await
     }
 
     async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {

@@ -11,7 +11,7 @@ use crate::model::{NewOrder, Order, OrderId, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 
 /// What went wrong in the store, phrased as what the caller can do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The row does not exist.
     #[error("not found")]
@@ -111,6 +111,30 @@ pub struct Reconciliation {
     pub published_not_processed: i64,
 }
 
+/// How many orders are in each status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct OrderCounts {
+    /// `pending`
+    pub pending: i64,
+    /// `published`
+    pub published: i64,
+    /// `processed`
+    pub processed: i64,
+    /// `failed`
+    pub failed: i64,
+}
+
+/// Adds `n` orders of `status` to the counts (unknown statuses are ignored).
+pub(crate) fn add_count(counts: &mut OrderCounts, status: &str, n: i64) {
+    match status {
+        "pending" => counts.pending += n,
+        "published" => counts.published += n,
+        "processed" => counts.processed += n,
+        "failed" => counts.failed += n,
+        _ => {}
+    }
+}
+
 /// The producer's unit of work: the order and its outbox row together.
 #[async_trait]
 pub trait OrderStore: Send + Sync {
@@ -124,6 +148,8 @@ pub trait OrderStore: Send + Sync {
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError>;
     /// The most recent orders, newest first.
     async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError>;
+    /// Orders per status (for load tests and dashboards).
+    async fn order_counts(&self) -> Result<OrderCounts, StoreError>;
 }
 
 /// The relay's unit of work: lease, confirm, retry, park.

@@ -202,6 +202,8 @@ pub async fn released_leases_are_claimable_at_once(store: Arc<dyn Store>) {
 pub async fn recent_orders_are_newest_first(store: Arc<dyn Store>) {
     let a = place(&store, "P123", 1).await;
     let b = place(&store, "P200", 3).await;
+    let counts = store.order_counts().await.unwrap();
+    assert_eq!((counts.pending, counts.processed), (2, 0));
     let recent = store.recent_orders(10).await.unwrap();
     assert_eq!(recent.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![b, a]);
     assert_eq!(store.recent_orders(1).await.unwrap().len(), 1);

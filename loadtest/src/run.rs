@@ -1,0 +1,278 @@
+//! Drives the producer's JSON API, open-loop (fixed rate) or closed-loop
+//! (fixed concurrency), then waits (bounded) until every accepted order is final.
+//!
+//! Invariant: in open-loop the latency of a request counts from the moment it
+//! was due, not from when it was sent, so a stalled server cannot hide its
+//! stall (coordinated omission corrected).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::stats::{Summary, Tally, record};
+
+/// How requests are paced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// A request every 1/rate seconds whatever the answers.
+    Open { rate: f64 },
+    /// This many requests always in flight.
+    Closed { concurrency: usize },
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Producer base URL, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    pub mode: Mode,
+    pub duration: Duration,
+    /// Products to cycle through.
+    pub products: Vec<String>,
+    /// Send an `Idempotency-Key` with every request.
+    pub idempotency_keys: bool,
+    /// How long to wait for accepted orders to become final; `None` skips the wait.
+    pub wait: Option<Duration>,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// Draw a live progress bar on stderr.
+    pub progress: bool,
+}
+
+#[derive(Default)]
+struct Live {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Shared {
+    options: Options,
+    http: reqwest::Client,
+    run_id: String,
+    live: Live,
+    tally: Mutex<Tally>,
+    accepted_ids: Mutex<Vec<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderView {
+    order_id: i64,
+    status: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+    processed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+struct Counts {
+    processed: i64,
+    failed: i64,
+}
+
+/// Runs the load and returns the summary.
+pub async fn run(options: Options) -> anyhow::Result<Summary> {
+    anyhow::ensure!(!options.products.is_empty(), "give at least one product");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .tcp_nodelay(true)
+        .timeout(options.request_timeout)
+        .build()?;
+    let base = options.url.trim_end_matches('/').to_string();
+    let baseline = counts(&http, &base).await.unwrap_or_default();
+    let shared = Arc::new(Shared {
+        options: Options { url: base, ..options },
+        http,
+        run_id: format!("{:x}", chrono::Utc::now().timestamp_micros()),
+        live: Live::default(),
+        tally: Mutex::new(Tally::default()),
+        accepted_ids: Mutex::new(Vec::new()),
+    });
+    let bar = progress_bar(&shared);
+    let ticker = tokio::spawn(tick(shared.clone(), bar.clone(), baseline));
+    let started = Instant::now();
+    match shared.options.mode {
+        Mode::Closed { concurrency } => closed_loop(&shared, concurrency.max(1)).await,
+        Mode::Open { rate } => open_loop(&shared, rate).await,
+    }
+    let elapsed = started.elapsed();
+    if let Some(wait) = shared.options.wait {
+        wait_until_final(&shared, baseline, wait).await;
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+    let tally = shared.tally.lock().expect("tally lock");
+    let mode = match shared.options.mode {
+        Mode::Closed { concurrency } => format!("closed-loop, concurrency {concurrency}"),
+        Mode::Open { rate } => format!("open-loop, {rate} requests/s"),
+    };
+    Ok(Summary::new(&mode, &tally, elapsed))
+}
+
+async fn counts(http: &reqwest::Client, base: &str) -> Option<Counts> {
+    http.get(format!("{base}/api/stats")).send().await.ok()?.json().await.ok()
+}
+
+fn progress_bar(shared: &Shared) -> indicatif::ProgressBar {
+    if !shared.options.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("static template"),
+    );
+    bar
+}
+
+async fn tick(shared: Arc<Shared>, bar: indicatif::ProgressBar, baseline: Counts) {
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        every.tick().await;
+        let live = &shared.live;
+        let accepted = live.accepted.load(Ordering::Relaxed);
+        let done = counts(&shared.http, &shared.options.url)
+            .await
+            .map(|c| (c.processed + c.failed - baseline.processed - baseline.failed).max(0) as u64);
+        let done_text = done.map_or("?".into(), |d| d.to_string());
+        let backlog = done.map_or("?".into(), |d| accepted.saturating_sub(d).to_string());
+        bar.set_message(format!(
+            "sent {}  accepted {}  errors {}  processed {}  backlog {}",
+            live.sent.load(Ordering::Relaxed),
+            accepted,
+            live.errors.load(Ordering::Relaxed),
+            done_text,
+            backlog
+        ));
+        bar.tick();
+    }
+}
+
+/// Sends request number `i`; `due` is when it should have gone out.
+async fn one_request(shared: &Shared, i: u64, due: Instant) {
+    let product = &shared.options.products[(i as usize) % shared.options.products.len()];
+    let body = json!({"customer_name": format!("Load {i}"), "product_id": product, "quantity": i % 5 + 1});
+    let mut request = shared.http.post(format!("{}/api/orders", shared.options.url)).json(&body);
+    if shared.options.idempotency_keys {
+        request = request.header("Idempotency-Key", format!("lt-{}-{i}", shared.run_id));
+    }
+    shared.live.sent.fetch_add(1, Ordering::Relaxed);
+    let outcome = match request.send().await {
+        Ok(response) if matches!(response.status().as_u16(), 200 | 201) => match response.json::<OrderView>().await {
+            Ok(order) => Ok(order.order_id),
+            Err(_) => Err("bad_body".to_string()),
+        },
+        Ok(response) => Err(format!("http_{}", response.status().as_u16())),
+        Err(e) if e.is_timeout() => Err("timeout".into()),
+        Err(e) if e.is_connect() => Err("connect".into()),
+        Err(_) => Err("other".into()),
+    };
+    let latency = due.elapsed();
+    let mut tally = shared.tally.lock().expect("tally lock");
+    tally.sent += 1;
+    record(&mut tally.http, latency);
+    match outcome {
+        Ok(order_id) => {
+            tally.accepted += 1;
+            shared.live.accepted.fetch_add(1, Ordering::Relaxed);
+            drop(tally);
+            shared.accepted_ids.lock().expect("ids lock").push(order_id);
+        }
+        Err(kind) => {
+            tally.error(kind);
+            shared.live.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn closed_loop(shared: &Arc<Shared>, concurrency: usize) {
+    let deadline = Instant::now() + shared.options.duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let workers = (0..concurrency).map(|_| {
+        let (shared, next) = (shared.clone(), next.clone());
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                one_request(&shared, i, Instant::now()).await;
+            }
+        })
+    });
+    futures::future::join_all(workers).await;
+}
+
+async fn open_loop(shared: &Arc<Shared>, rate: f64) {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let started = Instant::now();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(20_000));
+    let mut tasks = Vec::new();
+    for i in 0u64.. {
+        let due = started + interval.mul_f64(i as f64);
+        if due >= started + shared.options.duration {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let permit = in_flight.clone().acquire_owned().await.expect("semaphore open");
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            one_request(&shared, i, due).await;
+            drop(permit);
+        }));
+    }
+    futures::future::join_all(tasks).await;
+}
+
+/// Waits (bounded) until every accepted order is final, then reads each one's
+/// `created_at → processed_at`.
+async fn wait_until_final(shared: &Arc<Shared>, baseline: Counts, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    let accepted = shared.accepted_ids.lock().expect("ids lock").len() as i64;
+    // Cheap polling on the totals first.
+    while Instant::now() < deadline {
+        match counts(&shared.http, &shared.options.url).await {
+            Some(c) if c.processed + c.failed - baseline.processed - baseline.failed >= accepted => break,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut remaining: Vec<i64> = shared.accepted_ids.lock().expect("ids lock").clone();
+    while !remaining.is_empty() {
+        let fetched: Vec<(i64, Option<OrderView>)> = futures::stream::iter(remaining.iter().copied())
+            .map(|id| {
+                let shared = shared.clone();
+                async move {
+                    let url = format!("{}/api/orders/{id}", shared.options.url);
+                    let order = match shared.http.get(url).send().await {
+                        Ok(r) if r.status().is_success() => r.json::<OrderView>().await.ok(),
+                        _ => None,
+                    };
+                    (id, order)
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        remaining.clear();
+        {
+            let mut tally = shared.tally.lock().expect("tally lock");
+            for (id, order) in fetched {
+                match order {
+                    Some(o) if o.status == "processed" || o.status == "failed" => {
+                        tally.finished += 1;
+                        if o.status == "failed" {
+                            tally.failed += 1;
+                        }
+                        if let Some(done) = o.processed_at {
+                            record(&mut tally.end_to_end, (done - o.created_at).to_std().unwrap_or_default());
+                        }
+                    }
+                    _ => remaining.push(id),
+                }
+            }
+        }
+        if remaining.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
