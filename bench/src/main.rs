@@ -31,6 +31,12 @@ struct Args {
     /// Where the release binaries are.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+    /// How long the HTTP load phases send.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    load_duration: Duration,
+    /// Closed-loop concurrency of the pipeline-max phase.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
     /// Write the results as JSON here too.
     #[arg(long, default_value = "target/bench.json")]
     json: PathBuf,
@@ -50,6 +56,11 @@ struct Report {
     consumer_ratio: f64,
     pipeline_msgs_per_s: f64,
     pipeline_ratio: f64,
+    http_pipeline_max: loadtest::stats::Summary,
+    http_pipeline_max_per_s: f64,
+    http_pipeline_ratio: f64,
+    steady_2k: loadtest::stats::Summary,
+    producer: procs::Usage,
     relay: procs::Usage,
     consumer: procs::Usage,
 }
@@ -123,6 +134,12 @@ async fn main() -> anyhow::Result<()> {
     let pipeline_consumer = consumer.stop()?;
     eprintln!("relay + consumer: {pipeline_rate:.0} msg/s");
 
+    // Through HTTP: producer + relay + consumer, fed by the load-test tool.
+    let (max, steady, usage) = http_phases(&args, &url, dir.path()).await?;
+    let (producer_usage, http_relay, http_consumer) = usage;
+    let http_max = max.sustained_per_s.unwrap_or(0.0);
+    eprintln!("pipeline max through HTTP: {http_max:.0} orders/s");
+
     let report = Report {
         machine: procs::machine(),
         messages: args.messages,
@@ -136,13 +153,75 @@ async fn main() -> anyhow::Result<()> {
         consumer_ratio: (consumer_rate / raw_consume * 100.0).round() / 100.0,
         pipeline_msgs_per_s: pipeline_rate.round(),
         pipeline_ratio: (pipeline_rate / raw_both * 100.0).round() / 100.0,
-        relay: max_usage(relay_usage, pipeline_relay),
-        consumer: max_usage(consumer_usage, pipeline_consumer),
+        http_pipeline_max_per_s: http_max,
+        http_pipeline_ratio: (http_max / raw_both * 100.0).round() / 100.0,
+        http_pipeline_max: max,
+        steady_2k: steady,
+        producer: producer_usage,
+        relay: max_usage(max_usage(relay_usage, pipeline_relay), http_relay),
+        consumer: max_usage(max_usage(consumer_usage, pipeline_consumer), http_consumer),
     };
     print_table(&report);
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("\nJSON written to {}", args.json.display());
     Ok(())
+}
+
+type Usages = (procs::Usage, procs::Usage, procs::Usage);
+
+/// Pipeline max (closed loop, every order processed) and latency at a steady
+/// 2,000 orders/s, on a fresh database with all three services.
+async fn http_phases(
+    args: &Args,
+    broker_url: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<(loadtest::stats::Summary, loadtest::stats::Summary, Usages)> {
+    let database_url = format!("sqlite://{}", dir.join("http.db").display());
+    let http_port = e2e::free_port();
+    let env = [
+        ("DATABASE_URL", database_url),
+        ("BROKER_URL", broker_url.to_string()),
+        ("ORDER_QUEUE", "/queue/bench.http".to_string()),
+        ("RELAY_BATCH_SIZE", args.batch.to_string()),
+        ("CONSUMER_PREFETCH", args.prefetch.to_string()),
+        ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env)?;
+    let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env)?;
+    let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env)?;
+    let base = format!("http://127.0.0.1:{http_port}");
+    reqwest_ready(&base).await?;
+    let options = |mode| loadtest::run::Options {
+        url: base.clone(),
+        mode,
+        duration: args.load_duration,
+        products: ["P123", "P200", "P300", "P400", "P500"].map(String::from).to_vec(),
+        idempotency_keys: false,
+        wait: Some(Duration::from_secs(300)),
+        request_timeout: Duration::from_secs(10),
+        progress: false,
+    };
+    let max = loadtest::run::run(options(loadtest::run::Mode::Closed { concurrency: args.concurrency })).await?;
+    eprint!("pipeline max:\n{}", max.render());
+    let steady = loadtest::run::run(options(loadtest::run::Mode::Open { rate: 2000.0 })).await?;
+    eprint!("steady 2k/s:\n{}", steady.render());
+    let usage = (producer.stop()?, relay.stop()?, consumer.stop()?);
+    Ok((max, steady, usage))
+}
+
+/// Waits until the producer answers.
+async fn reqwest_ready(base: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/api/products")).await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the producer did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn max_usage(a: procs::Usage, b: procs::Usage) -> procs::Usage {
@@ -182,9 +261,24 @@ fn print_table(r: &Report) {
         r.pipeline_msgs_per_s,
         r.pipeline_ratio * 100.0
     );
-    println!("(relay vs raw send; consumer vs raw consume; relay + consumer vs raw send + consume)");
+    println!(
+        "{:<44} {:>12.0} {:>7.0}%",
+        "HTTP pipeline max: orders processed end to end",
+        r.http_pipeline_max_per_s,
+        r.http_pipeline_ratio * 100.0
+    );
+    println!("(relay vs raw send; consumer vs raw consume; pipelines vs raw send + consume)");
+    let s = &r.steady_2k;
+    println!(
+        "\nsteady 2,000 orders/s: end-to-end p50 {:.1} ms, p99 {:.1} ms; HTTP p50 {:.1} ms, p99 {:.1} ms; {:.2} % final",
+        s.end_to_end_latency.p50_ms,
+        s.end_to_end_latency.p99_ms,
+        s.http_latency.p50_ms,
+        s.http_latency.p99_ms,
+        s.completion_rate * 100.0
+    );
     println!("\n{:<10} {:>14} {:>14}", "service", "peak RSS MB", "CPU seconds (all phases)");
-    for (name, u) in [("relay", &r.relay), ("consumer", &r.consumer)] {
+    for (name, u) in [("producer", &r.producer), ("relay", &r.relay), ("consumer", &r.consumer)] {
         println!("{:<10} {:>14.1} {:>14.2}", name, u.peak_rss_mb, u.cpu_seconds);
     }
 }

@@ -99,9 +99,10 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         Mode::Open { rate } => open_loop(&shared, rate).await,
     }
     let elapsed = started.elapsed();
-    if let Some(wait) = shared.options.wait {
-        wait_until_final(&shared, baseline, wait).await;
-    }
+    let all_final_after = match shared.options.wait {
+        Some(wait) => wait_until_final(&shared, baseline, wait).await.map(|at| at - started),
+        None => None,
+    };
     ticker.abort();
     bar.finish_and_clear();
     let tally = shared.tally.lock().expect("tally lock");
@@ -109,7 +110,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         Mode::Closed { concurrency } => format!("closed-loop, concurrency {concurrency}"),
         Mode::Open { rate } => format!("open-loop, {rate} requests/s"),
     };
-    Ok(Summary::new(&mode, &tally, elapsed))
+    Ok(Summary::new(&mode, &tally, elapsed, all_final_after))
 }
 
 async fn counts(http: &reqwest::Client, base: &str) -> Option<Counts> {
@@ -224,15 +225,20 @@ async fn open_loop(shared: &Arc<Shared>, rate: f64) {
 }
 
 /// Waits (bounded) until every accepted order is final, then reads each one's
-/// `created_at → processed_at`.
-async fn wait_until_final(shared: &Arc<Shared>, baseline: Counts, wait: Duration) {
+/// `created_at → processed_at`. Returns when the totals first showed every
+/// accepted order final (None if they never did within the wait).
+async fn wait_until_final(shared: &Arc<Shared>, baseline: Counts, wait: Duration) -> Option<Instant> {
     let deadline = Instant::now() + wait;
     let accepted = shared.accepted_ids.lock().expect("ids lock").len() as i64;
     // Cheap polling on the totals first.
+    let mut all_final = None;
     while Instant::now() < deadline {
         match counts(&shared.http, &shared.options.url).await {
-            Some(c) if c.processed + c.failed - baseline.processed - baseline.failed >= accepted => break,
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            Some(c) if c.processed + c.failed - baseline.processed - baseline.failed >= accepted => {
+                all_final = Some(Instant::now());
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
     let mut remaining: Vec<i64> = shared.accepted_ids.lock().expect("ids lock").clone();
@@ -275,4 +281,5 @@ async fn wait_until_final(shared: &Arc<Shared>, baseline: Counts, wait: Duration
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    all_final
 }

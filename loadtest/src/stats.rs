@@ -119,11 +119,17 @@ pub struct Summary {
     pub failed: u64,
     /// finished / accepted (1.0 when nothing was accepted).
     pub completion_rate: f64,
+    /// Seconds from the first request until every accepted order was final,
+    /// when that happened within the wait.
+    pub all_final_after_s: Option<f64>,
+    /// accepted / all_final_after_s: the rate sustained with every order processed.
+    pub sustained_per_s: Option<f64>,
 }
 
 impl Summary {
-    /// Summarises a tally of a run that sent for `elapsed`.
-    pub fn new(mode: &str, tally: &Tally, elapsed: Duration) -> Self {
+    /// Summarises a tally of a run that sent for `elapsed`; `all_final_after`
+    /// is when every accepted order was seen final, if it was.
+    pub fn new(mode: &str, tally: &Tally, elapsed: Duration, all_final_after: Option<Duration>) -> Self {
         let secs = elapsed.as_secs_f64().max(f64::EPSILON);
         Self {
             mode: mode.to_string(),
@@ -138,6 +144,9 @@ impl Summary {
             finished: tally.finished,
             failed: tally.failed,
             completion_rate: if tally.accepted == 0 { 1.0 } else { tally.finished as f64 / tally.accepted as f64 },
+            all_final_after_s: all_final_after.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
+            sustained_per_s: all_final_after
+                .map(|d| (tally.accepted as f64 / d.as_secs_f64().max(f64::EPSILON)).round()),
         }
     }
 
@@ -155,7 +164,7 @@ impl Summary {
             self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
         };
         format!(
-            "mode: {}\nduration: {:.1} s\nrequests: {} sent, {} accepted ({:.0}/s sent, {:.0}/s accepted)\nerrors: {}\nhttp latency: {}\nend-to-end (created_at -> processed_at): {}\ncompletion: {} of {} accepted orders final ({:.2} %), {} failed\n",
+            "mode: {}\nduration: {:.1} s\nrequests: {} sent, {} accepted ({:.0}/s sent, {:.0}/s accepted)\nerrors: {}\nhttp latency: {}\nend-to-end (created_at -> processed_at): {}\ncompletion: {} of {} accepted orders final ({:.2} %), {} failed{}\n",
             self.mode,
             self.duration_s,
             self.sent,
@@ -169,6 +178,10 @@ impl Summary {
             self.accepted,
             self.completion_rate * 100.0,
             self.failed,
+            match (self.all_final_after_s, self.sustained_per_s) {
+                (Some(t), Some(r)) => format!("; all final after {t:.1} s: {r:.0} orders/s sustained end to end"),
+                _ => String::new(),
+            },
         )
     }
 }
@@ -213,7 +226,7 @@ mod tests {
         b.error("timeout");
         record(&mut b.http, Duration::from_millis(3));
         a.merge(&b);
-        let s = Summary::new("closed-loop", &a, Duration::from_secs(2));
+        let s = Summary::new("closed-loop", &a, Duration::from_secs(2), Some(Duration::from_secs(3)));
         assert_eq!((s.sent, s.accepted, s.finished, s.failed), (20, 18, 16, 1));
         assert_eq!(s.errors.get("http_422"), Some(&2));
         assert_eq!(s.errors.get("timeout"), Some(&1));
@@ -221,10 +234,11 @@ mod tests {
         assert_eq!(s.accepted_per_s, 9.0);
         assert!((s.completion_rate - 16.0 / 18.0).abs() < 1e-9);
         assert_eq!(s.http_latency.count, 1);
+        assert_eq!(s.sustained_per_s, Some(6.0), "18 accepted, all final after 3 s");
     }
 
     #[test]
     fn completion_is_full_when_nothing_was_accepted() {
-        assert_eq!(Summary::new("open-loop", &Tally::default(), Duration::from_secs(1)).completion_rate, 1.0);
+        assert_eq!(Summary::new("open-loop", &Tally::default(), Duration::from_secs(1), None).completion_rate, 1.0);
     }
 }

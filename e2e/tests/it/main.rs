@@ -3,5 +3,6 @@
 mod bad_input;
 mod browser;
 mod consumer;
+mod load_test;
 mod pipeline;
 mod relay;
