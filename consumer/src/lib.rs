@@ -177,6 +177,20 @@ impl Consumer {
     async fn deliver(&self, client: &Client, frames: &[Frame], shutdown: &CancellationToken) -> Result<(), StompError> {
         let started = Instant::now();
         self.metrics.batch_size.observe(frames.len() as f64);
+        // One span per message, continuing the trace the message carries.
+        let spans: Vec<tracing::Span> = frames
+            .iter()
+            .map(|frame| {
+                let span = tracing::debug_span!(
+                    "order.process",
+                    otel.kind = "consumer",
+                    order_id = tracing::field::Empty,
+                    trace_id = tracing::field::Empty
+                );
+                observability::continue_trace(&span, frame.get("traceparent"), frame.get("tracestate"));
+                span
+            })
+            .collect();
         let redelivered = frames.iter().filter(|f| f.get("redelivered") == Some("true")).count();
         self.metrics.redeliveries.inc_by(redelivered as u64);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
@@ -196,11 +210,13 @@ impl Consumer {
             }
         };
         let mut dead_letters = Vec::new();
-        for (frame, verdict) in frames.iter().zip(&verdicts) {
+        for ((frame, verdict), span) in frames.iter().zip(&verdicts).zip(&spans) {
             match verdict {
                 Verdict::Processed(order) => {
+                    span.record("order_id", order.order_id.0);
                     tracing::info!(
                         order_id = order.order_id.0,
+                        trace_id = frame.get("traceparent").and_then(observability::trace_id_of),
                         "Processed order {}: unit_price={}, total_price={}",
                         order.order_id,
                         order.unit_price.unwrap_or_default(),
@@ -234,6 +250,7 @@ impl Consumer {
             frames.iter().map(|f| f.get("ack").or_else(|| f.get("message-id")).unwrap_or_default()).collect();
         client.ack(&acks).await?;
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
+        drop(spans);
         Ok(())
     }
 }

@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::validation::RawOrder;
-use crate::{AppState, traceparent};
+use crate::{AppState, outgoing, trace_context};
+use tracing::Instrument;
 
 const MAX_IDEMPOTENCY_KEY: usize = 100;
 
@@ -24,17 +25,37 @@ pub(crate) async fn create_order(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let span = tracing::debug_span!(
+        "POST /api/orders",
+        otel.kind = "server",
+        http.route = "/api/orders",
+        order_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty
+    );
+    let incoming = trace_context(&headers);
+    observability::continue_trace(&span, incoming.0.as_deref(), incoming.1.as_deref());
+    create_order_traced(state, headers, body, span.clone(), incoming).instrument(span).await
+}
+
+async fn create_order_traced(
+    state: AppState,
+    headers: HeaderMap,
+    body: Bytes,
+    span: tracing::Span,
+    incoming: (Option<String>, Option<String>),
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     let object = value.as_object().ok_or_else(|| {
         ApiError::BadRequest("expected a JSON object with customer_name, product_id and quantity".into())
     })?;
-    let placed = state.place(RawOrder::from_json(object), key, traceparent(&headers)).await?;
+    let placed = state.place(RawOrder::from_json(object), key, outgoing(&span, incoming)).await?;
     let (status, order) = match placed {
         Placed::Created(order) => (StatusCode::CREATED, order),
         Placed::Existing(order) => (StatusCode::OK, order),
     };
+    span.record("order_id", order.order_id.0);
     let location = HeaderValue::from_str(&format!("/api/orders/{}", order.order_id)).expect("ascii path");
     Ok((status, [(header::LOCATION, location)], Json(order)).into_response())
 }

@@ -64,7 +64,7 @@ impl AppState {
         &self,
         raw: RawOrder,
         idempotency_key: Option<String>,
-        traceparent: Option<String>,
+        (traceparent, tracestate): (Option<String>, Option<String>),
     ) -> Result<Placed, ApiError> {
         let product = raw.product_id.as_ref().and_then(|p| p.as_ref().ok()).map(|p| p.trim().to_string());
         let exists = match product {
@@ -83,7 +83,7 @@ impl AppState {
             quantity: valid.quantity,
             idempotency_key,
             traceparent,
-            tracestate: None,
+            tracestate,
         };
         let store = self.store.clone();
         let placed = tokio::spawn(async move { store.place_order(order).await })
@@ -199,14 +199,29 @@ async fn watch_database(store: Arc<dyn Store>, readiness: Readiness, stop: Cance
     }
 }
 
-/// A W3C `traceparent` value, if the header holds a well-formed one.
-pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers.get("traceparent")?.to_str().ok()?.trim();
-    let parts: Vec<&str> = value.split('-').collect();
-    let well_formed = parts.len() == 4
-        && [2, 32, 16, 2]
-            .iter()
-            .zip(&parts)
-            .all(|(len, p)| p.len() == *len && p.chars().all(|c| c.is_ascii_hexdigit()));
-    well_formed.then(|| value.to_ascii_lowercase())
+/// The request's W3C trace context (`traceparent` only if well formed).
+pub(crate) fn trace_context(headers: &axum::http::HeaderMap) -> (Option<String>, Option<String>) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
+    let traceparent = header("traceparent").filter(|value| {
+        let parts: Vec<&str> = value.split('-').collect();
+        parts.len() == 4
+            && [2, 32, 16, 2]
+                .iter()
+                .zip(&parts)
+                .all(|(len, p)| p.len() == *len && p.chars().all(|c| c.is_ascii_hexdigit()))
+    });
+    let tracestate = traceparent.as_ref().and(header("tracestate")).filter(|s| !s.is_empty() && s.len() <= 512);
+    (traceparent.map(|t| t.to_ascii_lowercase()), tracestate)
+}
+
+/// The context to store with the order: this request's span when spans are
+/// exported, else the context the request came with.
+pub(crate) fn outgoing(
+    span: &tracing::Span,
+    incoming: (Option<String>, Option<String>),
+) -> (Option<String>, Option<String>) {
+    match observability::trace_headers(span) {
+        Some((traceparent, tracestate)) => (Some(traceparent), tracestate),
+        None => incoming,
+    }
 }

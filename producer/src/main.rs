@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = producer::Config::parse();
-    observability::init_tracing(config.log_json);
+    let telemetry = observability::init_tracing("producer", config.log_json);
     let shutdown = observability::shutdown_on_signals();
     let app = match producer::App::build(config).await {
         Ok(app) => app,
@@ -14,11 +14,13 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match app.run(shutdown).await {
+    let code = match app.run(shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "producer stopped with an error");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::validation::{FieldError, RawOrder};
-use crate::{AppState, traceparent};
+use crate::{AppState, outgoing, trace_context};
+use tracing::Instrument;
 
 /// An order formatted for display.
 pub(crate) struct OrderView {
@@ -122,8 +123,17 @@ pub(crate) async fn index(State(state): State<AppState>) -> Response {
 
 /// `POST /orders`
 pub(crate) async fn submit(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<OrderForm>) -> Response {
+    let span = tracing::debug_span!(
+        "POST /orders",
+        otel.kind = "server",
+        http.route = "/orders",
+        trace_id = tracing::field::Empty
+    );
+    let incoming = trace_context(&headers);
+    observability::continue_trace(&span, incoming.0.as_deref(), incoming.1.as_deref());
     let raw = RawOrder::from_form(form.customer_name.as_deref(), form.product_id.as_deref(), form.quantity.as_deref());
-    match state.place(raw, None, traceparent(&headers)).await {
+    let trace = outgoing(&span, incoming);
+    match state.place(raw, None, trace).instrument(span).await {
         Ok(Placed::Created(order) | Placed::Existing(order)) => {
             Redirect::to(&format!("/orders/{}", order.order_id)).into_response()
         }

@@ -90,13 +90,34 @@ impl Relay {
     /// One step: lease a batch, publish it, record every row's outcome.
     pub async fn relay_once(&self) -> Result<BatchReport, RelayError> {
         let started = Instant::now();
-        let rows = self.store.claim_batch(&self.owner, self.batch_size, self.lease).await?;
+        let mut rows = self.store.claim_batch(&self.owner, self.batch_size, self.lease).await?;
         let mut report = BatchReport { claimed: rows.len(), ..BatchReport::default() };
         if rows.is_empty() {
             return Ok(report);
         }
         self.metrics.batch_size.observe(rows.len() as f64);
         self.metrics.leases_held.set(rows.len() as i64);
+        // One span per message, child of the request that placed the order; the
+        // message then carries this span as its parent (or, when spans are not
+        // exported, the context stored with the order).
+        let _spans: Vec<tracing::Span> = rows
+            .iter_mut()
+            .map(|row| {
+                let span = tracing::debug_span!(
+                    "outbox.publish",
+                    otel.kind = "producer",
+                    order_id = row.order_id.0,
+                    outbox_id = %row.outbox_id,
+                    trace_id = tracing::field::Empty
+                );
+                observability::continue_trace(&span, row.traceparent.as_deref(), row.tracestate.as_deref());
+                if let Some((traceparent, tracestate)) = observability::trace_headers(&span) {
+                    row.traceparent = Some(traceparent);
+                    row.tracestate = tracestate;
+                }
+                span
+            })
+            .collect();
         let outcomes = self.publisher.publish(&rows).await;
         let now = Utc::now();
         let mut confirmed: Vec<OutboxId> = Vec::with_capacity(rows.len());

@@ -6,3 +6,4 @@ mod consumer;
 mod load_test;
 mod pipeline;
 mod relay;
+mod traces;
