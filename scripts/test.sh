@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The full test suite on a fresh Debian/Ubuntu machine: installs what the tests
-# need (ActiveMQ, Chromium + chromedriver), starts one private broker for the
+# need (ActiveMQ, Chromium + chromedriver, Prometheus + promtool), starts one private broker for the
 # whole run, checks formatting and lints, builds once, runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ need=()
 [ -f /usr/share/activemq/bin/activemq.jar ] || need+=(activemq)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} from the OS packages..."
     as_root apt-get update -qq

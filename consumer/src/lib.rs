@@ -48,7 +48,7 @@ impl App {
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
-        let registry = observability::new_registry();
+        let registry = observability::new_registry("consumer");
         let metrics = Metrics::register(&registry)?;
         let readiness = Readiness::new(&["broker"]);
         Ok(App { config, store, admin, registry, metrics, readiness })

@@ -14,9 +14,19 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// A fresh registry with the process collector (memory, CPU, open fds) registered.
-pub fn new_registry() -> Registry {
+/// A fresh registry with the process collector (memory, CPU, open fds) and
+/// `orderflow_build_info{service, version}` registered.
+pub fn new_registry(service: &str) -> Registry {
     let registry = Registry::new();
+    let info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new("orderflow_build_info", "Always 1; labels say which service and version run"),
+        &["service", "version"],
+    )
+    .expect("static metric definition");
+    info.with_label_values(&[service, env!("CARGO_PKG_VERSION")]).set(1);
+    if let Err(error) = registry.register(Box::new(info)) {
+        tracing::warn!(?error, "build info metric unavailable");
+    }
     #[cfg(target_os = "linux")]
     {
         let process = prometheus::process_collector::ProcessCollector::for_self();

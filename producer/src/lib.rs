@@ -119,7 +119,7 @@ impl App {
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
-        let registry = observability::new_registry();
+        let registry = observability::new_registry("producer");
         let metrics = Metrics::register(&registry)?;
         let state = AppState {
             store,

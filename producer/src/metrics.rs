@@ -40,6 +40,9 @@ impl Metrics {
                 &["field"],
             )?,
         };
+        for field in ["customer_name", "product_id", "quantity"] {
+            m.validation_rejections.with_label_values(&[field]);
+        }
         registry.register(Box::new(m.http_requests.clone()))?;
         registry.register(Box::new(m.http_seconds.clone()))?;
         registry.register(Box::new(m.orders_placed.clone()))?;

@@ -56,7 +56,7 @@ impl App {
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
-        let registry = observability::new_registry();
+        let registry = observability::new_registry("relay");
         let metrics = Metrics::register(&registry)?;
         let owner = config.relay_id.clone().unwrap_or_else(default_relay_id);
         let relay = Arc::new(Relay {

@@ -5,5 +5,6 @@ mod browser;
 mod consumer;
 mod load_test;
 mod pipeline;
+mod prometheus;
 mod relay;
 mod traces;
