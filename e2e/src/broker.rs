@@ -42,6 +42,22 @@ impl Broker {
         assert!(status.success(), "the broker did not start (see {}/broker.log)", self.dir.path().display());
     }
 
+    /// Freezes the broker (SIGSTOP): its connections stay open but it says nothing.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen broker run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join("broker.pid")).expect("broker pid file");
+        let status = Command::new("kill").arg(signal).arg(pid.trim()).status().expect("kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Stops the broker (SIGTERM, then SIGKILL after 15 s) and waits for the process to end.
     pub fn stop(&self) {
         let _ = Command::new("bash").arg(script()).args(["stop", &self.dir.path().display().to_string()]).status();

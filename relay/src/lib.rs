@@ -165,6 +165,7 @@ async fn watch(store: Arc<dyn Store>, relay: Arc<Relay>, readiness: Readiness, s
                 readiness.set("broker", false, error);
             }
         }
+        relay.metrics.ready.set(i64::from(readiness.is_ready()));
     }
 }
 

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub outbox_parked: IntGauge,
     pub broker_connected: IntGauge,
     pub paused: IntGauge,
+    pub ready: IntGauge,
     pub leases_held: IntGauge,
     pub purged: IntCounterVec,
     pub job_runs: IntCounterVec,
@@ -56,6 +57,7 @@ impl Metrics {
             outbox_parked: IntGauge::new("orderflow_outbox_parked", "Parked outbox rows")?,
             broker_connected: IntGauge::new("orderflow_relay_broker_connected", "1 while connected to the broker")?,
             paused: IntGauge::new("orderflow_relay_paused", "1 while claiming is paused by an operator")?,
+            ready: IntGauge::new("orderflow_relay_ready", "1 while database, broker and loop are all healthy")?,
             leases_held: IntGauge::new("orderflow_relay_leases_held", "Outbox rows this relay holds leases on")?,
             purged: IntCounterVec::new(
                 Opts::new("orderflow_retention_deleted_rows_total", "Rows deleted by the retention job"),
@@ -96,6 +98,7 @@ impl Metrics {
         registry.register(Box::new(m.outbox_parked.clone()))?;
         registry.register(Box::new(m.broker_connected.clone()))?;
         registry.register(Box::new(m.paused.clone()))?;
+        registry.register(Box::new(m.ready.clone()))?;
         registry.register(Box::new(m.leases_held.clone()))?;
         registry.register(Box::new(m.purged.clone()))?;
         registry.register(Box::new(m.job_runs.clone()))?;

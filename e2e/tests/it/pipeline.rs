@@ -106,3 +106,31 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     assert_eq!(stack.consumer_outcome("processed").await, 200.0);
     Arc::into_inner(stack).expect("no other owner").shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_is_detected_by_heartbeats_and_nothing_is_lost() {
+    let broker = Broker::start();
+    let stack = Stack::start(&broker.url()).await;
+    stack.place_order("Before", "P123", 2).await;
+    stack.wait_until_settled(1, Duration::from_secs(30)).await;
+    // Frozen, the broker keeps its sockets open but sends nothing: only missed
+    // heart-beats can tell the services it is gone.
+    broker.freeze();
+    let relay = stack.relay.as_ref().unwrap();
+    wait_for("the relay to notice the silent broker", Duration::from_secs(30), || async {
+        (relay.metric("orderflow_relay_broker_connected").await == 0.0).then_some(())
+    })
+    .await;
+    let consumer = stack.consumer.as_ref().unwrap();
+    wait_for("the consumer to notice the silent broker", Duration::from_secs(30), || async {
+        (consumer.metric("orderflow_consumer_broker_connected").await == 0.0).then_some(())
+    })
+    .await;
+    for i in 0..20 {
+        stack.place_order(&format!("During {i}"), "P200", 1).await;
+    }
+    broker.thaw();
+    stack.wait_until_settled(21, Duration::from_secs(60)).await;
+    stack.assert_all_processed_exactly_once(21);
+    stack.shutdown().await;
+}
