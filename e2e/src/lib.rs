@@ -78,3 +78,13 @@ pub fn fill_outbox(conn: &mut rusqlite::Connection, n: usize, payload_pad: usize
     tx.commit().expect("commit");
     ids
 }
+
+/// Sends a persistent message with a plain STOMP client (as a seed-style
+/// producer would), waiting for the broker's receipt.
+pub async fn send_raw(client: &stomp::Client, queue: &str, body: &str, headers: &[(&str, &str)]) {
+    let mut frame = stomp::Frame::new("SEND").header("destination", queue).header("persistent", "true");
+    for (k, v) in headers {
+        frame = frame.header(k, *v);
+    }
+    client.request(frame.body(body.to_string()), Duration::from_secs(10)).await.expect("broker accepts the send");
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use e2e::broker::shared_broker_url;
 use e2e::stack::Stack;
-use e2e::wait_for;
+use e2e::{send_raw as send, wait_for};
 use schema::NewOrder;
 use serde_json::json;
 use stomp::{Client, Frame};
@@ -53,14 +53,6 @@ async fn the_api_rejects_bad_input_with_clear_errors() {
     assert_eq!(a["order_id"], b["order_id"]);
     assert_eq!(stack.count("SELECT COUNT(*) FROM outbox"), 1);
     stack.shutdown().await;
-}
-
-async fn send(client: &Client, queue: &str, body: &str, headers: &[(&str, &str)]) {
-    let mut frame = Frame::new("SEND").header("destination", queue).header("persistent", "true");
-    for (k, v) in headers {
-        frame = frame.header(k, *v);
-    }
-    client.request(frame.body(body.to_string()), Duration::from_secs(10)).await.expect("broker accepts the send");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,20 +6,12 @@ use std::time::Duration;
 use e2e::broker::shared_broker_url;
 use e2e::service::Service;
 use e2e::stack::Stack;
-use e2e::wait_for;
+use e2e::{send_raw as send, wait_for};
 use serde_json::json;
-use stomp::{Client, Frame};
+use stomp::Client;
 
 async fn raw_client(stack: &Stack) -> Client {
     Client::connect(&stomp::Config::from_url(&stack.broker_url).unwrap()).await.unwrap()
-}
-
-async fn send(client: &Client, queue: &str, body: &str, headers: &[(&str, &str)]) {
-    let mut frame = Frame::new("SEND").header("destination", queue).header("persistent", "true");
-    for (k, v) in headers {
-        frame = frame.header(k, *v);
-    }
-    client.request(frame.body(body.to_string()), Duration::from_secs(10)).await.expect("broker accepts the send");
 }
 
 /// Publishes a backlog of `n` orders with the relay, then stops the relay: the messages wait on the queue.
