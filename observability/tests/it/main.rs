@@ -31,8 +31,9 @@ fn the_alert_rules_pass_their_unit_tests() {
 }
 
 #[test]
-fn the_prometheus_config_is_valid() {
+fn the_prometheus_configs_are_valid() {
     promtool(&["check", "config", "prometheus.yml"]);
+    promtool(&["check", "config", "prometheus.docker.yml"]);
 }
 
 #[test]
