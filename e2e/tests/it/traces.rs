@@ -43,15 +43,20 @@ async fn each_order_is_one_trace_from_the_request_to_the_consumer() {
     let order = stack.place_order("Traced", "P123", 2).await;
     stack.wait_until_settled(1, Duration::from_secs(30)).await;
 
-    let spans = wait_for("the three spans of the order", Duration::from_secs(30), || async {
+    // The outbox row carries the request's trace context: that names this order's trace
+    // (other tests' stacks have orders with the same ids).
+    let traceparent: String =
+        stack.db().query_row("SELECT traceparent FROM outbox WHERE order_id = ?1", [order], |r| r.get(0)).unwrap();
+    let trace_id = observability::trace_id_of(&traceparent).expect("a W3C traceparent").to_string();
+    let in_trace = wait_for("the three spans of the order", Duration::from_secs(30), || async {
         let all = exporter.get_finished_spans().ok()?;
-        let request = all.iter().find(|s| s.name == "POST /api/orders" && order_id_of(s) == Some(order))?.clone();
-        let trace_id = request.span_context.trace_id();
-        let in_trace: Vec<SpanData> = all.into_iter().filter(|s| s.span_context.trace_id() == trace_id).collect();
-        (in_trace.len() >= 3).then_some((request, in_trace))
+        let mine: Vec<SpanData> =
+            all.into_iter().filter(|s| s.span_context.trace_id().to_string() == trace_id).collect();
+        (mine.len() >= 3).then_some(mine)
     })
     .await;
-    let (request, in_trace) = spans;
+    let request = in_trace.iter().find(|s| s.name == "POST /api/orders").expect("the request span").clone();
+    assert_eq!(order_id_of(&request), Some(order));
     let names: Vec<&str> = in_trace.iter().map(|s| s.name.as_ref()).collect();
     assert_eq!(in_trace.len(), 3, "exactly three spans in the order's trace: {names:?}");
     let publish = in_trace.iter().find(|s| s.name == "outbox.publish").expect("a publish span");
