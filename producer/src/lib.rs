@@ -77,6 +77,7 @@ impl AppState {
             }
             ApiError::Invalid(errors)
         })?;
+        let trace_id = traceparent.as_deref().and_then(observability::trace_id_of).map(str::to_string);
         let order = NewOrder {
             customer_name: valid.customer_name,
             product_id: valid.product_id,
@@ -91,7 +92,13 @@ impl AppState {
             .map_err(|e| ApiError::Internal(format!("order task failed: {e}")))??;
         if let Placed::Created(order) = &placed {
             self.metrics.orders_placed.inc();
-            tracing::info!(order_id = order.order_id.0, product_id = %order.product_id, quantity = order.quantity, "order placed");
+            tracing::info!(
+                order_id = order.order_id.0,
+                product_id = %order.product_id,
+                quantity = order.quantity,
+                trace_id = trace_id.as_deref(),
+                "order placed"
+            );
         }
         Ok(placed)
     }

@@ -132,7 +132,13 @@ impl Relay {
                 Outcome::Rejected(reason) => {
                     report.rejected += 1;
                     self.metrics.publish_errors.with_label_values(&["rejected"]).inc();
-                    tracing::warn!(outbox_id = %row.outbox_id, order_id = row.order_id.0, %reason, "broker rejected message");
+                    tracing::warn!(
+                        outbox_id = %row.outbox_id,
+                        order_id = row.order_id.0,
+                        trace_id = row.traceparent.as_deref().and_then(observability::trace_id_of),
+                        %reason,
+                        "broker rejected message"
+                    );
                     let retry_in = retry_after(row.attempts);
                     let outcome = self
                         .store
