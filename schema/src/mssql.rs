@@ -81,13 +81,13 @@ const INSERT_AUDIT: &str =
 // never waits on rows a relay or another cleaner holds.
 const PURGE_PUBLISHED: &str = "DELETE FROM dbo.outbox WHERE outbox_id IN (SELECT TOP (@P1) p.outbox_id \
      FROM dbo.outbox p WITH (ROWLOCK, READPAST) \
-     WHERE p.published_at IS NOT NULL AND p.published_at < DATEADD(millisecond, @P2, SYSUTCDATETIME()))";
+     WHERE p.published_at IS NOT NULL AND p.published_at < DATEADD(second, @P2, SYSUTCDATETIME()))";
 const PURGE_INBOX: &str = "DELETE FROM dbo.inbox WHERE outbox_id IN (SELECT TOP (@P1) i.outbox_id \
-     FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < DATEADD(millisecond, @P2, SYSUTCDATETIME()))";
+     FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < DATEADD(second, @P2, SYSUTCDATETIME()))";
 const PENDING_WITHOUT_OUTBOX: &str = "SELECT COUNT_BIG(*) FROM dbo.orders o WHERE o.status = N'pending' \
      AND NOT EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = o.order_id)";
 const PUBLISHED_NOT_PROCESSED: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE status = N'published' \
-     AND created_at < DATEADD(millisecond, @P1, SYSUTCDATETIME())";
+     AND created_at < DATEADD(second, @P1, SYSUTCDATETIME())";
 const RETRY_ORDER: &str = concat!(
     "UPDATE dbo.orders SET status = N'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, ",
     "total_price = NULL OUTPUT ",
@@ -357,8 +357,14 @@ async fn batch(client: &mut TdsClient, sql: &str) -> TdsResult<()> {
     client.simple_query(sql).await?.into_results().await.map(drop)
 }
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+/// DATEADD takes an INT: milliseconds for short spans (leases, retries; up to 24 days).
+fn millis(d: Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// DATEADD takes an INT: seconds for long spans (retention, staleness; up to 68 years).
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
 /// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
@@ -557,21 +563,21 @@ impl OutboxStore for MssqlStore {
 
     async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
-        let (limit, ago) = (i64::from(limit), -millis(older_than));
+        let (limit, ago) = (i64::from(limit), -seconds(older_than));
         let result = exec(&mut conn, PURGE_PUBLISHED, &[&limit, &ago]).await;
         finish(conn, result)
     }
 
     async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
-        let (limit, ago) = (i64::from(limit), -millis(older_than));
+        let (limit, ago) = (i64::from(limit), -seconds(older_than));
         let result = exec(&mut conn, PURGE_INBOX, &[&limit, &ago]).await;
         finish(conn, result)
     }
 
     async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError> {
         let mut conn = self.conn().await?;
-        let ago = -millis(published_for);
+        let ago = -seconds(published_for);
         let result = async {
             let count = |rows: Vec<Row>| rows.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0);
             Ok(Reconciliation {

@@ -32,7 +32,7 @@ fn processed(stack: &Stack) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_before_its_acks_applies_nothing_twice() {
     let mut stack = Stack::start_producer(&shared_broker_url()).await;
-    queued_backlog(&stack, 3_000).await;
+    queued_backlog(&stack, 10_000).await;
     let consumer = stack.start_consumer().await;
     wait_for("part of the backlog processed", Duration::from_secs(60), || async {
         (processed(&stack) > 0).then_some(())
@@ -40,23 +40,23 @@ async fn a_consumer_killed_before_its_acks_applies_nothing_twice() {
     .await;
     consumer.kill();
     let at_kill = processed(&stack);
-    assert!(at_kill < 3_000, "killed mid-stream ({at_kill} processed)");
+    assert!(at_kill < 10_000, "killed mid-stream ({at_kill} processed)");
     stack.consumer = Some(stack.start_consumer().await);
-    stack.wait_until_final(3_000, Duration::from_secs(60)).await;
-    assert_eq!(stack.count("SELECT COUNT(*) FROM inbox"), 3_000, "one inbox row per message");
+    stack.wait_until_final(10_000, Duration::from_secs(60)).await;
+    assert_eq!(stack.count("SELECT COUNT(*) FROM inbox"), 10_000, "one inbox row per message");
     let redelivered = stack.consumer_outcome("duplicate").await;
     assert!(redelivered <= 1_000.0, "only what was in hand came back ({redelivered})");
     // A batch the killed consumer was committing may land after the kill: the
     // successor prices at most what was left, and sees the rest as duplicates.
     let successor = stack.consumer_outcome("processed").await;
-    assert!(successor <= (3_000 - at_kill) as f64, "nothing priced twice ({successor} after {at_kill})");
+    assert!(successor <= (10_000 - at_kill) as f64, "nothing priced twice ({successor} after {at_kill})");
     stack.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_exits_cleanly_and_loses_nothing() {
     let stack = Stack::start_producer(&shared_broker_url()).await;
-    queued_backlog(&stack, 5_000).await;
+    queued_backlog(&stack, 10_000).await;
     let consumer = stack.start_consumer().await;
     wait_for("part of the backlog processed", Duration::from_secs(60), || async {
         (processed(&stack) > 0).then_some(())
@@ -65,12 +65,12 @@ async fn sigterm_mid_batch_exits_cleanly_and_loses_nothing() {
     let first = consumer.metric("orderflow_consumer_messages_total{outcome=\"processed\"}").await;
     consumer.stop().await.expect("SIGTERM ends the consumer cleanly");
     let at_stop = processed(&stack);
-    assert!(at_stop < 5_000, "stopped mid-stream ({at_stop} processed)");
+    assert!(at_stop < 10_000, "stopped mid-stream ({at_stop} processed)");
     assert!(first <= at_stop as f64);
     let successor = stack.start_consumer().await;
-    stack.wait_until_final(5_000, Duration::from_secs(60)).await;
+    stack.wait_until_final(10_000, Duration::from_secs(60)).await;
     let rest = successor.metric("orderflow_consumer_messages_total{outcome=\"processed\"}").await;
-    assert_eq!(at_stop as f64 + rest, 5_000.0, "every order priced exactly once");
+    assert_eq!(at_stop as f64 + rest, 10_000.0, "every order priced exactly once");
     assert_eq!(
         successor.metric("orderflow_consumer_messages_total{outcome=\"duplicate\"}").await,
         0.0,
