@@ -1,0 +1,140 @@
+//! The relay step against a real SQLite store and a scripted fake broker:
+//! what each broker answer does to the rows.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use relay::metrics::Metrics;
+use relay::publisher::{Outcome, Publisher};
+use relay::relay::{Control, Relay, RelayError};
+use schema::{NewOrder, OrderId, OrderStatus, OutboxRow, Store};
+
+/// Answers each publish with the next scripted outcome per row (the last one repeats).
+struct FakeBroker {
+    script: Mutex<Vec<Box<dyn Fn(&OutboxRow) -> Outcome + Send>>>,
+    seen: Mutex<Vec<OrderId>>,
+}
+
+impl FakeBroker {
+    fn new(script: Vec<Box<dyn Fn(&OutboxRow) -> Outcome + Send>>) -> Arc<Self> {
+        Arc::new(Self { script: Mutex::new(script), seen: Mutex::new(Vec::new()) })
+    }
+}
+
+#[async_trait]
+impl Publisher for FakeBroker {
+    async fn publish(&self, rows: &[OutboxRow]) -> Vec<Outcome> {
+        self.seen.lock().unwrap().extend(rows.iter().map(|r| r.order_id));
+        let mut script = self.script.lock().unwrap();
+        if script.len() > 1 {
+            let answer = script.remove(0);
+            return rows.iter().map(|r| answer(r)).collect();
+        }
+        rows.iter().map(|r| script[0](r)).collect()
+    }
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+    async fn close(&self) {}
+}
+
+async fn setup(broker: Arc<FakeBroker>) -> (Relay, Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = schema::connect(&format!("sqlite://{}", dir.path().join("relay.db").display())).await.unwrap();
+    let relay = Relay {
+        store: store.clone(),
+        publisher: broker,
+        owner: "relay-test".into(),
+        batch_size: 10,
+        lease: Duration::from_secs(30),
+        max_attempts: 2,
+        metrics: Metrics::register(&prometheus::Registry::new()).unwrap(),
+        control: Control::default(),
+    };
+    (relay, store, dir)
+}
+
+async fn place(store: &Arc<dyn Store>, product: &str) -> OrderId {
+    let order = NewOrder {
+        customer_name: "Step".into(),
+        product_id: product.into(),
+        quantity: 1,
+        idempotency_key: None,
+        traceparent: None,
+        tracestate: None,
+    };
+    match store.place_order(order).await.unwrap() {
+        schema::Placed::Created(o) | schema::Placed::Existing(o) => o.order_id,
+    }
+}
+
+#[tokio::test]
+async fn confirmed_rows_are_marked_and_their_orders_published() {
+    let (relay, store, _dir) = setup(FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)])).await;
+    let a = place(&store, "P123").await;
+    let b = place(&store, "P200").await;
+    let report = relay.relay_once().await.unwrap();
+    assert_eq!((report.claimed, report.published), (2, 2));
+    assert_eq!(store.order(a).await.unwrap().status, OrderStatus::Published);
+    assert_eq!(store.order(b).await.unwrap().status, OrderStatus::Published);
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 0);
+    assert_eq!(relay.relay_once().await.unwrap().claimed, 0, "nothing left to send");
+}
+
+#[tokio::test]
+async fn a_rejected_row_counts_attempts_and_is_parked_while_the_others_are_published() {
+    let broker = FakeBroker::new(vec![Box::new(|row: &OutboxRow| match row.order_id {
+        OrderId(1) => Outcome::Rejected("destination refused".into()),
+        _ => Outcome::Confirmed,
+    })]);
+    let (relay, store, _dir) = setup(broker).await;
+    let poison = place(&store, "P123").await;
+    let good = place(&store, "P200").await;
+    let first = relay.relay_once().await.unwrap();
+    assert_eq!((first.published, first.rejected, first.parked), (1, 1, 0));
+    assert_eq!(store.order(good).await.unwrap().status, OrderStatus::Published);
+    assert_eq!(store.order(poison).await.unwrap().status, OrderStatus::Pending);
+    // The retry is due after a backoff; the second rejection reaches the cap.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let report = relay.relay_once().await.unwrap();
+        if report.claimed > 0 {
+            break report;
+        }
+        assert!(std::time::Instant::now() < deadline, "the retry never became due");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((second.rejected, second.parked), (1, 1));
+    let parked = store.parked_rows(10).await.unwrap();
+    assert_eq!(parked[0].last_error.as_deref(), Some("destination refused"));
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_releases_the_rows_without_counting_an_attempt() {
+    let broker = FakeBroker::new(vec![
+        Box::new(|_| Outcome::Unknown("receipt timed out".into())),
+        Box::new(|_| Outcome::Confirmed),
+    ]);
+    let (relay, store, _dir) = setup(broker.clone()).await;
+    let order = place(&store, "P123").await;
+    let error = relay.relay_once().await.unwrap_err();
+    assert!(matches!(error, RelayError::BrokerUnavailable(_)), "{error}");
+    assert_eq!(store.outbox_stats().await.unwrap().parked, 0, "an outage never parks a row");
+    // Released at once: the next step sends it again (the consumer dedupes).
+    let report = relay.relay_once().await.unwrap();
+    assert_eq!((report.claimed, report.published), (1, 1));
+    assert_eq!(store.order(order).await.unwrap().status, OrderStatus::Published);
+    assert_eq!(*broker.seen.lock().unwrap(), vec![order, order], "sent twice: at least once, never lost");
+}
+
+#[tokio::test]
+async fn a_paused_relay_is_drained_of_its_leases() {
+    let (relay, store, _dir) = setup(FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)])).await;
+    place(&store, "P123").await;
+    store.claim_batch("relay-test", 10, Duration::from_secs(300)).await.unwrap();
+    assert_eq!(relay.drain().await.unwrap(), 1, "the lease it held is released");
+    assert!(relay.control.is_paused());
+    relay.resume();
+    assert!(!relay.control.is_paused());
+}
