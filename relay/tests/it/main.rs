@@ -10,14 +10,17 @@ use relay::publisher::{Outcome, Publisher};
 use relay::relay::{Control, Relay, RelayError};
 use schema::{NewOrder, OrderId, OrderStatus, OutboxRow, Store};
 
+/// How the fake broker answers one row.
+type Answer = Box<dyn Fn(&OutboxRow) -> Outcome + Send>;
+
 /// Answers each publish with the next scripted outcome per row (the last one repeats).
 struct FakeBroker {
-    script: Mutex<Vec<Box<dyn Fn(&OutboxRow) -> Outcome + Send>>>,
+    script: Mutex<Vec<Answer>>,
     seen: Mutex<Vec<OrderId>>,
 }
 
 impl FakeBroker {
-    fn new(script: Vec<Box<dyn Fn(&OutboxRow) -> Outcome + Send>>) -> Arc<Self> {
+    fn new(script: Vec<Answer>) -> Arc<Self> {
         Arc::new(Self { script: Mutex::new(script), seen: Mutex::new(Vec::new()) })
     }
 }
@@ -29,9 +32,9 @@ impl Publisher for FakeBroker {
         let mut script = self.script.lock().unwrap();
         if script.len() > 1 {
             let answer = script.remove(0);
-            return rows.iter().map(|r| answer(r)).collect();
+            return rows.iter().map(&*answer).collect();
         }
-        rows.iter().map(|r| script[0](r)).collect()
+        rows.iter().map(&*script[0]).collect()
     }
     async fn check(&self) -> Result<(), String> {
         Ok(())
