@@ -1,0 +1,253 @@
+//! SQLite backend: rusqlite behind a deadpool-sqlite pool, WAL mode.
+//!
+//! Invariant: every write runs in a `BEGIN IMMEDIATE` transaction, so writers
+//! queue on the busy timeout instead of failing on a lock upgrade, and time
+//! comes from SQLite's clock (`strftime('now')`), never the caller's.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_sqlite::{Config, Hook, HookError, Pool, PoolConfig, Runtime};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rust_decimal::Decimal;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
+use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
+use crate::pricing::Priced;
+use crate::store::{
+    FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome,
+    ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
+};
+
+mod orders;
+mod outbox;
+mod processing;
+
+mod migrations {
+    refinery::embed_migrations!("migrations/sqlite");
+}
+
+/// The database clock as stored text (ISO 8601, milliseconds, UTC).
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+const ORDER_COLUMNS: &str = "order_id, customer_name, product_id, quantity, status, unit_price, total_price, \
+     failure_reason, created_at, processed_at";
+const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+
+/// Most orders committed together by the group-commit writer.
+const MAX_ORDERS_PER_COMMIT: usize = 256;
+
+/// The embedded default backend.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: Pool,
+    /// One write transaction at a time from this process: SQLite has a single
+    /// writer anyway, and queueing here is far cheaper than its busy handler,
+    /// which sleeps for milliseconds when connections collide.
+    writer: Arc<tokio::sync::Mutex<()>>,
+    /// Orders to place, committed in groups by [`place_orders`].
+    orders: mpsc::Sender<PlaceRequest>,
+}
+
+struct PlaceRequest {
+    order: NewOrder,
+    reply: oneshot::Sender<Result<Placed, StoreError>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs the migrations.
+    /// `path` may end in `?busy_timeout_ms=N`: how long a writer waits for the
+    /// lock before the store reports the database unavailable (default 10 s).
+    pub async fn open(path: &str) -> anyhow::Result<Self> {
+        let (path, busy_ms) = match path.split_once('?') {
+            Some((p, query)) => (p, parse_busy_timeout(query)?),
+            None => (path, 10_000),
+        };
+        let path = PathBuf::from(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let migrate_path = path.clone();
+        tokio::task::spawn_blocking(move || migrate(&migrate_path)).await??;
+        let pool = Config { path, pool: Some(PoolConfig::new(8)) }
+            .builder(Runtime::Tokio1)?
+            .post_create(Hook::async_fn(move |conn, _| {
+                Box::pin(async move {
+                    conn.interact(move |c| {
+                        c.execute_batch(PRAGMAS)?;
+                        c.busy_timeout(Duration::from_millis(busy_ms))
+                    })
+                    .await
+                    .map_err(|e| HookError::message(e.to_string()))?
+                    .map_err(HookError::Backend)
+                })
+            }))
+            .build()?;
+        let (orders, queue) = mpsc::channel(4 * MAX_ORDERS_PER_COMMIT);
+        let store = Self { pool, writer: Arc::new(tokio::sync::Mutex::new(())), orders };
+        tokio::spawn(orders::place_orders(store.clone_without_queue(), queue));
+        Ok(store)
+    }
+
+    /// A handle for the group-commit task: holding the order queue's sender
+    /// would keep the task alive forever.
+    fn clone_without_queue(&self) -> WriterHandle {
+        WriterHandle { pool: self.pool.clone(), writer: self.writer.clone() }
+    }
+
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?;
+        conn.interact(f).await.map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.clone_without_queue().write(f).await
+    }
+}
+
+/// What the group-commit task needs: the pool and the writer lock.
+struct WriterHandle {
+    pool: Pool,
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl WriterHandle {
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let _one_writer = self.writer.lock().await;
+        let conn = self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?;
+        conn.interact(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
+    }
+}
+
+fn parse_busy_timeout(query: &str) -> anyhow::Result<u64> {
+    let mut busy = 10_000;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("busy_timeout_ms", v)) => busy = v.parse()?,
+            _ => anyhow::bail!("unknown sqlite url option {pair:?} (known: busy_timeout_ms)"),
+        }
+    }
+    Ok(busy)
+}
+
+/// Runs the migrations under an exclusive lock on a sidecar file, so that
+/// several services starting at once apply them exactly once.
+fn migrate(path: &Path) -> anyhow::Result<()> {
+    let lock_path = path.with_extension("migrate.lock");
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    lock.lock()?;
+    let mut conn = Connection::open(path)?;
+    conn.execute_batch(PRAGMAS)?;
+    migrations::migrations::runner().run(&mut conn)?;
+    drop(lock);
+    Ok(())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match &e {
+            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::SystemIoFailure => StoreError::Unavailable(e.to_string()),
+                ErrorCode::ConstraintViolation => StoreError::Conflict(e.to_string()),
+                _ => StoreError::Other(e.to_string()),
+            },
+            _ => StoreError::Other(e.to_string()),
+        }
+    }
+}
+
+fn parse_time(text: &str) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn parse_decimal(text: Option<String>) -> rusqlite::Result<Option<Decimal>> {
+    text.map(|t| {
+        Decimal::from_str(&t)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    })
+    .transpose()
+}
+
+fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
+    let status: String = row.get(4)?;
+    Ok(Order {
+        order_id: OrderId(row.get(0)?),
+        customer_name: row.get(1)?,
+        product_id: row.get(2)?,
+        quantity: row.get(3)?,
+        status: OrderStatus::from_str(&status)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into()))?,
+        unit_price: parse_decimal(row.get(5)?)?,
+        total_price: parse_decimal(row.get(6)?)?,
+        failure_reason: row.get(7)?,
+        created_at: parse_time(&row.get::<_, String>(8)?)?,
+        processed_at: row.get::<_, Option<String>>(9)?.as_deref().map(parse_time).transpose()?,
+    })
+}
+
+fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
+    let id: String = row.get(0)?;
+    Ok(OutboxRow {
+        outbox_id: OutboxId::from_str(&id)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
+        order_id: OrderId(row.get(1)?),
+        event_type: row.get(2)?,
+        payload: row.get(3)?,
+        traceparent: row.get(4)?,
+        tracestate: row.get(5)?,
+        created_at: parse_time(&row.get::<_, String>(6)?)?,
+        attempts: row.get(7)?,
+    })
+}
+
+fn load_order(conn: &Connection, order_id: OrderId) -> Result<Option<Order>, StoreError> {
+    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1");
+    Ok(conn.query_row(&sql, [order_id.0], order_from_row).optional()?)
+}
+
+fn ago_modifier(d: Duration) -> String {
+    format!("-{:.3} seconds", d.as_secs_f64())
+}
+
+fn seconds_modifier(d: Duration) -> String {
+    format!("+{:.3} seconds", d.as_secs_f64())
+}
+
+fn product_from_row(row: &Row<'_>) -> rusqlite::Result<Product> {
+    Ok(Product {
+        product_id: row.get(0)?,
+        name: row.get(1)?,
+        list_price: parse_decimal(Some(row.get(2)?))?.unwrap_or_default(),
+    })
+}

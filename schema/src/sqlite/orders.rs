@@ -1,0 +1,163 @@
+//! SQLite: placing and reading orders, with group commit of concurrent orders.
+//!
+//! Invariant: each order commits together with its outbox row (a savepoint per
+//! order inside the group's transaction).
+
+use super::*;
+
+/// Group commit: orders waiting at the same moment are written in one
+/// transaction, each inside its own savepoint, so one order's failure never
+/// touches another's and each order still commits with its outbox row.
+pub(super) async fn place_orders(writer: WriterHandle, mut queue: mpsc::Receiver<PlaceRequest>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_ORDERS_PER_COMMIT {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (orders, replies): (Vec<NewOrder>, Vec<_>) = batch.into_iter().map(|r| (r.order, r.reply)).unzip();
+        let results = writer
+            .write(move |tx| {
+                Ok(orders
+                    .into_iter()
+                    .map(|order| {
+                        tx.execute_batch("SAVEPOINT place_order")?;
+                        match place_one(tx, order) {
+                            Ok(placed) => {
+                                tx.execute_batch("RELEASE place_order")?;
+                                Ok(placed)
+                            }
+                            Err(error) => {
+                                tx.execute_batch("ROLLBACK TO place_order; RELEASE place_order")?;
+                                Err(error)
+                            }
+                        }
+                    })
+                    .collect::<Vec<Result<Placed, StoreError>>>())
+            })
+            .await;
+        match results {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One order and its outbox row (inside the caller's transaction).
+fn place_one(tx: &Connection, order: NewOrder) -> Result<Placed, StoreError> {
+    if let Some(key) = &order.idempotency_key {
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = ?1");
+        if let Some(existing) = tx.query_row(&sql, [key], order_from_row).optional()? {
+            return Ok(Placed::Existing(existing));
+        }
+    }
+    let sql = format!(
+        "INSERT INTO orders (customer_name, product_id, quantity, idempotency_key) \
+         VALUES (?1, ?2, ?3, ?4) RETURNING {ORDER_COLUMNS}"
+    );
+    let stored = tx.prepare_cached(&sql)?.query_row(
+        params![order.customer_name, order.product_id, order.quantity, order.idempotency_key],
+        order_from_row,
+    )?;
+    insert_outbox(tx, &stored, order.traceparent.as_deref(), order.tracestate.as_deref(), Some(stored.created_at))?;
+    Ok(Placed::Created(stored))
+}
+
+/// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
+pub(super) fn insert_outbox(
+    tx: &Connection,
+    order: &Order,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+    created_at: Option<DateTime<Utc>>,
+) -> Result<OutboxId, StoreError> {
+    let outbox_id = OutboxId::new();
+    let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
+        .map_err(|e| StoreError::Other(e.to_string()))?;
+    let sql = format!(
+        "INSERT INTO outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, {NOW}))"
+    );
+    tx.prepare_cached(&sql)?.execute(params![
+        outbox_id.to_string(),
+        order.order_id.0,
+        ORDER_PLACED_V1,
+        payload,
+        traceparent,
+        tracestate,
+        created_at.map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
+    ])?;
+    Ok(outbox_id)
+}
+
+#[async_trait]
+impl OrderStore for SqliteStore {
+    async fn products(&self) -> Result<Vec<Product>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT product_id, name, list_price FROM products ORDER BY product_id")?;
+            let rows = stmt.query_map([], product_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn product(&self, product_id: &str) -> Result<Product, StoreError> {
+        let product_id = product_id.to_string();
+        self.with_conn(move |conn| {
+            Ok(conn.query_row(
+                "SELECT product_id, name, list_price FROM products WHERE product_id = ?1",
+                [product_id],
+                product_from_row,
+            )?)
+        })
+        .await
+    }
+
+    async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.orders
+            .send(PlaceRequest { order, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the order writer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Unavailable("the order writer has stopped".into()))?
+    }
+
+    async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {
+        self.with_conn(move |conn| load_order(conn, order_id)?.ok_or(StoreError::NotFound)).await
+    }
+
+    async fn order_counts(&self) -> Result<OrderCounts, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut counts = OrderCounts::default();
+            for row in rows {
+                let (status, n) = row?;
+                add_count(&mut counts, &status, n);
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
+        self.with_conn(move |conn| {
+            let sql = format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY order_id DESC LIMIT ?1");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([limit], order_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,233 @@
+//! SQLite: the relay's side of the outbox: claims, confirmations, failures,
+//! operator requeues, retention and reconciliation.
+//!
+//! Invariant: every write runs in one IMMEDIATE transaction with the database clock.
+
+use super::orders::insert_outbox;
+use super::*;
+
+#[async_trait]
+impl OutboxStore for SqliteStore {
+    async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |tx| {
+            // One IMMEDIATE transaction is the single writer: no two relays can
+            // select the same due rows.
+            let sql = format!(
+                "UPDATE outbox SET lease_owner = ?1, lease_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2) \
+                 WHERE outbox_id IN (\
+                   SELECT outbox_id FROM outbox \
+                   WHERE published_at IS NULL AND dead_at IS NULL AND next_attempt_at <= {NOW} \
+                     AND (lease_until IS NULL OR lease_until < {NOW}) \
+                   ORDER BY next_attempt_at LIMIT ?3) \
+                 RETURNING outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at, attempts"
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![owner, seconds_modifier(lease), limit], outbox_from_row)?;
+            let mut rows = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.sort_by_key(|r| (r.created_at, r.order_id));
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn mark_published(&self, _owner: &str, ids: &[OutboxId]) -> Result<u64, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        self.write(move |tx| {
+            // Marked whoever holds the lease now: the broker's receipt proves the
+            // message is on the queue, so publishing it again would only duplicate.
+            let mut mark = tx.prepare_cached(&format!(
+                "UPDATE outbox SET published_at = {NOW}, lease_owner = NULL, lease_until = NULL \
+                 WHERE outbox_id = ?1 AND published_at IS NULL RETURNING order_id"
+            ))?;
+            let mut advance =
+                tx.prepare_cached("UPDATE orders SET status = 'published' WHERE order_id = ?1 AND status = 'pending'")?;
+            let mut marked = 0;
+            for id in &ids {
+                let order_id: Option<i64> = mark.query_row([id], |r| r.get(0)).optional()?;
+                if let Some(order_id) = order_id {
+                    advance.execute([order_id])?;
+                    marked += 1;
+                }
+            }
+            Ok(marked)
+        })
+        .await
+    }
+
+    async fn record_failure(
+        &self,
+        _owner: &str,
+        id: OutboxId,
+        error: &str,
+        retry_in: Duration,
+        max_attempts: i32,
+    ) -> Result<FailureOutcome, StoreError> {
+        let error = error.chars().take(1000).collect::<String>();
+        self.write(move |tx| {
+            let sql = format!(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, lease_owner = NULL, lease_until = NULL, \
+                   next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3), \
+                   dead_at = CASE WHEN attempts + 1 >= ?4 THEN {NOW} END \
+                 WHERE outbox_id = ?1 AND published_at IS NULL RETURNING dead_at"
+            );
+            let dead: Option<Option<String>> = tx
+                .query_row(&sql, params![id.to_string(), error, seconds_modifier(retry_in), max_attempts], |r| r.get(0))
+                .optional()?;
+            Ok(match dead {
+                Some(Some(_)) => FailureOutcome::Parked,
+                _ => FailureOutcome::Retrying,
+            })
+        })
+        .await
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let owner = owner.to_string();
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE outbox SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner = ?1 AND published_at IS NULL",
+                [owner],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        self.with_conn(|conn| {
+            let (pending, oldest): (i64, Option<f64>) = conn.query_row(
+                "SELECT COUNT(*), (julianday('now') - julianday(MIN(created_at))) * 86400.0 \
+                 FROM outbox WHERE published_at IS NULL AND dead_at IS NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let parked: i64 =
+                conn.query_row("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL", [], |r| r.get(0))?;
+            Ok(OutboxStats { pending, oldest_pending_seconds: oldest.unwrap_or(0.0).max(0.0), parked })
+        })
+        .await
+    }
+
+    async fn parked_rows(&self, limit: u32) -> Result<Vec<ParkedRow>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT outbox_id, order_id, attempts, last_error, created_at, dead_at FROM outbox \
+                 WHERE dead_at IS NOT NULL ORDER BY dead_at DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| {
+                let id: String = r.get(0)?;
+                Ok(ParkedRow {
+                    outbox_id: OutboxId::from_str(&id).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
+                    order_id: OrderId(r.get(1)?),
+                    attempts: r.get(2)?,
+                    last_error: r.get(3)?,
+                    created_at: parse_time(&r.get::<_, String>(4)?)?,
+                    dead_at: parse_time(&r.get::<_, String>(5)?)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn requeue(&self, target: RequeueTarget, requested_by: &str) -> Result<Vec<OutboxId>, StoreError> {
+        let requested_by = requested_by.to_string();
+        self.write(move |tx| {
+            let (by_id, by_order) = match target {
+                RequeueTarget::Outbox(id) => (Some(id.to_string()), None),
+                RequeueTarget::Order(order) => (None, Some(order.0)),
+            };
+            let sql = format!(
+                "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = {NOW}, lease_owner = NULL, \
+                   lease_until = NULL \
+                 WHERE dead_at IS NOT NULL AND published_at IS NULL AND (outbox_id = ?1 OR order_id = ?2) \
+                 RETURNING outbox_id, order_id"
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows = stmt
+                .query_map(params![by_id, by_order], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut audit = tx.prepare_cached(
+                "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, 'requeue', ?3)",
+            )?;
+            let mut ids = Vec::with_capacity(rows.len());
+            for (id, order_id) in rows {
+                audit.execute(params![id, order_id, requested_by])?;
+                ids.push(OutboxId::from_str(&id).map_err(|e| StoreError::Other(e.to_string()))?);
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox \
+                   WHERE published_at IS NOT NULL \
+                     AND published_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) LIMIT ?2)",
+                params![ago_modifier(older_than), limit],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let n = tx.execute(
+                "DELETE FROM inbox WHERE outbox_id IN (SELECT outbox_id FROM inbox \
+                   WHERE processed_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) LIMIT ?2)",
+                params![ago_modifier(older_than), limit],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError> {
+        self.with_conn(move |conn| {
+            let pending_without_outbox = conn.query_row(
+                "SELECT COUNT(*) FROM orders o WHERE o.status = 'pending' \
+                 AND NOT EXISTS (SELECT 1 FROM outbox x WHERE x.order_id = o.order_id)",
+                [],
+                |r| r.get(0),
+            )?;
+            let published_not_processed = conn.query_row(
+                "SELECT COUNT(*) FROM orders WHERE status = 'published' \
+                 AND created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
+                [ago_modifier(published_for)],
+                |r| r.get(0),
+            )?;
+            Ok(Reconciliation { pending_without_outbox, published_not_processed })
+        })
+        .await
+    }
+
+    async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
+        let requested_by = requested_by.to_string();
+        self.write(move |tx| {
+            let sql = format!(
+                "UPDATE orders SET status = 'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, \
+                   total_price = NULL WHERE order_id = ?1 AND status = 'failed' RETURNING {ORDER_COLUMNS}"
+            );
+            let Some(order) = tx.query_row(&sql, [order_id.0], order_from_row).optional()? else {
+                return match load_order(tx, order_id)? {
+                    None => Err(StoreError::NotFound),
+                    Some(o) => Err(StoreError::Conflict(format!("order {order_id} is {}, not failed", o.status))),
+                };
+            };
+            let outbox_id = insert_outbox(tx, &order, None, None, None)?;
+            tx.execute(
+                "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, 'retry', ?3)",
+                params![outbox_id.to_string(), order_id.0, requested_by],
+            )?;
+            Ok(outbox_id)
+        })
+        .await
+    }
+}
