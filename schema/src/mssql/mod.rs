@@ -1,0 +1,268 @@
+//! SQL Server backend: tiberius 0.13 behind a deadpool pool with our own manager.
+//!
+//! Invariants: every statement lives in the `SQL` table below, so the T-SQL
+//! parser test sees all of them; a connection that saw any error is discarded,
+//! never returned to the pool; time comes from `SYSUTCDATETIME()`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use deadpool::managed::{self, Metrics, Object, Pool, RecycleResult};
+use rust_decimal::Decimal;
+use tiberius::{AuthMethod, Client, Config, EncryptionLevel, Row, ToSql};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+use uuid::Uuid;
+
+use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
+use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
+use crate::pricing::Priced;
+use crate::store::{
+    FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome,
+    ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
+};
+
+mod migrations {
+    refinery::embed_migrations!("migrations/mssql");
+}
+
+type TdsClient = Client<Compat<TcpStream>>;
+type TdsResult<T> = Result<T, tiberius::error::Error>;
+
+macro_rules! order_columns {
+    ($prefix:literal) => {
+        concat!(
+            $prefix,
+            "order_id, ",
+            $prefix,
+            "customer_name, ",
+            $prefix,
+            "product_id, ",
+            $prefix,
+            "quantity, ",
+            $prefix,
+            "status, ",
+            $prefix,
+            "unit_price, ",
+            $prefix,
+            "total_price, ",
+            $prefix,
+            "failure_reason, ",
+            $prefix,
+            "created_at, ",
+            $prefix,
+            "processed_at"
+        )
+    };
+}
+
+mod orders;
+mod outbox;
+mod processing;
+mod sql;
+
+pub(crate) use sql::statements;
+use sql::*;
+
+/// deadpool manager for tiberius connections.
+struct TdsManager {
+    config: Config,
+}
+
+impl managed::Manager for TdsManager {
+    type Type = TdsClient;
+    type Error = tiberius::error::Error;
+
+    async fn create(&self) -> TdsResult<TdsClient> {
+        let mut client = open_client(&self.config).await?;
+        client.simple_query(SESSION_SETUP).await?.into_results().await?;
+        Ok(client)
+    }
+
+    async fn recycle(&self, client: &mut TdsClient, _: &Metrics) -> RecycleResult<Self::Error> {
+        client.simple_query(RESET_SESSION).await?.into_results().await?;
+        Ok(())
+    }
+}
+
+async fn open_client(config: &Config) -> TdsResult<TdsClient> {
+    let tcp = TcpStream::connect(config.get_addr()).await?;
+    tcp.set_nodelay(true)?;
+    Client::connect(config.clone(), tcp.compat_write()).await
+}
+
+/// The production backend.
+#[derive(Clone)]
+pub struct MssqlStore {
+    pool: Pool<TdsManager>,
+}
+
+impl MssqlStore {
+    /// Connects, runs the migrations under an application lock, and builds the pool.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let config = parse_config(url)?;
+        let mut client = open_client(&config).await?;
+        client.simple_query(MIGRATION_LOCK).await?.into_results().await?;
+        let report = migrations::migrations::runner().run_async(&mut client).await;
+        client.simple_query(MIGRATION_UNLOCK).await?.into_results().await?;
+        report?;
+        client.close().await?;
+        let pool = Pool::builder(TdsManager { config }).max_size(16).build()?;
+        Ok(Self { pool })
+    }
+
+    async fn conn(&self) -> Result<Object<TdsManager>, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sql server pool: {e}")))
+    }
+}
+
+/// Parses `mssql://user:password@host:port/database?trust_server_certificate=true`
+/// or an ADO.NET string (`server=tcp:host,1433;user=…;password=…`).
+fn parse_config(url: &str) -> anyhow::Result<Config> {
+    let mut config = if url.to_ascii_lowercase().starts_with("server=") {
+        Config::from_ado_string(url)?
+    } else {
+        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (creds, host_db) =
+            rest.rsplit_once('@').ok_or_else(|| anyhow::anyhow!("mssql url needs user:password@host"))?;
+        let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
+        let (host_port, database) = host_db.split_once('/').unwrap_or((host_db, "master"));
+        let (host, port) = host_port.split_once(':').unwrap_or((host_port, "1433"));
+        let mut config = Config::new();
+        config.host(host);
+        config.port(port.parse()?);
+        config.database(database);
+        config.authentication(AuthMethod::sql_server(user, password));
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
+            match (k.to_ascii_lowercase().replace('_', "").as_str(), v.to_ascii_lowercase().as_str()) {
+                ("trustservercertificate", "true") => config.trust_cert(),
+                ("encrypt", "false") => config.encryption(EncryptionLevel::NotSupported),
+                ("encrypt", "true") => config.encryption(EncryptionLevel::Required),
+                _ => anyhow::bail!("unknown mssql url option {k}"),
+            }
+        }
+        config
+    };
+    config.application_name("orderflow");
+    config.command_timeout(Some(Duration::from_secs(30)));
+    Ok(config)
+}
+
+fn map_err(e: tiberius::error::Error) -> StoreError {
+    match e.code() {
+        Some(2627 | 2601) => StoreError::Conflict(e.to_string()),
+        Some(1205 | 1222 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920) => StoreError::Unavailable(e.to_string()),
+        Some(_) => StoreError::Other(e.to_string()),
+        None => match e {
+            tiberius::error::Error::Io { .. }
+            | tiberius::error::Error::Tls(_)
+            | tiberius::error::Error::Routing { .. } => StoreError::Unavailable(e.to_string()),
+            other if other.to_string().to_ascii_lowercase().contains("timed out") => {
+                StoreError::Unavailable(other.to_string())
+            }
+            other => StoreError::Other(other.to_string()),
+        },
+    }
+}
+
+/// Hands the result back, discarding the connection when it saw an error (it
+/// may be mid-transaction or desynchronised).
+fn finish<T>(conn: Object<TdsManager>, result: TdsResult<T>) -> Result<T, StoreError> {
+    match result {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            drop(Object::take(conn));
+            Err(map_err(e))
+        }
+    }
+}
+
+fn conversion(what: &str) -> tiberius::error::Error {
+    tiberius::error::Error::Conversion(format!("unexpected NULL or type in {what}").into())
+}
+
+fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+fn order_from_row(row: &Row) -> TdsResult<Order> {
+    let text = |i: usize| -> TdsResult<String> {
+        Ok(row.try_get::<&str, _>(i)?.ok_or_else(|| conversion("order"))?.to_string())
+    };
+    Ok(Order {
+        order_id: OrderId(row.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?),
+        customer_name: text(1)?,
+        product_id: text(2)?,
+        quantity: row.try_get::<i32, _>(3)?.ok_or_else(|| conversion("quantity"))?,
+        status: OrderStatus::from_str(&text(4)?).map_err(|e| tiberius::error::Error::Conversion(e.into()))?,
+        unit_price: row.try_get::<Decimal, _>(5)?,
+        total_price: row.try_get::<Decimal, _>(6)?,
+        failure_reason: row.try_get::<&str, _>(7)?.map(str::to_string),
+        created_at: utc(row.try_get::<NaiveDateTime, _>(8)?.ok_or_else(|| conversion("created_at"))?),
+        processed_at: row.try_get::<NaiveDateTime, _>(9)?.map(utc),
+    })
+}
+
+fn product_from_row(row: &Row) -> TdsResult<Product> {
+    Ok(Product {
+        product_id: row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("product_id"))?.to_string(),
+        name: row.try_get::<&str, _>(1)?.ok_or_else(|| conversion("name"))?.to_string(),
+        list_price: row.try_get::<Decimal, _>(2)?.ok_or_else(|| conversion("list_price"))?,
+    })
+}
+
+fn outbox_from_row(row: &Row) -> TdsResult<OutboxRow> {
+    Ok(OutboxRow {
+        outbox_id: OutboxId(row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?),
+        order_id: OrderId(row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?),
+        event_type: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("event_type"))?.to_string(),
+        payload: row.try_get::<&str, _>(3)?.ok_or_else(|| conversion("payload"))?.to_string(),
+        traceparent: row.try_get::<&str, _>(4)?.map(str::to_string),
+        tracestate: row.try_get::<&str, _>(5)?.map(str::to_string),
+        created_at: utc(row.try_get::<NaiveDateTime, _>(6)?.ok_or_else(|| conversion("created_at"))?),
+        attempts: row.try_get::<i32, _>(7)?.ok_or_else(|| conversion("attempts"))?,
+    })
+}
+
+async fn rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<Vec<Row>> {
+    client.query(sql, params).await?.into_first_result().await
+}
+
+async fn exec(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<u64> {
+    Ok(client.execute(sql, params).await?.total())
+}
+
+async fn batch(client: &mut TdsClient, sql: &str) -> TdsResult<()> {
+    client.simple_query(sql).await?.into_results().await.map(drop)
+}
+
+/// DATEADD takes an INT: milliseconds for short spans (leases, retries; up to 24 days).
+fn millis(d: Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// DATEADD takes an INT: seconds for long spans (retention, staleness; up to 68 years).
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+const CREATE_DATABASE: &str = "CREATE DATABASE orderflow_test_";
+
+/// Creates an empty database on the server named by `url` (an
+/// `mssql://…/database` URL) and returns the URL of the new database.
+pub async fn fresh_database(url: &str) -> anyhow::Result<String> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base.rsplit_once('/').filter(|(s, _)| s.contains('@')).unwrap_or((base, ""));
+    let name = format!("{}", Uuid::new_v4().simple());
+    let mut client = open_client(&parse_config(url)?).await?;
+    batch(&mut client, &format!("{CREATE_DATABASE}{name}")).await?;
+    client.close().await?;
+    Ok(match query {
+        Some(q) => format!("{server}/orderflow_test_{name}?{q}"),
+        None => format!("{server}/orderflow_test_{name}"),
+    })
+}

@@ -1,0 +1,105 @@
+//! SQL Server: placing and reading orders.
+//!
+//! Invariant: an order and its outbox row commit in one transaction; a replayed
+//! idempotency key returns the first order, also when two requests race.
+
+use super::sql::*;
+use super::*;
+
+/// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
+pub(super) async fn insert_outbox(
+    client: &mut TdsClient,
+    order: &Order,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    created_at: Option<NaiveDateTime>,
+) -> TdsResult<OutboxId> {
+    let outbox_id = OutboxId::new();
+    let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
+        .map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
+    let params: [&dyn ToSql; 7] =
+        [&outbox_id.0, &order.order_id.0, &ORDER_PLACED_V1, &payload, &traceparent, &tracestate, &created_at];
+    exec(client, INSERT_OUTBOX, &params).await?;
+    Ok(outbox_id)
+}
+
+async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
+    batch(client, BEGIN).await?;
+    if let Some(key) = &order.idempotency_key
+        && let Some(row) = rows(client, ORDER_BY_KEY, &[key]).await?.first()
+    {
+        let existing = order_from_row(row)?;
+        batch(client, COMMIT).await?;
+        return Ok(Placed::Existing(existing));
+    }
+    let inserted =
+        rows(client, INSERT_ORDER, &[&order.customer_name, &order.product_id, &order.quantity, &order.idempotency_key])
+            .await?;
+    let stored = order_from_row(inserted.first().ok_or_else(|| conversion("inserted order"))?)?;
+    let created_at = Some(stored.created_at.naive_utc());
+    insert_outbox(client, &stored, order.traceparent.clone(), order.tracestate.clone(), created_at).await?;
+    batch(client, COMMIT).await?;
+    Ok(Placed::Created(stored))
+}
+
+#[async_trait]
+impl OrderStore for MssqlStore {
+    async fn products(&self) -> Result<Vec<Product>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async { rows(&mut conn, PRODUCTS, &[]).await?.iter().map(product_from_row).collect() }.await;
+        finish(conn, result)
+    }
+
+    async fn product(&self, product_id: &str) -> Result<Product, StoreError> {
+        let mut conn = self.conn().await?;
+        let result =
+            async { rows(&mut conn, PRODUCT, &[&product_id]).await?.first().map(product_from_row).transpose() }.await;
+        finish(conn, result)?.ok_or(StoreError::NotFound)
+    }
+
+    async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = place(&mut conn, &order).await;
+        match finish(conn, result) {
+            // Two requests with the same new key raced; the winner's order is the answer.
+            Err(StoreError::Conflict(_)) if order.idempotency_key.is_some() => {
+                let mut conn = self.conn().await?;
+                let key = order.idempotency_key.clone();
+                let result =
+                    async { rows(&mut conn, ORDER_BY_KEY, &[&key]).await?.first().map(order_from_row).transpose() }
+                        .await;
+                finish(conn, result)?.map(Placed::Existing).ok_or(StoreError::NotFound)
+            }
+            other => other,
+        }
+    }
+
+    async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {
+        let mut conn = self.conn().await?;
+        let result =
+            async { rows(&mut conn, ORDER, &[&order_id.0]).await?.first().map(order_from_row).transpose() }.await;
+        finish(conn, result)?.ok_or(StoreError::NotFound)
+    }
+
+    async fn order_counts(&self) -> Result<OrderCounts, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            let mut counts = OrderCounts::default();
+            for row in rows(&mut conn, ORDER_COUNTS, &[]).await? {
+                let status = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("status"))?;
+                add_count(&mut counts, status, row.try_get::<i64, _>(1)?.unwrap_or(0));
+            }
+            Ok(counts)
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
+        let mut conn = self.conn().await?;
+        let limit = i64::from(limit);
+        let result =
+            async { rows(&mut conn, RECENT_ORDERS, &[&limit]).await?.iter().map(order_from_row).collect() }.await;
+        finish(conn, result)
+    }
+}

@@ -1,0 +1,189 @@
+//! SQL Server: the relay's side of the outbox: claims, confirmations, failures,
+//! operator requeues, retention and reconciliation.
+//!
+//! Invariant: claims use UPDLOCK + READPAST so several relays never take the same row.
+
+use super::orders::insert_outbox;
+use super::sql::*;
+use super::*;
+
+async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u64> {
+    batch(client, BEGIN).await?;
+    let mut marked = 0;
+    for id in ids {
+        let row = rows(client, MARK_PUBLISHED, &[&id.0]).await?;
+        if let Some(order_id) = row.first().and_then(|r| r.get::<i64, _>(0)) {
+            exec(client, ADVANCE_ORDER, &[&order_id]).await?;
+            marked += 1;
+        }
+    }
+    batch(client, COMMIT).await?;
+    Ok(marked)
+}
+
+#[async_trait]
+impl OutboxStore for MssqlStore {
+    async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (lease_ms, limit) = (millis(lease), i64::from(limit));
+        let result = async {
+            let mut out = rows(&mut conn, CLAIM, &[&owner, &lease_ms, &limit])
+                .await?
+                .iter()
+                .map(outbox_from_row)
+                .collect::<TdsResult<Vec<_>>>()?;
+            out.sort_by_key(|r| (r.created_at, r.order_id));
+            Ok(out)
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn mark_published(&self, _owner: &str, ids: &[OutboxId]) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = mark_published(&mut conn, ids).await;
+        finish(conn, result)
+    }
+
+    async fn record_failure(
+        &self,
+        _owner: &str,
+        id: OutboxId,
+        error: &str,
+        retry_in: Duration,
+        max_attempts: i32,
+    ) -> Result<FailureOutcome, StoreError> {
+        let mut conn = self.conn().await?;
+        let error: String = error.chars().take(1000).collect();
+        let retry_ms = millis(retry_in);
+        let result = async {
+            let out = rows(&mut conn, RECORD_FAILURE, &[&id.0, &error, &retry_ms, &max_attempts]).await?;
+            Ok(match out.first().and_then(|r| r.get::<NaiveDateTime, _>(0)) {
+                Some(_) => FailureOutcome::Parked,
+                None => FailureOutcome::Retrying,
+            })
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = exec(&mut conn, RELEASE_LEASES, &[&owner]).await;
+        finish(conn, result)
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            let pending = rows(&mut conn, PENDING_STATS, &[]).await?;
+            let parked = rows(&mut conn, PARKED_COUNT, &[]).await?;
+            let first = pending.first().ok_or_else(|| conversion("pending stats"))?;
+            Ok(OutboxStats {
+                pending: first.get::<i64, _>(0).unwrap_or(0),
+                oldest_pending_seconds: first.get::<i64, _>(1).map_or(0.0, |ms| (ms as f64 / 1000.0).max(0.0)),
+                parked: parked.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0),
+            })
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn parked_rows(&self, limit: u32) -> Result<Vec<ParkedRow>, StoreError> {
+        let mut conn = self.conn().await?;
+        let limit = i64::from(limit);
+        let result =
+            async { rows(&mut conn, PARKED_ROWS, &[&limit]).await?.iter().map(parked_from_row).collect() }.await;
+        finish(conn, result)
+    }
+
+    async fn requeue(&self, target: RequeueTarget, requested_by: &str) -> Result<Vec<OutboxId>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = requeue(&mut conn, target, requested_by).await;
+        finish(conn, result)
+    }
+
+    async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let (limit, ago) = (i64::from(limit), -seconds(older_than));
+        let result = exec(&mut conn, PURGE_PUBLISHED, &[&limit, &ago]).await;
+        finish(conn, result)
+    }
+
+    async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let (limit, ago) = (i64::from(limit), -seconds(older_than));
+        let result = exec(&mut conn, PURGE_INBOX, &[&limit, &ago]).await;
+        finish(conn, result)
+    }
+
+    async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError> {
+        let mut conn = self.conn().await?;
+        let ago = -seconds(published_for);
+        let result = async {
+            let count = |rows: Vec<Row>| rows.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0);
+            Ok(Reconciliation {
+                pending_without_outbox: count(rows(&mut conn, PENDING_WITHOUT_OUTBOX, &[]).await?),
+                published_not_processed: count(rows(&mut conn, PUBLISHED_NOT_PROCESSED, &[&ago]).await?),
+            })
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = retry_order(&mut conn, order_id, requested_by).await;
+        match finish(conn, result)? {
+            Some(id) => Ok(id),
+            None => match self.order(order_id).await {
+                Ok(o) => Err(StoreError::Conflict(format!("order {order_id} is {}, not failed", o.status))),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+fn parked_from_row(row: &Row) -> TdsResult<ParkedRow> {
+    Ok(ParkedRow {
+        outbox_id: OutboxId(row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?),
+        order_id: OrderId(row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?),
+        attempts: row.try_get::<i32, _>(2)?.ok_or_else(|| conversion("attempts"))?,
+        last_error: row.try_get::<&str, _>(3)?.map(str::to_string),
+        created_at: utc(row.try_get::<NaiveDateTime, _>(4)?.ok_or_else(|| conversion("created_at"))?),
+        dead_at: utc(row.try_get::<NaiveDateTime, _>(5)?.ok_or_else(|| conversion("dead_at"))?),
+    })
+}
+
+async fn requeue(client: &mut TdsClient, target: RequeueTarget, requested_by: &str) -> TdsResult<Vec<OutboxId>> {
+    let (by_id, by_order) = match target {
+        RequeueTarget::Outbox(id) => (Some(id.0), None),
+        RequeueTarget::Order(order) => (None, Some(order.0)),
+    };
+    batch(client, BEGIN).await?;
+    let requeued = rows(client, REQUEUE, &[&by_id, &by_order]).await?;
+    let mut ids = Vec::with_capacity(requeued.len());
+    for row in &requeued {
+        let id = row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?;
+        let order_id = row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?;
+        exec(client, INSERT_AUDIT, &[&id, &order_id, &"requeue", &requested_by]).await?;
+        ids.push(OutboxId(id));
+    }
+    batch(client, COMMIT).await?;
+    Ok(ids)
+}
+
+/// `None` when the order is not `failed` (or does not exist).
+async fn retry_order(client: &mut TdsClient, order_id: OrderId, requested_by: &str) -> TdsResult<Option<OutboxId>> {
+    batch(client, BEGIN).await?;
+    let updated = rows(client, RETRY_ORDER, &[&order_id.0]).await?;
+    let Some(row) = updated.first() else {
+        batch(client, ROLLBACK).await?;
+        return Ok(None);
+    };
+    let order = order_from_row(row)?;
+    let outbox_id = insert_outbox(client, &order, None, None, None).await?;
+    exec(client, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &"retry", &requested_by]).await?;
+    batch(client, COMMIT).await?;
+    Ok(Some(outbox_id))
+}

@@ -1,0 +1,132 @@
+//! Every SQL Server statement the backend sends, in one table for the T-SQL parser test.
+//!
+//! Invariant: statements are written in the shapes sqlparser's MsSqlDialect accepts
+//! (alias-form UPDATE TOP with hints, no updatable CTEs, no MERGE, no DELETE TOP).
+
+pub(super) const PRODUCTS: &str = "SELECT product_id, name, list_price FROM dbo.products ORDER BY product_id";
+pub(super) const PRODUCT: &str = "SELECT product_id, name, list_price FROM dbo.products WHERE product_id = @P1";
+pub(super) const ORDER_BY_KEY: &str =
+    concat!("SELECT ", order_columns!(""), " FROM dbo.orders WITH (UPDLOCK, HOLDLOCK) WHERE idempotency_key = @P1");
+pub(super) const INSERT_ORDER: &str = concat!(
+    "INSERT INTO dbo.orders (customer_name, product_id, quantity, idempotency_key) OUTPUT ",
+    order_columns!("inserted."),
+    " VALUES (@P1, @P2, @P3, @P4)"
+);
+pub(super) const INSERT_OUTBOX: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, \
+     created_at) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, COALESCE(@P7, SYSUTCDATETIME()))";
+pub(super) const ORDER_COUNTS: &str = "SELECT status, COUNT_BIG(*) FROM dbo.orders GROUP BY status";
+pub(super) const PARKED_ROWS: &str = "SELECT TOP (@P1) outbox_id, order_id, attempts, last_error, created_at, dead_at \
+     FROM dbo.outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC";
+pub(super) const REQUEUE: &str = "UPDATE dbo.outbox SET dead_at = NULL, attempts = 0, next_attempt_at = SYSUTCDATETIME(), \
+     lease_owner = NULL, lease_until = NULL OUTPUT inserted.outbox_id, inserted.order_id \
+     WHERE dead_at IS NOT NULL AND published_at IS NULL AND (outbox_id = @P1 OR order_id = @P2)";
+pub(super) const INSERT_AUDIT: &str =
+    "INSERT INTO dbo.outbox_audit (outbox_id, order_id, action, requested_by) VALUES (@P1, @P2, @P3, @P4)";
+// Small batches under ROWLOCK + READPAST: retention never takes a big lock and
+// never waits on rows a relay or another cleaner holds.
+pub(super) const PURGE_PUBLISHED: &str = "DELETE FROM dbo.outbox WHERE outbox_id IN (SELECT TOP (@P1) p.outbox_id \
+     FROM dbo.outbox p WITH (ROWLOCK, READPAST) \
+     WHERE p.published_at IS NOT NULL AND p.published_at < DATEADD(second, @P2, SYSUTCDATETIME()))";
+pub(super) const PURGE_INBOX: &str = "DELETE FROM dbo.inbox WHERE outbox_id IN (SELECT TOP (@P1) i.outbox_id \
+     FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < DATEADD(second, @P2, SYSUTCDATETIME()))";
+pub(super) const PENDING_WITHOUT_OUTBOX: &str = "SELECT COUNT_BIG(*) FROM dbo.orders o WHERE o.status = N'pending' \
+     AND NOT EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = o.order_id)";
+pub(super) const PUBLISHED_NOT_PROCESSED: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE status = N'published' \
+     AND created_at < DATEADD(second, @P1, SYSUTCDATETIME())";
+pub(super) const RETRY_ORDER: &str = concat!(
+    "UPDATE dbo.orders SET status = N'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, ",
+    "total_price = NULL OUTPUT ",
+    order_columns!("inserted."),
+    " WHERE order_id = @P1 AND status = N'failed'"
+);
+pub(super) const ORDER: &str = concat!("SELECT ", order_columns!(""), " FROM dbo.orders WHERE order_id = @P1");
+pub(super) const RECENT_ORDERS: &str =
+    concat!("SELECT TOP (@P1) ", order_columns!(""), " FROM dbo.orders ORDER BY order_id DESC");
+// The portable claim: alias form of UPDATE TOP with lock hints, no updatable
+// CTE. READPAST skips rows another relay is claiming; UPDLOCK keeps two
+// claimers from reading the same row; the lease makes it invisible afterwards.
+pub(super) const CLAIM: &str = "UPDATE TOP (@P3) o SET lease_owner = @P1, lease_until = DATEADD(millisecond, @P2, SYSUTCDATETIME()) \
+     OUTPUT inserted.outbox_id, inserted.order_id, inserted.event_type, inserted.payload, inserted.traceparent, \
+     inserted.tracestate, inserted.created_at, inserted.attempts \
+     FROM dbo.outbox o WITH (UPDLOCK, READPAST, ROWLOCK) \
+     WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= SYSUTCDATETIME() \
+     AND (o.lease_until IS NULL OR o.lease_until < SYSUTCDATETIME())";
+pub(super) const MARK_PUBLISHED: &str = "UPDATE dbo.outbox SET published_at = SYSUTCDATETIME(), lease_owner = NULL, lease_until = NULL \
+     OUTPUT inserted.order_id WHERE outbox_id = @P1 AND published_at IS NULL";
+pub(super) const ADVANCE_ORDER: &str =
+    "UPDATE dbo.orders SET status = N'published' WHERE order_id = @P1 AND status = N'pending'";
+pub(super) const RECORD_FAILURE: &str = "UPDATE dbo.outbox SET attempts = attempts + 1, last_error = @P2, lease_owner = NULL, \
+     lease_until = NULL, next_attempt_at = DATEADD(millisecond, @P3, SYSUTCDATETIME()), \
+     dead_at = CASE WHEN attempts + 1 >= @P4 THEN SYSUTCDATETIME() ELSE NULL END \
+     OUTPUT inserted.dead_at WHERE outbox_id = @P1 AND published_at IS NULL";
+pub(super) const RELEASE_LEASES: &str =
+    "UPDATE dbo.outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = @P1 AND published_at IS NULL";
+pub(super) const PENDING_STATS: &str = "SELECT COUNT_BIG(*), DATEDIFF_BIG(millisecond, MIN(created_at), SYSUTCDATETIME()) \
+     FROM dbo.outbox WHERE published_at IS NULL AND dead_at IS NULL";
+pub(super) const PARKED_COUNT: &str = "SELECT COUNT_BIG(*) FROM dbo.outbox WHERE dead_at IS NOT NULL";
+// Insert-if-absent under a key-range lock: a duplicate affects no row instead
+// of raising 2627 inside the transaction.
+pub(super) const RECORD_INBOX: &str = "INSERT INTO dbo.inbox (outbox_id, order_id) SELECT @P1, @P2 \
+     WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = @P1)";
+pub(super) const ORDER_FOR_PRICING: &str = "SELECT o.status, o.quantity, o.product_id, p.list_price \
+     FROM dbo.orders o WITH (UPDLOCK) LEFT JOIN dbo.products p ON p.product_id = o.product_id WHERE o.order_id = @P1";
+pub(super) const MARK_PROCESSED: &str = concat!(
+    "UPDATE dbo.orders SET status = N'processed', unit_price = @P2, total_price = @P3, failure_reason = NULL, ",
+    "processed_at = SYSUTCDATETIME() OUTPUT ",
+    order_columns!("inserted."),
+    " WHERE order_id = @P1 AND status IN (N'pending', N'published')"
+);
+pub(super) const MARK_FAILED: &str = "UPDATE dbo.orders SET status = N'failed', failure_reason = @P2, processed_at = SYSUTCDATETIME() \
+     WHERE order_id = @P1 AND status IN (N'pending', N'published')";
+pub(super) const ORDER_EXISTS: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE order_id = @P1";
+pub(super) const SESSION_SETUP: &str = "SET XACT_ABORT ON; SET LOCK_TIMEOUT 5000";
+pub(super) const RESET_SESSION: &str = "IF @@TRANCOUNT > 0 ROLLBACK";
+pub(super) const BEGIN: &str = "BEGIN TRANSACTION";
+pub(super) const COMMIT: &str = "COMMIT TRANSACTION";
+pub(super) const ROLLBACK: &str = "ROLLBACK TRANSACTION";
+// Migrations from several services at once serialise on an application lock.
+pub(super) const MIGRATION_LOCK: &str = "EXEC sp_getapplock @Resource = N'orderflow-migrations', @LockMode = N'Exclusive', \
+     @LockOwner = N'Session', @LockTimeout = 120000";
+pub(super) const MIGRATION_UNLOCK: &str =
+    "EXEC sp_releaseapplock @Resource = N'orderflow-migrations', @LockOwner = N'Session'";
+
+pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("PRODUCTS", PRODUCTS),
+        ("PRODUCT", PRODUCT),
+        ("ORDER_BY_KEY", ORDER_BY_KEY),
+        ("INSERT_ORDER", INSERT_ORDER),
+        ("INSERT_OUTBOX", INSERT_OUTBOX),
+        ("ORDER", ORDER),
+        ("RECENT_ORDERS", RECENT_ORDERS),
+        ("CLAIM", CLAIM),
+        ("MARK_PUBLISHED", MARK_PUBLISHED),
+        ("ADVANCE_ORDER", ADVANCE_ORDER),
+        ("RECORD_FAILURE", RECORD_FAILURE),
+        ("RELEASE_LEASES", RELEASE_LEASES),
+        ("PENDING_STATS", PENDING_STATS),
+        ("PARKED_COUNT", PARKED_COUNT),
+        ("RECORD_INBOX", RECORD_INBOX),
+        ("ORDER_FOR_PRICING", ORDER_FOR_PRICING),
+        ("MARK_PROCESSED", MARK_PROCESSED),
+        ("MARK_FAILED", MARK_FAILED),
+        ("ORDER_EXISTS", ORDER_EXISTS),
+        ("PARKED_ROWS", PARKED_ROWS),
+        ("ORDER_COUNTS", ORDER_COUNTS),
+        ("REQUEUE", REQUEUE),
+        ("INSERT_AUDIT", INSERT_AUDIT),
+        ("PURGE_PUBLISHED", PURGE_PUBLISHED),
+        ("PURGE_INBOX", PURGE_INBOX),
+        ("PENDING_WITHOUT_OUTBOX", PENDING_WITHOUT_OUTBOX),
+        ("PUBLISHED_NOT_PROCESSED", PUBLISHED_NOT_PROCESSED),
+        ("RETRY_ORDER", RETRY_ORDER),
+        ("SESSION_SETUP", SESSION_SETUP),
+        ("RESET_SESSION", RESET_SESSION),
+        ("BEGIN", BEGIN),
+        ("COMMIT", COMMIT),
+        ("ROLLBACK", ROLLBACK),
+        ("MIGRATION_LOCK", MIGRATION_LOCK),
+        ("MIGRATION_UNLOCK", MIGRATION_UNLOCK),
+        ("CREATE_DATABASE", "CREATE DATABASE orderflow_test_0123456789abcdef"),
+    ]
+}
