@@ -86,13 +86,34 @@ async fn a_person_places_an_order_in_the_browser_and_sees_it_processed() {
     })
     .await;
     assert_eq!(status, "processed");
-    assert_eq!(page.find(Locator::Id("unit_price")).await.unwrap().text().await.unwrap(), "90.00");
-    assert_eq!(page.find(Locator::Id("total_price")).await.unwrap().text().await.unwrap(), "180.00");
+    // The page reloads itself once the order is final; read the prices from the reloaded page.
+    let prices = wait_for("the prices on the order page", Duration::from_secs(30), || async {
+        let unit = page.find(Locator::Id("unit_price")).await.ok()?.text().await.ok()?;
+        let total = page.find(Locator::Id("total_price")).await.ok()?.text().await.ok()?;
+        (unit != "—").then_some((unit, total))
+    })
+    .await;
+    assert_eq!(prices, ("90.00".to_string(), "180.00".to_string()));
 
     // The home page lists it with its live status.
     page.goto(&stack.base_url()).await.unwrap();
-    let row = page.find(Locator::Css("#recent-orders tr td.status")).await.unwrap().text().await.unwrap();
+    // The table is rebuilt every second, so an element read may go stale: read until it holds.
+    let row = wait_for("the order listed on the home page", Duration::from_secs(10), || async {
+        page.find(Locator::Css("#recent-orders tr td.status")).await.ok()?.text().await.ok()
+    })
+    .await;
     assert_eq!(row, "processed");
+
+    // An order placed elsewhere appears on the open page and turns processed, with no reload.
+    let other = stack.place_order("Elsewhere", "P300", 1).await;
+    let status = wait_for("the new order to show up processed on the open page", Duration::from_secs(30), || async {
+        let first = page.find(Locator::Css("#recent-orders tr")).await.ok()?;
+        let id = first.attr("data-order-id").await.ok()??;
+        let status = first.find(Locator::Css("td.status")).await.ok()?.text().await.ok()?;
+        (id == other.to_string() && status == "processed").then_some(status)
+    })
+    .await;
+    assert_eq!(status, "processed");
     page.close().await.unwrap();
     stack.shutdown().await;
 }
