@@ -3,6 +3,8 @@
 //! Invariant: every store method is one whole unit of work, so its transaction
 //! lives inside the backend and nothing above this crate sees a driver type.
 
+#![warn(missing_docs)]
+
 pub mod messages;
 pub mod model;
 mod mssql;
