@@ -10,12 +10,13 @@ set -euo pipefail
 
 ACTIVEMQ_HOME=/usr/share/activemq
 
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
 install() {
     if [ ! -f "$ACTIVEMQ_HOME/bin/activemq.jar" ]; then
         echo "installing ActiveMQ from the OS packages..." >&2
-        if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then apt-get update -qq; fi
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq >/dev/null \
-            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq >/dev/null; }
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq >/dev/null
     fi
 }
 

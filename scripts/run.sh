@@ -9,12 +9,7 @@ if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust with rustup (https://rustup.rs), then run this again" >&2
     exit 1
 fi
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-if [ ! -f /usr/share/activemq/bin/activemq.jar ]; then
-    echo "installing ActiveMQ from the OS packages..."
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq >/dev/null
-fi
+scripts/activemq.sh install
 
 data=${ORDERFLOW_DATA:-$PWD/.orderflow}
 broker_port=${BROKER_PORT:-61613}

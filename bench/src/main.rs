@@ -121,8 +121,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Relay and consumer together on a fresh backlog: the steady pipeline rate.
     let pipeline_queue = "/queue/bench.steady".to_string();
-    let mut steady_env = env.clone();
-    steady_env[2] = ("ORDER_QUEUE", pipeline_queue);
+    let steady_env = env.clone().map(|(k, v)| if k == "ORDER_QUEUE" { (k, pipeline_queue.clone()) } else { (k, v) });
     conn.execute_batch("DELETE FROM inbox; DELETE FROM outbox; DELETE FROM orders;")?;
     e2e::fill_outbox(&mut conn, args.messages, 0);
     let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &steady_env)?;

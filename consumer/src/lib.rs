@@ -85,15 +85,9 @@ impl App {
             batch_size: config.batch_size.max(1),
             queue: config.queue.clone(),
         };
-        let work = consumer.run(shutdown.clone());
-        tokio::pin!(work);
-        let grace = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(Duration::from_millis(config.shutdown_grace_ms)).await;
-        };
-        tokio::select! {
-            _ = &mut work => {}
-            _ = grace => tracing::warn!("grace period over with a message still in hand; it will be redelivered"),
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        if observability::within_grace(consumer.run(shutdown.clone()), &shutdown, grace).await.is_none() {
+            tracing::warn!("grace period over with a message still in hand; it will be redelivered");
         }
         stop_admin.cancel();
         admin_task.await?.context("admin server")?;

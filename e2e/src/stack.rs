@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::service::Service;
-use crate::{metric_value, wait_for};
+use crate::wait_for;
 
 /// Lease used in tests, so a killed relay's rows come back quickly.
 pub const TEST_LEASE_MS: u64 = 2_000;
@@ -137,8 +137,7 @@ impl Stack {
     /// The consumer's count of messages with this outcome.
     pub async fn consumer_outcome(&self, outcome: &str) -> f64 {
         let consumer = self.consumer.as_ref().expect("consumer running");
-        metric_value(&consumer.metrics().await, &format!("orderflow_consumer_messages_total{{outcome=\"{outcome}\"}}"))
-            .unwrap_or(0.0)
+        consumer.metric(&format!("orderflow_consumer_messages_total{{outcome=\"{outcome}\"}}")).await
     }
 
     /// The end-of-test invariants: `n` orders, every one processed exactly

@@ -14,5 +14,5 @@ mod telemetry;
 
 pub use admin::{Readiness, admin_router, new_registry, serve};
 pub use backoff::Backoff;
-pub use shutdown::shutdown_on_signals;
+pub use shutdown::{shutdown_on_signals, within_grace};
 pub use telemetry::{Telemetry, continue_trace, init_tracing, span_layer, trace_headers, trace_id_of};

@@ -1,4 +1,7 @@
-//! One cancellation token per process, cancelled by SIGINT or SIGTERM.
+//! One cancellation token per process, cancelled by SIGINT or SIGTERM, and the
+//! grace period that bounds what runs after it.
+
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -29,4 +32,21 @@ pub fn shutdown_on_signals() -> CancellationToken {
         trigger.cancel();
     });
     token
+}
+
+/// Runs `work` to its end, but gives up `grace` after `shutdown` fires:
+/// `Some(output)` when the work finished, `None` when the grace period ran out.
+pub async fn within_grace<T>(
+    work: impl Future<Output = T>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Option<T> {
+    let expired = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        output = work => Some(output),
+        _ = expired => None,
+    }
 }

@@ -162,14 +162,10 @@ impl App {
         let admin_task =
             tokio::spawn(observability::serve(admin, observability::admin_router(registry, readiness), stop.clone()));
         let server = observability::serve(http, router(state), shutdown.clone());
-        tokio::pin!(server);
-        let grace = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(Duration::from_millis(config.shutdown_grace_ms)).await;
-        };
-        tokio::select! {
-            result = &mut server => result.context("http server")?,
-            _ = grace => tracing::warn!("grace period over with requests in flight"),
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        match observability::within_grace(server, &shutdown, grace).await {
+            Some(result) => result.context("http server")?,
+            None => tracing::warn!("grace period over with requests in flight"),
         }
         stop.cancel();
         let _ = watch.await;

@@ -86,7 +86,7 @@ impl App {
             relay_id = %relay.owner,
             admin = %admin.local_addr()?,
             database = %schema::redact_url(&config.database_url),
-            broker = %config.broker_url_redacted(),
+            broker = %schema::redact_url(&config.broker_url),
             "relay started"
         );
         let stop_admin = CancellationToken::new();
@@ -101,15 +101,12 @@ impl App {
 
         let poll_min = Duration::from_millis(config.poll_min_ms);
         let poll_max = Duration::from_millis(config.poll_max_ms.max(config.poll_min_ms));
-        let work = relay.run(poll_min, poll_max, shutdown.clone());
-        tokio::pin!(work);
-        let grace = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(Duration::from_millis(config.shutdown_grace_ms)).await;
-        };
-        tokio::select! {
-            _ = &mut work => {}
-            _ = grace => tracing::warn!("grace period over with a batch still in flight"),
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        if observability::within_grace(relay.run(poll_min, poll_max, shutdown.clone()), &shutdown, grace)
+            .await
+            .is_none()
+        {
+            tracing::warn!("grace period over with a batch still in flight");
         }
         match store.release_leases(&relay.owner).await {
             Ok(n) => tracing::info!(released = n, "leases released"),
@@ -126,12 +123,6 @@ impl App {
         admin_task.await?.context("admin server")?;
         tracing::info!("relay stopped");
         Ok(())
-    }
-}
-
-impl Config {
-    fn broker_url_redacted(&self) -> String {
-        schema::redact_url(&self.broker_url)
     }
 }
 

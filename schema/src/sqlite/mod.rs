@@ -45,11 +45,7 @@ const MAX_ORDERS_PER_COMMIT: usize = 256;
 /// The embedded default backend.
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: Pool,
-    /// One write transaction at a time from this process: SQLite has a single
-    /// writer anyway, and queueing here is far cheaper than its busy handler,
-    /// which sleeps for milliseconds when connections collide.
-    writer: Arc<tokio::sync::Mutex<()>>,
+    db: Db,
     /// Orders to place, committed in groups by [`place_orders`].
     orders: mpsc::Sender<PlaceRequest>,
 }
@@ -89,17 +85,41 @@ impl SqliteStore {
             }))
             .build()?;
         let (orders, queue) = mpsc::channel(4 * MAX_ORDERS_PER_COMMIT);
-        let store = Self { pool, writer: Arc::new(tokio::sync::Mutex::new(())), orders };
-        tokio::spawn(orders::place_orders(store.clone_without_queue(), queue));
-        Ok(store)
+        let db = Db { pool, writer: Arc::new(tokio::sync::Mutex::new(())) };
+        // The group-commit task gets the database without the order queue's
+        // sender: holding that would keep the task alive forever.
+        tokio::spawn(orders::place_orders(db.clone(), queue));
+        Ok(Self { db, orders })
     }
 
-    /// A handle for the group-commit task: holding the order queue's sender
-    /// would keep the task alive forever.
-    fn clone_without_queue(&self) -> WriterHandle {
-        WriterHandle { pool: self.pool.clone(), writer: self.writer.clone() }
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.db.with_conn(f).await
     }
 
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.db.write(f).await
+    }
+}
+
+/// The pool and the process's writer lock.
+#[derive(Clone)]
+struct Db {
+    pool: Pool,
+    /// One write transaction at a time from this process: SQLite has a single
+    /// writer anyway, and queueing here is far cheaper than its busy handler,
+    /// which sleeps for milliseconds when connections collide.
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Db {
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -114,32 +134,14 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.clone_without_queue().write(f).await
-    }
-}
-
-/// What the group-commit task needs: the pool and the writer lock.
-struct WriterHandle {
-    pool: Pool,
-    writer: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl WriterHandle {
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
         let _one_writer = self.writer.lock().await;
-        let conn = self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?;
-        conn.interact(move |conn| {
+        self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
     }
 }
 

@@ -8,7 +8,7 @@ use super::*;
 /// Group commit: orders waiting at the same moment are written in one
 /// transaction, each inside its own savepoint, so one order's failure never
 /// touches another's and each order still commits with its outbox row.
-pub(super) async fn place_orders(writer: WriterHandle, mut queue: mpsc::Receiver<PlaceRequest>) {
+pub(super) async fn place_orders(writer: Db, mut queue: mpsc::Receiver<PlaceRequest>) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_ORDERS_PER_COMMIT {
