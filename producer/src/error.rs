@@ -19,6 +19,13 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     /// 404.
     NotFound,
+    /// 422: the `Idempotency-Key` was used before for a different order.
+    KeyReused(String),
+    /// 409: the request collides with data that exists (a duplicate key).
+    Conflict(String),
+    /// 422 without field detail: the database refused the data as it stands
+    /// (retrying the same request fails the same way).
+    Rejected(String),
     /// 503: the database is unavailable; the client may retry.
     Unavailable(String),
     /// 500: a bug or an unexpected failure; logged, not shown.
@@ -30,6 +37,14 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
+            StoreError::Conflict(cause) => {
+                tracing::warn!(%cause, "duplicate key");
+                ApiError::Conflict("the request conflicts with an existing order".into())
+            }
+            StoreError::Invalid(cause) => {
+                tracing::warn!(%cause, "rejected by the database");
+                ApiError::Rejected("the order was refused by the database: a value is out of range".into())
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -46,6 +61,10 @@ impl IntoResponse for ApiError {
                     .into_response()
             }
             ApiError::NotFound => (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response(),
+            ApiError::Conflict(message) => (StatusCode::CONFLICT, Json(json!({ "error": message }))).into_response(),
+            ApiError::Rejected(message) | ApiError::KeyReused(message) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": message }))).into_response()
+            }
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 let mut response = (

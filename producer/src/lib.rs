@@ -79,8 +79,8 @@ impl AppState {
         })?;
         let trace_id = traceparent.as_deref().and_then(observability::trace_id_of).map(str::to_string);
         let order = NewOrder {
-            customer_name: valid.customer_name,
-            product_id: valid.product_id,
+            customer_name: valid.customer_name.clone(),
+            product_id: valid.product_id.clone(),
             quantity: valid.quantity,
             idempotency_key,
             traceparent,
@@ -90,6 +90,18 @@ impl AppState {
         let placed = tokio::spawn(async move { store.place_order(order).await })
             .await
             .map_err(|e| ApiError::Internal(format!("order task failed: {e}")))??;
+        // A key names one request: the same key with another body is a client
+        // bug, answered as such instead of with the other order.
+        if let Placed::Existing(existing) = &placed
+            && (existing.customer_name != valid.customer_name
+                || existing.product_id != valid.product_id
+                || existing.quantity != valid.quantity)
+        {
+            return Err(ApiError::KeyReused(format!(
+                "Idempotency-Key was already used for order {} with a different body; use a new key for a new order",
+                existing.order_id
+            )));
+        }
         if let Placed::Created(order) = &placed {
             self.metrics.orders_placed.inc();
             tracing::info!(

@@ -6,8 +6,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
-/// Longest customer name, in characters, after trimming.
-pub const MAX_NAME_CHARS: usize = 100;
+/// Longest customer name, in characters, after trimming (every such name fits
+/// its column on both backends: see `schema::limits`).
+pub const MAX_NAME_CHARS: usize = schema::limits::CUSTOMER_NAME_CHARS;
 /// Allowed quantities.
 pub const QUANTITY_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
 
@@ -180,6 +181,8 @@ mod tests {
     fn names_are_limited_to_one_hundred_characters() {
         let ok = RawOrder::from_form(Some(&"é".repeat(100)), Some("P123"), Some("1"));
         assert!(validate(&ok, catalogue).is_ok());
+        let emoji = RawOrder::from_form(Some(&"😀".repeat(100)), Some("P123"), Some("1"));
+        assert!(validate(&emoji, catalogue).is_ok(), "non-BMP characters count one each");
         let long = RawOrder::from_form(Some(&"a".repeat(101)), Some("P123"), Some("1"));
         assert_eq!(fields(&validate(&long, catalogue).unwrap_err()), vec!["customer_name"]);
     }

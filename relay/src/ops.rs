@@ -55,6 +55,7 @@ impl IntoResponse for OpsError {
             OpsError::Store(StoreError::Unavailable(m)) => {
                 (StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {m}"))
             }
+            OpsError::Store(StoreError::Invalid(m)) => (StatusCode::UNPROCESSABLE_ENTITY, m),
             OpsError::Store(StoreError::Other(m)) => {
                 tracing::error!(cause = %m, "operator request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
@@ -115,8 +116,16 @@ fn requested_by(q: &TargetQuery, headers: &HeaderMap) -> Result<String, OpsError
         .clone()
         .or_else(|| headers.get("x-requested-by").and_then(|v| v.to_str().ok()).map(str::to_string))
         .map(|w| w.trim().to_string())
-        .filter(|w| !w.is_empty() && w.len() <= 200)
-        .ok_or_else(|| OpsError::BadRequest("say who is asking: requested_by=NAME or an X-Requested-By header".into()))
+        .filter(|w| {
+            !w.is_empty()
+                && schema::limits::utf16_len(w) <= schema::limits::REQUESTED_BY_UNITS
+                && !w.chars().any(char::is_control)
+        })
+        .ok_or_else(|| {
+            OpsError::BadRequest(
+                "say who is asking: requested_by=NAME or an X-Requested-By header (1-200 characters)".into(),
+            )
+        })
 }
 
 fn parse_order_id(raw: &str) -> Result<OrderId, OpsError> {

@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod limits;
 pub mod messages;
 pub mod model;
 mod mssql;

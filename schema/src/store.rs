@@ -22,6 +22,10 @@ pub enum StoreError {
     /// Transient: the database is unreachable, busy, or chose us as a deadlock victim. Retry.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Permanent: the data breaks a rule of the database (a text too long, a
+    /// value out of range, a constraint). The same call fails the same way again.
+    #[error("rejected by the database: {0}")]
+    Invalid(String),
     /// Anything else; retrying will not help.
     #[error("database error: {0}")]
     Other(String),

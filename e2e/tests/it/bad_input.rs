@@ -52,6 +52,21 @@ async fn the_api_rejects_bad_input_with_clear_errors() {
     assert_eq!((first, again), (201, 200), "a replayed Idempotency-Key returns the first order");
     assert_eq!(a["order_id"], b["order_id"]);
     assert_eq!(stack.count("SELECT COUNT(*) FROM outbox"), 1);
+
+    let other = json!({"customer_name": "Ajay", "product_id": "P123", "quantity": 3});
+    let (status, body) = stack.post_json(&other, Some("load-test-7")).await;
+    assert_eq!(status, 422, "the same key with another body: {body}");
+    assert!(body["error"].as_str().unwrap().contains("already used for order"), "{body}");
+    let (status, c) = stack.post_json(&order, Some("LOAD-TEST-7")).await;
+    assert_eq!(status, 201, "keys that differ in case are different keys");
+    assert_ne!(c["order_id"], a["order_id"]);
+
+    let emoji = json!({"customer_name": "😀".repeat(100), "product_id": "P123", "quantity": 1});
+    let (status, body) = stack.post_json(&emoji, None).await;
+    assert_eq!(status, 201, "100 non-BMP characters are a valid name: {body}");
+    assert_eq!(body["customer_name"], "😀".repeat(100));
+    let too_long = json!({"customer_name": "😀".repeat(101), "product_id": "P123", "quantity": 1});
+    assert_eq!(stack.post_json(&too_long, None).await.0, 422);
     stack.shutdown().await;
 }
 

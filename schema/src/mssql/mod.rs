@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use uuid::Uuid;
 
+use crate::limits::{FAILURE_REASON_UNITS, LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
@@ -152,11 +153,46 @@ fn parse_config(url: &str) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// What an SQL Server error number means for the caller (the table in ARCHITECTURE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorClass {
+    /// Retry later: deadlocks, lock timeouts, lost connections, a busy or failing-over server.
+    Transient,
+    /// A unique key exists already.
+    Duplicate,
+    /// The data breaks a rule: too long, out of range, wrong type, a constraint.
+    Invalid,
+    /// Anything else: permanent.
+    Other,
+}
+
+fn class_of(code: u32) -> ErrorClass {
+    match code {
+        // 1205 deadlock victim, 1222 lock timeout, 701/8645 memory pressure,
+        // 233/10053/10054/10060/10061/11001 transport, 4060 cannot open database,
+        // 18456 login failed, 40xxx/49xxx/10928/10929/4221 Azure throttling and failover.
+        1205 | 1222 | 701 | 8645 | 233 | 10053 | 10054 | 10060 | 10061 | 11001 | 4060 | 18456 | 4221 | 10928
+        | 10929 | 40143 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 => ErrorClass::Transient,
+        // 2627 unique constraint, 2601 unique index.
+        2627 | 2601 => ErrorClass::Duplicate,
+        // 2628/8152 truncation; 245/8114/8169 conversion; 220/8115 arithmetic overflow;
+        // 241/242 date conversion or out of range; 515 NULL into NOT NULL; 547 FOREIGN
+        // KEY or CHECK; 8009/8016/8023 a parameter the server refused.
+        2628 | 8152 | 245 | 8114 | 8169 | 220 | 8115 | 241 | 242 | 515 | 547 | 8009 | 8016 | 8023 => {
+            ErrorClass::Invalid
+        }
+        _ => ErrorClass::Other,
+    }
+}
+
 fn map_err(e: tiberius::error::Error) -> StoreError {
     match e.code() {
-        Some(2627 | 2601) => StoreError::Conflict(e.to_string()),
-        Some(1205 | 1222 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920) => StoreError::Unavailable(e.to_string()),
-        Some(_) => StoreError::Other(e.to_string()),
+        Some(code) => match class_of(code) {
+            ErrorClass::Transient => StoreError::Unavailable(e.to_string()),
+            ErrorClass::Duplicate => StoreError::Conflict(e.to_string()),
+            ErrorClass::Invalid => StoreError::Invalid(e.to_string()),
+            ErrorClass::Other => StoreError::Other(e.to_string()),
+        },
         None => match e {
             tiberius::error::Error::Io { .. }
             | tiberius::error::Error::Tls(_)
@@ -228,12 +264,57 @@ fn outbox_from_row(row: &Row) -> TdsResult<OutboxRow> {
     })
 }
 
+/// Refuses to send a NULL parameter: tiberius encodes a NULL string, decimal or
+/// date as the untyped NULLTYPE (0x1F), which some TDS servers reject (8009).
+/// Optional values use a statement of their own or a `NULLIF` sentinel instead.
+fn check_params(sql: &str, params: &[&dyn ToSql]) -> TdsResult<()> {
+    use tiberius::ColumnData as C;
+    for (i, param) in params.iter().enumerate() {
+        let null = match param.to_sql() {
+            C::U8(v) => v.is_none(),
+            C::I16(v) => v.is_none(),
+            C::I32(v) => v.is_none(),
+            C::I64(v) => v.is_none(),
+            C::F32(v) => v.is_none(),
+            C::F64(v) => v.is_none(),
+            C::Bit(v) => v.is_none(),
+            C::String(v) => v.is_none(),
+            C::Guid(v) => v.is_none(),
+            C::Binary(v) => v.is_none(),
+            C::Numeric(v) => v.is_none(),
+            C::Xml(v) => v.is_none(),
+            C::DateTime(v) => v.is_none(),
+            C::SmallDateTime(v) => v.is_none(),
+            C::Time(v) => v.is_none(),
+            C::Date(v) => v.is_none(),
+            C::DateTime2(v) => v.is_none(),
+            C::DateTimeOffset(v) => v.is_none(),
+        };
+        if null {
+            let message = format!("parameter @P{} would be sent as an untyped NULL in: {sql}", i + 1);
+            return Err(tiberius::error::Error::Conversion(message.into()));
+        }
+    }
+    Ok(())
+}
+
 async fn rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<Vec<Row>> {
+    check_params(sql, params)?;
     client.query(sql, params).await?.into_first_result().await
 }
 
 async fn exec(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<u64> {
+    check_params(sql, params)?;
     Ok(client.execute(sql, params).await?.total())
+}
+
+/// An optional text bound without NULL: `None` becomes the empty string, which
+/// the statement turns back into NULL with `NULLIF(@Pn, N'')`.
+fn text_or_empty(value: &Option<String>) -> &dyn ToSql {
+    match value {
+        Some(text) => text,
+        None => &"",
+    }
 }
 
 async fn batch(client: &mut TdsClient, sql: &str) -> TdsResult<()> {
@@ -252,17 +333,106 @@ fn seconds(d: Duration) -> i32 {
 
 const CREATE_DATABASE: &str = "CREATE DATABASE orderflow_test_";
 
-/// Creates an empty database on the server named by `url` (an
-/// `mssql://…/database` URL) and returns the URL of the new database.
+/// Creates an empty database on the server named by `url` (either form that
+/// [`parse_config`] takes) and returns the same URL naming the new database.
 pub async fn fresh_database(url: &str) -> anyhow::Result<String> {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let (server, _) = base.rsplit_once('/').filter(|(s, _)| s.contains('@')).unwrap_or((base, ""));
-    let name = format!("{}", Uuid::new_v4().simple());
+    let name = format!("orderflow_test_{}", Uuid::new_v4().simple());
     let mut client = open_client(&parse_config(url)?).await?;
-    batch(&mut client, &format!("{CREATE_DATABASE}{name}")).await?;
+    batch(&mut client, &format!("{CREATE_DATABASE}{}", &name["orderflow_test_".len()..])).await?;
     client.close().await?;
-    Ok(match query {
-        Some(q) => format!("{server}/orderflow_test_{name}?{q}"),
-        None => format!("{server}/orderflow_test_{name}"),
-    })
+    Ok(with_database(url, &name))
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    if url.to_ascii_lowercase().starts_with("server=") {
+        let is_database_key = |part: &str| {
+            let key = part.split_once('=').map_or(part, |(k, _)| k).trim().to_ascii_lowercase();
+            matches!(key.as_str(), "database" | "initial catalog" | "databasename")
+        };
+        let mut parts: Vec<&str> =
+            ado_parts(url).into_iter().filter(|p| !p.trim().is_empty() && !is_database_key(p)).collect();
+        let database = format!("database={database}");
+        parts.push(&database);
+        return parts.join(";");
+    }
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = match base.rsplit_once('/') {
+        Some((server, _)) if server.contains('@') => server,
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// The `key=value` parts of an ADO.NET string, split on `;` outside quotes and braces.
+fn ado_parts(s: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut closing) = (0, None);
+    for (i, c) in s.char_indices() {
+        match (closing, c) {
+            (Some(end), c) if c == end => closing = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => closing = Some(c),
+            (None, '{') => closing = Some('}'),
+            (None, ';') => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            (None, _) => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_database_keeps_the_url_form() {
+        assert_eq!(
+            with_database("mssql://sa:pw@db:1433/orders?trust_server_certificate=true", "t1"),
+            "mssql://sa:pw@db:1433/t1?trust_server_certificate=true"
+        );
+        assert_eq!(with_database("mssql://sa:pw@db:1433", "t1"), "mssql://sa:pw@db:1433/t1");
+        let ado =
+            "server=tcp:db,1433;user=sa;password={a;b}; Database=orders;Encrypt=true;TrustServerCertificate=true;";
+        let fresh = with_database(ado, "t1");
+        assert_eq!(
+            fresh,
+            "server=tcp:db,1433;user=sa;password={a;b};Encrypt=true;TrustServerCertificate=true;database=t1"
+        );
+        let config = parse_config(&fresh).unwrap();
+        assert_eq!(config.get_addr(), "db:1433");
+    }
+
+    #[test]
+    fn error_numbers_map_to_what_the_caller_can_do() {
+        for code in [1205, 1222, 40613, 10054] {
+            assert_eq!(class_of(code), ErrorClass::Transient, "{code}");
+        }
+        for code in [2627, 2601] {
+            assert_eq!(class_of(code), ErrorClass::Duplicate, "{code}");
+        }
+        for code in [2628, 8152, 547, 245, 8114, 515, 8009] {
+            assert_eq!(class_of(code), ErrorClass::Invalid, "{code}");
+        }
+        assert_eq!(class_of(208), ErrorClass::Other, "invalid object name");
+    }
+
+    #[test]
+    fn a_null_parameter_is_refused_before_it_is_sent() {
+        let none_text: Option<String> = None;
+        let none_time: Option<NaiveDateTime> = None;
+        let none_int: Option<i64> = None;
+        for null in [&none_text as &dyn ToSql, &none_time, &none_int] {
+            let refused = check_params("SELECT @P1", &[&1_i64, null]).unwrap_err();
+            assert!(refused.to_string().contains("@P2 would be sent as an untyped NULL"), "{refused}");
+        }
+        assert!(check_params("SELECT @P1", &[&1_i64, text_or_empty(&none_text), &"x"]).is_ok());
+    }
 }

@@ -10,17 +10,53 @@ use super::*;
 pub(super) async fn insert_outbox(
     client: &mut TdsClient,
     order: &Order,
-    traceparent: Option<String>,
-    tracestate: Option<String>,
+    traceparent: &Option<String>,
+    tracestate: &Option<String>,
     created_at: Option<NaiveDateTime>,
 ) -> TdsResult<OutboxId> {
     let outbox_id = OutboxId::new();
     let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
         .map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
-    let params: [&dyn ToSql; 7] =
-        [&outbox_id.0, &order.order_id.0, &ORDER_PLACED_V1, &payload, &traceparent, &tracestate, &created_at];
-    exec(client, INSERT_OUTBOX, &params).await?;
+    let row = OutboxInsert { outbox_id: outbox_id.0, order_id: order.order_id.0, payload, created_at };
+    let (sql, params) = row.statement(traceparent, tracestate);
+    exec(client, sql, &params).await?;
     Ok(outbox_id)
+}
+
+/// The values of a new outbox row, bound without a NULL parameter.
+struct OutboxInsert {
+    outbox_id: Uuid,
+    order_id: i64,
+    payload: String,
+    created_at: Option<NaiveDateTime>,
+}
+
+impl OutboxInsert {
+    fn statement<'a>(
+        &'a self,
+        traceparent: &'a Option<String>,
+        tracestate: &'a Option<String>,
+    ) -> (&'static str, Vec<&'a dyn ToSql>) {
+        let mut params: Vec<&dyn ToSql> = vec![
+            &self.outbox_id,
+            &self.order_id,
+            &ORDER_PLACED_V1,
+            &self.payload,
+            text_or_empty(traceparent),
+            text_or_empty(tracestate),
+        ];
+        match &self.created_at {
+            Some(at) => {
+                params.push(at);
+                (INSERT_OUTBOX, params)
+            }
+            None => (INSERT_OUTBOX_NOW, params),
+        }
+    }
+}
+
+fn insert_order_params(order: &NewOrder) -> [&dyn ToSql; 4] {
+    [&order.customer_name, &order.product_id, &order.quantity, text_or_empty(&order.idempotency_key)]
 }
 
 async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
@@ -32,14 +68,38 @@ async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
         batch(client, COMMIT).await?;
         return Ok(Placed::Existing(existing));
     }
-    let inserted =
-        rows(client, INSERT_ORDER, &[&order.customer_name, &order.product_id, &order.quantity, &order.idempotency_key])
-            .await?;
+    let inserted = rows(client, INSERT_ORDER, &insert_order_params(order)).await?;
     let stored = order_from_row(inserted.first().ok_or_else(|| conversion("inserted order"))?)?;
     let created_at = Some(stored.created_at.naive_utc());
-    insert_outbox(client, &stored, order.traceparent.clone(), order.tracestate.clone(), created_at).await?;
+    insert_outbox(client, &stored, &order.traceparent, &order.tracestate, created_at).await?;
     batch(client, COMMIT).await?;
     Ok(Placed::Created(stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every optional value of an order and its outbox row, absent: no NULL may be bound.
+    #[test]
+    fn optional_values_are_never_bound_as_null() {
+        let order = NewOrder {
+            customer_name: "Ajay".into(),
+            product_id: "P123".into(),
+            quantity: 2,
+            idempotency_key: None,
+            traceparent: None,
+            tracestate: None,
+        };
+        check_params(INSERT_ORDER, &insert_order_params(&order)).unwrap();
+        for created_at in [None, Some(Utc::now().naive_utc())] {
+            let row = OutboxInsert { outbox_id: Uuid::new_v4(), order_id: 1, payload: "{}".into(), created_at };
+            let (sql, params) = row.statement(&None, &None);
+            check_params(sql, &params).unwrap();
+            let placeholders = (1..=7).filter(|n| sql.contains(&format!("@P{n}"))).count();
+            assert_eq!(placeholders, params.len(), "one value per placeholder in {sql}");
+        }
+    }
 }
 
 #[async_trait]

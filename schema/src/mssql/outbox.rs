@@ -25,9 +25,10 @@ async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u
 impl OutboxStore for MssqlStore {
     async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
         let mut conn = self.conn().await?;
-        let (lease_ms, limit) = (millis(lease), i64::from(limit));
+        let lease_ms = millis(lease);
         let result = async {
-            let mut out = rows(&mut conn, CLAIM, &[&owner, &lease_ms, &limit])
+            let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
+            let mut out = rows(&mut conn, &with_limit(CLAIM, limit), &[&owner, &lease_ms])
                 .await?
                 .iter()
                 .map(outbox_from_row)
@@ -54,7 +55,7 @@ impl OutboxStore for MssqlStore {
         max_attempts: i32,
     ) -> Result<FailureOutcome, StoreError> {
         let mut conn = self.conn().await?;
-        let error: String = error.chars().take(1000).collect();
+        let error = truncate_utf16(error, LAST_ERROR_UNITS);
         let retry_ms = millis(retry_in);
         let result = async {
             let out = rows(&mut conn, RECORD_FAILURE, &[&id.0, &error, &retry_ms, &max_attempts]).await?;
@@ -69,6 +70,7 @@ impl OutboxStore for MssqlStore {
 
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
+        let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
         let result = exec(&mut conn, RELEASE_LEASES, &[&owner]).await;
         finish(conn, result)
     }
@@ -99,21 +101,21 @@ impl OutboxStore for MssqlStore {
 
     async fn requeue(&self, target: RequeueTarget, requested_by: &str) -> Result<Vec<OutboxId>, StoreError> {
         let mut conn = self.conn().await?;
-        let result = requeue(&mut conn, target, requested_by).await;
+        let result = requeue(&mut conn, target, truncate_utf16(requested_by, REQUESTED_BY_UNITS)).await;
         finish(conn, result)
     }
 
     async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
-        let (limit, ago) = (i64::from(limit), -seconds(older_than));
-        let result = exec(&mut conn, PURGE_PUBLISHED, &[&limit, &ago]).await;
+        let ago = -seconds(older_than);
+        let result = exec(&mut conn, &with_limit(PURGE_PUBLISHED, limit), &[&ago]).await;
         finish(conn, result)
     }
 
     async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
-        let (limit, ago) = (i64::from(limit), -seconds(older_than));
-        let result = exec(&mut conn, PURGE_INBOX, &[&limit, &ago]).await;
+        let ago = -seconds(older_than);
+        let result = exec(&mut conn, &with_limit(PURGE_INBOX, limit), &[&ago]).await;
         finish(conn, result)
     }
 
@@ -133,7 +135,7 @@ impl OutboxStore for MssqlStore {
 
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
         let mut conn = self.conn().await?;
-        let result = retry_order(&mut conn, order_id, requested_by).await;
+        let result = retry_order(&mut conn, order_id, truncate_utf16(requested_by, REQUESTED_BY_UNITS)).await;
         match finish(conn, result)? {
             Some(id) => Ok(id),
             None => match self.order(order_id).await {
@@ -156,12 +158,11 @@ fn parked_from_row(row: &Row) -> TdsResult<ParkedRow> {
 }
 
 async fn requeue(client: &mut TdsClient, target: RequeueTarget, requested_by: &str) -> TdsResult<Vec<OutboxId>> {
-    let (by_id, by_order) = match target {
-        RequeueTarget::Outbox(id) => (Some(id.0), None),
-        RequeueTarget::Order(order) => (None, Some(order.0)),
-    };
     batch(client, BEGIN).await?;
-    let requeued = rows(client, REQUEUE, &[&by_id, &by_order]).await?;
+    let requeued = match target {
+        RequeueTarget::Outbox(id) => rows(client, REQUEUE_ROW, &[&id.0]).await?,
+        RequeueTarget::Order(order) => rows(client, REQUEUE_ORDER, &[&order.0]).await?,
+    };
     let mut ids = Vec::with_capacity(requeued.len());
     for row in &requeued {
         let id = row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?;
@@ -182,7 +183,7 @@ async fn retry_order(client: &mut TdsClient, order_id: OrderId, requested_by: &s
         return Ok(None);
     };
     let order = order_from_row(row)?;
-    let outbox_id = insert_outbox(client, &order, None, None, None).await?;
+    let outbox_id = insert_outbox(client, &order, &None, &None, None).await?;
     exec(client, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &"retry", &requested_by]).await?;
     batch(client, COMMIT).await?;
     Ok(Some(outbox_id))

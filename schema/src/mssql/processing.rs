@@ -31,7 +31,7 @@ async fn process_one(
         return Ok(ProcessOutcome::Duplicate);
     }
     let Some(list_price) = list_price else {
-        let reason = format!("unknown product {product_id}");
+        let reason = truncate_utf16(&format!("unknown product {product_id}"), FAILURE_REASON_UNITS).to_string();
         exec(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
         return Ok(ProcessOutcome::Failed(reason));
     };
@@ -89,8 +89,8 @@ impl ProcessingStore for MssqlStore {
         reason: &str,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
-        let reason: String = reason.chars().take(400).collect();
-        let result = fail(&mut conn, outbox_id, order_id, &reason).await;
+        let reason = truncate_utf16(reason, FAILURE_REASON_UNITS);
+        let result = fail(&mut conn, outbox_id, order_id, reason).await;
         finish(conn, result)
     }
 }

@@ -1,7 +1,13 @@
 //! Every SQL Server statement the backend sends, in one table for the T-SQL parser test.
 //!
-//! Invariant: statements are written in the shapes sqlparser's MsSqlDialect accepts
-//! (alias-form UPDATE TOP with hints, no updatable CTEs, no MERGE, no DELETE TOP).
+//! Invariants: statements are written in the shapes sqlparser's MsSqlDialect accepts
+//! (alias-form UPDATE TOP with hints, no updatable CTEs, no MERGE, no DELETE TOP);
+//! no statement is ever sent with a NULL parameter (some TDS servers refuse the
+//! untyped NULLTYPE that tiberius sends for it), so optional values have a
+//! statement text of their own or an empty-string sentinel read with `NULLIF`;
+//! a statement with `TOP (@LIMIT)` gets its limit inlined as an integer literal
+//! by [`with_limit`], because Babelfish takes `TOP (1)` when a statement holds
+//! both `TOP (@Pn)` and a parameter inside `DATEADD`.
 
 pub(super) const PRODUCTS: &str = "SELECT product_id, name, list_price FROM dbo.products ORDER BY product_id";
 pub(super) const PRODUCT: &str = "SELECT product_id, name, list_price FROM dbo.products WHERE product_id = @P1";
@@ -10,25 +16,31 @@ pub(super) const ORDER_BY_KEY: &str =
 pub(super) const INSERT_ORDER: &str = concat!(
     "INSERT INTO dbo.orders (customer_name, product_id, quantity, idempotency_key) OUTPUT ",
     order_columns!("inserted."),
-    " VALUES (@P1, @P2, @P3, @P4)"
+    " VALUES (@P1, @P2, @P3, NULLIF(@P4, N''))"
 );
+// Empty trace context means none: a valid traceparent is never empty.
 pub(super) const INSERT_OUTBOX: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, \
-     created_at) VALUES (@P1, @P2, @P3, @P4, @P5, @P6, COALESCE(@P7, SYSUTCDATETIME()))";
+     created_at) VALUES (@P1, @P2, @P3, @P4, NULLIF(@P5, N''), NULLIF(@P6, N''), @P7)";
+pub(super) const INSERT_OUTBOX_NOW: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, \
+     tracestate, created_at) VALUES (@P1, @P2, @P3, @P4, NULLIF(@P5, N''), NULLIF(@P6, N''), SYSUTCDATETIME())";
 pub(super) const ORDER_COUNTS: &str = "SELECT status, COUNT_BIG(*) FROM dbo.orders GROUP BY status";
 pub(super) const PARKED_ROWS: &str = "SELECT TOP (@P1) outbox_id, order_id, attempts, last_error, created_at, dead_at \
      FROM dbo.outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC";
-pub(super) const REQUEUE: &str = "UPDATE dbo.outbox SET dead_at = NULL, attempts = 0, next_attempt_at = SYSUTCDATETIME(), \
+pub(super) const REQUEUE_ROW: &str = "UPDATE dbo.outbox SET dead_at = NULL, attempts = 0, next_attempt_at = SYSUTCDATETIME(), \
      lease_owner = NULL, lease_until = NULL OUTPUT inserted.outbox_id, inserted.order_id \
-     WHERE dead_at IS NOT NULL AND published_at IS NULL AND (outbox_id = @P1 OR order_id = @P2)";
+     WHERE dead_at IS NOT NULL AND published_at IS NULL AND outbox_id = @P1";
+pub(super) const REQUEUE_ORDER: &str = "UPDATE dbo.outbox SET dead_at = NULL, attempts = 0, next_attempt_at = SYSUTCDATETIME(), \
+     lease_owner = NULL, lease_until = NULL OUTPUT inserted.outbox_id, inserted.order_id \
+     WHERE dead_at IS NOT NULL AND published_at IS NULL AND order_id = @P1";
 pub(super) const INSERT_AUDIT: &str =
     "INSERT INTO dbo.outbox_audit (outbox_id, order_id, action, requested_by) VALUES (@P1, @P2, @P3, @P4)";
 // Small batches under ROWLOCK + READPAST: retention never takes a big lock and
 // never waits on rows a relay or another cleaner holds.
-pub(super) const PURGE_PUBLISHED: &str = "DELETE FROM dbo.outbox WHERE outbox_id IN (SELECT TOP (@P1) p.outbox_id \
+pub(super) const PURGE_PUBLISHED: &str = "DELETE FROM dbo.outbox WHERE outbox_id IN (SELECT TOP (@LIMIT) p.outbox_id \
      FROM dbo.outbox p WITH (ROWLOCK, READPAST) \
-     WHERE p.published_at IS NOT NULL AND p.published_at < DATEADD(second, @P2, SYSUTCDATETIME()))";
-pub(super) const PURGE_INBOX: &str = "DELETE FROM dbo.inbox WHERE outbox_id IN (SELECT TOP (@P1) i.outbox_id \
-     FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < DATEADD(second, @P2, SYSUTCDATETIME()))";
+     WHERE p.published_at IS NOT NULL AND p.published_at < DATEADD(second, @P1, SYSUTCDATETIME()))";
+pub(super) const PURGE_INBOX: &str = "DELETE FROM dbo.inbox WHERE outbox_id IN (SELECT TOP (@LIMIT) i.outbox_id \
+     FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < DATEADD(second, @P1, SYSUTCDATETIME()))";
 pub(super) const PENDING_WITHOUT_OUTBOX: &str = "SELECT COUNT_BIG(*) FROM dbo.orders o WHERE o.status = N'pending' \
      AND NOT EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = o.order_id)";
 pub(super) const PUBLISHED_NOT_PROCESSED: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE status = N'published' \
@@ -45,7 +57,7 @@ pub(super) const RECENT_ORDERS: &str =
 // The portable claim: alias form of UPDATE TOP with lock hints, no updatable
 // CTE. READPAST skips rows another relay is claiming; UPDLOCK keeps two
 // claimers from reading the same row; the lease makes it invisible afterwards.
-pub(super) const CLAIM: &str = "UPDATE TOP (@P3) o SET lease_owner = @P1, lease_until = DATEADD(millisecond, @P2, SYSUTCDATETIME()) \
+pub(super) const CLAIM: &str = "UPDATE TOP (@LIMIT) o SET lease_owner = @P1, lease_until = DATEADD(millisecond, @P2, SYSUTCDATETIME()) \
      OUTPUT inserted.outbox_id, inserted.order_id, inserted.event_type, inserted.payload, inserted.traceparent, \
      inserted.tracestate, inserted.created_at, inserted.attempts \
      FROM dbo.outbox o WITH (UPDLOCK, READPAST, ROWLOCK) \
@@ -90,6 +102,11 @@ pub(super) const MIGRATION_LOCK: &str = "EXEC sp_getapplock @Resource = N'orderf
 pub(super) const MIGRATION_UNLOCK: &str =
     "EXEC sp_releaseapplock @Resource = N'orderflow-migrations', @LockOwner = N'Session'";
 
+/// `sql` with its `@LIMIT` replaced by the integer `limit` (see the module header).
+pub(super) fn with_limit(sql: &str, limit: u32) -> String {
+    sql.replacen("@LIMIT", &limit.to_string(), 1)
+}
+
 pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
     vec![
         ("PRODUCTS", PRODUCTS),
@@ -97,6 +114,7 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("ORDER_BY_KEY", ORDER_BY_KEY),
         ("INSERT_ORDER", INSERT_ORDER),
         ("INSERT_OUTBOX", INSERT_OUTBOX),
+        ("INSERT_OUTBOX_NOW", INSERT_OUTBOX_NOW),
         ("ORDER", ORDER),
         ("RECENT_ORDERS", RECENT_ORDERS),
         ("CLAIM", CLAIM),
@@ -113,7 +131,8 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("ORDER_EXISTS", ORDER_EXISTS),
         ("PARKED_ROWS", PARKED_ROWS),
         ("ORDER_COUNTS", ORDER_COUNTS),
-        ("REQUEUE", REQUEUE),
+        ("REQUEUE_ROW", REQUEUE_ROW),
+        ("REQUEUE_ORDER", REQUEUE_ORDER),
         ("INSERT_AUDIT", INSERT_AUDIT),
         ("PURGE_PUBLISHED", PURGE_PUBLISHED),
         ("PURGE_INBOX", PURGE_INBOX),

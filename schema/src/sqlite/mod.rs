@@ -16,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::limits::{FAILURE_REASON_UNITS, LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
@@ -179,7 +180,14 @@ impl From<rusqlite::Error> for StoreError {
                 | ErrorCode::DatabaseLocked
                 | ErrorCode::CannotOpen
                 | ErrorCode::SystemIoFailure => StoreError::Unavailable(e.to_string()),
-                ErrorCode::ConstraintViolation => StoreError::Conflict(e.to_string()),
+                // 2067 UNIQUE, 1555 PRIMARY KEY: a duplicate; CHECK, NOT NULL and
+                // FOREIGN KEY are the data breaking a rule.
+                ErrorCode::ConstraintViolation if matches!(f.extended_code, 2067 | 1555) => {
+                    StoreError::Conflict(e.to_string())
+                }
+                ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch => {
+                    StoreError::Invalid(e.to_string())
+                }
                 _ => StoreError::Other(e.to_string()),
             },
             _ => StoreError::Other(e.to_string()),

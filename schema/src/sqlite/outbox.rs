@@ -9,7 +9,7 @@ use super::*;
 #[async_trait]
 impl OutboxStore for SqliteStore {
     async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
-        let owner = owner.to_string();
+        let owner = truncate_utf16(owner, LEASE_OWNER_UNITS).to_string();
         self.write(move |tx| {
             // One IMMEDIATE transaction is the single writer: no two relays can
             // select the same due rows.
@@ -63,7 +63,7 @@ impl OutboxStore for SqliteStore {
         retry_in: Duration,
         max_attempts: i32,
     ) -> Result<FailureOutcome, StoreError> {
-        let error = error.chars().take(1000).collect::<String>();
+        let error = truncate_utf16(error, LAST_ERROR_UNITS).to_string();
         self.write(move |tx| {
             let sql = format!(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, lease_owner = NULL, lease_until = NULL, \
@@ -83,7 +83,7 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-        let owner = owner.to_string();
+        let owner = truncate_utf16(owner, LEASE_OWNER_UNITS).to_string();
         self.write(move |tx| {
             let n = tx.execute(
                 "UPDATE outbox SET lease_owner = NULL, lease_until = NULL \
@@ -135,7 +135,7 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn requeue(&self, target: RequeueTarget, requested_by: &str) -> Result<Vec<OutboxId>, StoreError> {
-        let requested_by = requested_by.to_string();
+        let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string();
         self.write(move |tx| {
             let (by_id, by_order) = match target {
                 RequeueTarget::Outbox(id) => (Some(id.to_string()), None),
@@ -209,7 +209,7 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
-        let requested_by = requested_by.to_string();
+        let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string();
         self.write(move |tx| {
             let sql = format!(
                 "UPDATE orders SET status = 'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, \

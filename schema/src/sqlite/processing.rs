@@ -38,7 +38,7 @@ fn process_one(
         return Ok(ProcessOutcome::Duplicate);
     }
     let Some(list_price) = parse_decimal(list_price)? else {
-        let reason = format!("unknown product {product_id}");
+        let reason = truncate_utf16(&format!("unknown product {product_id}"), FAILURE_REASON_UNITS).to_string();
         mark_failed(tx, order_id, &reason)?;
         return Ok(ProcessOutcome::Failed(reason));
     };
@@ -83,7 +83,7 @@ impl ProcessingStore for SqliteStore {
         order_id: OrderId,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        let reason = reason.chars().take(400).collect::<String>();
+        let reason = truncate_utf16(reason, FAILURE_REASON_UNITS).to_string();
         self.write(move |tx| {
             let exists: bool =
                 tx.query_row("SELECT EXISTS (SELECT 1 FROM orders WHERE order_id = ?1)", [order_id.0], |r| r.get(0))?;

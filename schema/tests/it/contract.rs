@@ -308,6 +308,46 @@ pub async fn a_batch_is_one_transaction_with_an_outcome_per_message(store: Arc<d
     assert_eq!(outcomes.len(), 6);
 }
 
+pub async fn keys_that_differ_only_in_case_are_different(store: Arc<dyn Store>) {
+    let mut lower = new_order("Bea", "P200", 1);
+    lower.idempotency_key = Some("abC".into());
+    let mut upper = lower.clone();
+    upper.idempotency_key = Some("ABc".into());
+    let Placed::Created(a) = store.place_order(lower).await.unwrap() else { panic!("abC is new") };
+    let Placed::Created(b) = store.place_order(upper).await.unwrap() else { panic!("ABc is another key") };
+    assert_ne!(a.order_id, b.order_id);
+    assert!(matches!(store.product("p123").await, Err(schema::StoreError::NotFound)), "product ids are exact");
+    let lowercase_product = place(&store, "p123", 1).await;
+    let outcome = store.process_order(None, lowercase_product, price).await.unwrap();
+    assert_eq!(outcome, ProcessOutcome::Failed("unknown product p123".into()), "p123 is not P123");
+}
+
+pub async fn non_bmp_text_fits_at_every_limit(store: Arc<dyn Store>) {
+    use schema::limits::{CUSTOMER_NAME_CHARS, FAILURE_REASON_UNITS, LAST_ERROR_UNITS, utf16_len};
+    let name = "😀".repeat(CUSTOMER_NAME_CHARS);
+    let Placed::Created(order) = store.place_order(new_order(&name, "P123", 1)).await.unwrap() else {
+        panic!("a new order")
+    };
+    assert_eq!(store.order(order.order_id).await.unwrap().customer_name, name, "stored whole");
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&rows[0].payload).unwrap();
+    assert_eq!(body["customer_name"], name.as_str());
+
+    let reason = format!("invalid order message: {}", "𝄞".repeat(300));
+    assert!(store.fail_order(Some(OutboxId::new()), order.order_id, &reason).await.unwrap());
+    let stored = store.order(order.order_id).await.unwrap().failure_reason.unwrap();
+    assert!(utf16_len(&stored) <= FAILURE_REASON_UNITS && utf16_len(&stored) >= FAILURE_REASON_UNITS - 1);
+    assert!(reason.starts_with(&stored), "cut on a character boundary");
+
+    let error = "ERROR: ".to_string() + &"💥".repeat(LAST_ERROR_UNITS);
+    let parked = store.record_failure("relay-a", rows[0].outbox_id, &error, Duration::ZERO, 1).await.unwrap();
+    assert_eq!(parked, FailureOutcome::Parked);
+    let last_error = store.parked_rows(1).await.unwrap()[0].last_error.clone().unwrap();
+    assert!(utf16_len(&last_error) <= LAST_ERROR_UNITS && error.starts_with(&last_error));
+    let who = "運用担当👩‍💻".repeat(40);
+    assert_eq!(store.requeue(RequeueTarget::Outbox(rows[0].outbox_id), &who).await.unwrap(), vec![rows[0].outbox_id]);
+}
+
 macro_rules! contract_tests {
     ($backend:ident, $make:path) => {
         mod $backend {
@@ -329,7 +369,9 @@ macro_rules! contract_tests {
                 retention_deletes_old_rows_in_small_batches,
                 reconciliation_reports_orders_published_but_not_processed,
                 a_failed_order_can_be_retried_once_its_cause_is_fixed,
-                a_batch_is_one_transaction_with_an_outcome_per_message
+                a_batch_is_one_transaction_with_an_outcome_per_message,
+                keys_that_differ_only_in_case_are_different,
+                non_bmp_text_fits_at_every_limit
             );
         }
     };
