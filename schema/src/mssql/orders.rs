@@ -76,32 +76,6 @@ async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
     Ok(Placed::Created(stored))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every optional value of an order and its outbox row, absent: no NULL may be bound.
-    #[test]
-    fn optional_values_are_never_bound_as_null() {
-        let order = NewOrder {
-            customer_name: "Ajay".into(),
-            product_id: "P123".into(),
-            quantity: 2,
-            idempotency_key: None,
-            traceparent: None,
-            tracestate: None,
-        };
-        check_params(INSERT_ORDER, &insert_order_params(&order)).unwrap();
-        for created_at in [None, Some(Utc::now().naive_utc())] {
-            let row = OutboxInsert { outbox_id: Uuid::new_v4(), order_id: 1, payload: "{}".into(), created_at };
-            let (sql, params) = row.statement(&None, &None);
-            check_params(sql, &params).unwrap();
-            let placeholders = (1..=7).filter(|n| sql.contains(&format!("@P{n}"))).count();
-            assert_eq!(placeholders, params.len(), "one value per placeholder in {sql}");
-        }
-    }
-}
-
 #[async_trait]
 impl OrderStore for MssqlStore {
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
@@ -161,5 +135,31 @@ impl OrderStore for MssqlStore {
         let result =
             async { rows(&mut conn, RECENT_ORDERS, &[&limit]).await?.iter().map(order_from_row).collect() }.await;
         finish(conn, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every optional value of an order and its outbox row, absent: no NULL may be bound.
+    #[test]
+    fn optional_values_are_never_bound_as_null() {
+        let order = NewOrder {
+            customer_name: "Ajay".into(),
+            product_id: "P123".into(),
+            quantity: 2,
+            idempotency_key: None,
+            traceparent: None,
+            tracestate: None,
+        };
+        check_params(INSERT_ORDER, &insert_order_params(&order)).unwrap();
+        for created_at in [None, Some(Utc::now().naive_utc())] {
+            let row = OutboxInsert { outbox_id: Uuid::new_v4(), order_id: 1, payload: "{}".into(), created_at };
+            let (sql, params) = row.statement(&None, &None);
+            check_params(sql, &params).unwrap();
+            let placeholders = (1..=7).filter(|n| sql.contains(&format!("@P{n}"))).count();
+            assert_eq!(placeholders, params.len(), "one value per placeholder in {sql}");
+        }
     }
 }
