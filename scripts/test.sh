@@ -42,6 +42,11 @@ echo "== starting ActiveMQ on 127.0.0.1:$broker_port"
 scripts/activemq.sh start "$broker_dir" "$broker_port" $$
 export TEST_BROKER_URL="tcp://127.0.0.1:$broker_port"
 
+# One SQL Server for everything: the end-to-end tests' database also runs the contract suite.
+case "${TEST_DATABASE_URL:-}" in
+    mssql://* | sqlserver://* | server=* | Server=* | SERVER=*) export TEST_MSSQL_URL="${TEST_MSSQL_URL:-$TEST_DATABASE_URL}" ;;
+esac
+
 echo "== tests"
 log="$broker_dir/test.log"
 status=0

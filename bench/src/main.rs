@@ -87,10 +87,8 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("orderflow-bench-").tempdir()?;
     let db_path = dir.path().join("bench.db");
     let database_url = format!("sqlite://{}", db_path.display());
-    schema::connect(&database_url).await?;
-    let mut conn = rusqlite::Connection::open(&db_path)?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    e2e::fill_outbox(&mut conn, args.messages, 0);
+    let probe = schema::testing::probe(&database_url).await?;
+    probe.bulk_orders(args.messages, 0).await?;
     let queue = "/queue/bench.pipeline";
     let env = [
         ("DATABASE_URL", database_url.clone()),
@@ -101,12 +99,10 @@ async fn main() -> anyhow::Result<()> {
         ("RUST_LOG", "warn".to_string()),
     ];
 
-    let counter = rusqlite::Connection::open(&db_path)?;
-    counter.busy_timeout(Duration::from_secs(30))?;
-    let count = |sql: &str| -> i64 { counter.query_row(sql, [], |r| r.get(0)).unwrap_or(-1) };
+    let tally = || async { probe.tally().await.unwrap_or_default() };
     let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env)?;
     let started = Instant::now();
-    wait_until(Duration::from_secs(600), || count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") == 0)?;
+    wait_until(Duration::from_secs(600), || async { tally().await.unpublished == 0 }).await?;
     let relay_rate = args.messages as f64 / started.elapsed().as_secs_f64();
     let relay_usage = relay.stop()?;
     eprintln!("relay drain: {relay_rate:.0} msg/s");
@@ -114,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env)?;
     let started = Instant::now();
     let target = args.messages as i64;
-    wait_until(Duration::from_secs(600), || count("SELECT COUNT(*) FROM orders WHERE status = 'processed'") >= target)?;
+    wait_until(Duration::from_secs(600), || async { tally().await.processed >= target }).await?;
     let consumer_rate = args.messages as f64 / started.elapsed().as_secs_f64();
     let consumer_usage = consumer.stop()?;
     eprintln!("consumer drain: {consumer_rate:.0} msg/s");
@@ -122,12 +118,12 @@ async fn main() -> anyhow::Result<()> {
     // Relay and consumer together on a fresh backlog: the steady pipeline rate.
     let pipeline_queue = "/queue/bench.steady".to_string();
     let steady_env = env.clone().map(|(k, v)| if k == "ORDER_QUEUE" { (k, pipeline_queue.clone()) } else { (k, v) });
-    conn.execute_batch("DELETE FROM inbox; DELETE FROM outbox; DELETE FROM orders;")?;
-    e2e::fill_outbox(&mut conn, args.messages, 0);
+    probe.clear().await?;
+    probe.bulk_orders(args.messages, 0).await?;
     let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &steady_env)?;
     let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &steady_env)?;
     let started = Instant::now();
-    wait_until(Duration::from_secs(600), || count("SELECT COUNT(*) FROM orders WHERE status = 'processed'") >= target)?;
+    wait_until(Duration::from_secs(600), || async { tally().await.processed >= target }).await?;
     let pipeline_rate = args.messages as f64 / started.elapsed().as_secs_f64();
     let pipeline_relay = relay.stop()?;
     let pipeline_consumer = consumer.stop()?;
@@ -227,11 +223,15 @@ fn max_usage(a: procs::Usage, b: procs::Usage) -> procs::Usage {
     procs::Usage { peak_rss_mb: a.peak_rss_mb.max(b.peak_rss_mb), cpu_seconds: a.cpu_seconds + b.cpu_seconds }
 }
 
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+async fn wait_until<F, Fut>(timeout: Duration, mut done: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = Instant::now() + timeout;
-    while !done() {
+    while !done().await {
         anyhow::ensure!(Instant::now() < deadline, "phase did not finish within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }

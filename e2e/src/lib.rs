@@ -2,7 +2,8 @@
 //! started in-process on port 0, and typed helpers to drive and inspect them.
 //!
 //! Invariant: every helper waits on a condition with a deadline, never on a
-//! fixed sleep; every test gets its own SQLite file and its own queue.
+//! fixed sleep; every test gets its own database (a SQLite file, or a fresh SQL Server
+//! database when `TEST_DATABASE_URL` names one) and its own queue.
 
 pub mod broker;
 pub mod service;
@@ -45,38 +46,15 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Inserts `n` orders with their outbox rows straight into a SQLite database,
-/// in one transaction (a backlog for the relay); `payload_pad` bytes of
-/// padding make each message that much bigger. Returns the outbox ids.
-pub fn fill_outbox(conn: &mut rusqlite::Connection, n: usize, payload_pad: usize) -> Vec<String> {
-    let tx = conn.transaction().expect("begin");
-    let mut ids = Vec::with_capacity(n);
-    {
-        let mut order = tx
-            .prepare(
-                "INSERT INTO orders (customer_name, product_id, quantity) VALUES (?1, 'P123', 2) RETURNING order_id",
-            )
-            .expect("prepare");
-        let mut outbox = tx
-            .prepare(
-                "INSERT INTO outbox (outbox_id, order_id, event_type, payload) VALUES (?1, ?2, 'OrderPlacedV1', ?3)",
-            )
-            .expect("prepare");
-        for i in 0..n {
-            let name = format!("Backlog {i}");
-            let order_id: i64 = order.query_row([&name], |r| r.get(0)).expect("insert order");
-            let outbox_id = uuid::Uuid::now_v7().to_string();
-            let mut payload = serde_json::json!({"order_id": order_id, "customer_name": name, "product_id": "P123",
-                "quantity": 2, "version": 1, "outbox_id": outbox_id});
-            if payload_pad > 0 {
-                payload["pad"] = serde_json::json!("x".repeat(payload_pad));
-            }
-            outbox.execute(rusqlite::params![outbox_id, order_id, payload.to_string()]).expect("insert outbox row");
-            ids.push(outbox_id);
+/// The database for one test: a fresh SQL Server database when
+/// `TEST_DATABASE_URL` names one (either URL form), else a SQLite file in `dir`.
+pub async fn test_database_url(dir: &tempfile::TempDir) -> String {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) if schema::testing::is_mssql(&url) => {
+            schema::testing::fresh_mssql_database(&url).await.expect("a fresh SQL Server database")
         }
+        _ => format!("sqlite://{}", dir.path().join("orderflow.db").display()),
     }
-    tx.commit().expect("commit");
-    ids
 }
 
 /// Sends a persistent message with a plain STOMP client (as a seed-style

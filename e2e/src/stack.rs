@@ -1,9 +1,10 @@
 //! The whole pipeline for one test: its own SQLite file and queue, the shared
 //! (or a private) broker, and the three services.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
+use schema::testing::{Probe, Tally};
 use serde_json::{Value, json};
 
 use crate::service::Service;
@@ -16,6 +17,10 @@ pub const TEST_LEASE_MS: u64 = 2_000;
 pub struct Stack {
     pub dir: tempfile::TempDir,
     pub database_url: String,
+    /// The store, for reading orders as the services see them.
+    pub store: Arc<dyn schema::Store>,
+    /// Whole-database figures and bulk loading, on either backend.
+    pub probe: Arc<dyn Probe>,
     pub broker_url: String,
     pub queue: String,
     pub producer: Service,
@@ -36,12 +41,16 @@ impl Stack {
     /// The producer only; start the others with [`Stack::start_relay`] and [`Stack::start_consumer`].
     pub async fn start_producer(broker_url: &str) -> Stack {
         let dir = tempfile::Builder::new().prefix("orderflow-e2e-").tempdir().expect("temp dir");
-        let database_url = format!("sqlite://{}", dir.path().join("orderflow.db").display());
+        let database_url = crate::test_database_url(&dir).await;
+        let probe = schema::testing::probe(&database_url).await.expect("test database");
+        let store = schema::connect(&database_url).await.expect("test database");
         let config = producer::Config::for_database(&database_url);
         let producer = Service::start(producer::App::build(config)).await.expect("producer starts");
         Stack {
             dir,
             database_url,
+            store,
+            probe,
             broker_url: broker_url.to_string(),
             queue: crate::unique_queue(),
             producer,
@@ -103,23 +112,25 @@ impl Stack {
         body["order_id"].as_i64().expect("order_id in the answer")
     }
 
-    /// A connection to the stack's database, for invariant checks.
-    pub fn db(&self) -> Connection {
-        let path = self.database_url.trim_start_matches("sqlite://");
-        let conn = Connection::open(path).expect("open the test database");
-        conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
-        conn
+    /// Whole-database figures, for waits and invariant checks.
+    pub async fn tally(&self) -> Tally {
+        self.probe.tally().await.expect("tally the test database")
     }
 
-    /// One integer from SQL.
-    pub fn count(&self, sql: &str) -> i64 {
-        self.db().query_row(sql, [], |r| r.get(0)).expect("count query")
+    /// A raw connection to the stack's SQLite file, for the tests that hold
+    /// SQLite's own write lock; `None` on SQL Server.
+    pub fn sqlite(&self) -> Option<rusqlite::Connection> {
+        let path = self.database_url.strip_prefix("sqlite://")?;
+        let conn = rusqlite::Connection::open(path).expect("open the test database");
+        conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+        Some(conn)
     }
 
     /// Waits until `n` orders are final (processed or failed).
     pub async fn wait_until_final(&self, n: i64, timeout: Duration) {
         wait_for(&format!("{n} final orders"), timeout, || async {
-            (self.count("SELECT COUNT(*) FROM orders WHERE status IN ('processed', 'failed')") >= n).then_some(())
+            let t = self.tally().await;
+            (t.processed + t.failed >= n).then_some(())
         })
         .await
     }
@@ -128,10 +139,7 @@ impl Stack {
     /// row (a fast consumer may finish an order before its RECEIPT is recorded).
     pub async fn wait_until_settled(&self, n: i64, timeout: Duration) {
         self.wait_until_final(n, timeout).await;
-        wait_for("the outbox to drain", timeout, || async {
-            (self.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL") == 0).then_some(())
-        })
-        .await
+        wait_for("the outbox to drain", timeout, || async { (self.tally().await.unpublished == 0).then_some(()) }).await
     }
 
     /// The consumer's count of messages with this outcome.
@@ -142,34 +150,22 @@ impl Stack {
 
     /// The end-of-test invariants: `n` orders, every one processed exactly
     /// once with the right prices, one published outbox row and one inbox row each.
-    pub fn assert_all_processed_exactly_once(&self, n: i64) {
-        assert_eq!(self.count("SELECT COUNT(*) FROM orders"), n, "orders placed");
-        assert_eq!(self.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'"), n, "orders processed");
-        assert_eq!(self.count("SELECT COUNT(*) FROM outbox"), n, "one outbox row per order");
-        assert_eq!(
-            self.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL"),
-            0,
-            "no outbox row left unpublished"
-        );
-        assert_eq!(self.count("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL"), 0, "nothing parked");
-        assert_eq!(self.count("SELECT COUNT(*) FROM inbox"), n, "one inbox row per message");
-        assert_eq!(
-            self.count("SELECT COUNT(*) FROM inbox i JOIN outbox o ON o.outbox_id = i.outbox_id"),
-            n,
-            "every inbox row is one of our outbox rows"
-        );
-        let wrong_prices = self.count(
-            "SELECT COUNT(*) FROM orders o JOIN products p ON p.product_id = o.product_id \
-             WHERE CAST(o.unit_price AS REAL) <> ROUND(CAST(p.list_price AS REAL) * 0.9 + 1e-9, 2) \
-                OR CAST(o.total_price AS REAL) <> ROUND(CAST(o.unit_price AS REAL) * o.quantity, 2)",
-        );
-        assert_eq!(wrong_prices, 0, "every order priced at list price less 10 %");
+    pub async fn assert_all_processed_exactly_once(&self, n: i64) {
+        let t = self.tally().await;
+        assert_eq!(t.orders, n, "orders placed");
+        assert_eq!(t.processed, n, "orders processed");
+        assert_eq!(t.outbox, n, "one outbox row per order");
+        assert_eq!(t.unpublished, 0, "no outbox row left unpublished");
+        assert_eq!(t.parked, 0, "nothing parked");
+        assert_eq!(t.inbox, n, "one inbox row per message");
+        assert_eq!(t.inbox_from_outbox, n, "every inbox row is one of our outbox rows");
+        assert_eq!(t.mispriced, 0, "every order priced at list price less 10 %");
     }
 
     /// Inserts `n` orders with their outbox rows straight into the database
-    /// (see [`crate::fill_outbox`]). Returns the outbox ids.
-    pub fn fill_outbox(&self, n: usize, payload_pad: usize) -> Vec<String> {
-        crate::fill_outbox(&mut self.db(), n, payload_pad)
+    /// (a backlog for the relay). Returns the outbox ids.
+    pub async fn fill_outbox(&self, n: usize, payload_pad: usize) -> Vec<schema::OutboxId> {
+        self.probe.bulk_orders(n, payload_pad).await.expect("bulk load the outbox")
     }
 
     /// Reads every message on the stack's queue (acknowledging each) until the

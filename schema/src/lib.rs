@@ -13,13 +13,7 @@ pub mod pricing;
 mod sqlite;
 pub mod store;
 
-/// Helpers for tests that need a database of their own.
-pub mod testing {
-    /// Creates an empty SQL Server database beside the one `url` names and returns its URL.
-    pub async fn fresh_mssql_database(url: &str) -> anyhow::Result<String> {
-        crate::mssql::fresh_database(url).await
-    }
-}
+pub mod testing;
 
 use std::sync::Arc;
 
@@ -44,14 +38,28 @@ pub fn mssql_statements() -> Vec<(&'static str, &'static str)> {
 /// processes share the file) selects SQLite; `mssql://…` or an ADO.NET string
 /// starting with `server=` selects SQL Server.
 pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match backend(url)? {
+        Backend::Sqlite(path) => {
+            Arc::new(SqliteStore::open(path).await.with_context(|| format!("opening sqlite database {path}"))?)
+        }
+        Backend::Mssql => Arc::new(MssqlStore::connect(url).await.context("connecting to sql server")?),
+    })
+}
+
+/// The backend a `DATABASE_URL` selects.
+enum Backend<'a> {
+    /// The path after `sqlite://`.
+    Sqlite(&'a str),
+    Mssql,
+}
+
+fn backend(url: &str) -> anyhow::Result<Backend<'_>> {
     let lower = url.to_ascii_lowercase();
-    if let Some(path) = lower.starts_with("sqlite:").then(|| url["sqlite:".len()..].trim_start_matches("//")) {
-        let store = SqliteStore::open(path).await.with_context(|| format!("opening sqlite database {path}"))?;
-        return Ok(Arc::new(store));
+    if lower.starts_with("sqlite:") {
+        return Ok(Backend::Sqlite(url["sqlite:".len()..].trim_start_matches("//")));
     }
     if lower.starts_with("mssql://") || lower.starts_with("sqlserver://") || lower.starts_with("server=") {
-        let store = MssqlStore::connect(url).await.context("connecting to sql server")?;
-        return Ok(Arc::new(store));
+        return Ok(Backend::Mssql);
     }
     anyhow::bail!("unsupported DATABASE_URL scheme: expected sqlite://PATH or mssql://USER:PASSWORD@HOST:PORT/DATABASE")
 }

@@ -44,14 +44,14 @@ async fn the_api_rejects_bad_input_with_clear_errors() {
 
     assert_eq!(reqwest::get(format!("{}/api/orders/424242", stack.base_url())).await.unwrap().status().as_u16(), 404);
     assert_eq!(reqwest::get(format!("{}/api/orders/abc", stack.base_url())).await.unwrap().status().as_u16(), 404);
-    assert_eq!(stack.count("SELECT COUNT(*) FROM orders"), 0, "nothing stored from bad input");
+    assert_eq!(stack.tally().await.orders, 0, "nothing stored from bad input");
 
     let order = json!({"customer_name": "Ajay", "product_id": "P123", "quantity": 2});
     let (first, a) = stack.post_json(&order, Some("load-test-7")).await;
     let (again, b) = stack.post_json(&order, Some("load-test-7")).await;
     assert_eq!((first, again), (201, 200), "a replayed Idempotency-Key returns the first order");
     assert_eq!(a["order_id"], b["order_id"]);
-    assert_eq!(stack.count("SELECT COUNT(*) FROM outbox"), 1);
+    assert_eq!(stack.tally().await.outbox, 1);
 
     let other = json!({"customer_name": "Ajay", "product_id": "P123", "quantity": 3});
     let (status, body) = stack.post_json(&other, Some("load-test-7")).await;
@@ -158,27 +158,25 @@ async fn malformed_messages_are_parked_with_their_reason_and_the_consumer_keeps_
 
     // Good messages among the bad ones were processed; failures are on the orders.
     stack.wait_until_final(4, Duration::from_secs(30)).await;
-    let status = |id: i64| -> (String, Option<String>, Option<String>) {
-        stack
-            .db()
-            .query_row("SELECT status, unit_price, failure_reason FROM orders WHERE order_id = ?1", [id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .unwrap()
+    let store = &stack.store;
+    let status = |id: i64| async move {
+        let o = store.order(schema::OrderId(id)).await.unwrap();
+        (o.status.to_string(), o.unit_price.map(|p| p.to_string()), o.failure_reason)
     };
     assert_eq!(
-        status(seed_order),
+        status(seed_order).await,
         ("processed".into(), Some("90.00".into()), None),
         "a seed-style message is processed"
     );
-    assert_eq!(status(range_order), ("failed".into(), None, Some("quantity 0 is out of range 1-1000".into())));
-    assert_eq!(status(unknown_order), ("failed".into(), None, Some("unknown product P999".into())));
-    assert_eq!(status(dup_order).0, "processed");
+    assert_eq!(status(range_order).await, ("failed".into(), None, Some("quantity 0 is out of range 1-1000".into())));
+    assert_eq!(status(unknown_order).await, ("failed".into(), None, Some("unknown product P999".into())));
+    assert_eq!(status(dup_order).await.0, "processed");
     wait_for("the duplicate to be acknowledged", Duration::from_secs(10), || async {
         (stack.consumer_outcome("duplicate").await >= 1.0).then_some(())
     })
     .await;
     assert_eq!(stack.consumer_outcome("processed").await, 2.0, "the duplicate was priced once");
-    assert_eq!(stack.count(&format!("SELECT COUNT(*) FROM inbox WHERE outbox_id = '{dup_id}'")), 1, "one inbox row");
+    let dup_id: schema::OutboxId = dup_id.parse().unwrap();
+    assert_eq!(stack.probe.inbox_rows(dup_id).await.unwrap(), 1, "one inbox row");
     stack.shutdown().await;
 }

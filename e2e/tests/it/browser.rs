@@ -65,7 +65,7 @@ async fn a_person_places_an_order_in_the_browser_and_sees_it_processed() {
     let qty_error = page.find(Locator::Id("quantity-error")).await.unwrap().text().await.unwrap();
     assert_eq!(qty_error, "quantity must be a whole number");
     assert_eq!(page.find(Locator::Id("quantity")).await.unwrap().prop("value").await.unwrap().as_deref(), Some("abc"));
-    assert_eq!(stack.count("SELECT COUNT(*) FROM orders"), 0);
+    assert_eq!(stack.tally().await.orders, 0);
 
     // Good input: redirected to the order's page, which turns `processed` by itself.
     let name = page.find(Locator::Id("customer_name")).await.unwrap();

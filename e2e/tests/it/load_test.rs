@@ -35,8 +35,8 @@ async fn a_smoke_run_completes_with_every_order_processed() {
     assert_eq!((open.accepted, open.completion_rate), (200, 1.0), "{}", open.render());
 
     let placed = (closed.accepted + open.accepted) as i64;
-    assert_eq!(stack.count("SELECT COUNT(*) FROM orders"), placed, "the tool's count matches the database");
+    assert_eq!(stack.tally().await.orders, placed, "the tool's count matches the database");
     stack.wait_until_settled(placed, Duration::from_secs(30)).await;
-    stack.assert_all_processed_exactly_once(placed);
+    stack.assert_all_processed_exactly_once(placed).await;
     stack.shutdown().await;
 }

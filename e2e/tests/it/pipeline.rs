@@ -34,13 +34,9 @@ async fn two_hundred_orders_are_processed_exactly_once() {
     assert_eq!(rest.len(), 199);
     stack.wait_until_settled(200, Duration::from_secs(60)).await;
 
-    stack.assert_all_processed_exactly_once(200);
-    let (unit, total): (String, String) = stack
-        .db()
-        .query_row("SELECT unit_price, total_price FROM orders WHERE order_id = ?1", [first], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
+    stack.assert_all_processed_exactly_once(200).await;
+    let priced = stack.store.order(schema::OrderId(first)).await.unwrap();
+    let (unit, total) = (priced.unit_price.unwrap().to_string(), priced.total_price.unwrap().to_string());
     assert_eq!((unit.as_str(), total.as_str()), ("90.00", "180.00"));
     let api: serde_json::Value =
         reqwest::get(format!("{}/api/orders/{first}", stack.base_url())).await.unwrap().json().await.unwrap();
@@ -59,18 +55,18 @@ async fn a_relay_killed_mid_stream_loses_nothing() {
     let placing = place_in_background(&stack, 200);
     // Kill the relay once part of the stream is published, part not.
     wait_for("some orders published", Duration::from_secs(30), || async {
-        (stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL") >= 40).then_some(())
+        (stack.tally().await.published_rows >= 40).then_some(())
     })
     .await;
     relay.kill();
-    let published_at_kill = stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL");
+    let published_at_kill = stack.tally().await.published_rows;
     placing.await.unwrap();
     assert!(published_at_kill < 200, "the kill happened mid-stream ({published_at_kill} published)");
 
     let mut stack = Arc::into_inner(stack).expect("no other owner");
     stack.relay = Some(stack.start_relay().await);
     stack.wait_until_settled(200, Duration::from_secs(60)).await;
-    stack.assert_all_processed_exactly_once(200);
+    stack.assert_all_processed_exactly_once(200).await;
     assert_eq!(stack.consumer_outcome("processed").await, 200.0, "priced once each; replays counted as duplicates");
     let duplicates = stack.consumer_outcome("duplicate").await;
     assert!(duplicates <= f64::from(stack.relay_config().batch_size), "at most one batch replayed, got {duplicates}");
@@ -83,12 +79,12 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     let stack = Arc::new(Stack::start(&broker.url()).await);
     let placing = place_in_background(&stack, 200);
     wait_for("some orders processed", Duration::from_secs(30), || async {
-        (stack.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'") >= 30).then_some(())
+        (stack.tally().await.processed >= 30).then_some(())
     })
     .await;
     broker.stop();
     // Orders keep arriving while the broker is down: they wait in the outbox.
-    let processed_during_outage = stack.count("SELECT COUNT(*) FROM orders WHERE status = 'processed'");
+    let processed_during_outage = stack.tally().await.processed;
     let relay = stack.relay.as_ref().unwrap();
     wait_for("the relay to report the broker down", Duration::from_secs(30), || async {
         let ready = reqwest::get(format!("http://{}/readyz", relay.admin_addr)).await.ok()?;
@@ -102,7 +98,7 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     broker.start_again();
 
     stack.wait_until_settled(200, Duration::from_secs(90)).await;
-    stack.assert_all_processed_exactly_once(200);
+    stack.assert_all_processed_exactly_once(200).await;
     assert_eq!(stack.consumer_outcome("processed").await, 200.0);
     Arc::into_inner(stack).expect("no other owner").shutdown().await;
 }
@@ -131,6 +127,6 @@ async fn a_silent_broker_is_detected_by_heartbeats_and_nothing_is_lost() {
     }
     broker.thaw();
     stack.wait_until_settled(21, Duration::from_secs(60)).await;
-    stack.assert_all_processed_exactly_once(21);
+    stack.assert_all_processed_exactly_once(21).await;
     stack.shutdown().await;
 }

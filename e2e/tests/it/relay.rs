@@ -13,7 +13,11 @@ const PUBLISHED: &str = "orderflow_relay_published_total";
 
 async fn wait_unpublished(stack: &Stack, n: i64, timeout: Duration) {
     wait_for(&format!("{n} unpublished outbox rows"), timeout, || async {
-        (stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL AND dead_at IS NULL") == n).then_some(())
+        ({
+            let t = stack.tally().await;
+            t.unpublished - t.parked
+        } == n)
+            .then_some(())
     })
     .await
 }
@@ -27,7 +31,7 @@ fn assert_distinct(ids: &[String], expected: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_twenty_thousand_rows_and_publish_none_twice() {
     let stack = Stack::start_producer(&shared_broker_url()).await;
-    stack.fill_outbox(20_000, 0);
+    stack.fill_outbox(20_000, 0).await;
     let a = stack.start_relay().await;
     let b = stack.start_relay().await;
     wait_unpublished(&stack, 0, Duration::from_secs(120)).await;
@@ -43,16 +47,16 @@ async fn two_relays_share_twenty_thousand_rows_and_publish_none_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_batch_marks_it_and_leaves_no_lease() {
     let stack = Stack::start_producer(&shared_broker_url()).await;
-    stack.fill_outbox(20_000, 0);
+    stack.fill_outbox(20_000, 0).await;
     let relay = stack.start_relay().await;
     wait_for("publishing under way", Duration::from_secs(30), || async {
-        (stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL") > 0).then_some(())
+        (stack.tally().await.published_rows > 0).then_some(())
     })
     .await;
     relay.stop().await.expect("SIGTERM ends the relay cleanly");
-    let published = stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL");
+    let published = stack.tally().await.published_rows;
     assert!(published < 20_000, "stopped mid-stream ({published} published)");
-    assert_eq!(stack.count("SELECT COUNT(*) FROM outbox WHERE lease_owner IS NOT NULL"), 0, "no lease left behind");
+    assert_eq!(stack.tally().await.leased, 0, "no lease left behind");
 
     // A successor finishes the rest; the queue then holds each row exactly once.
     let successor = stack.start_relay().await;
@@ -65,25 +69,21 @@ async fn sigterm_during_a_batch_marks_it_and_leaves_no_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_row_is_parked_while_good_rows_flow_and_published_after_requeue() {
     let stack = Stack::start_producer(&shared_broker_url()).await;
-    stack.fill_outbox(500, 0);
-    let poison = stack.fill_outbox(1, 100_000).pop().unwrap();
-    stack.fill_outbox(500, 0);
+    stack.fill_outbox(500, 0).await;
+    let poison = stack.fill_outbox(1, 100_000).await.pop().unwrap();
+    stack.fill_outbox(500, 0).await;
     let mut strict = stack.relay_config();
     strict.max_attempts = 3;
     let relay = Service::start(relay::App::build(strict)).await.unwrap();
     wait_for("the poison row parked", Duration::from_secs(60), || async {
-        (stack.count("SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL") == 1).then_some(())
+        (stack.tally().await.parked == 1).then_some(())
     })
     .await;
     wait_unpublished(&stack, 0, Duration::from_secs(30)).await;
-    assert_eq!(
-        stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL"),
-        1_000,
-        "good rows flowed past"
-    );
+    assert_eq!(stack.tally().await.published_rows, 1_000, "good rows flowed past");
     let (status, parked) = relay.admin_get("/relay/parked").await;
     assert_eq!(status, 200);
-    assert_eq!(parked[0]["outbox_id"], poison.as_str());
+    assert_eq!(parked[0]["outbox_id"], poison.to_string());
     assert_eq!(parked[0]["attempts"], 3);
     assert!(parked[0]["last_error"].as_str().unwrap().contains("exceeds the 65536-byte limit"), "{parked}");
     wait_for("the parked gauge", Duration::from_secs(10), || async {
@@ -101,11 +101,13 @@ async fn a_poison_row_is_parked_while_good_rows_flow_and_published_after_requeue
     let (status, body) = relay.admin_post(&format!("/relay/requeue?outbox_id={poison}&requested_by=ops-alice")).await;
     assert_eq!(status, 200, "{body}");
     wait_unpublished(&stack, 0, Duration::from_secs(30)).await;
-    assert_eq!(stack.count("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL"), 1_001);
+    assert_eq!(stack.tally().await.published_rows, 1_001);
+    let audit = stack.probe.audit().await.unwrap();
     assert_eq!(
-        stack.count(&format!(
-            "SELECT COUNT(*) FROM outbox_audit WHERE outbox_id = '{poison}' AND action = 'requeue' AND requested_by = 'ops-alice'"
-        )),
+        audit
+            .iter()
+            .filter(|a| a.outbox_id == poison && a.action == "requeue" && a.requested_by == "ops-alice")
+            .count(),
         1,
         "the requeue is recorded with who asked"
     );
@@ -125,7 +127,7 @@ async fn a_drained_relay_claims_nothing_until_resumed() {
     assert_eq!(a.admin_get("/relay/status").await.1["paused"], true);
     assert_eq!(a.metric("orderflow_relay_paused").await, 1.0);
 
-    stack.fill_outbox(300, 0);
+    stack.fill_outbox(300, 0).await;
     let b = stack.start_relay().await;
     wait_unpublished(&stack, 0, Duration::from_secs(30)).await;
     assert_eq!(a.metric(PUBLISHED).await, 0.0, "the drained relay published nothing");
@@ -133,7 +135,7 @@ async fn a_drained_relay_claims_nothing_until_resumed() {
     b.stop().await.unwrap();
 
     assert_eq!(a.admin_post("/relay/resume").await.1["paused"], false);
-    stack.fill_outbox(50, 0);
+    stack.fill_outbox(50, 0).await;
     wait_unpublished(&stack, 0, Duration::from_secs(30)).await;
     assert_eq!(a.metric(PUBLISHED).await, 50.0);
     a.stop().await.unwrap();
@@ -160,12 +162,12 @@ async fn maintenance_jobs_purge_old_rows_and_report_stuck_orders() {
     })
     .await;
     wait_for("retention to delete the published rows", Duration::from_secs(30), || async {
-        (stack.count("SELECT COUNT(*) FROM outbox") == 0).then_some(())
+        (stack.tally().await.outbox == 0).then_some(())
     })
     .await;
     assert_eq!(relay.metric("orderflow_retention_deleted_rows_total{table=\"outbox\"}").await, 20.0);
     assert!(relay.metric("orderflow_maintenance_runs_total{job=\"retention\",outcome=\"ok\"}").await >= 1.0);
-    assert_eq!(stack.count("SELECT COUNT(*) FROM orders WHERE status = 'published'"), 20, "orders are never deleted");
+    assert_eq!(stack.tally().await.published, 20, "orders are never deleted");
     relay.stop().await.unwrap();
     stack.shutdown().await;
 }
@@ -190,20 +192,17 @@ async fn a_failed_order_is_retried_from_the_admin_port() {
         order.order_id.0
     };
     stack.wait_until_final(1, Duration::from_secs(30)).await;
-    assert_eq!(stack.count(&format!("SELECT COUNT(*) FROM orders WHERE order_id = {order} AND status = 'failed'")), 1);
+    assert_eq!(stack.store.order(schema::OrderId(order)).await.unwrap().status, schema::OrderStatus::Failed);
     // The cause is fixed: the product is added to the catalogue.
-    stack
-        .db()
-        .execute("INSERT INTO products (product_id, name, list_price) VALUES ('P777', 'Desk lamp', '40.00')", [])
-        .unwrap();
+    let lamp =
+        schema::Product { product_id: "P777".into(), name: "Desk lamp".into(), list_price: "40.00".parse().unwrap() };
+    stack.probe.add_product(&lamp).await.unwrap();
     let relay = stack.relay.take().unwrap();
     let (status, body) = relay.admin_post(&format!("/relay/retry-order?order_id={order}&requested_by=ops-bob")).await;
     assert_eq!(status, 200, "{body}");
     wait_for("the retried order processed", Duration::from_secs(30), || async {
-        (stack.count(&format!(
-            "SELECT COUNT(*) FROM orders WHERE order_id = {order} AND status = 'processed' AND total_price = '108.00'"
-        )) == 1)
-            .then_some(())
+        let o = stack.store.order(schema::OrderId(order)).await.unwrap();
+        (o.status == schema::OrderStatus::Processed && o.total_price == Some("108.00".parse().unwrap())).then_some(())
     })
     .await;
     let (status, _) = relay.admin_post(&format!("/relay/retry-order?order_id={order}&requested_by=ops-bob")).await;

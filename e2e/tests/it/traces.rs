@@ -45,8 +45,7 @@ async fn each_order_is_one_trace_from_the_request_to_the_consumer() {
 
     // The outbox row carries the request's trace context: that names this order's trace
     // (other tests' stacks have orders with the same ids).
-    let traceparent: String =
-        stack.db().query_row("SELECT traceparent FROM outbox WHERE order_id = ?1", [order], |r| r.get(0)).unwrap();
+    let traceparent = stack.probe.traceparents(schema::OrderId(order)).await.unwrap().remove(0).expect("a traceparent");
     let trace_id = observability::trace_id_of(&traceparent).expect("a W3C traceparent").to_string();
     let in_trace = wait_for("the three spans of the order", Duration::from_secs(30), || async {
         let all = exporter.get_finished_spans().ok()?;

@@ -63,6 +63,7 @@ mod orders;
 mod outbox;
 mod processing;
 mod sql;
+mod testing;
 
 pub(crate) use sql::statements;
 use sql::*;

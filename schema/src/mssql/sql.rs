@@ -102,6 +102,36 @@ pub(super) const MIGRATION_LOCK: &str = "EXEC sp_getapplock @Resource = N'orderf
 pub(super) const MIGRATION_UNLOCK: &str =
     "EXEC sp_releaseapplock @Resource = N'orderflow-migrations', @LockOwner = N'Session'";
 
+// The test probe's statements (schema::testing).
+pub(super) const TEST_TALLY: &str = "SELECT \
+     (SELECT COUNT_BIG(*) FROM dbo.orders), \
+     (SELECT COUNT_BIG(*) FROM dbo.orders WHERE status = N'processed'), \
+     (SELECT COUNT_BIG(*) FROM dbo.orders WHERE status = N'failed'), \
+     (SELECT COUNT_BIG(*) FROM dbo.orders WHERE status = N'published'), \
+     (SELECT COUNT_BIG(*) FROM dbo.outbox), \
+     (SELECT COUNT_BIG(*) FROM dbo.outbox WHERE published_at IS NULL), \
+     (SELECT COUNT_BIG(*) FROM dbo.outbox WHERE published_at IS NOT NULL), \
+     (SELECT COUNT_BIG(*) FROM dbo.outbox WHERE dead_at IS NOT NULL), \
+     (SELECT COUNT_BIG(*) FROM dbo.outbox WHERE lease_owner IS NOT NULL), \
+     (SELECT COUNT_BIG(*) FROM dbo.inbox), \
+     (SELECT COUNT_BIG(*) FROM dbo.inbox i JOIN dbo.outbox o ON o.outbox_id = i.outbox_id), \
+     (SELECT COUNT_BIG(*) FROM dbo.orders o JOIN dbo.products p ON p.product_id = o.product_id \
+        WHERE o.status = N'processed' AND (o.unit_price <> ROUND(p.list_price * 0.9, 2) \
+          OR o.total_price <> o.unit_price * o.quantity))";
+pub(super) const TEST_TRACEPARENTS: &str =
+    "SELECT traceparent FROM dbo.outbox WHERE order_id = @P1 ORDER BY created_at";
+pub(super) const TEST_AUDIT: &str =
+    "SELECT outbox_id, order_id, action, requested_by FROM dbo.outbox_audit ORDER BY audit_id";
+pub(super) const TEST_INBOX_ROWS: &str = "SELECT COUNT_BIG(*) FROM dbo.inbox WHERE outbox_id = @P1";
+pub(super) const TEST_ADD_PRODUCT: &str =
+    "INSERT INTO dbo.products (product_id, name, list_price) VALUES (@P1, @P2, @P3)";
+pub(super) const TEST_BULK_ORDER: &str =
+    "INSERT INTO dbo.orders (customer_name, product_id, quantity) OUTPUT inserted.order_id VALUES (@P1, N'P123', 2)";
+pub(super) const TEST_BULK_OUTBOX: &str =
+    "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload) VALUES (@P1, @P2, N'OrderPlacedV1', @P3)";
+pub(super) const TEST_CLEAR: &str =
+    "DELETE FROM dbo.inbox; DELETE FROM dbo.outbox_audit; DELETE FROM dbo.outbox; DELETE FROM dbo.orders";
+
 /// `sql` with its `@LIMIT` replaced by the integer `limit` (see the module header).
 pub(super) fn with_limit(sql: &str, limit: u32) -> String {
     sql.replacen("@LIMIT", &limit.to_string(), 1)
@@ -147,5 +177,13 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("MIGRATION_LOCK", MIGRATION_LOCK),
         ("MIGRATION_UNLOCK", MIGRATION_UNLOCK),
         ("CREATE_DATABASE", "CREATE DATABASE orderflow_test_0123456789abcdef"),
+        ("TEST_TALLY", TEST_TALLY),
+        ("TEST_TRACEPARENTS", TEST_TRACEPARENTS),
+        ("TEST_AUDIT", TEST_AUDIT),
+        ("TEST_INBOX_ROWS", TEST_INBOX_ROWS),
+        ("TEST_ADD_PRODUCT", TEST_ADD_PRODUCT),
+        ("TEST_BULK_ORDER", TEST_BULK_ORDER),
+        ("TEST_BULK_OUTBOX", TEST_BULK_OUTBOX),
+        ("TEST_CLEAR", TEST_CLEAR),
     ]
 }

@@ -28,6 +28,7 @@ use crate::store::{
 mod orders;
 mod outbox;
 mod processing;
+mod testing;
 
 mod migrations {
     refinery::embed_migrations!("migrations/sqlite");

@@ -1,0 +1,111 @@
+//! SQL Server: the test probe (whole-database figures, bulk loading).
+//!
+//! Invariant: the same figures as the SQLite probe, from the statements in `sql.rs`.
+
+use super::sql::*;
+use super::*;
+use crate::testing::{AuditEntry, Probe, Tally, bulk_payload};
+
+fn count(row: &Row, i: usize) -> i64 {
+    row.get::<i64, _>(i).unwrap_or(0)
+}
+
+#[async_trait]
+impl Probe for MssqlStore {
+    async fn tally(&self) -> Result<Tally, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            let found = rows(&mut conn, TEST_TALLY, &[]).await?;
+            let r = found.first().ok_or_else(|| conversion("tally"))?;
+            Ok(Tally {
+                orders: count(r, 0),
+                processed: count(r, 1),
+                failed: count(r, 2),
+                published: count(r, 3),
+                outbox: count(r, 4),
+                unpublished: count(r, 5),
+                published_rows: count(r, 6),
+                parked: count(r, 7),
+                leased: count(r, 8),
+                inbox: count(r, 9),
+                inbox_from_outbox: count(r, 10),
+                mispriced: count(r, 11),
+            })
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn traceparents(&self, order: OrderId) -> Result<Vec<Option<String>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            let found = rows(&mut conn, TEST_TRACEPARENTS, &[&order.0]).await?;
+            Ok(found.iter().map(|r| r.get::<&str, _>(0).map(str::to_string)).collect())
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            rows(&mut conn, TEST_AUDIT, &[])
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(AuditEntry {
+                        outbox_id: OutboxId(r.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?),
+                        order_id: OrderId(r.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?),
+                        action: r.try_get::<&str, _>(2)?.ok_or_else(|| conversion("action"))?.to_string(),
+                        requested_by: r.try_get::<&str, _>(3)?.ok_or_else(|| conversion("requested_by"))?.to_string(),
+                    })
+                })
+                .collect()
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn inbox_rows(&self, outbox_id: OutboxId) -> Result<i64, StoreError> {
+        let mut conn = self.conn().await?;
+        let result =
+            async { Ok(rows(&mut conn, TEST_INBOX_ROWS, &[&outbox_id.0]).await?.first().map_or(0, |r| count(r, 0))) }
+                .await;
+        finish(conn, result)
+    }
+
+    async fn add_product(&self, product: &Product) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let result =
+            exec(&mut conn, TEST_ADD_PRODUCT, &[&product.product_id, &product.name, &product.list_price]).await;
+        finish(conn, result).map(drop)
+    }
+
+    async fn bulk_orders(&self, n: usize, payload_pad: usize) -> Result<Vec<OutboxId>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            batch(&mut conn, BEGIN).await?;
+            let mut ids = Vec::with_capacity(n);
+            for i in 0..n {
+                let name = format!("Backlog {i}");
+                let inserted = rows(&mut conn, TEST_BULK_ORDER, &[&name]).await?;
+                let order_id =
+                    inserted.first().and_then(|r| r.get::<i64, _>(0)).ok_or_else(|| conversion("order_id"))?;
+                let outbox_id = OutboxId::new();
+                let payload = bulk_payload(order_id, &name, outbox_id, payload_pad);
+                exec(&mut conn, TEST_BULK_OUTBOX, &[&outbox_id.0, &order_id, &payload]).await?;
+                ids.push(outbox_id);
+            }
+            batch(&mut conn, COMMIT).await?;
+            Ok(ids)
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let result = batch(&mut conn, TEST_CLEAR).await;
+        finish(conn, result)
+    }
+}

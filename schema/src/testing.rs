@@ -1,0 +1,104 @@
+//! Helpers for tests and the bench that look at the whole database: figures for
+//! invariant checks, a bulk loader for backlogs, and a fresh SQL Server database.
+//!
+//! Invariant: the SQL for these lives here, beside each backend, so that tests
+//! above `schema` run unchanged on SQLite and on SQL Server.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::model::{OrderId, OutboxId, Product};
+use crate::store::StoreError;
+
+/// Whole-database figures for the end-of-test invariants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tally {
+    /// Every order.
+    pub orders: i64,
+    /// Orders `processed`.
+    pub processed: i64,
+    /// Orders `failed`.
+    pub failed: i64,
+    /// Orders `published`.
+    pub published: i64,
+    /// Every outbox row.
+    pub outbox: i64,
+    /// Outbox rows not yet published (parked ones included).
+    pub unpublished: i64,
+    /// Outbox rows published.
+    pub published_rows: i64,
+    /// Outbox rows parked.
+    pub parked: i64,
+    /// Outbox rows with a lease owner.
+    pub leased: i64,
+    /// Inbox rows.
+    pub inbox: i64,
+    /// Inbox rows whose outbox id is one of our outbox rows.
+    pub inbox_from_outbox: i64,
+    /// Processed orders whose prices are not list price less 10 %, times quantity.
+    pub mispriced: i64,
+}
+
+/// One row of `outbox_audit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// The row acted on.
+    pub outbox_id: OutboxId,
+    /// Its order.
+    pub order_id: OrderId,
+    /// `requeue`, `retry`, ...
+    pub action: String,
+    /// Who asked.
+    pub requested_by: String,
+}
+
+/// Test-only access to a backend.
+#[async_trait]
+pub trait Probe: Send + Sync {
+    /// Whole-database figures.
+    async fn tally(&self) -> Result<Tally, StoreError>;
+    /// The `traceparent` of each outbox row of `order`, oldest first.
+    async fn traceparents(&self, order: OrderId) -> Result<Vec<Option<String>>, StoreError>;
+    /// Every audit entry, oldest first.
+    async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Inbox rows for `outbox_id` (0 or 1).
+    async fn inbox_rows(&self, outbox_id: OutboxId) -> Result<i64, StoreError>;
+    /// Adds a product to the catalogue.
+    async fn add_product(&self, product: &Product) -> Result<(), StoreError>;
+    /// Inserts `n` orders of `P123 × 2` with their outbox rows in one
+    /// transaction (a backlog); `payload_pad` bytes of padding make each
+    /// message that much bigger. Returns the outbox ids in order.
+    async fn bulk_orders(&self, n: usize, payload_pad: usize) -> Result<Vec<OutboxId>, StoreError>;
+    /// Deletes every order, outbox, inbox and audit row.
+    async fn clear(&self) -> Result<(), StoreError>;
+}
+
+/// Connects to the database named by `url` (running the migrations), for tests.
+pub async fn probe(url: &str) -> anyhow::Result<Arc<dyn Probe>> {
+    Ok(match crate::backend(url)? {
+        crate::Backend::Sqlite(path) => Arc::new(crate::SqliteStore::open(path).await?),
+        crate::Backend::Mssql => Arc::new(crate::MssqlStore::connect(url).await?),
+    })
+}
+
+/// True when `url` names a SQL Server database.
+pub fn is_mssql(url: &str) -> bool {
+    matches!(crate::backend(url), Ok(crate::Backend::Mssql))
+}
+
+/// Creates an empty SQL Server database beside the one `url` names and returns
+/// its URL, in the same form (`mssql://…` or ADO.NET) as `url`.
+pub async fn fresh_mssql_database(url: &str) -> anyhow::Result<String> {
+    crate::mssql::fresh_database(url).await
+}
+
+/// The payload of a bulk-loaded order: an `OrderPlacedV1` for `P123 × 2`, padded.
+pub(crate) fn bulk_payload(order_id: i64, name: &str, outbox_id: OutboxId, pad: usize) -> String {
+    let mut payload = serde_json::json!({"order_id": order_id, "customer_name": name, "product_id": "P123",
+        "quantity": 2, "version": 1, "outbox_id": outbox_id});
+    if pad > 0 {
+        payload["pad"] = serde_json::json!("x".repeat(pad));
+    }
+    payload.to_string()
+}
