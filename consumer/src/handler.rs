@@ -1,35 +1,18 @@
-//! One delivery, start to verdict: parse and check the message, then the store's
-//! unit of work (inbox + price + status) decides.
+//! One delivery, checked: parse the frame without touching the database and
+//! turn it into the store's [`Delivery`].
 //!
-//! Invariants: a store error is returned (transient: retry, never ACK); every
-//! other problem is a permanent verdict carrying a human-readable reason, and
-//! the order is marked `failed` with it wherever the order can be identified.
+//! Invariant: every problem found here is a rejection with a human-readable
+//! reason; it fails an order only when the message is that order's own outbox
+//! message (decided by the store), so a stray message can harm no order.
 
 use std::str::FromStr;
 
 use schema::messages::{MAX_BODY_BYTES, OUTBOX_ID_HEADER, OrderPlacedV1};
-use schema::pricing::price;
-use schema::{Order, OrderId, OutboxId, ProcessOutcome, ProcessingStore, StoreError};
+use schema::{Delivery, OrderId, OutboxId};
 use stomp::Frame;
 
 /// Quantities the consumer accepts, as the producer validates them.
 pub const QUANTITY_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
-
-/// What to do with a delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Priced and final: ACK.
-    Processed(Order),
-    /// Already applied: ACK.
-    Duplicate,
-    /// Permanent failure: dead-letter with the reason, then ACK.
-    DeadLetter {
-        /// Why, for people.
-        reason: String,
-        /// Whether an order was marked `failed` with the reason.
-        order_failed: bool,
-    },
-}
 
 /// A message we cannot process, and the order it names if it names one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,43 +66,27 @@ pub fn parse(frame: &Frame) -> Result<Accepted, Rejection> {
     Ok(Accepted { outbox_id: header_id.or(message.outbox_id), message })
 }
 
-/// Handles a batch of deliveries: checks each, fails the orders of bad ones
-/// (each in its own transaction; rare), then applies all good ones in one
-/// store transaction. One verdict per frame, in order.
-pub async fn handle_batch(store: &dyn ProcessingStore, frames: &[Frame]) -> Result<Vec<Verdict>, StoreError> {
-    let mut verdicts: Vec<Option<Verdict>> = vec![None; frames.len()];
-    let mut accepted = Vec::with_capacity(frames.len());
-    for (i, frame) in frames.iter().enumerate() {
-        match parse(frame) {
-            Ok(ok) => accepted.push((i, ok)),
-            Err(Rejection { reason, order_id }) => {
-                let outbox_id = frame.get(OUTBOX_ID_HEADER).and_then(|h| OutboxId::from_str(h.trim()).ok());
-                let order_failed = match order_id {
-                    Some(id) if id > 0 => store.fail_order(outbox_id, OrderId(id), &reason).await?,
-                    _ => false,
-                };
-                verdicts[i] = Some(Verdict::DeadLetter { reason, order_failed });
-            }
-        }
-    }
-    let items: Vec<(Option<OutboxId>, OrderId)> =
-        accepted.iter().map(|(_, a)| (a.outbox_id, OrderId(a.message.order_id))).collect();
-    let outcomes = match items.is_empty() {
-        true => Vec::new(),
-        false => store.process_orders(&items, price).await?,
+/// The store's view of a delivery: checked here, applied by the store.
+pub fn to_delivery(frame: &Frame) -> Delivery {
+    let header_id = frame.get(OUTBOX_ID_HEADER).and_then(|h| OutboxId::from_str(h.trim()).ok());
+    let (outbox_id, order_id, rejection) = match parse(frame) {
+        Ok(a) => (a.outbox_id, Some(OrderId(a.message.order_id)), None),
+        Err(Rejection { reason, order_id }) => (header_id, order_id.filter(|id| *id > 0).map(OrderId), Some(reason)),
     };
-    for ((i, a), outcome) in accepted.into_iter().zip(outcomes) {
-        let order_id = a.message.order_id;
-        verdicts[i] = Some(match outcome {
-            ProcessOutcome::Processed(order) => Verdict::Processed(order),
-            ProcessOutcome::Duplicate => Verdict::Duplicate,
-            ProcessOutcome::OrderNotFound => {
-                Verdict::DeadLetter { reason: format!("order {order_id} not found"), order_failed: false }
-            }
-            ProcessOutcome::Failed(reason) => Verdict::DeadLetter { reason, order_failed: true },
-        });
+    // The broker keeps a message's id across redeliveries: a repeat is recognised.
+    let dead_letter_id = frame
+        .get("message-id")
+        .map(str::to_string)
+        .or_else(|| outbox_id.map(|id| id.to_string()))
+        .unwrap_or_else(|| OutboxId::new().to_string());
+    Delivery {
+        dead_letter_id,
+        outbox_id,
+        order_id,
+        rejection,
+        headers: frame.headers.clone(),
+        body: frame.body.to_vec(),
     }
-    verdicts.into_iter().map(|v| v.ok_or_else(|| StoreError::Other("a message got no verdict".into()))).collect()
 }
 
 #[cfg(test)]
@@ -183,6 +150,18 @@ mod tests {
     fn an_oversized_body_is_rejected() {
         let big = format!(r#"{{"order_id": 5, "pad": "{}"}}"#, "x".repeat(MAX_BODY_BYTES));
         assert!(reason(&big).reason.contains("exceeds"));
+    }
+
+    #[test]
+    fn a_delivery_keeps_the_original_and_is_recognised_by_its_message_id() {
+        let f = frame(r#"{"order_id": 7, "customer_name": "A", "product_id": "P123", "quantity": "lots"}"#)
+            .header("message-id", "ID:broker-1:1:1:1:9");
+        let d = to_delivery(&f);
+        assert_eq!(d.dead_letter_id, "ID:broker-1:1:1:1:9");
+        assert_eq!((d.order_id, d.outbox_id), (Some(OrderId(7)), None));
+        assert!(d.rejection.unwrap().contains("invalid type"));
+        assert_eq!(d.body, f.body.to_vec());
+        assert_eq!(d.headers, f.headers);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The consumer: prices and finalises orders from `/queue/order.processing`.
 //!
 //! Invariants: only the consumer subscribes; a message is ACKed only after its
-//! database commit (or after it is safely on the dead-letter queue); transient
-//! failures are retried in place and never NACKed (ActiveMQ 5 sends a NACKed
-//! message straight to its DLQ).
+//! database commit, and a dead letter is part of that commit (published from
+//! the database afterwards); transient failures are retried in place and never
+//! NACKed (ActiveMQ 5 sends a NACKed message straight to its DLQ); a permanent
+//! failure never halts the consumer: it parks the one message that causes it.
 
 mod config;
 pub mod handler;
 pub mod metrics;
+pub mod step;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,15 +18,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use observability::{Backoff, Readiness};
 use prometheus::Registry;
-use schema::Store;
+use schema::{Applied, Store};
 use stomp::{Client, Frame, StompError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-use crate::handler::{Verdict, handle_batch};
 use crate::metrics::Metrics;
+use crate::step::{StepError, handle_delivery, publish_dead_letters};
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,7 +52,7 @@ impl App {
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
         let registry = observability::new_registry("consumer");
         let metrics = Metrics::register(&registry)?;
-        let readiness = Readiness::new(&["broker"]);
+        let readiness = Readiness::new(&["broker", "database"]);
         Ok(App { config, store, admin, registry, metrics, readiness })
     }
 
@@ -126,6 +128,7 @@ impl Consumer {
             };
             backoff.reset();
             self.readiness.set("broker", true, "subscribed");
+            self.readiness.set("database", true, "ok");
             self.metrics.broker_connected.set(1);
             tracing::info!(queue = %self.queue, prefetch = self.prefetch, "subscribed");
             if let Err(error) = self.consume(&client, &shutdown).await {
@@ -146,9 +149,15 @@ impl Consumer {
     /// Handles deliveries until shutdown (Ok) or the connection fails (Err).
     async fn consume(&self, client: &Client, shutdown: &CancellationToken) -> Result<(), StompError> {
         let mut messages = client.take_messages().expect("a fresh client has its message stream");
+        // Dead letters left by a crash (or a failed send) go out at once, then on each tick.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    self.publish_dead_letters(client).await?;
+                    continue;
+                }
                 frame = messages.recv() => frame,
             };
             let Some(first) = first else {
@@ -163,12 +172,37 @@ impl Consumer {
                     Err(_) => break,
                 }
             }
-            self.deliver(client, &frames, shutdown).await?;
+            if self.deliver(client, &frames, shutdown).await? {
+                self.publish_dead_letters(client).await?;
+            }
         }
     }
 
-    /// Applies a batch, dead-letters what must be, then ACKs every message.
-    async fn deliver(&self, client: &Client, frames: &[Frame], shutdown: &CancellationToken) -> Result<(), StompError> {
+    /// Publishes dead letters waiting in the database; a database problem is
+    /// only logged (they wait there safely), a broker problem ends the connection.
+    async fn publish_dead_letters(&self, client: &Client) -> Result<(), StompError> {
+        match publish_dead_letters(self.store.as_ref(), client, &self.queue).await {
+            Ok(n) => {
+                self.metrics.messages.with_label_values(&["dead_lettered"]).inc_by(n);
+                Ok(())
+            }
+            Err(StepError::Broker(error)) => Err(error),
+            Err(StepError::Store(error)) => {
+                tracing::warn!(?error, "dead letters wait in the database; publishing them later");
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies and ACKs a batch, retrying transient database errors in place
+    /// (never NACKed) while readiness and a gauge say how long it has been
+    /// stuck. False when shutdown came first (nothing ACKed: redelivered).
+    async fn deliver(
+        &self,
+        client: &Client,
+        frames: &[Frame],
+        shutdown: &CancellationToken,
+    ) -> Result<bool, StompError> {
         let started = Instant::now();
         self.metrics.batch_size.observe(frames.len() as f64);
         // One span per message, continuing the trace the message carries.
@@ -188,25 +222,42 @@ impl Consumer {
         let redelivered = frames.iter().filter(|f| f.get("redelivered") == Some("true")).count();
         self.metrics.redeliveries.inc_by(redelivered as u64);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        let verdicts = loop {
-            match handle_batch(self.store.as_ref(), frames).await {
-                Ok(verdicts) => break verdicts,
-                Err(error) => {
+        let outcomes = loop {
+            match handle_delivery(self.store.as_ref(), client, frames).await {
+                Ok(outcomes) => break outcomes,
+                Err(StepError::Broker(error)) => return Err(error),
+                Err(StepError::Store(error)) => {
+                    let stuck = started.elapsed();
                     self.metrics.messages.with_label_values(&["retried"]).inc_by(frames.len() as u64);
+                    self.metrics.stuck_seconds.set(stuck.as_secs_f64());
+                    self.readiness.set(
+                        "database",
+                        false,
+                        format!(
+                            "a batch of {} has waited {:.1} s for the database: {error}",
+                            frames.len(),
+                            stuck.as_secs_f64()
+                        ),
+                    );
                     let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "database failed; retrying the batch");
+                    tracing::warn!(
+                        ?error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "database unavailable; retrying the batch"
+                    );
                     tokio::select! {
                         // Not ACKed: the broker redelivers them after we disconnect.
-                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = shutdown.cancelled() => return Ok(false),
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         };
-        let mut dead_letters = Vec::new();
-        for ((frame, verdict), span) in frames.iter().zip(&verdicts).zip(&spans) {
-            match verdict {
-                Verdict::Processed(order) => {
+        self.metrics.stuck_seconds.set(0.0);
+        self.readiness.set("database", true, "ok");
+        for ((frame, outcome), span) in frames.iter().zip(&outcomes).zip(&spans) {
+            match outcome {
+                Applied::Processed(order) => {
                     span.record("order_id", order.order_id.0);
                     tracing::info!(
                         order_id = order.order_id.0,
@@ -222,49 +273,17 @@ impl Consumer {
                         self.metrics.end_to_end_seconds.observe(e2e.as_secs_f64());
                     }
                 }
-                Verdict::Duplicate => self.metrics.messages.with_label_values(&["duplicate"]).inc(),
-                Verdict::DeadLetter { reason, order_failed } => {
+                Applied::Duplicate => self.metrics.messages.with_label_values(&["duplicate"]).inc(),
+                Applied::DeadLettered { reason, order_failed } => {
                     tracing::warn!(%reason, order_failed, "message dead-lettered");
                     if *order_failed {
                         self.metrics.messages.with_label_values(&["failed"]).inc();
                     }
-                    dead_letters.push(dead_letter(&self.queue, frame, reason));
                 }
             }
         }
-        if !dead_letters.is_empty() {
-            // On the dead-letter queue (receipted) before the original is ACKed: never lost.
-            let n = dead_letters.len();
-            for receipt in client.send_with_receipts(dead_letters).await? {
-                receipt.wait(BROKER_TIMEOUT).await?;
-            }
-            self.metrics.messages.with_label_values(&["dead_lettered"]).inc_by(n as u64);
-        }
-        let acks: Vec<&str> =
-            frames.iter().map(|f| f.get("ack").or_else(|| f.get("message-id")).unwrap_or_default()).collect();
-        client.ack(&acks).await?;
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         drop(spans);
-        Ok(())
+        Ok(true)
     }
-}
-
-/// The dead-letter copy: the original body, the reason, and the original headers.
-fn dead_letter(queue: &str, frame: &Frame, reason: &str) -> Frame {
-    let reason: String = reason.chars().take(1000).collect();
-    let mut out = Frame::new("SEND")
-        .header("destination", format!("{queue}.DLQ"))
-        .header("persistent", "true")
-        .header("dlq-reason", reason)
-        .header("content-type", frame.get("content-type").unwrap_or("application/octet-stream"));
-    for (name, value) in &frame.headers {
-        match name.as_str() {
-            "content-length" | "content-type" | "ack" | "subscription" | "receipt" => {}
-            "outbox-id" | "order-id" | "traceparent" | "tracestate" => {
-                out = out.header(name, value.clone()).header(&format!("original-{name}"), value.clone());
-            }
-            _ => out = out.header(&format!("original-{name}"), value.clone()),
-        }
-    }
-    out.body(frame.body.clone())
 }

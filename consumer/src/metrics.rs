@@ -16,6 +16,8 @@ pub struct Metrics {
     pub end_to_end_seconds: Histogram,
     pub redeliveries: IntCounter,
     pub broker_connected: IntGauge,
+    /// Seconds the batch in hand has been retrying the database (0 when flowing).
+    pub stuck_seconds: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -48,6 +50,10 @@ impl Metrics {
                 "Messages the broker marked redelivered",
             )?,
             broker_connected: IntGauge::new("orderflow_consumer_broker_connected", "1 while subscribed to the broker")?,
+            stuck_seconds: prometheus::Gauge::new(
+                "orderflow_consumer_stuck_seconds",
+                "Seconds the batch in hand has been retrying the database; 0 while messages flow",
+            )?,
         };
         for outcome in OUTCOMES {
             m.messages.with_label_values(&[outcome]);
@@ -58,6 +64,7 @@ impl Metrics {
         registry.register(Box::new(m.batch_size.clone()))?;
         registry.register(Box::new(m.redeliveries.clone()))?;
         registry.register(Box::new(m.broker_connected.clone()))?;
+        registry.register(Box::new(m.stuck_seconds.clone()))?;
         Ok(m)
     }
 }

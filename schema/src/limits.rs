@@ -14,6 +14,10 @@ pub const CUSTOMER_NAME_UNITS: usize = 200;
 pub const IDEMPOTENCY_KEY_UNITS: usize = 100;
 /// `orders.failure_reason`.
 pub const FAILURE_REASON_UNITS: usize = 400;
+/// `dead_letters.reason` (also the `dlq-reason` header).
+pub const DEAD_LETTER_REASON_UNITS: usize = 1000;
+/// `dead_letters.dead_letter_id`.
+pub const DEAD_LETTER_ID_UNITS: usize = 200;
 /// `outbox.last_error`.
 pub const LAST_ERROR_UNITS: usize = 1000;
 /// `outbox_audit.requested_by`.

@@ -195,7 +195,55 @@ pub trait OutboxStore: Send + Sync {
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError>;
 }
 
-/// The consumer's unit of work: dedupe, price, finalise.
+/// One delivery as the consumer's unit of work sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Recognises a repeat of the same message: the broker's message id (kept
+    /// across redeliveries), else its outbox id, else a fresh id.
+    pub dead_letter_id: String,
+    /// The `outbox-id` header (or body field) when it is a UUID.
+    pub outbox_id: Option<OutboxId>,
+    /// The order the message names, when it names one.
+    pub order_id: Option<OrderId>,
+    /// Why the message failed its checks; `None` for a valid message.
+    pub rejection: Option<String>,
+    /// The original headers, for the dead-letter copy.
+    pub headers: Vec<(String, String)>,
+    /// The original body, for the dead-letter copy.
+    pub body: Vec<u8>,
+}
+
+/// What the consumer's unit of work did with one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Priced and final; the inbox row was written in the same transaction.
+    Processed(Order),
+    /// Already applied (inbox hit, or the order is already final): nothing changed.
+    Duplicate,
+    /// Recorded as a dead letter (in the same transaction) with this reason;
+    /// `order_failed` when its order was marked `failed` with it.
+    DeadLettered {
+        /// Why, for people.
+        reason: String,
+        /// Whether an order was marked `failed`.
+        order_failed: bool,
+    },
+}
+
+/// A dead letter waiting to be published to the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Its key (see [`Delivery::dead_letter_id`]); sent as the `dlq-id` header.
+    pub dead_letter_id: String,
+    /// Why the message was parked.
+    pub reason: String,
+    /// The original headers.
+    pub headers: Vec<(String, String)>,
+    /// The original body.
+    pub body: Vec<u8>,
+}
+
+/// The consumer's unit of work: dedupe, price, finalise, record dead letters.
 #[async_trait]
 pub trait ProcessingStore: Send + Sync {
     /// In one transaction for the whole batch, per message: looks up the order
@@ -218,14 +266,23 @@ pub trait ProcessingStore: Send + Sync {
         let mut outcomes = self.process_orders(&[(outbox_id, order_id)], price).await?;
         outcomes.pop().ok_or_else(|| StoreError::Other("no outcome for the message".into()))
     }
-    /// Marks the order `failed` with `reason` where it exists and is not final,
-    /// and records `outbox_id` in the inbox. Returns false when the order does not exist.
-    async fn fail_order(
+    /// The consumer's whole batch in one transaction, one outcome per delivery.
+    /// A valid delivery is processed as [`ProcessingStore::process_orders`]
+    /// does. A rejected one changes no order unless it is the order's own
+    /// outbox message (its outbox id names an outbox row of that order): then
+    /// the order is marked `failed` and the outbox id recorded in the inbox.
+    /// Every delivery that ends as a dead letter (rejected, unknown order,
+    /// unknown product) is recorded in `dead_letters` in the same transaction,
+    /// once per `dead_letter_id`, for [`ProcessingStore::unsent_dead_letters`].
+    async fn apply(
         &self,
-        outbox_id: Option<OutboxId>,
-        order_id: OrderId,
-        reason: &str,
-    ) -> Result<bool, StoreError>;
+        deliveries: &[Delivery],
+        price: fn(rust_decimal::Decimal, i32) -> Priced,
+    ) -> Result<Vec<Applied>, StoreError>;
+    /// Dead letters not yet confirmed on the dead-letter queue, oldest first.
+    async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Records that the broker confirmed these dead letters; returns how many were marked.
+    async fn mark_dead_letters_sent(&self, ids: &[String]) -> Result<u64, StoreError>;
 }
 
 /// Everything a backend offers; each service takes the role it needs.

@@ -167,11 +167,11 @@ async fn every_kind_of_bad_message_is_parked_with_its_reason() {
     assert!(reasons.iter().any(|r| r.contains("invalid type: string \"two\"")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("exceeds the 65536-byte limit")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("invalid outbox-id header")), "{reasons:?}");
-    stack.wait_until_final(3, Duration::from_secs(30)).await;
+    stack.wait_until_final(1, Duration::from_secs(30)).await;
     let store = &stack.store;
     let status = |id: i64| async move { store.order(schema::OrderId(id)).await.unwrap().status.to_string() };
-    assert_eq!(status(typed).await, "failed");
-    assert_eq!(status(header).await, "failed");
+    assert_eq!(status(typed).await, "pending", "a stray message (no outbox-id of the order's) harms no order");
+    assert_eq!(status(header).await, "pending");
     assert_eq!(status(big).await, "pending", "an oversized body is not read, so no order is named");
     assert_eq!(status(good).await, "processed", "good messages around bad ones are processed");
     stack.shutdown().await;

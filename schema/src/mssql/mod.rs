@@ -16,13 +16,16 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use uuid::Uuid;
 
-use crate::limits::{FAILURE_REASON_UNITS, LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
+use crate::limits::{
+    DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, LAST_ERROR_UNITS, LEASE_OWNER_UNITS,
+    REQUESTED_BY_UNITS, truncate_utf16,
+};
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 use crate::store::{
-    FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome,
-    ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
+    Applied, DeadLetter, Delivery, FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore, ParkedRow,
+    Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
 };
 
 mod migrations {

@@ -54,20 +54,74 @@ async fn process_batch(
     Ok(outcomes)
 }
 
-async fn fail(client: &mut TdsClient, outbox_id: Option<OutboxId>, order_id: OrderId, reason: &str) -> TdsResult<bool> {
+async fn record_dead_letter(client: &mut TdsClient, d: &Delivery, reason: &str) -> TdsResult<()> {
+    let headers =
+        serde_json::to_string(&d.headers).map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
+    let id = truncate_utf16(&d.dead_letter_id, DEAD_LETTER_ID_UNITS);
+    let order_id = d.order_id.map_or(0, |o| o.0);
+    let reason = truncate_utf16(reason, DEAD_LETTER_REASON_UNITS);
+    exec(client, RECORD_DEAD_LETTER, &[&id, &order_id, &reason, &headers, &d.body.as_slice()]).await.map(drop)
+}
+
+/// A delivery that failed its checks: it may fail only its own order.
+async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str) -> TdsResult<Applied> {
+    let reason = truncate_utf16(reason, FAILURE_REASON_UNITS);
+    let mut order_failed = false;
+    if let (Some(outbox_id), Some(order_id)) = (d.outbox_id, d.order_id) {
+        let own = rows(client, OWN_MESSAGE, &[&outbox_id.0, &order_id.0]).await?;
+        if own.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) > 0 {
+            if exec(client, RECORD_INBOX, &[&outbox_id.0, &order_id.0]).await? == 0 {
+                return Ok(Applied::Duplicate);
+            }
+            order_failed = exec(client, MARK_FAILED, &[&order_id.0, &reason]).await? > 0;
+        }
+    }
+    record_dead_letter(client, d, reason).await?;
+    Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
+}
+
+async fn apply_one(client: &mut TdsClient, d: &Delivery, price: fn(Decimal, i32) -> Priced) -> TdsResult<Applied> {
+    let order_id = match (&d.rejection, d.order_id) {
+        (Some(reason), _) => return reject(client, d, reason).await,
+        (None, None) => return reject(client, d, "the message names no order").await,
+        (None, Some(order_id)) => order_id,
+    };
+    let (reason, order_failed) = match process_one(client, d.outbox_id, order_id, price).await? {
+        ProcessOutcome::Processed(order) => return Ok(Applied::Processed(order)),
+        ProcessOutcome::Duplicate => return Ok(Applied::Duplicate),
+        ProcessOutcome::OrderNotFound => (format!("order {order_id} not found"), false),
+        ProcessOutcome::Failed(reason) => (reason, true),
+    };
+    record_dead_letter(client, d, &reason).await?;
+    Ok(Applied::DeadLettered { reason, order_failed })
+}
+
+async fn apply_batch(
+    client: &mut TdsClient,
+    deliveries: &[Delivery],
+    price: fn(Decimal, i32) -> Priced,
+) -> TdsResult<Vec<Applied>> {
     batch(client, BEGIN).await?;
-    let exists =
-        rows(client, ORDER_EXISTS, &[&order_id.0]).await?.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) > 0;
-    if !exists {
-        batch(client, ROLLBACK).await?;
-        return Ok(false);
+    let mut outcomes = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        outcomes.push(apply_one(client, d, price).await?);
     }
-    if let Some(id) = outbox_id {
-        exec(client, RECORD_INBOX, &[&id.0, &order_id.0]).await?;
-    }
-    exec(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
     batch(client, COMMIT).await?;
-    Ok(true)
+    Ok(outcomes)
+}
+
+fn dead_letter_from_row(row: &Row) -> TdsResult<DeadLetter> {
+    let text = |i: usize| -> TdsResult<String> {
+        Ok(row.try_get::<&str, _>(i)?.ok_or_else(|| conversion("dead letter"))?.to_string())
+    };
+    let headers =
+        serde_json::from_str(&text(2)?).map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
+    Ok(DeadLetter {
+        dead_letter_id: text(0)?,
+        reason: text(1)?,
+        headers,
+        body: row.try_get::<&[u8], _>(3)?.unwrap_or_default().to_vec(),
+    })
 }
 
 #[async_trait]
@@ -82,15 +136,35 @@ impl ProcessingStore for MssqlStore {
         finish(conn, result)
     }
 
-    async fn fail_order(
+    async fn apply(
         &self,
-        outbox_id: Option<OutboxId>,
-        order_id: OrderId,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
+        deliveries: &[Delivery],
+        price: fn(Decimal, i32) -> Priced,
+    ) -> Result<Vec<Applied>, StoreError> {
         let mut conn = self.conn().await?;
-        let reason = truncate_utf16(reason, FAILURE_REASON_UNITS);
-        let result = fail(&mut conn, outbox_id, order_id, reason).await;
+        let result = apply_batch(&mut conn, deliveries, price).await;
+        finish(conn, result)
+    }
+
+    async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut conn = self.conn().await?;
+        let limit = i64::from(limit);
+        let result =
+            async { rows(&mut conn, UNSENT_DEAD_LETTERS, &[&limit]).await?.iter().map(dead_letter_from_row).collect() }
+                .await;
+        finish(conn, result)
+    }
+
+    async fn mark_dead_letters_sent(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            let mut marked = 0;
+            for id in ids {
+                marked += exec(&mut conn, MARK_DEAD_LETTER_SENT, &[id]).await?;
+            }
+            Ok(marked)
+        }
+        .await;
         finish(conn, result)
     }
 }

@@ -90,6 +90,15 @@ pub(super) const MARK_PROCESSED: &str = concat!(
 );
 pub(super) const MARK_FAILED: &str = "UPDATE dbo.orders SET status = N'failed', failure_reason = @P2, processed_at = SYSUTCDATETIME() \
      WHERE order_id = @P1 AND status IN (N'pending', N'published')";
+// A dead letter is recorded once per id; order_id 0 means none (ids start at 1).
+pub(super) const RECORD_DEAD_LETTER: &str = "INSERT INTO dbo.dead_letters (dead_letter_id, order_id, reason, headers, body) \
+     SELECT @P1, NULLIF(@P2, 0), @P3, @P4, @P5 \
+     WHERE NOT EXISTS (SELECT 1 FROM dbo.dead_letters d WITH (UPDLOCK, HOLDLOCK) WHERE d.dead_letter_id = @P1)";
+pub(super) const OWN_MESSAGE: &str = "SELECT COUNT_BIG(*) FROM dbo.outbox WHERE outbox_id = @P1 AND order_id = @P2";
+pub(super) const UNSENT_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, reason, headers, body FROM dbo.dead_letters \
+     WHERE sent_at IS NULL ORDER BY seq";
+pub(super) const MARK_DEAD_LETTER_SENT: &str =
+    "UPDATE dbo.dead_letters SET sent_at = SYSUTCDATETIME() WHERE dead_letter_id = @P1 AND sent_at IS NULL";
 pub(super) const ORDER_EXISTS: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE order_id = @P1";
 pub(super) const SESSION_SETUP: &str = "SET XACT_ABORT ON; SET LOCK_TIMEOUT 5000";
 pub(super) const RESET_SESSION: &str = "IF @@TRANCOUNT > 0 ROLLBACK";
@@ -159,6 +168,10 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("MARK_PROCESSED", MARK_PROCESSED),
         ("MARK_FAILED", MARK_FAILED),
         ("ORDER_EXISTS", ORDER_EXISTS),
+        ("RECORD_DEAD_LETTER", RECORD_DEAD_LETTER),
+        ("OWN_MESSAGE", OWN_MESSAGE),
+        ("UNSENT_DEAD_LETTERS", UNSENT_DEAD_LETTERS),
+        ("MARK_DEAD_LETTER_SENT", MARK_DEAD_LETTER_SENT),
         ("PARKED_ROWS", PARKED_ROWS),
         ("ORDER_COUNTS", ORDER_COUNTS),
         ("REQUEUE_ROW", REQUEUE_ROW),

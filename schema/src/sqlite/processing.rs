@@ -63,6 +63,63 @@ fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str) -> Result<usize
     Ok(tx.execute(&sql, params![order_id.0, reason])?)
 }
 
+/// Records the dead letter unless one with its id exists; true when recorded now.
+fn record_dead_letter(tx: &Connection, d: &Delivery, reason: &str) -> Result<bool, StoreError> {
+    let headers = serde_json::to_string(&d.headers).map_err(|e| StoreError::Other(e.to_string()))?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO dead_letters (dead_letter_id, order_id, reason, headers, body) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (dead_letter_id) DO NOTHING",
+        )?
+        .execute(params![
+            truncate_utf16(&d.dead_letter_id, DEAD_LETTER_ID_UNITS),
+            d.order_id.map(|o| o.0),
+            truncate_utf16(reason, DEAD_LETTER_REASON_UNITS),
+            headers,
+            d.body
+        ])?;
+    Ok(inserted == 1)
+}
+
+/// True when `outbox_id` names an outbox row of `order_id`: the order's own message.
+fn own_message(tx: &Connection, outbox_id: OutboxId, order_id: OrderId) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE outbox_id = ?1 AND order_id = ?2)")?
+        .query_row(params![outbox_id.to_string(), order_id.0], |r| r.get(0))?)
+}
+
+/// A delivery that failed its checks: it may fail only its own order.
+fn reject(tx: &Connection, d: &Delivery, reason: &str) -> Result<Applied, StoreError> {
+    let reason = truncate_utf16(reason, FAILURE_REASON_UNITS);
+    let mut order_failed = false;
+    if let (Some(outbox_id), Some(order_id)) = (d.outbox_id, d.order_id)
+        && own_message(tx, outbox_id, order_id)?
+    {
+        if !record_inbox(tx, Some(outbox_id), order_id)? {
+            return Ok(Applied::Duplicate);
+        }
+        order_failed = mark_failed(tx, order_id, reason)? > 0;
+    }
+    record_dead_letter(tx, d, reason)?;
+    Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
+}
+
+fn apply_one(tx: &Connection, d: &Delivery, price: fn(Decimal, i32) -> Priced) -> Result<Applied, StoreError> {
+    let order_id = match (&d.rejection, d.order_id) {
+        (Some(reason), _) => return reject(tx, d, reason),
+        (None, None) => return reject(tx, d, "the message names no order"),
+        (None, Some(order_id)) => order_id,
+    };
+    let (reason, order_failed) = match process_one(tx, d.outbox_id, order_id, price)? {
+        ProcessOutcome::Processed(order) => return Ok(Applied::Processed(order)),
+        ProcessOutcome::Duplicate => return Ok(Applied::Duplicate),
+        ProcessOutcome::OrderNotFound => (format!("order {order_id} not found"), false),
+        ProcessOutcome::Failed(reason) => (reason, true),
+    };
+    record_dead_letter(tx, d, &reason)?;
+    Ok(Applied::DeadLettered { reason, order_failed })
+}
+
 #[async_trait]
 impl ProcessingStore for SqliteStore {
     async fn process_orders(
@@ -77,22 +134,45 @@ impl ProcessingStore for SqliteStore {
         .await
     }
 
-    async fn fail_order(
+    async fn apply(
         &self,
-        outbox_id: Option<OutboxId>,
-        order_id: OrderId,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
-        let reason = truncate_utf16(reason, FAILURE_REASON_UNITS).to_string();
+        deliveries: &[Delivery],
+        price: fn(Decimal, i32) -> Priced,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let deliveries = deliveries.to_vec();
+        self.write(move |tx| deliveries.iter().map(|d| apply_one(tx, d, price)).collect()).await
+    }
+
+    async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT dead_letter_id, reason, headers, body FROM dead_letters WHERE sent_at IS NULL \
+                 ORDER BY rowid LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?))
+            })?;
+            rows.map(|row| {
+                let (dead_letter_id, reason, headers, body) = row?;
+                let headers = serde_json::from_str(&headers).map_err(|e| StoreError::Other(e.to_string()))?;
+                Ok(DeadLetter { dead_letter_id, reason, headers, body })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn mark_dead_letters_sent(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
         self.write(move |tx| {
-            let exists: bool =
-                tx.query_row("SELECT EXISTS (SELECT 1 FROM orders WHERE order_id = ?1)", [order_id.0], |r| r.get(0))?;
-            if !exists {
-                return Ok(false);
+            let mut mark = tx.prepare_cached(&format!(
+                "UPDATE dead_letters SET sent_at = {NOW} WHERE dead_letter_id = ?1 AND sent_at IS NULL"
+            ))?;
+            let mut marked = 0;
+            for id in &ids {
+                marked += mark.execute([id])? as u64;
             }
-            record_inbox(tx, outbox_id, order_id)?;
-            mark_failed(tx, order_id, &reason)?;
-            Ok(true)
+            Ok(marked)
         })
         .await
     }

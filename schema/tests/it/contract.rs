@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 use schema::RequeueTarget;
 use schema::pricing::price;
-use schema::{FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, Store};
+use schema::{
+    Applied, Delivery, FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, Store,
+};
 
 fn new_order(name: &str, product: &str, quantity: i32) -> NewOrder {
     NewOrder {
@@ -26,6 +28,21 @@ async fn place(store: &Arc<dyn Store>, product: &str, quantity: i32) -> OrderId 
         Placed::Created(o) => o.order_id,
         Placed::Existing(_) => panic!("no idempotency key was given"),
     }
+}
+
+fn delivery(outbox_id: Option<OutboxId>, order_id: Option<OrderId>, rejection: Option<&str>) -> Delivery {
+    Delivery {
+        dead_letter_id: format!("ID:test-{}", uuid_like()),
+        outbox_id,
+        order_id,
+        rejection: rejection.map(str::to_string),
+        headers: vec![("message-id".into(), "ID:test".into()), ("destination".into(), "/queue/x".into())],
+        body: br#"{"order_id": 1}"#.to_vec(),
+    }
+}
+
+fn uuid_like() -> String {
+    OutboxId::new().to_string()
 }
 
 fn dec(s: &str) -> Decimal {
@@ -148,20 +165,58 @@ pub async fn a_missing_order_changes_nothing(store: Arc<dyn Store>) {
     let outbox_id = OutboxId::new();
     let outcome = store.process_order(Some(outbox_id), OrderId(987_654), price).await.unwrap();
     assert_eq!(outcome, ProcessOutcome::OrderNotFound);
-    assert!(!store.fail_order(Some(outbox_id), OrderId(987_654), "bad").await.unwrap());
+    let stray = delivery(Some(outbox_id), Some(OrderId(987_654)), Some("bad"));
+    let applied = store.apply(&[stray], price).await.unwrap();
+    assert_eq!(applied, vec![Applied::DeadLettered { reason: "bad".into(), order_failed: false }]);
     assert!(matches!(store.order(OrderId(987_654)).await, Err(schema::StoreError::NotFound)));
 }
 
-pub async fn fail_order_marks_only_unfinished_orders(store: Arc<dyn Store>) {
+pub async fn a_rejected_message_fails_only_its_own_order(store: Arc<dyn Store>) {
     let open = place(&store, "P123", 1).await;
     let done = place(&store, "P123", 1).await;
-    store.process_order(None, done, price).await.unwrap();
-    assert!(store.fail_order(Some(OutboxId::new()), open, "quantity out of range").await.unwrap());
-    assert!(store.fail_order(None, done, "late failure").await.unwrap());
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    let own = |order: OrderId| rows.iter().find(|r| r.order_id == order).unwrap().outbox_id;
+    store.process_order(Some(own(done)), done, price).await.unwrap();
+    let stray = [
+        delivery(None, Some(open), Some("quantity \"lots\" is not a number")),
+        delivery(Some(OutboxId::new()), Some(open), Some("a stranger's outbox id")),
+        delivery(Some(own(done)), Some(open), Some("another order's outbox id")),
+    ];
+    for applied in store.apply(&stray, price).await.unwrap() {
+        assert!(matches!(applied, Applied::DeadLettered { order_failed: false, .. }), "{applied:?}");
+    }
+    assert_eq!(store.order(open).await.unwrap().status, OrderStatus::Pending, "a stray message harms no order");
+    let mine = delivery(Some(own(open)), Some(open), Some("quantity out of range"));
+    let applied = store.apply(std::slice::from_ref(&mine), price).await.unwrap();
+    assert_eq!(applied, vec![Applied::DeadLettered { reason: "quantity out of range".into(), order_failed: true }]);
     let open = store.order(open).await.unwrap();
-    assert_eq!(open.status, OrderStatus::Failed);
-    assert_eq!(open.failure_reason.as_deref(), Some("quantity out of range"));
+    assert_eq!((open.status, open.failure_reason.as_deref()), (OrderStatus::Failed, Some("quantity out of range")));
+    assert_eq!(store.apply(&[mine], price).await.unwrap(), vec![Applied::Duplicate], "a redelivery is a duplicate");
+    let late = delivery(Some(own(done)), Some(done), Some("late failure"));
+    assert!(matches!(&store.apply(&[late], price).await.unwrap()[0], Applied::Duplicate));
     assert_eq!(store.order(done).await.unwrap().status, OrderStatus::Processed);
+}
+
+pub async fn dead_letters_are_recorded_once_and_kept_until_confirmed(store: Arc<dyn Store>) {
+    let unknown = place(&store, "P999", 1).await;
+    let mut garbage = delivery(None, None, Some("message body is not valid JSON"));
+    garbage.body = vec![0xff, 0x00, b'x'];
+    let product = delivery(None, Some(unknown), None);
+    let missing = delivery(None, Some(OrderId(777_777)), None);
+    let batch = [garbage.clone(), product.clone(), missing.clone(), garbage.clone()];
+    let applied = store.apply(&batch, price).await.unwrap();
+    assert_eq!(applied[1], Applied::DeadLettered { reason: "unknown product P999".into(), order_failed: true });
+    assert_eq!(applied[2], Applied::DeadLettered { reason: "order 777777 not found".into(), order_failed: false });
+    store.apply(std::slice::from_ref(&missing), price).await.unwrap();
+    let unsent = store.unsent_dead_letters(100).await.unwrap();
+    let ids: Vec<&str> = unsent.iter().map(|d| d.dead_letter_id.as_str()).collect();
+    assert_eq!(ids, [&garbage.dead_letter_id, &product.dead_letter_id, &missing.dead_letter_id], "once per id");
+    assert_eq!(unsent[0].body, garbage.body, "the body is kept byte for byte");
+    assert_eq!(unsent[0].headers, garbage.headers);
+    assert_eq!(unsent[0].reason, "message body is not valid JSON");
+    assert_eq!(store.mark_dead_letters_sent(&[garbage.dead_letter_id.clone()]).await.unwrap(), 1);
+    assert_eq!(store.unsent_dead_letters(100).await.unwrap().len(), 2, "sent ones are done");
+    assert_eq!(store.unsent_dead_letters(1).await.unwrap()[0].dead_letter_id, product.dead_letter_id);
 }
 
 pub async fn a_failing_row_is_retried_then_parked(store: Arc<dyn Store>) {
@@ -334,7 +389,8 @@ pub async fn non_bmp_text_fits_at_every_limit(store: Arc<dyn Store>) {
     assert_eq!(body["customer_name"], name.as_str());
 
     let reason = format!("invalid order message: {}", "𝄞".repeat(300));
-    assert!(store.fail_order(Some(OutboxId::new()), order.order_id, &reason).await.unwrap());
+    let own = delivery(Some(rows[0].outbox_id), Some(order.order_id), Some(&reason));
+    assert!(matches!(&store.apply(&[own], price).await.unwrap()[0], Applied::DeadLettered { order_failed: true, .. }));
     let stored = store.order(order.order_id).await.unwrap().failure_reason.unwrap();
     assert!(utf16_len(&stored) <= FAILURE_REASON_UNITS && utf16_len(&stored) >= FAILURE_REASON_UNITS - 1);
     assert!(reason.starts_with(&stored), "cut on a character boundary");
@@ -361,7 +417,8 @@ macro_rules! contract_tests {
                 processing_prices_once_per_outbox_id,
                 an_unknown_product_fails_the_order_with_a_reason,
                 a_missing_order_changes_nothing,
-                fail_order_marks_only_unfinished_orders,
+                a_rejected_message_fails_only_its_own_order,
+                dead_letters_are_recorded_once_and_kept_until_confirmed,
                 a_failing_row_is_retried_then_parked,
                 released_leases_are_claimable_at_once,
                 recent_orders_are_newest_first,
