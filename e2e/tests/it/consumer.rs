@@ -106,11 +106,27 @@ async fn a_locked_database_is_retried_and_nothing_is_dead_lettered() {
         (consumer.metric("orderflow_consumer_messages_total{outcome=\"retried\"}").await > 0.0).then_some(())
     })
     .await;
+    // It says that it is stuck, and for how long.
+    let (status, body) = wait_for("readiness to report the database", Duration::from_secs(30), || async {
+        let (status, body) = consumer.admin_get("/readyz").await;
+        (status == 503).then_some((status, body))
+    })
+    .await;
+    assert!(body.to_string().contains("waited"), "{status}: {body}");
+    wait_for("the stuck gauge", Duration::from_secs(30), || async {
+        (consumer.metric("orderflow_consumer_stuck_seconds").await > 0.0).then_some(())
+    })
+    .await;
     lock.rollback().unwrap();
 
     stack.wait_until_final(20, Duration::from_secs(30)).await;
     assert_eq!(processed(&stack).await, 20);
     assert_eq!(consumer.metric("orderflow_consumer_messages_total{outcome=\"dead_lettered\"}").await, 0.0);
+    wait_for("readiness back", Duration::from_secs(30), || async {
+        (consumer.admin_get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(consumer.metric("orderflow_consumer_stuck_seconds").await, 0.0);
     consumer.stop().await.unwrap();
     stack.shutdown().await;
 }
