@@ -107,6 +107,7 @@ async fn parked(State(relay): State<Arc<Relay>>, Query(q): Query<ParkedQuery>) -
 struct TargetQuery {
     outbox_id: Option<String>,
     order_id: Option<String>,
+    all: Option<bool>,
     requested_by: Option<String>,
 }
 
@@ -134,13 +135,14 @@ fn parse_order_id(raw: &str) -> Result<OrderId, OpsError> {
 
 async fn requeue(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
     let who = requested_by(&q, &headers)?;
-    let target = match (&q.outbox_id, &q.order_id) {
-        (Some(id), None) => RequeueTarget::Outbox(
+    let target = match (&q.outbox_id, &q.order_id, q.all.unwrap_or(false)) {
+        (Some(id), None, false) => RequeueTarget::Outbox(
             OutboxId::from_str(id.trim())
                 .map_err(|_| OpsError::BadRequest(format!("outbox_id {id:?} is not a UUID")))?,
         ),
-        (None, Some(order)) => RequeueTarget::Order(parse_order_id(order)?),
-        _ => return Err(OpsError::BadRequest("give exactly one of outbox_id and order_id".into())),
+        (None, Some(order), false) => RequeueTarget::Order(parse_order_id(order)?),
+        (None, None, true) => RequeueTarget::All,
+        _ => return Err(OpsError::BadRequest("give exactly one of outbox_id, order_id and all=true".into())),
     };
     let ids = relay.store.requeue(target, &who).await?;
     if ids.is_empty() {

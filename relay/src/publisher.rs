@@ -3,7 +3,8 @@
 //!
 //! Invariant: `Confirmed` only on the broker's RECEIPT; a timeout or a dropped
 //! connection is `Unknown` (send again later, the consumer dedupes), and only
-//! an ERROR naming the frame is `Rejected`.
+//! an ERROR naming the frame is `Rejected`, unless it names a passing condition
+//! of the broker (`Refused`), which is never held against the message.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,10 +20,27 @@ use tokio::sync::Mutex;
 pub enum Outcome {
     /// The broker's RECEIPT arrived: the message is on the queue.
     Confirmed,
-    /// The broker answered with an ERROR for this frame.
+    /// The broker answered with an ERROR for this frame that it will give
+    /// again for the same message (too big, not allowed): counts an attempt.
     Rejected(String),
+    /// The broker answered with an ERROR for a passing condition (producer
+    /// flow control, a resource limit): not the message's fault, sent again later.
+    Refused(String),
     /// No answer: the broker may or may not have it.
     Unknown(String),
+}
+
+/// Sorts a broker ERROR for one frame: ActiveMQ answers ERROR for passing
+/// conditions too (producer flow control with `sendFailIfNoSpace`, memory,
+/// store or temp usage limits, timeouts), and those must never park a row.
+pub fn classify_error(reason: String) -> Outcome {
+    const PASSING: [&str; 9] =
+        ["usage", "memory", "space", "flow control", "resource", "limit reached", "timeout", "timed out", "temporar"];
+    let lower = reason.to_ascii_lowercase();
+    match PASSING.iter().any(|p| lower.contains(p)) {
+        true => Outcome::Refused(reason),
+        false => Outcome::Rejected(reason),
+    }
 }
 
 /// Sends outbox rows' messages; one outcome per row, in order.
@@ -71,7 +89,7 @@ impl StompPublisher {
             .into_iter()
             .map(|answer| match answer {
                 Ok(()) => Outcome::Confirmed,
-                Err(StompError::Rejected(reason)) => Outcome::Rejected(reason),
+                Err(StompError::Rejected(reason)) => classify_error(reason),
                 Err(other) => Outcome::Unknown(other.to_string()),
             })
             .collect())

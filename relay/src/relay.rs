@@ -121,6 +121,7 @@ impl Relay {
         let outcomes = self.publisher.publish(&rows).await;
         let now = Utc::now();
         let mut confirmed: Vec<OutboxId> = Vec::with_capacity(rows.len());
+        let mut rejected = Vec::new();
         let mut unknown_reason = None;
         for (row, outcome) in rows.iter().zip(outcomes) {
             match outcome {
@@ -139,24 +140,33 @@ impl Relay {
                         %reason,
                         "broker rejected message"
                     );
-                    let retry_in = retry_after(row.attempts);
-                    let outcome = self
-                        .store
-                        .record_failure(&self.owner, row.outbox_id, &reason, retry_in, self.max_attempts)
-                        .await?;
-                    if outcome == FailureOutcome::Parked {
-                        report.parked += 1;
-                        self.metrics.parked.inc();
-                        tracing::error!(outbox_id = %row.outbox_id, order_id = row.order_id.0, "outbox row parked");
-                    }
+                    rejected.push((row, reason));
                 }
-                Outcome::Unknown(reason) => {
+                // A passing condition of the broker: back off as for an outage.
+                Outcome::Refused(reason) | Outcome::Unknown(reason) => {
                     report.unknown += 1;
                     unknown_reason.get_or_insert(reason);
                 }
             }
         }
-        self.mark_published(&confirmed).await?;
+        // Confirmed rows first: a failure recording a rejection must never
+        // leave a row the broker holds unmarked.
+        let marked = self.mark_published(&confirmed).await;
+        for (row, reason) in rejected {
+            let retry_in = retry_after(row.attempts);
+            match self.store.record_failure(&self.owner, row.outbox_id, &reason, retry_in, self.max_attempts).await? {
+                FailureOutcome::Parked => {
+                    report.parked += 1;
+                    self.metrics.parked.inc();
+                    tracing::error!(outbox_id = %row.outbox_id, order_id = row.order_id.0, "outbox row parked");
+                }
+                FailureOutcome::LeaseLost => {
+                    tracing::warn!(outbox_id = %row.outbox_id, "lease lapsed before the rejection was recorded");
+                }
+                FailureOutcome::Retrying => {}
+            }
+        }
+        marked?;
         self.metrics.leases_held.set(0);
         report.published = confirmed.len();
         self.metrics.published.inc_by(confirmed.len() as u64);

@@ -67,6 +67,9 @@ pub enum FailureOutcome {
     Retrying,
     /// The row hit the attempt cap and was parked (`dead_at`).
     Parked,
+    /// The row is no longer leased by the caller (its lease lapsed and another
+    /// relay took it, or it was published): nothing was counted.
+    LeaseLost,
 }
 
 /// Backlog figures for the relay's gauges.
@@ -104,6 +107,8 @@ pub enum RequeueTarget {
     Outbox(OutboxId),
     /// Every parked row of one order.
     Order(OrderId),
+    /// Every parked row (for the day a whole class was parked by mistake).
+    All,
 }
 
 /// Findings of the reconciliation sweep.
@@ -161,12 +166,14 @@ pub trait OrderStore: Send + Sync {
 pub trait OutboxStore: Send + Sync {
     /// Leases up to `limit` due rows for `owner` until `lease` from now (database clock).
     async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError>;
-    /// Marks rows published (only those still leased by `owner`) and moves their
-    /// orders `pending → published`, never overwriting a later status. Returns
-    /// the number of outbox rows marked.
+    /// Marks rows published, whoever leases them now (the broker's receipt
+    /// proves the message is on the queue; sending it again would only
+    /// duplicate), clears any park mark, and moves their orders `pending →
+    /// published`, never overwriting a later status. Returns the rows marked.
     async fn mark_published(&self, owner: &str, ids: &[OutboxId]) -> Result<u64, StoreError>;
-    /// Counts a failed attempt; parks the row once `attempts >= max_attempts`,
-    /// else makes it due again after `retry_in`.
+    /// Counts a failed attempt of a row `owner` leases; parks the row once
+    /// `attempts >= max_attempts`, else makes it due again after `retry_in`.
+    /// `LeaseLost` (nothing counted) when `owner` no longer holds the lease.
     async fn record_failure(
         &self,
         owner: &str,

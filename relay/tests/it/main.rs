@@ -132,6 +132,26 @@ async fn an_unknown_outcome_releases_the_rows_without_counting_an_attempt() {
 }
 
 #[tokio::test]
+async fn a_broker_refusing_for_a_passing_reason_never_parks_a_row() {
+    let flow_control = "Usage Manager Memory Limit reached. Stopping producer to prevent flooding queue://orders";
+    let broker = FakeBroker::new(vec![
+        Box::new(move |_| relay::publisher::classify_error(flow_control.into())),
+        Box::new(move |_| relay::publisher::classify_error(flow_control.into())),
+        Box::new(|_| Outcome::Confirmed),
+    ]);
+    let (relay, store, _dir) = setup(broker.clone()).await;
+    let order = place(&store, "P123").await;
+    for _ in 0..2 {
+        assert!(matches!(relay.relay_once().await.unwrap_err(), RelayError::BrokerUnavailable(_)));
+    }
+    assert_eq!(store.outbox_stats().await.unwrap().parked, 0, "flow control is not poison");
+    let report = relay.relay_once().await.unwrap();
+    assert_eq!((report.claimed, report.published, report.rejected), (1, 1, 0));
+    assert_eq!(store.order(order).await.unwrap().status, OrderStatus::Published);
+    assert!(matches!(relay::publisher::classify_error("Frame size exceeds the maximum".into()), Outcome::Rejected(_)));
+}
+
+#[tokio::test]
 async fn a_paused_relay_is_drained_of_its_leases() {
     let (relay, store, _dir) = setup(FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)])).await;
     place(&store, "P123").await;

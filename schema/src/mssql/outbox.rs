@@ -48,7 +48,7 @@ impl OutboxStore for MssqlStore {
 
     async fn record_failure(
         &self,
-        _owner: &str,
+        owner: &str,
         id: OutboxId,
         error: &str,
         retry_in: Duration,
@@ -58,10 +58,12 @@ impl OutboxStore for MssqlStore {
         let error = truncate_utf16(error, LAST_ERROR_UNITS);
         let retry_ms = millis(retry_in);
         let result = async {
-            let out = rows(&mut conn, RECORD_FAILURE, &[&id.0, &error, &retry_ms, &max_attempts]).await?;
-            Ok(match out.first().and_then(|r| r.get::<NaiveDateTime, _>(0)) {
-                Some(_) => FailureOutcome::Parked,
-                None => FailureOutcome::Retrying,
+            let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
+            let out = rows(&mut conn, RECORD_FAILURE, &[&id.0, &error, &retry_ms, &max_attempts, &owner]).await?;
+            Ok(match out.first().map(|r| r.get::<NaiveDateTime, _>(0)) {
+                None => FailureOutcome::LeaseLost,
+                Some(Some(_)) => FailureOutcome::Parked,
+                Some(None) => FailureOutcome::Retrying,
             })
         }
         .await;
@@ -162,6 +164,7 @@ async fn requeue(client: &mut TdsClient, target: RequeueTarget, requested_by: &s
     let requeued = match target {
         RequeueTarget::Outbox(id) => rows(client, REQUEUE_ROW, &[&id.0]).await?,
         RequeueTarget::Order(order) => rows(client, REQUEUE_ORDER, &[&order.0]).await?,
+        RequeueTarget::All => rows(client, REQUEUE_ALL, &[]).await?,
     };
     let mut ids = Vec::with_capacity(requeued.len());
     for row in &requeued {

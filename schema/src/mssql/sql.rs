@@ -32,6 +32,9 @@ pub(super) const REQUEUE_ROW: &str = "UPDATE dbo.outbox SET dead_at = NULL, atte
 pub(super) const REQUEUE_ORDER: &str = "UPDATE dbo.outbox SET dead_at = NULL, attempts = 0, next_attempt_at = SYSUTCDATETIME(), \
      lease_owner = NULL, lease_until = NULL OUTPUT inserted.outbox_id, inserted.order_id \
      WHERE dead_at IS NOT NULL AND published_at IS NULL AND order_id = @P1";
+pub(super) const REQUEUE_ALL: &str = "UPDATE dbo.outbox SET dead_at = NULL, attempts = 0, next_attempt_at = SYSUTCDATETIME(), \
+     lease_owner = NULL, lease_until = NULL OUTPUT inserted.outbox_id, inserted.order_id \
+     WHERE dead_at IS NOT NULL AND published_at IS NULL";
 pub(super) const INSERT_AUDIT: &str =
     "INSERT INTO dbo.outbox_audit (outbox_id, order_id, action, requested_by) VALUES (@P1, @P2, @P3, @P4)";
 // Small batches under ROWLOCK + READPAST: retention never takes a big lock and
@@ -63,14 +66,14 @@ pub(super) const CLAIM: &str = "UPDATE TOP (@LIMIT) o SET lease_owner = @P1, lea
      FROM dbo.outbox o WITH (UPDLOCK, READPAST, ROWLOCK) \
      WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= SYSUTCDATETIME() \
      AND (o.lease_until IS NULL OR o.lease_until < SYSUTCDATETIME())";
-pub(super) const MARK_PUBLISHED: &str = "UPDATE dbo.outbox SET published_at = SYSUTCDATETIME(), lease_owner = NULL, lease_until = NULL \
-     OUTPUT inserted.order_id WHERE outbox_id = @P1 AND published_at IS NULL";
+pub(super) const MARK_PUBLISHED: &str = "UPDATE dbo.outbox SET published_at = SYSUTCDATETIME(), lease_owner = NULL, lease_until = NULL, \
+     dead_at = NULL OUTPUT inserted.order_id WHERE outbox_id = @P1 AND published_at IS NULL";
 pub(super) const ADVANCE_ORDER: &str =
     "UPDATE dbo.orders SET status = N'published' WHERE order_id = @P1 AND status = N'pending'";
 pub(super) const RECORD_FAILURE: &str = "UPDATE dbo.outbox SET attempts = attempts + 1, last_error = @P2, lease_owner = NULL, \
      lease_until = NULL, next_attempt_at = DATEADD(millisecond, @P3, SYSUTCDATETIME()), \
      dead_at = CASE WHEN attempts + 1 >= @P4 THEN SYSUTCDATETIME() ELSE NULL END \
-     OUTPUT inserted.dead_at WHERE outbox_id = @P1 AND published_at IS NULL";
+     OUTPUT inserted.dead_at WHERE outbox_id = @P1 AND published_at IS NULL AND dead_at IS NULL AND lease_owner = @P5";
 pub(super) const RELEASE_LEASES: &str =
     "UPDATE dbo.outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = @P1 AND published_at IS NULL";
 pub(super) const PENDING_STATS: &str = "SELECT COUNT_BIG(*), DATEDIFF_BIG(millisecond, MIN(created_at), SYSUTCDATETIME()) \
@@ -176,6 +179,7 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("ORDER_COUNTS", ORDER_COUNTS),
         ("REQUEUE_ROW", REQUEUE_ROW),
         ("REQUEUE_ORDER", REQUEUE_ORDER),
+        ("REQUEUE_ALL", REQUEUE_ALL),
         ("INSERT_AUDIT", INSERT_AUDIT),
         ("PURGE_PUBLISHED", PURGE_PUBLISHED),
         ("PURGE_INBOX", PURGE_INBOX),

@@ -37,7 +37,7 @@ impl OutboxStore for SqliteStore {
             // Marked whoever holds the lease now: the broker's receipt proves the
             // message is on the queue, so publishing it again would only duplicate.
             let mut mark = tx.prepare_cached(&format!(
-                "UPDATE outbox SET published_at = {NOW}, lease_owner = NULL, lease_until = NULL \
+                "UPDATE outbox SET published_at = {NOW}, lease_owner = NULL, lease_until = NULL, dead_at = NULL \
                  WHERE outbox_id = ?1 AND published_at IS NULL RETURNING order_id"
             ))?;
             let mut advance =
@@ -57,26 +57,28 @@ impl OutboxStore for SqliteStore {
 
     async fn record_failure(
         &self,
-        _owner: &str,
+        owner: &str,
         id: OutboxId,
         error: &str,
         retry_in: Duration,
         max_attempts: i32,
     ) -> Result<FailureOutcome, StoreError> {
         let error = truncate_utf16(error, LAST_ERROR_UNITS).to_string();
+        let owner = truncate_utf16(owner, LEASE_OWNER_UNITS).to_string();
         self.write(move |tx| {
             let sql = format!(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?2, lease_owner = NULL, lease_until = NULL, \
                    next_attempt_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3), \
                    dead_at = CASE WHEN attempts + 1 >= ?4 THEN {NOW} END \
-                 WHERE outbox_id = ?1 AND published_at IS NULL RETURNING dead_at"
+                 WHERE outbox_id = ?1 AND published_at IS NULL AND dead_at IS NULL AND lease_owner = ?5 \
+                 RETURNING dead_at"
             );
-            let dead: Option<Option<String>> = tx
-                .query_row(&sql, params![id.to_string(), error, seconds_modifier(retry_in), max_attempts], |r| r.get(0))
-                .optional()?;
+            let params = params![id.to_string(), error, seconds_modifier(retry_in), max_attempts, owner];
+            let dead: Option<Option<String>> = tx.query_row(&sql, params, |r| r.get(0)).optional()?;
             Ok(match dead {
+                None => FailureOutcome::LeaseLost,
                 Some(Some(_)) => FailureOutcome::Parked,
-                _ => FailureOutcome::Retrying,
+                Some(None) => FailureOutcome::Retrying,
             })
         })
         .await
@@ -137,19 +139,20 @@ impl OutboxStore for SqliteStore {
     async fn requeue(&self, target: RequeueTarget, requested_by: &str) -> Result<Vec<OutboxId>, StoreError> {
         let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string();
         self.write(move |tx| {
-            let (by_id, by_order) = match target {
-                RequeueTarget::Outbox(id) => (Some(id.to_string()), None),
-                RequeueTarget::Order(order) => (None, Some(order.0)),
+            let (by_id, by_order, all) = match target {
+                RequeueTarget::Outbox(id) => (Some(id.to_string()), None, false),
+                RequeueTarget::Order(order) => (None, Some(order.0), false),
+                RequeueTarget::All => (None, None, true),
             };
             let sql = format!(
                 "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = {NOW}, lease_owner = NULL, \
                    lease_until = NULL \
-                 WHERE dead_at IS NOT NULL AND published_at IS NULL AND (outbox_id = ?1 OR order_id = ?2) \
+                 WHERE dead_at IS NOT NULL AND published_at IS NULL AND (outbox_id = ?1 OR order_id = ?2 OR ?3) \
                  RETURNING outbox_id, order_id"
             );
             let mut stmt = tx.prepare_cached(&sql)?;
             let rows = stmt
-                .query_map(params![by_id, by_order], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .query_map(params![by_id, by_order, all], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut audit = tx.prepare_cached(
                 "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, 'requeue', ?3)",

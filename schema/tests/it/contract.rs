@@ -404,6 +404,52 @@ pub async fn non_bmp_text_fits_at_every_limit(store: Arc<dyn Store>) {
     assert_eq!(store.requeue(RequeueTarget::Outbox(rows[0].outbox_id), &who).await.unwrap(), vec![rows[0].outbox_id]);
 }
 
+pub async fn a_lapsed_lease_cannot_touch_the_row_another_relay_holds(store: Arc<dyn Store>) {
+    place(&store, "P123", 1).await;
+    let id = store.claim_batch("relay-a", 10, Duration::from_millis(200)).await.unwrap()[0].outbox_id;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        let rows = store.claim_batch("relay-b", 10, Duration::from_secs(60)).await.unwrap();
+        if let Some(row) = rows.first() {
+            break row.clone();
+        }
+        assert!(Instant::now() < deadline, "relay-a's lease never lapsed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let late = store.record_failure("relay-a", id, "late ERROR", Duration::ZERO, 1).await.unwrap();
+    assert_eq!(late, FailureOutcome::LeaseLost, "a lapsed lease counts nothing");
+    assert!(
+        store.claim_batch("relay-c", 10, Duration::from_secs(60)).await.unwrap().is_empty(),
+        "relay-b still holds it"
+    );
+    assert!(store.parked_rows(10).await.unwrap().is_empty(), "not parked by the lapsed relay");
+    // relay-a's RECEIPT did arrive: the row is published, whoever holds it.
+    assert_eq!(store.mark_published("relay-a", &[id]).await.unwrap(), 1);
+    assert_eq!(taken.attempts, 0);
+    assert_eq!(
+        store.record_failure("relay-b", id, "ERROR", Duration::ZERO, 1).await.unwrap(),
+        FailureOutcome::LeaseLost
+    );
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.parked), (0, 0), "published and never parked");
+}
+
+pub async fn a_parked_row_confirmed_late_is_published_not_parked(store: Arc<dyn Store>) {
+    place(&store, "P123", 1).await;
+    place(&store, "P200", 1).await;
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(60)).await.unwrap();
+    for row in &rows {
+        assert_eq!(
+            store.record_failure("relay-a", row.outbox_id, "x", Duration::ZERO, 1).await.unwrap(),
+            FailureOutcome::Parked
+        );
+    }
+    assert_eq!(store.mark_published("relay-z", &[rows[0].outbox_id]).await.unwrap(), 1);
+    assert_eq!(store.outbox_stats().await.unwrap().parked, 1, "the confirmed row is no longer parked");
+    assert_eq!(store.requeue(RequeueTarget::All, "ops@example").await.unwrap(), vec![rows[1].outbox_id]);
+    assert_eq!(store.outbox_stats().await.unwrap().parked, 0);
+}
+
 macro_rules! contract_tests {
     ($backend:ident, $make:path) => {
         mod $backend {
@@ -428,7 +474,9 @@ macro_rules! contract_tests {
                 a_failed_order_can_be_retried_once_its_cause_is_fixed,
                 a_batch_is_one_transaction_with_an_outcome_per_message,
                 keys_that_differ_only_in_case_are_different,
-                non_bmp_text_fits_at_every_limit
+                non_bmp_text_fits_at_every_limit,
+                a_lapsed_lease_cannot_touch_the_row_another_relay_holds,
+                a_parked_row_confirmed_late_is_published_not_parked
             );
         }
     };
