@@ -178,6 +178,37 @@ impl Consumer {
         }
     }
 
+    /// Counts and logs what a committed batch did.
+    fn record(&self, frames: &[Frame], outcomes: &[Applied], spans: &[tracing::Span]) {
+        for ((frame, outcome), span) in frames.iter().zip(outcomes).zip(spans) {
+            match outcome {
+                Applied::Processed(order) => {
+                    span.record("order_id", order.order_id.0);
+                    tracing::info!(
+                        order_id = order.order_id.0,
+                        trace_id = frame.get("traceparent").and_then(observability::trace_id_of),
+                        "Processed order {}: unit_price={}, total_price={}",
+                        order.order_id,
+                        order.unit_price.unwrap_or_default(),
+                        order.total_price.unwrap_or_default()
+                    );
+                    self.metrics.messages.with_label_values(&["processed"]).inc();
+                    if let Some(done) = order.processed_at {
+                        let e2e = (done - order.created_at).to_std().unwrap_or_default();
+                        self.metrics.end_to_end_seconds.observe(e2e.as_secs_f64());
+                    }
+                }
+                Applied::Duplicate => self.metrics.messages.with_label_values(&["duplicate"]).inc(),
+                Applied::DeadLettered { reason, order_failed } => {
+                    tracing::warn!(%reason, order_failed, "message dead-lettered");
+                    if *order_failed {
+                        self.metrics.messages.with_label_values(&["failed"]).inc();
+                    }
+                }
+            }
+        }
+    }
+
     /// Publishes dead letters waiting in the database; a database problem is
     /// only logged (they wait there safely), a broker problem ends the connection.
     async fn publish_dead_letters(&self, client: &Client) -> Result<(), StompError> {
@@ -186,7 +217,7 @@ impl Consumer {
                 self.metrics.messages.with_label_values(&["dead_lettered"]).inc_by(n);
                 Ok(())
             }
-            Err(StepError::Broker(error)) => Err(error),
+            Err(StepError::Broker(error) | StepError::NotAcked { error, .. }) => Err(error),
             Err(StepError::Store(error)) => {
                 tracing::warn!(?error, "dead letters wait in the database; publishing them later");
                 Ok(())
@@ -226,6 +257,10 @@ impl Consumer {
             match handle_delivery(self.store.as_ref(), client, frames).await {
                 Ok(outcomes) => break outcomes,
                 Err(StepError::Broker(error)) => return Err(error),
+                Err(StepError::NotAcked { applied, error }) => {
+                    self.record(frames, &applied, &spans);
+                    return Err(error);
+                }
                 Err(StepError::Store(error)) => {
                     let stuck = started.elapsed();
                     self.metrics.messages.with_label_values(&["retried"]).inc_by(frames.len() as u64);
@@ -255,33 +290,7 @@ impl Consumer {
         };
         self.metrics.stuck_seconds.set(0.0);
         self.readiness.set("database", true, "ok");
-        for ((frame, outcome), span) in frames.iter().zip(&outcomes).zip(&spans) {
-            match outcome {
-                Applied::Processed(order) => {
-                    span.record("order_id", order.order_id.0);
-                    tracing::info!(
-                        order_id = order.order_id.0,
-                        trace_id = frame.get("traceparent").and_then(observability::trace_id_of),
-                        "Processed order {}: unit_price={}, total_price={}",
-                        order.order_id,
-                        order.unit_price.unwrap_or_default(),
-                        order.total_price.unwrap_or_default()
-                    );
-                    self.metrics.messages.with_label_values(&["processed"]).inc();
-                    if let Some(done) = order.processed_at {
-                        let e2e = (done - order.created_at).to_std().unwrap_or_default();
-                        self.metrics.end_to_end_seconds.observe(e2e.as_secs_f64());
-                    }
-                }
-                Applied::Duplicate => self.metrics.messages.with_label_values(&["duplicate"]).inc(),
-                Applied::DeadLettered { reason, order_failed } => {
-                    tracing::warn!(%reason, order_failed, "message dead-lettered");
-                    if *order_failed {
-                        self.metrics.messages.with_label_values(&["failed"]).inc();
-                    }
-                }
-            }
-        }
+        self.record(frames, &outcomes, &spans);
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         drop(spans);
         Ok(true)

@@ -45,7 +45,7 @@ impl Acker for Client {
     }
 }
 
-/// Why a step could not finish; either way nothing of the batch was ACKed.
+/// Why a step could not finish; in every case nothing of the batch was ACKed.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
     /// The database is unavailable: retry the batch later.
@@ -54,6 +54,15 @@ pub enum StepError {
     /// The broker connection failed: reconnect; the broker redelivers.
     #[error(transparent)]
     Broker(#[from] StompError),
+    /// The batch was committed but its ACK failed: the redelivery will be
+    /// duplicates. `applied` says what the commit did.
+    #[error("committed, but the ACK failed: {error}")]
+    NotAcked {
+        /// The committed outcomes.
+        applied: Vec<Applied>,
+        /// Why the ACK failed.
+        error: StompError,
+    },
 }
 
 /// Applies a batch and ACKs it: one outcome per frame, in order. Dead letters
@@ -67,8 +76,10 @@ pub async fn handle_delivery(
     let applied = apply_isolating(store, &deliveries).await.map_err(StepError::Store)?;
     let acks: Vec<&str> =
         frames.iter().map(|f| f.get("ack").or_else(|| f.get("message-id")).unwrap_or_default()).collect();
-    broker.ack(&acks).await?;
-    Ok(applied)
+    match broker.ack(&acks).await {
+        Ok(()) => Ok(applied),
+        Err(error) => Err(StepError::NotAcked { applied, error }),
+    }
 }
 
 /// The batch in one transaction; after a permanent error, one by one, so that
