@@ -340,11 +340,11 @@ const CREATE_DATABASE: &str = "CREATE DATABASE orderflow_test_";
 /// Creates an empty database on the server named by `url` (either form that
 /// [`parse_config`] takes) and returns the same URL naming the new database.
 pub async fn fresh_database(url: &str) -> anyhow::Result<String> {
-    let name = format!("orderflow_test_{}", Uuid::new_v4().simple());
+    let suffix = Uuid::new_v4().simple().to_string();
     let mut client = open_client(&parse_config(url)?).await?;
-    batch(&mut client, &format!("{CREATE_DATABASE}{}", &name["orderflow_test_".len()..])).await?;
+    batch(&mut client, &format!("{CREATE_DATABASE}{suffix}")).await?;
     client.close().await?;
-    Ok(with_database(url, &name))
+    Ok(with_database(url, &format!("orderflow_test_{suffix}")))
 }
 
 /// `url` with its database replaced by `database`.

@@ -32,17 +32,13 @@ async fn place(store: &Arc<dyn Store>, product: &str, quantity: i32) -> OrderId 
 
 fn delivery(outbox_id: Option<OutboxId>, order_id: Option<OrderId>, rejection: Option<&str>) -> Delivery {
     Delivery {
-        dead_letter_id: format!("ID:test-{}", uuid_like()),
+        dead_letter_id: format!("ID:test-{}", OutboxId::new()),
         outbox_id,
         order_id,
         rejection: rejection.map(str::to_string),
         headers: vec![("message-id".into(), "ID:test".into()), ("destination".into(), "/queue/x".into())],
         body: br#"{"order_id": 1}"#.to_vec(),
     }
-}
-
-fn uuid_like() -> String {
-    OutboxId::new().to_string()
 }
 
 fn dec(s: &str) -> Decimal {
