@@ -65,9 +65,12 @@ pub struct Config {
     /// Cron (6 fields, UTC) of the reconciliation sweep; empty disables it.
     #[arg(long, env = "RECONCILE_CRON", default_value = "*/30 * * * * *")]
     pub reconcile_cron: String,
-    /// Orders published longer than this many seconds without being processed are reported.
+    /// Orders published longer than this many seconds without being processed are reported (and repaired).
     #[arg(long, env = "STALE_PUBLISHED_SECS", default_value_t = 300)]
     pub stale_published_secs: u64,
+    /// Self-healing: the sweep sends stuck orders again (the consumer dedupes); false only reports them.
+    #[arg(long, env = "REPAIR_STUCK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub repair_stuck: bool,
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -97,6 +100,7 @@ impl Config {
             purge_batch: 500,
             reconcile_cron: "*/30 * * * * *".into(),
             stale_published_secs: 300,
+            repair_stuck: true,
             log_json: false,
         }
     }
@@ -105,7 +109,7 @@ impl Config {
         Duration::from_millis(self.lease_ms)
     }
 
-    pub(crate) fn maintenance(&self) -> crate::maintenance::Settings {
+    pub(crate) fn maintenance(&self, relay_id: &str) -> crate::maintenance::Settings {
         crate::maintenance::Settings {
             retention_cron: self.retention_cron.clone(),
             outbox_retention: Duration::from_secs(self.outbox_retention_secs),
@@ -113,6 +117,7 @@ impl Config {
             purge_batch: self.purge_batch.max(1),
             reconcile_cron: self.reconcile_cron.clone(),
             stale_published_after: Duration::from_secs(self.stale_published_secs),
+            repair_as: self.repair_stuck.then(|| format!("reconciler:{relay_id}")),
         }
     }
 

@@ -96,7 +96,7 @@ impl App {
             stop_admin.clone(),
         ));
         let mut scheduler =
-            maintenance::start(relay.store.clone(), config.maintenance(), relay.metrics.clone()).await?;
+            maintenance::start(relay.store.clone(), config.maintenance(&relay.owner), relay.metrics.clone()).await?;
         let watch_task = tokio::spawn(watch(store.clone(), relay.clone(), readiness, stop_admin.clone()));
 
         let poll_min = Duration::from_millis(config.poll_min_ms);

@@ -1,11 +1,13 @@
 //! Scheduled maintenance: retention of published outbox rows and old inbox
-//! rows, and the reconciliation sweep that reports stuck orders.
+//! rows, and the reconciliation sweep that reports stuck orders and sends
+//! them again (self-healing: a lost commit, a purged queue, a broker that lost
+//! its store all end with the order processed).
 //!
 //! Invariants: deletes go in small batches (never one huge DELETE); a job
 //! never overlaps itself (the scheduler would start a second run of a slow
 //! job, so each job holds a guard and a run that finds it taken is skipped);
 //! several relays may run the jobs at once (batched deletes skip locked rows,
-//! the sweep only reads).
+//! repairs run in one transaction each and skip orders another sweep holds).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +31,15 @@ pub struct Settings {
     pub purge_batch: u32,
     /// Cron expression of the reconciliation sweep; empty disables it.
     pub reconcile_cron: String,
-    /// An order `published` for longer than this without being processed is reported.
+    /// An order `published` this long ago (its last publication) and still not
+    /// processed is reported, and repaired when `repair_as` is set.
     pub stale_published_after: Duration,
+    /// Who the audit names for repairs; `None` only reports.
+    pub repair_as: Option<String>,
 }
+
+/// Most orders one sweep repairs (the next sweep takes the rest).
+const REPAIRS_PER_SWEEP: u32 = 1_000;
 
 /// Upper bound on delete batches per run, so one run always ends.
 const MAX_BATCHES_PER_RUN: usize = 10_000;
@@ -64,12 +72,29 @@ pub async fn retention_once(
     Ok((outbox, inbox))
 }
 
-/// One reconciliation sweep: sets the gauges and warns about stuck orders.
+/// One reconciliation sweep: sends stuck orders again when repairs are on,
+/// then sets the gauges and warns about what is still stuck. Returns the
+/// findings and how many orders were repaired.
 pub async fn reconcile_once(
     store: &dyn OutboxStore,
     settings: &Settings,
     metrics: &Metrics,
-) -> Result<Reconciliation, StoreError> {
+) -> Result<(Reconciliation, usize), StoreError> {
+    let mut repaired = 0;
+    if let Some(requested_by) = &settings.repair_as {
+        let sent = store.repair_stuck(settings.stale_published_after, REPAIRS_PER_SWEEP, requested_by).await?;
+        metrics.repaired.inc_by(sent.len() as u64);
+        if !sent.is_empty() {
+            let first: Vec<i64> = sent.iter().take(10).map(|(order, _)| order.0).collect();
+            tracing::warn!(
+                count = sent.len(),
+                first_orders = ?first,
+                after_s = settings.stale_published_after.as_secs(),
+                "orders published but never processed: sending them again (audited as repair)"
+            );
+        }
+        repaired = sent.len();
+    }
     let found = store.reconcile(settings.stale_published_after).await?;
     metrics.pending_without_outbox.set(found.pending_without_outbox);
     metrics.published_not_processed.set(found.published_not_processed);
@@ -86,7 +111,7 @@ pub async fn reconcile_once(
             "orders published but not processed"
         );
     }
-    Ok(found)
+    Ok((found, repaired))
 }
 
 /// Starts the scheduler with the enabled jobs.

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub job_runs: IntCounterVec,
     pub pending_without_outbox: IntGauge,
     pub published_not_processed: IntGauge,
+    /// Stuck orders sent again by the sweep.
+    pub repaired: IntCounter,
 }
 
 impl Metrics {
@@ -75,6 +77,10 @@ impl Metrics {
                 "orderflow_reconcile_published_not_processed",
                 "Orders published but not processed after the threshold (last reconciliation)",
             )?,
+            repaired: IntCounter::new(
+                "orderflow_reconcile_repaired_total",
+                "Stuck orders whose outbox row the sweep made due again",
+            )?,
         };
         for table in ["outbox", "inbox"] {
             m.purged.with_label_values(&[table]);
@@ -104,6 +110,7 @@ impl Metrics {
         registry.register(Box::new(m.job_runs.clone()))?;
         registry.register(Box::new(m.pending_without_outbox.clone()))?;
         registry.register(Box::new(m.published_not_processed.clone()))?;
+        registry.register(Box::new(m.repaired.clone()))?;
         Ok(m)
     }
 }

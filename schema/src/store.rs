@@ -116,7 +116,8 @@ pub enum RequeueTarget {
 pub struct Reconciliation {
     /// Orders `pending` with no outbox row at all: they would never be published.
     pub pending_without_outbox: i64,
-    /// Orders `published` longer than the threshold and still not processed.
+    /// Orders `published` and not processed, whose last publication (not their
+    /// creation: a backlog after an outage is not stuck) is older than the threshold.
     pub published_not_processed: i64,
 }
 
@@ -197,6 +198,17 @@ pub trait OutboxStore: Send + Sync {
     async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
     /// Counts orders that look stuck.
     async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError>;
+    /// Self-healing: for up to `limit` orders counted in
+    /// `published_not_processed`, makes the order's last outbox row due again
+    /// (or writes a fresh one when retention has deleted it) and records a
+    /// `repair` audit entry by `requested_by`, in one transaction. The consumer
+    /// dedupes a message that was only late. Returns the (order, row) repaired.
+    async fn repair_stuck(
+        &self,
+        published_for: Duration,
+        limit: u32,
+        requested_by: &str,
+    ) -> Result<Vec<(OrderId, OutboxId)>, StoreError>;
     /// Puts a `failed` order back to `pending` with a fresh outbox row (a new
     /// idempotency key), recording who asked. `Conflict` unless the order is `failed`.
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError>;

@@ -152,6 +152,7 @@ async fn maintenance_jobs_purge_old_rows_and_report_stuck_orders() {
     config.purge_batch = 7;
     config.reconcile_cron = "* * * * * *".into();
     config.stale_published_secs = 0;
+    config.repair_stuck = false;
     let relay = Service::start(relay::App::build(config)).await.unwrap();
     for i in 0..20 {
         stack.place_order(&format!("Customer {i}"), "P123", 1).await;
@@ -168,6 +169,35 @@ async fn maintenance_jobs_purge_old_rows_and_report_stuck_orders() {
     assert_eq!(relay.metric("orderflow_retention_deleted_rows_total{table=\"outbox\"}").await, 20.0);
     assert!(relay.metric("orderflow_maintenance_runs_total{job=\"retention\",outcome=\"ok\"}").await >= 1.0);
     assert_eq!(stack.tally().await.published, 20, "orders are never deleted");
+    relay.stop().await.unwrap();
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_whose_messages_were_lost_are_sent_again_and_processed_once() {
+    let mut stack = Stack::start_producer(&shared_broker_url()).await;
+    let mut config = stack.relay_config();
+    config.reconcile_cron = "* * * * * *".into();
+    config.stale_published_secs = 3;
+    let relay = Service::start(relay::App::build(config)).await.unwrap();
+    for i in 0..5 {
+        stack.place_order(&format!("Customer {i}"), "P123", 1).await;
+    }
+    wait_for("5 published orders", Duration::from_secs(30), || async {
+        let t = stack.tally().await;
+        (t.published == 5 && t.unpublished == 0).then_some(())
+    })
+    .await;
+    // The queue loses them: purged by hand, or a broker that lost its store.
+    let lost = stack.read_queue(Duration::from_millis(500)).await;
+    assert!(lost.len() >= 5, "read the 5 messages off the queue: {lost:?}");
+    stack.consumer = Some(stack.start_consumer().await);
+    stack.wait_until_settled(5, Duration::from_secs(60)).await;
+    stack.assert_all_processed_exactly_once(5).await;
+    let repairs: Vec<_> = stack.probe.audit().await.unwrap().into_iter().filter(|a| a.action == "repair").collect();
+    assert!(repairs.len() >= 5, "every repair is audited: {repairs:?}");
+    assert!(repairs.iter().all(|a| a.requested_by.starts_with("reconciler:")), "{repairs:?}");
+    assert_eq!(relay.metric("orderflow_reconcile_repaired_total").await, repairs.len() as f64);
     relay.stop().await.unwrap();
     stack.shutdown().await;
 }

@@ -135,6 +135,19 @@ impl OutboxStore for MssqlStore {
         finish(conn, result)
     }
 
+    async fn repair_stuck(
+        &self,
+        published_for: Duration,
+        limit: u32,
+        requested_by: &str,
+    ) -> Result<Vec<(OrderId, OutboxId)>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result =
+            repair(&mut conn, -seconds(published_for), limit, truncate_utf16(requested_by, REQUESTED_BY_UNITS));
+        let result = result.await;
+        finish(conn, result)
+    }
+
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
         let mut conn = self.conn().await?;
         let result = retry_order(&mut conn, order_id, truncate_utf16(requested_by, REQUESTED_BY_UNITS)).await;
@@ -178,6 +191,32 @@ async fn requeue(client: &mut TdsClient, target: RequeueTarget, requested_by: &s
 }
 
 /// `None` when the order is not `failed` (or does not exist).
+async fn repair(
+    client: &mut TdsClient,
+    ago: i32,
+    limit: u32,
+    requested_by: &str,
+) -> TdsResult<Vec<(OrderId, OutboxId)>> {
+    batch(client, BEGIN).await?;
+    let stuck = rows(client, &with_limit(STUCK_ORDERS, limit), &[&ago]).await?;
+    let mut repaired = Vec::with_capacity(stuck.len());
+    for row in &stuck {
+        let order_id = OrderId(row.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?);
+        let outbox_id = match row.try_get::<Uuid, _>(1)? {
+            Some(id) if exec(client, RESEND_ROW, &[&id]).await? == 1 => OutboxId(id),
+            Some(_) => continue,
+            None => match rows(client, ORDER, &[&order_id.0]).await?.first() {
+                Some(order) => insert_outbox(client, &order_from_row(order)?, &None, &None, None).await?,
+                None => continue,
+            },
+        };
+        exec(client, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &"repair", &requested_by]).await?;
+        repaired.push((order_id, outbox_id));
+    }
+    batch(client, COMMIT).await?;
+    Ok(repaired)
+}
+
 async fn retry_order(client: &mut TdsClient, order_id: OrderId, requested_by: &str) -> TdsResult<Option<OutboxId>> {
     batch(client, BEGIN).await?;
     let updated = rows(client, RETRY_ORDER, &[&order_id.0]).await?;

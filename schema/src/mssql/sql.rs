@@ -46,8 +46,28 @@ pub(super) const PURGE_INBOX: &str = "DELETE FROM dbo.inbox WHERE outbox_id IN (
      FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < DATEADD(second, @P1, SYSUTCDATETIME()))";
 pub(super) const PENDING_WITHOUT_OUTBOX: &str = "SELECT COUNT_BIG(*) FROM dbo.orders o WHERE o.status = N'pending' \
      AND NOT EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = o.order_id)";
-pub(super) const PUBLISHED_NOT_PROCESSED: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE status = N'published' \
-     AND created_at < DATEADD(second, @P1, SYSUTCDATETIME())";
+// Orders `published`, not processed, with no outbox row waiting and none
+// published since the cutoff: stuck since their last publication. The
+// created_at test keeps ix (status, created_at) in use and covers orders whose
+// rows retention deleted (publication follows creation).
+macro_rules! stuck_published {
+    () => {
+        "o.status = N'published' AND o.created_at < DATEADD(second, @P1, SYSUTCDATETIME()) \
+         AND NOT EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = o.order_id \
+           AND (x.published_at IS NULL OR x.published_at >= DATEADD(second, @P1, SYSUTCDATETIME())))"
+    };
+}
+pub(super) const PUBLISHED_NOT_PROCESSED: &str =
+    concat!("SELECT COUNT_BIG(*) FROM dbo.orders o WHERE ", stuck_published!());
+// UPDLOCK + READPAST: two relays sweeping at once repair disjoint orders.
+pub(super) const STUCK_ORDERS: &str = concat!(
+    "SELECT TOP (@LIMIT) o.order_id, (SELECT TOP (1) x.outbox_id FROM dbo.outbox x WHERE x.order_id = o.order_id \
+       ORDER BY x.published_at DESC) FROM dbo.orders o WITH (UPDLOCK, ROWLOCK, READPAST) WHERE ",
+    stuck_published!()
+);
+pub(super) const RESEND_ROW: &str = "UPDATE dbo.outbox SET published_at = NULL, attempts = 0, \
+     next_attempt_at = SYSUTCDATETIME(), lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+     WHERE outbox_id = @P1 AND published_at IS NOT NULL";
 pub(super) const RETRY_ORDER: &str = concat!(
     "UPDATE dbo.orders SET status = N'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, ",
     "total_price = NULL OUTPUT ",
@@ -185,6 +205,8 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("PURGE_INBOX", PURGE_INBOX),
         ("PENDING_WITHOUT_OUTBOX", PENDING_WITHOUT_OUTBOX),
         ("PUBLISHED_NOT_PROCESSED", PUBLISHED_NOT_PROCESSED),
+        ("STUCK_ORDERS", STUCK_ORDERS),
+        ("RESEND_ROW", RESEND_ROW),
         ("RETRY_ORDER", RETRY_ORDER),
         ("SESSION_SETUP", SESSION_SETUP),
         ("RESET_SESSION", RESET_SESSION),

@@ -253,11 +253,15 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
     })
 }
 
+/// An outbox id read back from its TEXT column.
+fn parse_id(text: String) -> rusqlite::Result<OutboxId> {
+    OutboxId::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
 fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
-    let id: String = row.get(0)?;
     Ok(OutboxRow {
-        outbox_id: OutboxId::from_str(&id)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?,
+        outbox_id: parse_id(row.get(0)?)?,
         order_id: OrderId(row.get(1)?),
         event_type: row.get(2)?,
         payload: row.get(3)?,

@@ -6,6 +6,15 @@
 use super::orders::insert_outbox;
 use super::*;
 
+/// Orders (alias `o`) `published`, not processed, with no outbox row waiting to
+/// be sent and none published since the cutoff (`?1`, an ago modifier).
+/// Publication follows creation, so the `created_at` test keeps the index on
+/// (status, created_at) in use and covers orders whose rows retention deleted.
+const STUCK_PUBLISHED: &str = "o.status = 'published' \
+     AND o.created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) \
+     AND NOT EXISTS (SELECT 1 FROM outbox x WHERE x.order_id = o.order_id \
+       AND (x.published_at IS NULL OR x.published_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)))";
+
 #[async_trait]
 impl OutboxStore for SqliteStore {
     async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
@@ -119,11 +128,8 @@ impl OutboxStore for SqliteStore {
                  WHERE dead_at IS NOT NULL ORDER BY dead_at DESC LIMIT ?1",
             )?;
             let rows = stmt.query_map([limit], |r| {
-                let id: String = r.get(0)?;
                 Ok(ParkedRow {
-                    outbox_id: OutboxId::from_str(&id).map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-                    })?,
+                    outbox_id: parse_id(r.get(0)?)?,
                     order_id: OrderId(r.get(1)?),
                     attempts: r.get(2)?,
                     last_error: r.get(3)?,
@@ -152,15 +158,15 @@ impl OutboxStore for SqliteStore {
             );
             let mut stmt = tx.prepare_cached(&sql)?;
             let rows = stmt
-                .query_map(params![by_id, by_order, all], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .query_map(params![by_id, by_order, all], |r| Ok((parse_id(r.get(0)?)?, r.get::<_, i64>(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut audit = tx.prepare_cached(
                 "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, 'requeue', ?3)",
             )?;
             let mut ids = Vec::with_capacity(rows.len());
             for (id, order_id) in rows {
-                audit.execute(params![id, order_id, requested_by])?;
-                ids.push(OutboxId::from_str(&id).map_err(|e| StoreError::Other(e.to_string()))?);
+                audit.execute(params![id.to_string(), order_id, requested_by])?;
+                ids.push(id);
             }
             Ok(ids)
         })
@@ -201,12 +207,54 @@ impl OutboxStore for SqliteStore {
                 |r| r.get(0),
             )?;
             let published_not_processed = conn.query_row(
-                "SELECT COUNT(*) FROM orders WHERE status = 'published' \
-                 AND created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)",
+                &format!("SELECT COUNT(*) FROM orders o WHERE {STUCK_PUBLISHED}"),
                 [ago_modifier(published_for)],
                 |r| r.get(0),
             )?;
             Ok(Reconciliation { pending_without_outbox, published_not_processed })
+        })
+        .await
+    }
+
+    async fn repair_stuck(
+        &self,
+        published_for: Duration,
+        limit: u32,
+        requested_by: &str,
+    ) -> Result<Vec<(OrderId, OutboxId)>, StoreError> {
+        let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string();
+        self.write(move |tx| {
+            let sql = format!(
+                "SELECT o.order_id, (SELECT x.outbox_id FROM outbox x WHERE x.order_id = o.order_id \
+                   ORDER BY x.published_at DESC LIMIT 1) FROM orders o WHERE {STUCK_PUBLISHED} LIMIT ?2"
+            );
+            let stuck = tx
+                .prepare_cached(&sql)?
+                .query_map(params![ago_modifier(published_for), limit], |r| {
+                    Ok((OrderId(r.get(0)?), r.get::<_, Option<String>>(1)?.map(parse_id).transpose()?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut resend = tx.prepare_cached(&format!(
+                "UPDATE outbox SET published_at = NULL, attempts = 0, next_attempt_at = {NOW}, lease_owner = NULL, \
+                   lease_until = NULL, dead_at = NULL WHERE outbox_id = ?1 AND published_at IS NOT NULL"
+            ))?;
+            let mut audit = tx.prepare_cached(
+                "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, 'repair', ?3)",
+            )?;
+            let mut repaired = Vec::with_capacity(stuck.len());
+            for (order_id, last_row) in stuck {
+                let outbox_id = match last_row {
+                    Some(id) if resend.execute([id.to_string()])? == 1 => id,
+                    Some(_) => continue,
+                    None => match load_order(tx, order_id)? {
+                        Some(order) => insert_outbox(tx, &order, None, None, None)?,
+                        None => continue,
+                    },
+                };
+                audit.execute(params![outbox_id.to_string(), order_id.0, requested_by])?;
+                repaired.push((order_id, outbox_id));
+            }
+            Ok(repaired)
         })
         .await
     }

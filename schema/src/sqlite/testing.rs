@@ -22,11 +22,6 @@ const TALLY: &str = "SELECT \
         AND (CAST(o.unit_price AS REAL) <> ROUND(CAST(p.list_price AS REAL) * 0.9 + 1e-9, 2) \
           OR CAST(o.total_price AS REAL) <> ROUND(CAST(o.unit_price AS REAL) * o.quantity, 2)))";
 
-fn parse_id(text: String) -> rusqlite::Result<OutboxId> {
-    OutboxId::from_str(&text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
-}
-
 #[async_trait]
 impl Probe for SqliteStore {
     async fn tally(&self) -> Result<Tally, StoreError> {

@@ -316,6 +316,40 @@ pub async fn reconciliation_reports_orders_published_but_not_processed(store: Ar
     assert_eq!(store.reconcile(Duration::ZERO).await.unwrap().published_not_processed, 0);
 }
 
+pub async fn an_order_stuck_since_its_publication_is_sent_again(store: Arc<dyn Store>) {
+    let lost = place(&store, "P123", 1).await;
+    let first = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()[0].outbox_id;
+    store.mark_published("relay-a", &[first]).await.unwrap();
+    let waiting = place(&store, "P200", 1).await;
+    let repair = |after: Duration| {
+        let store = store.clone();
+        async move { store.repair_stuck(after, 100, "reconciler").await.unwrap() }
+    };
+    assert!(repair(Duration::from_secs(3600)).await.is_empty(), "published a moment ago");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(repair(Duration::ZERO).await, vec![(lost, first)], "only the published order; the pending one waits");
+    assert!(repair(Duration::ZERO).await.is_empty(), "a row waiting to be sent is not stuck");
+    assert_eq!(store.reconcile(Duration::ZERO).await.unwrap().published_not_processed, 0);
+    let due = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    let resent = due.iter().find(|r| r.order_id == lost).expect("the same row is due again");
+    assert_eq!((resent.outbox_id, resent.attempts), (first, 0));
+    let other = due.iter().find(|r| r.order_id == waiting).unwrap().outbox_id;
+    store.mark_published("relay-a", &[first, other]).await.unwrap();
+    assert_eq!(store.order(lost).await.unwrap().status, OrderStatus::Published, "never moved back");
+    store.process_order(Some(first), lost, price).await.unwrap();
+    // The other order's row is deleted by retention before anyone notices it is
+    // stuck: the repair writes a fresh row.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge_published(Duration::ZERO, 100).await.unwrap(), 2);
+    let repaired = repair(Duration::ZERO).await;
+    assert_eq!(repaired.len(), 1);
+    assert_eq!(repaired[0].0, waiting);
+    assert_ne!(repaired[0].1, other, "a fresh row");
+    let due = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(due.iter().map(|r| (r.order_id, r.outbox_id)).collect::<Vec<_>>(), vec![repaired[0]]);
+    assert!(due[0].payload.contains(&repaired[0].1.to_string()), "the message names its new row");
+}
+
 pub async fn a_failed_order_can_be_retried_once_its_cause_is_fixed(store: Arc<dyn Store>) {
     let order = place(&store, "P999", 2).await;
     let first = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()[0].outbox_id;
@@ -467,6 +501,7 @@ macro_rules! contract_tests {
                 parked_rows_are_listed_and_requeued_with_an_audit_record,
                 retention_deletes_old_rows_in_small_batches,
                 reconciliation_reports_orders_published_but_not_processed,
+                an_order_stuck_since_its_publication_is_sent_again,
                 a_failed_order_can_be_retried_once_its_cause_is_fixed,
                 a_batch_is_one_transaction_with_an_outcome_per_message,
                 keys_that_differ_only_in_case_are_different,
