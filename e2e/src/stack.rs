@@ -11,7 +11,7 @@ use crate::service::Service;
 use crate::wait_for;
 
 /// Lease used in tests, so a killed relay's rows come back quickly.
-pub const TEST_LEASE_MS: u64 = 2_000;
+pub const TEST_LEASE_MS: u64 = 4_000;
 
 /// Producer + relay + consumer on one database and one queue.
 pub struct Stack {
@@ -65,7 +65,7 @@ impl Stack {
         let mut config = relay::Config::for_urls(&self.database_url, &self.broker_url);
         config.queue = self.queue.clone();
         config.lease_ms = TEST_LEASE_MS;
-        config.receipt_timeout_ms = 3_000;
+        config.receipt_timeout_ms = 2_500;
         config.heartbeat_ms = 1_000;
         config
     }

@@ -121,6 +121,19 @@ impl Config {
         }
     }
 
+    /// Refuses settings under which a step could outlive its lease.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        let budget = crate::relay::publish_budget(self.lease());
+        anyhow::ensure!(
+            self.receipt_timeout() < budget,
+            "RELAY_RECEIPT_TIMEOUT_MS ({} ms) must be under two thirds of RELAY_LEASE_MS ({} ms): a batch waiting \
+             that long on the broker could lose its lease to another relay",
+            self.receipt_timeout_ms,
+            self.lease_ms
+        );
+        Ok(())
+    }
+
     pub(crate) fn receipt_timeout(&self) -> Duration {
         Duration::from_millis(self.receipt_timeout_ms)
     }

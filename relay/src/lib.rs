@@ -42,6 +42,7 @@ impl App {
     /// Connects to the database (running migrations) and binds the admin port.
     /// The broker is connected lazily, so the relay starts during a broker outage.
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        config.check()?;
         let store = schema::connect(&config.database_url)
             .await
             .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;

@@ -2,7 +2,8 @@
 //!
 //! Invariants: a row is marked published only after its RECEIPT; a broker
 //! outage never counts an attempt or parks a row; a broker ERROR for a row
-//! counts one attempt and parks it at the cap, so one bad row never blocks others.
+//! counts one attempt and parks it at the cap, so one bad row never blocks others;
+//! a step waits on the broker for at most two thirds of the lease.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,6 +75,12 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// How long one step may wait on the broker: well inside the lease, so the
+/// rows are marked (or given back) before another relay may claim them.
+pub fn publish_budget(lease: Duration) -> Duration {
+    lease * 2 / 3
+}
+
 /// Everything the relay step needs.
 pub struct Relay {
     pub store: Arc<dyn OutboxStore>,
@@ -118,7 +125,17 @@ impl Relay {
                 span
             })
             .collect();
-        let outcomes = self.publisher.publish(&rows).await;
+        let outcomes = match tokio::time::timeout(publish_budget(self.lease), self.publisher.publish(&rows)).await {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                // Past the budget the lease may lapse and another relay send the
+                // same rows: give up on this connection, count nothing, retry.
+                self.publisher.close().await;
+                let reason =
+                    format!("no broker answer within {:?}, two thirds of the lease", publish_budget(self.lease));
+                vec![Outcome::Unknown(reason); rows.len()]
+            }
+        };
         let now = Utc::now();
         let mut confirmed: Vec<OutboxId> = Vec::with_capacity(rows.len());
         let mut rejected = Vec::new();

@@ -161,3 +161,49 @@ async fn a_paused_relay_is_drained_of_its_leases() {
     relay.resume();
     assert!(!relay.control.is_paused());
 }
+
+/// A broker that never answers (a hung connection, a full TCP window).
+#[derive(Default)]
+struct SilentBroker {
+    closed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Publisher for SilentBroker {
+    async fn publish(&self, _rows: &[OutboxRow]) -> Vec<Outcome> {
+        std::future::pending().await
+    }
+    async fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+    async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_silent_broker_never_holds_a_step_past_its_lease() {
+    let broker = Arc::new(SilentBroker::default());
+    let (mut relay, store, _dir) = setup(FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)])).await;
+    relay.publisher = broker.clone();
+    relay.lease = Duration::from_millis(600);
+    place(&store, "P123").await;
+    let started = std::time::Instant::now();
+    let error = relay.relay_once().await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(error, RelayError::BrokerUnavailable(_)), "{error}");
+    assert!(took < relay.lease, "the step ended inside its lease: {took:?}");
+    assert!(broker.closed.load(std::sync::atomic::Ordering::SeqCst), "the connection is dropped");
+    // Given back at once with no attempt counted: another relay may take it now.
+    let rows = store.claim_batch("relay-other", 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!((rows.len(), rows[0].attempts), (1, 0));
+}
+
+#[tokio::test]
+async fn a_receipt_timeout_that_could_outlive_the_lease_is_refused_at_start() {
+    let mut config = relay::Config::for_urls("sqlite://unused.db", "tcp://127.0.0.1:1");
+    config.lease_ms = 3_000;
+    config.receipt_timeout_ms = 2_500;
+    let error = relay::App::build(config).await.err().expect("refused");
+    assert!(error.to_string().contains("RELAY_RECEIPT_TIMEOUT_MS (2500 ms)"), "{error}");
+}
