@@ -13,12 +13,14 @@ use schema::{
 };
 use stomp::{Frame, StompError};
 
-/// Records ACKs and confirmed sends; fails sends while `drop_sends` is set.
+/// Records ACKs and confirmed sends; fails sends while `drop_sends` is set,
+/// and ACKs while `drop_acks` is.
 #[derive(Default)]
 struct FakeBroker {
     acked: Mutex<Vec<String>>,
     sent: Mutex<Vec<Frame>>,
     drop_sends: AtomicBool,
+    drop_acks: AtomicBool,
 }
 
 #[async_trait]
@@ -32,6 +34,9 @@ impl Acker for FakeBroker {
     }
 
     async fn ack(&self, ack_ids: &[&str]) -> Result<(), StompError> {
+        if self.drop_acks.load(Ordering::SeqCst) {
+            return Err(StompError::Closed("connection dropped before the ACK".into()));
+        }
         self.acked.lock().unwrap().extend(ack_ids.iter().map(|a| a.to_string()));
         Ok(())
     }
@@ -185,6 +190,24 @@ async fn a_crash_between_commit_and_dead_letter_send_loses_no_dead_letter() {
     assert_eq!(again.dead_letters(), [("ID:broker-1:7".to_string(), "unknown product P999".to_string())]);
     assert_eq!(again.sent.lock().unwrap()[0].get("destination"), Some("/q.DLQ"));
     assert_eq!(publish_dead_letters(store.as_ref(), &again, "/q").await.unwrap(), 0, "sent once confirmed");
+}
+
+#[tokio::test]
+async fn a_batch_committed_but_not_acked_is_reported_and_its_redelivery_is_a_duplicate() {
+    let (store, _dir) = store().await;
+    let (order, outbox_id) = place(store.as_ref(), "Finn", "P123").await;
+    let broker = FakeBroker::default();
+    broker.drop_acks.store(true, Ordering::SeqCst);
+    let frame = message(9, &order_body(order, "Finn", "3"), Some(outbox_id));
+    let result = handle_delivery(store.as_ref(), &broker, std::slice::from_ref(&frame)).await;
+    let Err(StepError::NotAcked { applied, .. }) = result else { panic!("the ACK failed: {result:?}") };
+    assert!(matches!(applied[..], [Applied::Processed(_)]), "the commit is reported: {applied:?}");
+    assert_eq!(store.order(order).await.unwrap().status, OrderStatus::Processed);
+    // The broker redelivers it on the next connection: absorbed, ACKed, priced once.
+    let again = FakeBroker::default();
+    assert_eq!(handle_delivery(store.as_ref(), &again, &[frame]).await.unwrap(), vec![Applied::Duplicate]);
+    assert_eq!(*again.acked.lock().unwrap(), ["ack-9"]);
+    assert_eq!(store.order(order).await.unwrap().total_price, Some("180.00".parse().unwrap()), "2 × 90.00, once");
 }
 
 #[tokio::test]
