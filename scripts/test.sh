@@ -51,5 +51,11 @@ echo "== tests"
 log="$broker_dir/test.log"
 status=0
 cargo test --workspace --all-targets --no-fail-fast -- --color never 2>&1 | tee "$log" || status=$?
+
+echo "== chaos (60 s of faults under load; the report says what was checked)"
+chaos_status=0
+CHAOS_PROFILE=debug scripts/chaos.sh --duration 60s || chaos_status=$?
+
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+if [ "$chaos_status" -eq 0 ]; then echo "chaos: passed"; else echo "chaos: FAILED (see the report above)"; status=1; fi
 exit "$status"

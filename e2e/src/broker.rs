@@ -52,6 +52,18 @@ impl Broker {
         self.signal("-CONT");
     }
 
+    /// Kills the broker outright (SIGKILL, as a power cut would) and waits
+    /// until the process is gone; [`Broker::start_again`] recovers its store.
+    pub fn kill(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("broker.pid")).expect("broker pid file");
+        self.signal("-KILL");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while alive(pid.trim()) {
+            assert!(std::time::Instant::now() < deadline, "the killed broker did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn signal(&self, signal: &str) {
         let pid = std::fs::read_to_string(self.dir.path().join("broker.pid")).expect("broker pid file");
         let status = Command::new("kill").arg(signal).arg(pid.trim()).status().expect("kill");
@@ -62,6 +74,12 @@ impl Broker {
     pub fn stop(&self) {
         let _ = Command::new("bash").arg(script()).args(["stop", &self.dir.path().display().to_string()]).status();
     }
+}
+
+/// True while the process exists and is not a zombie waiting to be reaped.
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
 }
 
 impl Drop for Broker {
