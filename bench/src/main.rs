@@ -37,6 +37,9 @@ struct Args {
     /// Closed-loop concurrency of the pipeline-max phase.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Query options for the SQLite URLs, e.g. `synchronous=normal` (default: FULL, durable).
+    #[arg(long, default_value = "")]
+    sqlite_options: String,
     /// Write the results as JSON here too.
     #[arg(long, default_value = "target/bench.json")]
     json: PathBuf,
@@ -45,6 +48,7 @@ struct Args {
 #[derive(Debug, Serialize)]
 struct Report {
     machine: String,
+    sqlite_options: String,
     messages: usize,
     batch: usize,
     raw_send_msgs_per_s: f64,
@@ -86,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::Builder::new().prefix("orderflow-bench-").tempdir()?;
     let db_path = dir.path().join("bench.db");
-    let database_url = format!("sqlite://{}", db_path.display());
+    let database_url = sqlite_url(&db_path, &args.sqlite_options);
     let probe = schema::testing::probe(&database_url).await?;
     probe.bulk_orders(args.messages, 0).await?;
     let queue = "/queue/bench.pipeline";
@@ -137,6 +141,10 @@ async fn main() -> anyhow::Result<()> {
 
     let report = Report {
         machine: procs::machine(),
+        sqlite_options: match args.sqlite_options.as_str() {
+            "" => "default (synchronous=FULL)".into(),
+            options => options.into(),
+        },
         messages: args.messages,
         batch: args.batch,
         raw_send_msgs_per_s: raw_send.round(),
@@ -171,7 +179,7 @@ async fn http_phases(
     broker_url: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<(loadtest::stats::Summary, loadtest::stats::Summary, Usages)> {
-    let database_url = format!("sqlite://{}", dir.join("http.db").display());
+    let database_url = sqlite_url(&dir.join("http.db"), &args.sqlite_options);
     let http_port = e2e::free_port();
     let env = [
         ("DATABASE_URL", database_url),
@@ -203,6 +211,14 @@ async fn http_phases(
     eprint!("steady 2k/s:\n{}", steady.render());
     let usage = (producer.stop()?, relay.stop()?, consumer.stop()?);
     Ok((max, steady, usage))
+}
+
+/// `sqlite://PATH`, with `?OPTIONS` when given.
+fn sqlite_url(path: &std::path::Path, options: &str) -> String {
+    match options {
+        "" => format!("sqlite://{}", path.display()),
+        options => format!("sqlite://{}?{options}", path.display()),
+    }
 }
 
 /// Waits until the producer answers.
@@ -237,7 +253,10 @@ where
 }
 
 fn print_table(r: &Report) {
-    println!("\norderflow bench: {} messages, batch {}, on {}", r.messages, r.batch, r.machine);
+    println!(
+        "\norderflow bench: {} messages, batch {}, SQLite {}, on {}",
+        r.messages, r.batch, r.sqlite_options, r.machine
+    );
     println!("{:<44} {:>12} {:>8}", "phase", "msg/s", "ratio");
     println!("{:<44} {:>12.0} {:>8}", "raw broker: transactional batch send", r.raw_send_msgs_per_s, "");
     println!("{:<44} {:>12.0} {:>8}", "raw broker: client-individual consume", r.raw_consume_msgs_per_s, "");

@@ -43,7 +43,8 @@ impl App {
     /// The broker is connected lazily, so the relay starts during a broker outage.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         config.check()?;
-        let store = schema::connect(&config.database_url)
+        // Its writes are redone anyway (a lost lease lapses, a lost mark resends).
+        let store = schema::connect_with(&config.database_url, schema::Durability::Relaxed)
             .await
             .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
         let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;

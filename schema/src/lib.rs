@@ -38,10 +38,32 @@ pub fn mssql_statements() -> Vec<(&'static str, &'static str)> {
 /// processes share the file) selects SQLite; `mssql://…` or an ADO.NET string
 /// starting with `server=` selects SQL Server.
 pub async fn connect(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    connect_with(url, Durability::Full).await
+}
+
+/// How much of a service's own commits must survive a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is on disk when it returns: what a 201 or an ACK promises.
+    Full,
+    /// For writes that are redone anyway (the relay's leases and marks: a lost
+    /// lease lapses, a lost mark sends the message again and the consumer
+    /// dedupes). On SQLite the commit skips its fsync (`synchronous = NORMAL`);
+    /// WAL is written in order, so the next durable commit of any process
+    /// makes it durable too, and only the relay's last commits before a power
+    /// cut (never a crash) can be lost. SQL Server is always durable.
+    Relaxed,
+}
+
+/// [`connect`] with the durability the service's writes need; a
+/// `synchronous=` option in the URL still wins.
+pub async fn connect_with(url: &str, durability: Durability) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match backend(url)? {
-        Backend::Sqlite(path) => {
-            Arc::new(SqliteStore::open(path).await.with_context(|| format!("opening sqlite database {path}"))?)
-        }
+        Backend::Sqlite(path) => Arc::new(
+            SqliteStore::open_with(path, durability)
+                .await
+                .with_context(|| format!("opening sqlite database {path}"))?,
+        ),
         Backend::Mssql => Arc::new(MssqlStore::connect(url).await.context("connecting to sql server")?),
     })
 }

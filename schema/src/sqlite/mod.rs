@@ -28,6 +28,7 @@ use crate::store::{
     Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
 };
 
+mod busy;
 mod orders;
 mod outbox;
 mod processing;
@@ -67,9 +68,15 @@ impl SqliteStore {
     /// loss for speed (default `full`: a commit the producer answered 201 for,
     /// or the consumer ACKed, survives a power loss).
     pub async fn open(path: &str) -> anyhow::Result<Self> {
+        Self::open_with(path, crate::Durability::Full).await
+    }
+
+    /// [`SqliteStore::open`] with `durability` deciding the default of `synchronous`.
+    pub async fn open_with(path: &str, durability: crate::Durability) -> anyhow::Result<Self> {
+        let defaults = Options { synchronous: Options::synchronous_for(durability), ..Options::default() };
         let (path, options) = match path.split_once('?') {
-            Some((p, query)) => (p, Options::parse(query)?),
-            None => (path, Options::default()),
+            Some((p, query)) => (p, Options::parse(query, defaults)?),
+            None => (path, defaults),
         };
         let Options { busy_ms, synchronous } = options;
         let path = PathBuf::from(path);
@@ -85,7 +92,7 @@ impl SqliteStore {
                     conn.interact(move |c| {
                         c.execute_batch(PRAGMAS)?;
                         c.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))?;
-                        c.busy_timeout(Duration::from_millis(busy_ms))
+                        c.busy_handler(Some(busy::on_busy))
                     })
                     .await
                     .map_err(|e| HookError::message(e.to_string()))?
@@ -94,7 +101,7 @@ impl SqliteStore {
             }))
             .build()?;
         let (orders, queue) = mpsc::channel(4 * MAX_ORDERS_PER_COMMIT);
-        let db = Db { pool, writer: Arc::new(tokio::sync::Mutex::new(())) };
+        let db = Db { pool, writer: Arc::new(tokio::sync::Mutex::new(())), busy: Duration::from_millis(busy_ms) };
         // The group-commit task gets the database without the order queue's
         // sender: holding that would keep the task alive forever.
         tokio::spawn(orders::place_orders(db.clone(), queue));
@@ -123,9 +130,10 @@ impl SqliteStore {
 struct Db {
     pool: Pool,
     /// One write transaction at a time from this process: SQLite has a single
-    /// writer anyway, and queueing here is far cheaper than its busy handler,
-    /// which sleeps for milliseconds when connections collide.
+    /// writer anyway, and queueing here is cheaper than any busy handler.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// How long a call waits for another process's lock ([`busy`]).
+    busy: Duration,
 }
 
 impl Db {
@@ -135,7 +143,10 @@ impl Db {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let conn = self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?;
-        conn.interact(f).await.map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
+        let busy = self.busy;
+        conn.interact(move |c| busy::with_timeout(busy, || f(c)))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -168,8 +179,15 @@ impl Default for Options {
 }
 
 impl Options {
-    fn parse(query: &str) -> anyhow::Result<Self> {
-        let mut options = Options::default();
+    fn synchronous_for(durability: crate::Durability) -> &'static str {
+        match durability {
+            crate::Durability::Full => "FULL",
+            crate::Durability::Relaxed => "NORMAL",
+        }
+    }
+
+    fn parse(query: &str, defaults: Options) -> anyhow::Result<Self> {
+        let mut options = defaults;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=').map(|(k, v)| (k, v.to_ascii_lowercase())) {
                 Some(("busy_timeout_ms", v)) => options.busy_ms = v.parse()?,
@@ -308,13 +326,20 @@ mod tests {
         let path = dir.path().join("sync.db").display().to_string();
         assert_eq!(synchronous(&path).await, 2, "FULL by default");
         assert_eq!(synchronous(&format!("{path}?synchronous=normal")).await, 1, "NORMAL on request");
+        let relaxed = SqliteStore::open_with(&path, crate::Durability::Relaxed).await.unwrap();
+        let level: i64 = relaxed.with_conn(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(level, 1, "NORMAL for writes that are redone anyway");
+        let url = format!("{path}?synchronous=full");
+        let asked = SqliteStore::open_with(&url, crate::Durability::Relaxed).await.unwrap();
+        let level: i64 = asked.with_conn(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(level, 2, "the URL wins");
     }
 
     #[test]
     fn url_options_are_checked() {
-        let options = Options::parse("busy_timeout_ms=100&synchronous=NORMAL").unwrap();
+        let options = Options::parse("busy_timeout_ms=100&synchronous=NORMAL", Options::default()).unwrap();
         assert_eq!((options.busy_ms, options.synchronous), (100, "NORMAL"));
-        let refused = Options::parse("synchronous=off").err().unwrap().to_string();
+        let refused = Options::parse("synchronous=off", Options::default()).err().unwrap().to_string();
         assert!(refused.contains("synchronous=full|normal"), "{refused}");
     }
 }
