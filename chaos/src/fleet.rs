@@ -105,6 +105,11 @@ impl Proc {
         self.carried + self.current
     }
 
+    /// True when its log holds an ANSI escape (colour codes belong on terminals only).
+    pub fn log_has_ansi(&self) -> bool {
+        std::fs::read(&self.log).is_ok_and(|bytes| bytes.contains(&0x1b))
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self, http: &reqwest::Client, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;

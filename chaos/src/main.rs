@@ -333,6 +333,11 @@ impl Run {
                 Err(error) => self.violations.push(format!("{error:#}")),
             }
         }
+        for proc in &self.procs {
+            if proc.log_has_ansi() {
+                self.violations.push(format!("{}'s log file holds ANSI colour codes", proc.name));
+            }
+        }
         let orders = self.store.recent_orders(u32::MAX).await?;
         Ok(orders.iter().filter_map(|o| o.processed_at.map(|p| (p - o.created_at).num_milliseconds())).collect())
     }

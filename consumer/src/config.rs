@@ -34,6 +34,9 @@ pub struct Config {
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Bearer token the admin port's mutating routes require; needed when ADMIN_ADDR is not loopback.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -49,6 +52,7 @@ impl Config {
             heartbeat_ms: 5_000,
             shutdown_grace_ms: 15_000,
             log_json: false,
+            admin_token: None,
         }
     }
 }

@@ -44,6 +44,7 @@ impl App {
     /// Connects to the database (running migrations) and binds the admin port.
     /// The broker is connected in `run`, with retries, so the consumer starts during an outage.
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        observability::AdminToken::new(config.admin_token.as_deref()).check_bind(config.admin_addr)?;
         let store = schema::connect(&config.database_url)
             .await
             .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;

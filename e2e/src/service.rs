@@ -105,13 +105,19 @@ impl Service {
         }
     }
 
-    /// `POST` to an admin route; returns status and JSON body.
+    /// `POST` to an admin route as an operator holding the stack's
+    /// [`crate::stack::TEST_ADMIN_TOKEN`]; returns status and JSON body.
     pub async fn admin_post(&self, path_and_query: &str) -> (u16, serde_json::Value) {
-        let response = reqwest::Client::new()
-            .post(format!("http://{}{path_and_query}", self.admin_addr))
-            .send()
-            .await
-            .expect("admin port answers");
+        self.admin_post_as(path_and_query, Some(crate::stack::TEST_ADMIN_TOKEN)).await
+    }
+
+    /// `POST` to an admin route with this bearer token (or none).
+    pub async fn admin_post_as(&self, path_and_query: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut request = reqwest::Client::new().post(format!("http://{}{path_and_query}", self.admin_addr));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("admin port answers");
         (response.status().as_u16(), response.json().await.unwrap_or(serde_json::Value::Null))
     }
 

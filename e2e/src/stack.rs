@@ -13,6 +13,9 @@ use crate::wait_for;
 /// Lease used in tests, so a killed relay's rows come back quickly.
 pub const TEST_LEASE_MS: u64 = 4_000;
 
+/// The operators' token the stack's relays require on their mutating routes.
+pub const TEST_ADMIN_TOKEN: &str = "e2e-operator-token";
+
 /// Producer + relay + consumer on one database and one queue.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -67,6 +70,7 @@ impl Stack {
         config.lease_ms = TEST_LEASE_MS;
         config.receipt_timeout_ms = 2_500;
         config.heartbeat_ms = 1_000;
+        config.admin_token = Some(TEST_ADMIN_TOKEN.into());
         config
     }
 

@@ -9,10 +9,12 @@
 
 mod admin;
 mod backoff;
+mod doors;
 mod shutdown;
 mod telemetry;
 
 pub use admin::{Readiness, admin_router, new_registry, serve};
 pub use backoff::Backoff;
+pub use doors::{AdminToken, require_admin};
 pub use shutdown::{shutdown_on_signals, within_grace};
 pub use telemetry::{Telemetry, continue_trace, init_tracing, span_layer, trace_headers, trace_id_of};

@@ -35,13 +35,17 @@ impl Telemetry {
 }
 
 /// Installs the global subscriber: `RUST_LOG`-filtered logs on stderr (text,
-/// or JSON lines when `json`), plus OTLP span export for `service` when
+/// coloured only when stderr is a terminal, or JSON lines when `json`), plus OTLP span export for `service` when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 pub fn init_tracing(service: &'static str, json: bool) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: a log written to a file or a pipe stays plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = match json {
         true => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter).boxed(),
-        false => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed(),
+        false => {
+            tracing_subscriber::fmt::layer().with_ansi(colour).with_writer(std::io::stderr).with_filter(filter).boxed()
+        }
     };
     let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty()).and_then(|_| {
         match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {

@@ -1,11 +1,12 @@
 //! The JSON API: create and read orders, list products.
 //!
-//! Invariant: malformed JSON is 400, invalid fields are 422 with every field's
+//! Invariant: a body over the limit is 413, malformed JSON is 400, invalid fields are 422 with every field's
 //! problem, an unknown order is 404; a replayed `Idempotency-Key` returns the
 //! first order (200) instead of creating another.
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,8 +24,9 @@ const MAX_IDEMPOTENCY_KEY: usize = 100;
 pub(crate) async fn create_order(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(ApiError::from)?;
     let span = tracing::debug_span!(
         "POST /api/orders",
         otel.kind = "server",
@@ -64,11 +66,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = raw.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?.trim();
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(ApiError::BadRequest(format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")));
+    let key = raw.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    checked_key(key).map(Some)
+}
+
+/// An idempotency key as given (header or form field): 1-100 visible ASCII characters.
+pub(crate) fn checked_key(key: &str) -> Result<String, ApiError> {
+    let key = key.trim();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
     }
-    Ok(Some(key.to_string()))
+    Ok(key.to_string())
 }
 
 /// `GET /api/orders/{id}`

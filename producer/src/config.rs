@@ -25,6 +25,9 @@ pub struct Config {
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Bearer token the admin port's mutating routes require; needed when ADMIN_ADDR is not loopback.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -37,6 +40,7 @@ impl Config {
             recent_orders: 20,
             shutdown_grace_ms: 15_000,
             log_json: false,
+            admin_token: None,
         }
     }
 }

@@ -19,6 +19,8 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     /// 404.
     NotFound,
+    /// 413: the body is larger than the limit.
+    TooLarge(String),
     /// 422: the `Idempotency-Key` was used before for a different order.
     KeyReused(String),
     /// 409: the request collides with data that exists (a duplicate key).
@@ -50,6 +52,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::TooLarge(format!("the request body is larger than {} bytes", crate::assets::MAX_BODY_BYTES))
+            }
+            _ => ApiError::BadRequest(format!("the request body could not be read: {rejection}")),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
@@ -61,6 +74,9 @@ impl IntoResponse for ApiError {
                     .into_response()
             }
             ApiError::NotFound => (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response(),
+            ApiError::TooLarge(message) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({ "error": message }))).into_response()
+            }
             ApiError::Conflict(message) => (StatusCode::CONFLICT, Json(json!({ "error": message }))).into_response(),
             ApiError::Rejected(message) | ApiError::KeyReused(message) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": message }))).into_response()

@@ -4,6 +4,7 @@
 //! the store; the producer never talks to the broker.
 
 mod api;
+mod assets;
 mod config;
 pub mod error;
 pub mod metrics;
@@ -128,6 +129,7 @@ pub struct App {
 impl App {
     /// Connects to the database (running migrations), loads the catalogue, binds both ports.
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        observability::AdminToken::new(config.admin_token.as_deref()).check_bind(config.admin_addr)?;
         let store = schema::connect(&config.database_url)
             .await
             .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
@@ -196,6 +198,9 @@ fn router(state: AppState) -> Router {
         .route("/api/orders/{id}", get(api::get_order))
         .route("/api/products", get(api::products))
         .route("/api/stats", get(api::stats))
+        .route("/static/{name}", get(assets::file))
+        .layer(axum::extract::DefaultBodyLimit::max(assets::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(assets::security_headers))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record))
         .with_state(state)
 }

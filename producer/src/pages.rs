@@ -2,6 +2,8 @@
 //!
 //! Invariant: an invalid form re-renders with every field's message and the
 //! values typed so far (422); a valid one redirects to the order's page (303).
+//! Each form view carries a one-time idempotency key, so a double click or a
+//! browser's resend lands on the order the first submit created.
 
 use askama::Template;
 use axum::Form;
@@ -54,6 +56,8 @@ pub(crate) struct OrderForm {
     customer_name: Option<String>,
     product_id: Option<String>,
     quantity: Option<String>,
+    /// The form's one-time key (rendered per page view, kept across a re-render).
+    idempotency_key: Option<String>,
 }
 
 #[derive(Template)]
@@ -98,6 +102,11 @@ fn page_error(error: ApiError) -> Response {
             (StatusCode::NOT_FOUND, Html("<h1>Order not found</h1><p><a href=\"/\">Back to the order form</a></p>"))
                 .into_response()
         }
+        ApiError::KeyReused(_) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Html("<h1>This form was already sent</h1><p>It placed another order. <a href=\"/\">Start a new order</a></p>"),
+        )
+            .into_response(),
         other => {
             let status = other.into_response().status();
             (status, Html("<h1>Sorry, something went wrong</h1><p>Please try again in a moment.</p>")).into_response()
@@ -117,7 +126,11 @@ async fn index_page(state: &AppState, form: OrderForm, errors: Vec<FieldError>, 
 
 /// `GET /`
 pub(crate) async fn index(State(state): State<AppState>) -> Response {
-    let form = OrderForm { quantity: Some("1".into()), ..OrderForm::default() };
+    let form = OrderForm {
+        quantity: Some("1".into()),
+        idempotency_key: Some(format!("form-{}", uuid::Uuid::new_v4().simple())),
+        ..OrderForm::default()
+    };
     index_page(&state, form, Vec::new(), StatusCode::OK).await
 }
 
@@ -133,7 +146,11 @@ pub(crate) async fn submit(State(state): State<AppState>, headers: HeaderMap, Fo
     observability::continue_trace(&span, incoming.0.as_deref(), incoming.1.as_deref());
     let raw = RawOrder::from_form(form.customer_name.as_deref(), form.product_id.as_deref(), form.quantity.as_deref());
     let trace = outgoing(&span, incoming);
-    match state.place(raw, None, trace).instrument(span).await {
+    let key = match form.idempotency_key.as_deref().map(crate::api::checked_key).transpose() {
+        Ok(key) => key,
+        Err(error) => return page_error(error),
+    };
+    match state.place(raw, key, trace).instrument(span).await {
         Ok(Placed::Created(order) | Placed::Existing(order)) => {
             Redirect::to(&format!("/orders/{}", order.order_id)).into_response()
         }

@@ -74,6 +74,9 @@ pub struct Config {
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
+    /// Bearer token the admin port's mutating routes require; needed when ADMIN_ADDR is not loopback.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -102,6 +105,7 @@ impl Config {
             stale_published_secs: 300,
             repair_stuck: true,
             log_json: false,
+            admin_token: None,
         }
     }
 

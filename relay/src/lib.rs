@@ -42,6 +42,7 @@ impl App {
     /// Connects to the database (running migrations) and binds the admin port.
     /// The broker is connected lazily, so the relay starts during a broker outage.
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        observability::AdminToken::new(config.admin_token.as_deref()).check_bind(config.admin_addr)?;
         config.check()?;
         // Its writes are redone anyway (a lost lease lapses, a lost mark resends).
         let store = schema::connect_with(&config.database_url, schema::Durability::Relaxed)
@@ -94,7 +95,8 @@ impl App {
         let stop_admin = CancellationToken::new();
         let admin_task = tokio::spawn(observability::serve(
             admin,
-            observability::admin_router(registry, readiness.clone()).merge(ops::router(relay.clone())),
+            observability::admin_router(registry, readiness.clone())
+                .merge(ops::router(relay.clone(), observability::AdminToken::new(config.admin_token.as_deref()))),
             stop_admin.clone(),
         ));
         let mut scheduler =

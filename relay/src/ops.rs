@@ -1,8 +1,9 @@
 //! Operator routes on the relay's admin port: status, pause / resume / drain,
 //! parked rows and their requeue, retry of a failed order.
 //!
-//! Invariant: every change an operator asks for names who asked
-//! (`requested_by`), and requeues and retries are recorded in `outbox_audit`.
+//! Invariant: every change an operator asks for passes the admin door (a
+//! bearer `ADMIN_TOKEN` when one is set) and names who asked (`requested_by`),
+//! and requeues and retries are recorded in `outbox_audit`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -12,22 +13,27 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use observability::AdminToken;
 use schema::{OrderId, OutboxId, RequeueTarget, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::relay::Relay;
 
-/// The operator routes, to merge into the admin router.
-pub fn router(relay: Arc<Relay>) -> Router {
-    Router::new()
-        .route("/relay/status", get(status))
+/// The operator routes, to merge into the admin router: reads are open, every
+/// change passes the admin door (`ADMIN_TOKEN`).
+pub fn router(relay: Arc<Relay>, token: AdminToken) -> Router {
+    let changes = Router::new()
         .route("/relay/pause", post(pause))
         .route("/relay/resume", post(resume))
         .route("/relay/drain", post(drain))
-        .route("/relay/parked", get(parked))
         .route("/relay/requeue", post(requeue))
         .route("/relay/retry-order", post(retry_order))
+        .route_layer(axum::middleware::from_fn_with_state(token, observability::require_admin));
+    Router::new()
+        .route("/relay/status", get(status))
+        .route("/relay/parked", get(parked))
+        .merge(changes)
         .with_state(relay)
 }
 

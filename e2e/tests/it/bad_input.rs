@@ -67,6 +67,64 @@ async fn the_api_rejects_bad_input_with_clear_errors() {
     assert_eq!(body["customer_name"], "😀".repeat(100));
     let too_long = json!({"customer_name": "😀".repeat(101), "product_id": "P123", "quantity": 1});
     assert_eq!(stack.post_json(&too_long, None).await.0, 422);
+
+    let huge = json!({"customer_name": "x".repeat(20_000), "product_id": "P123", "quantity": 1});
+    let answer = http.post(&url).json(&huge).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 413, "an explicit body limit");
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("larger than 16384 bytes"), "{body}");
+    let form = http.post(format!("{}/orders", stack.base_url())).form(&[("customer_name", "x".repeat(20_000))]);
+    assert_eq!(form.send().await.unwrap().status().as_u16(), 413);
+    let (status, _) = stack.post_json(&order, Some("ключ")).await;
+    assert_eq!(status, 400, "a key must be visible ASCII");
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_send_security_headers_and_a_form_submitted_twice_places_one_order() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let page = http.get(stack.base_url()).send().await.unwrap();
+    let headers = page.headers().clone();
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["referrer-policy"], "same-origin");
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("<script>") && !html.contains("<style>"), "no inline script or style");
+    for file in ["app.css", "orders.js", "order.js"] {
+        let answer = http.get(format!("{}/static/{file}", stack.base_url())).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "{file}");
+    }
+    assert_eq!(http.get(format!("{}/static/../Cargo.toml", stack.base_url())).send().await.unwrap().status(), 404);
+
+    // The form's one-time key: every view has its own, and a resend of the same view is the same order.
+    let key_of = |html: &str| {
+        let at = html.find(r#"name="idempotency_key""#).expect("a hidden key");
+        let value = &html[at..];
+        let start = value.find("value=\"").unwrap() + 7;
+        value[start..start + value[start..].find('"').unwrap()].to_string()
+    };
+    let key = key_of(&html);
+    let other_view = key_of(&http.get(stack.base_url()).send().await.unwrap().text().await.unwrap());
+    assert_ne!(key, other_view, "a key per page view");
+    let fields =
+        [("customer_name", "Double Click"), ("product_id", "P200"), ("quantity", "2"), ("idempotency_key", &key)];
+    let mut locations = Vec::new();
+    for _ in 0..2 {
+        let answer = http.post(format!("{}/orders", stack.base_url())).form(&fields).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 303);
+        locations.push(answer.headers()["location"].to_str().unwrap().to_string());
+    }
+    assert_eq!(locations[0], locations[1], "the second submit lands on the first order");
+    assert_eq!(stack.tally().await.orders, 1);
+    let changed =
+        [("customer_name", "Double Click"), ("product_id", "P200"), ("quantity", "3"), ("idempotency_key", &key)];
+    let answer = http.post(format!("{}/orders", stack.base_url())).form(&changed).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 422);
+    assert!(answer.text().await.unwrap().contains("already sent"));
+    assert_eq!(stack.tally().await.orders, 1);
     stack.shutdown().await;
 }
 

@@ -240,3 +240,40 @@ async fn a_failed_order_is_retried_from_the_admin_port() {
     stack.relay = Some(relay);
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_admin_routes_need_the_token_and_reads_stay_open() {
+    let mut stack = Stack::start_producer(&shared_broker_url()).await;
+    let relay = stack.start_relay().await;
+    for token in [None, Some("wrong-token")] {
+        let (status, body) = relay.admin_post_as("/relay/pause", token).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("ADMIN_TOKEN"), "{body}");
+    }
+    assert_eq!(relay.admin_get("/relay/status").await.1["paused"], false, "refused requests changed nothing");
+    let (status, body) = relay.admin_post("/relay/pause").await;
+    assert_eq!((status, body["paused"].as_bool()), (200, Some(true)));
+    assert_eq!(relay.admin_get("/relay/parked").await.0, 200, "reads need no token");
+    assert!(relay.metrics().await.contains("orderflow_relay_paused 1"));
+    assert_eq!(relay.admin_post("/relay/resume").await.0, 200);
+    stack.relay = Some(relay);
+
+    // Without a token the port must be loopback, and a browser page elsewhere cannot drive it.
+    let mut open = stack.relay_config();
+    open.admin_token = None;
+    open.admin_addr = "0.0.0.0:0".parse().unwrap();
+    let refused = relay::App::build(open.clone()).await.err().expect("a public admin port needs a token");
+    assert!(refused.to_string().contains("ADMIN_TOKEN is not set"), "{refused}");
+    open.admin_addr = "127.0.0.1:0".parse().unwrap();
+    let local = Service::start(relay::App::build(open)).await.unwrap();
+    let csrf = reqwest::Client::new()
+        .post(format!("http://{}/relay/pause", local.admin_addr))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csrf.status().as_u16(), 403);
+    assert_eq!(local.admin_post_as("/relay/pause", None).await.0, 200, "curl on the machine itself");
+    local.stop().await.unwrap();
+    stack.shutdown().await;
+}
