@@ -1,11 +1,18 @@
-# One image per service: docker build --build-arg SERVICE=producer|relay|consumer .
+# One image for the whole system: the workspace is compiled once and the image
+# holds the three binaries; each compose service picks its binary by `command`
+# (docker build -t orderflow . && docker run orderflow producer).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-ARG SERVICE
-RUN cargo build --release -p ${SERVICE} && cp target/release/${SERVICE} /service
+RUN cargo build --release --locked -p producer -p relay -p consumer \
+    && mkdir /out && cp target/release/producer target/release/relay target/release/consumer /out/
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
-COPY --from=build /service /usr/local/bin/service
-ENTRYPOINT ["/usr/local/bin/service"]
+# curl for the health checks (`curl -fsS http://127.0.0.1:PORT/readyz`).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/orderflow --create-home orderflow
+COPY --from=build /out/ /usr/local/bin/
+USER orderflow
+WORKDIR /var/lib/orderflow
+CMD ["producer"]

@@ -31,6 +31,20 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== docker-compose.yml and its Prometheus configuration"
+# docker-compose v1 validates the file without a Docker engine; its PyYAML
+# pin needs Cython < 3 to build on current Pythons.
+compose_venv=target/tools/compose
+if [ ! -x "$compose_venv/bin/docker-compose" ]; then
+    echo "installing docker-compose (PyPI) into $compose_venv..."
+    python3 -m venv "$compose_venv"
+    "$compose_venv/bin/pip" install -q "cython<3" wheel
+    "$compose_venv/bin/pip" install -q --no-build-isolation "pyyaml==5.4.1"
+    "$compose_venv/bin/pip" install -q "docker-compose==1.29.2"
+fi
+"$compose_venv/bin/docker-compose" config -q
+promtool check config observability/prometheus/prometheus.docker.yml >/dev/null
+
 echo "== build"
 cargo build --workspace --all-targets --quiet
 
