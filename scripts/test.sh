@@ -45,6 +45,15 @@ fi
 "$compose_venv/bin/docker-compose" config -q
 promtool check config observability/prometheus/prometheus.docker.yml >/dev/null
 
+echo "== schemathesis (PyPI), for the OpenAPI fuzzing test"
+schemathesis_venv=target/tools/schemathesis
+if [ ! -x "$schemathesis_venv/bin/schemathesis" ]; then
+    echo "installing schemathesis into $schemathesis_venv..."
+    python3 -m venv "$schemathesis_venv"
+    "$schemathesis_venv/bin/pip" install -q "schemathesis==4.32.5"
+fi
+export SCHEMATHESIS="$PWD/$schemathesis_venv/bin/schemathesis"
+
 echo "== build"
 cargo build --workspace --all-targets --quiet
 

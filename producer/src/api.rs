@@ -6,21 +6,58 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schema::{Order, OrderId, Placed, Product};
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::validation::RawOrder;
 use crate::{AppState, outgoing, trace_context};
 use tracing::Instrument;
 
 const MAX_IDEMPOTENCY_KEY: usize = 100;
 
+/// The body of `POST /api/orders` (a documented shape: the handler reads any
+/// JSON object, so that each wrong field gets its own 422 message).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct OrderRequest {
+    /// 1-100 characters after trimming.
+    #[schema(min_length = 1, max_length = 100, example = "Ajay")]
+    customer_name: String,
+    /// A catalogue product (`GET /api/products`).
+    #[schema(example = "P123")]
+    product_id: String,
+    /// A whole number.
+    #[schema(minimum = 1, maximum = 1000, example = 2)]
+    quantity: i32,
+}
+
 /// `POST /api/orders`
+#[utoipa::path(
+    post,
+    path = "/api/orders",
+    tag = "orders",
+    request_body = OrderRequest,
+    params((
+        "Idempotency-Key" = Option<String>,
+        Header,
+        description = "1-100 visible ASCII characters; a replay with the same body returns the first order (200)",
+        pattern = "^[!-~]{1,100}$"
+    )),
+    responses(
+        (status = 201, description = "Order placed", body = Order),
+        (status = 200, description = "The order this Idempotency-Key placed before", body = Order),
+        (status = 400, description = "Malformed JSON or header", body = ErrorBody),
+        (status = 409, description = "Collides with an existing order", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 422, description = "Invalid fields (each in `errors`), or the key was used for another order", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create_order(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -82,32 +119,88 @@ pub(crate) fn checked_key(key: &str) -> Result<String, ApiError> {
 }
 
 /// `GET /api/orders/{id}`
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    tag = "orders",
+    params(("id" = i64, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order", body = Order),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get_order(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {
     let id: i64 = id.parse().map_err(|_| ApiError::NotFound)?;
     Ok(Json(state.store.order(OrderId(id)).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct RecentQuery {
+    /// How many (1-100; out-of-range values are clamped).
     limit: Option<u32>,
 }
 
 /// `GET /api/orders?limit=N`: the most recent orders, newest first (at most 100).
+#[utoipa::path(
+    get,
+    path = "/api/orders",
+    tag = "orders",
+    params(RecentQuery),
+    responses(
+        (status = 200, description = "Recent orders, newest first", body = [Order]),
+        (status = 400, description = "A query parameter that is not a number", body = ErrorBody),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    )
+)]
 pub(crate) async fn recent_orders(
     State(state): State<AppState>,
-    Query(q): Query<RecentQuery>,
+    query: Result<Query<RecentQuery>, QueryRejection>,
 ) -> Result<Json<Vec<Order>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(state.recent_orders).clamp(1, 100);
     Ok(Json(state.store.recent_orders(limit).await?))
 }
 
 /// `GET /api/stats`: orders per status.
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "orders",
+    responses(
+        (status = 200, description = "Orders per status", body = schema::OrderCounts),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    )
+)]
 pub(crate) async fn stats(State(state): State<AppState>) -> Result<Json<schema::OrderCounts>, ApiError> {
     Ok(Json(state.store.order_counts().await?))
 }
 
 /// `GET /api/products`
+#[utoipa::path(
+    get,
+    path = "/api/products",
+    tag = "catalogue",
+    responses(
+        (status = 200, description = "The catalogue", body = [Product]),
+        (status = 503, description = "Database unavailable; retry", body = ErrorBody),
+    )
+)]
 pub(crate) async fn products(State(state): State<AppState>) -> Result<Json<Vec<Product>>, ApiError> {
     let products = state.store.products().await?;
     Ok(Json(products))
+}
+
+/// The API's OpenAPI description, generated from the handlers and their types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "orderflow", description = "Place orders and follow them until they are processed."),
+    paths(create_order, get_order, recent_orders, stats, products)
+)]
+pub(crate) struct ApiDoc;
+
+/// `GET /api/openapi.json`
+pub(crate) async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi())
 }

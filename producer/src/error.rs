@@ -6,7 +6,6 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use schema::StoreError;
-use serde_json::json;
 
 use crate::validation::FieldError;
 
@@ -32,6 +31,20 @@ pub enum ApiError {
     Unavailable(String),
     /// 500: a bug or an unexpected failure; logged, not shown.
     Internal(String),
+}
+
+/// The body of every error answer of the JSON API.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    pub error: String,
+    /// Each invalid field (422 for invalid fields only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+fn body(error: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody { error: error.into(), errors: None })
 }
 
 impl From<StoreError> for ApiError {
@@ -66,34 +79,27 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::BadRequest(message) => {
-                (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
-            }
+            ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, body(message)).into_response(),
             ApiError::Invalid(errors) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": "invalid order", "errors": errors })))
-                    .into_response()
+                let answer = ErrorBody { error: "invalid order".into(), errors: Some(errors) };
+                (StatusCode::UNPROCESSABLE_ENTITY, Json(answer)).into_response()
             }
-            ApiError::NotFound => (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response(),
-            ApiError::TooLarge(message) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({ "error": message }))).into_response()
-            }
-            ApiError::Conflict(message) => (StatusCode::CONFLICT, Json(json!({ "error": message }))).into_response(),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, body("not found")).into_response(),
+            ApiError::TooLarge(message) => (StatusCode::PAYLOAD_TOO_LARGE, body(message)).into_response(),
+            ApiError::Conflict(message) => (StatusCode::CONFLICT, body(message)).into_response(),
             ApiError::Rejected(message) | ApiError::KeyReused(message) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "error": message }))).into_response()
+                (StatusCode::UNPROCESSABLE_ENTITY, body(message)).into_response()
             }
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
-                let mut response = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({ "error": "temporarily unavailable, retry shortly" })),
-                )
-                    .into_response();
+                let mut response =
+                    (StatusCode::SERVICE_UNAVAILABLE, body("temporarily unavailable, retry shortly")).into_response();
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": "internal error" }))).into_response()
+                (StatusCode::INTERNAL_SERVER_ERROR, body("internal error")).into_response()
             }
         }
     }

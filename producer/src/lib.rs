@@ -198,6 +198,7 @@ fn router(state: AppState) -> Router {
         .route("/api/orders/{id}", get(api::get_order))
         .route("/api/products", get(api::products))
         .route("/api/stats", get(api::stats))
+        .route("/api/openapi.json", get(api::openapi))
         .route("/static/{name}", get(assets::file))
         .layer(axum::extract::DefaultBodyLimit::max(assets::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(assets::security_headers))

@@ -13,9 +13,12 @@ pub const MAX_NAME_CHARS: usize = schema::limits::CUSTOMER_NAME_CHARS;
 pub const QUANTITY_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
 
 /// One field's problem, for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// `customer_name`, `product_id` or `quantity`.
+    #[schema(value_type = String)]
     pub field: &'static str,
+    /// What is wrong with it.
     pub message: String,
 }
 

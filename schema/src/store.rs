@@ -122,6 +122,7 @@ pub struct Reconciliation {
 }
 
 /// How many orders are in each status.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct OrderCounts {
     /// `pending`

@@ -4,6 +4,7 @@ mod bad_input;
 mod browser;
 mod consumer;
 mod load_test;
+mod openapi;
 mod pipeline;
 mod prometheus;
 mod relay;
