@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::model::{NewOrder, Order, OrderId, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
@@ -111,6 +112,21 @@ pub enum RequeueTarget {
     All,
 }
 
+/// One row of `outbox_audit`: an operator's or the reconciler's action.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// The row acted on; the nil id for relay-wide actions (pause, resume, drain).
+    pub outbox_id: OutboxId,
+    /// Its order; 0 for relay-wide actions.
+    pub order_id: OrderId,
+    /// `requeue`, `retry`, `repair`, `pause`, ...
+    pub action: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// When (database clock).
+    pub requested_at: DateTime<Utc>,
+}
+
 /// Findings of the reconciliation sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Reconciliation {
@@ -161,6 +177,11 @@ pub trait OrderStore: Send + Sync {
     async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError>;
     /// Orders per status (for load tests and dashboards).
     async fn order_counts(&self) -> Result<OrderCounts, StoreError>;
+    /// The most recent failed orders, newest first.
+    async fn failed_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError>;
+    /// When the broker last confirmed one of the order's messages; `None` if
+    /// never, or if retention has deleted its outbox rows.
+    async fn published_at(&self, order_id: OrderId) -> Result<Option<DateTime<Utc>>, StoreError>;
 }
 
 /// The relay's unit of work: lease, confirm, retry, park.
@@ -210,6 +231,10 @@ pub trait OutboxStore: Send + Sync {
         limit: u32,
         requested_by: &str,
     ) -> Result<Vec<(OrderId, OutboxId)>, StoreError>;
+    /// The most recent audit entries, newest first.
+    async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Records a relay-wide operator action (`pause`, `resume`, `drain`).
+    async fn record_action(&self, action: &str, requested_by: &str) -> Result<(), StoreError>;
     /// Puts a `failed` order back to `pending` with a fresh outbox row (a new
     /// idempotency key), recording who asked. `Conflict` unless the order is `failed`.
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError>;

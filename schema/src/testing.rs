@@ -40,18 +40,7 @@ pub struct Tally {
     pub mispriced: i64,
 }
 
-/// One row of `outbox_audit`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEntry {
-    /// The row acted on.
-    pub outbox_id: OutboxId,
-    /// Its order.
-    pub order_id: OrderId,
-    /// `requeue`, `retry`, ...
-    pub action: String,
-    /// Who asked.
-    pub requested_by: String,
-}
+pub use crate::store::AuditEntry;
 
 /// Test-only access to a backend.
 #[async_trait]

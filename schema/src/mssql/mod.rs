@@ -24,8 +24,8 @@ use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 use crate::store::{
-    Applied, DeadLetter, Delivery, FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore, ParkedRow,
-    Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
+    Applied, AuditEntry, DeadLetter, Delivery, FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore,
+    ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
 };
 
 mod migrations {

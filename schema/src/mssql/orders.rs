@@ -136,6 +136,24 @@ impl OrderStore for MssqlStore {
             async { rows(&mut conn, RECENT_ORDERS, &[&limit]).await?.iter().map(order_from_row).collect() }.await;
         finish(conn, result)
     }
+
+    async fn failed_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
+        let mut conn = self.conn().await?;
+        let limit = i64::from(limit);
+        let result =
+            async { rows(&mut conn, FAILED_ORDERS, &[&limit]).await?.iter().map(order_from_row).collect() }.await;
+        finish(conn, result)
+    }
+
+    async fn published_at(&self, order_id: OrderId) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            let found = rows(&mut conn, PUBLISHED_AT, &[&order_id.0]).await?;
+            Ok(found.first().map(|r| r.try_get::<NaiveDateTime, _>(0)).transpose()?.flatten().map(utc))
+        }
+        .await;
+        finish(conn, result)
+    }
 }
 
 #[cfg(test)]

@@ -148,6 +148,21 @@ impl OutboxStore for MssqlStore {
         finish(conn, result)
     }
 
+    async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.conn().await?;
+        let limit = i64::from(limit);
+        let result =
+            async { rows(&mut conn, RECENT_AUDIT, &[&limit]).await?.iter().map(audit_from_row).collect() }.await;
+        finish(conn, result)
+    }
+
+    async fn record_action(&self, action: &str, requested_by: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let by = truncate_utf16(requested_by, REQUESTED_BY_UNITS);
+        let result = exec(&mut conn, INSERT_AUDIT, &[&Uuid::nil(), &0_i64, &action, &by]).await.map(drop);
+        finish(conn, result)
+    }
+
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
         let mut conn = self.conn().await?;
         let result = retry_order(&mut conn, order_id, truncate_utf16(requested_by, REQUESTED_BY_UNITS)).await;
@@ -159,6 +174,16 @@ impl OutboxStore for MssqlStore {
             },
         }
     }
+}
+
+fn audit_from_row(r: &Row) -> TdsResult<AuditEntry> {
+    Ok(AuditEntry {
+        outbox_id: OutboxId(r.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?),
+        order_id: OrderId(r.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?),
+        action: r.try_get::<&str, _>(2)?.ok_or_else(|| conversion("action"))?.to_string(),
+        requested_by: r.try_get::<&str, _>(3)?.ok_or_else(|| conversion("requested_by"))?.to_string(),
+        requested_at: utc(r.try_get::<NaiveDateTime, _>(4)?.ok_or_else(|| conversion("requested_at"))?),
+    })
 }
 
 fn parked_from_row(row: &Row) -> TdsResult<ParkedRow> {

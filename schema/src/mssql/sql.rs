@@ -75,6 +75,14 @@ pub(super) const RETRY_ORDER: &str = concat!(
     " WHERE order_id = @P1 AND status = N'failed'"
 );
 pub(super) const ORDER: &str = concat!("SELECT ", order_columns!(""), " FROM dbo.orders WHERE order_id = @P1");
+pub(super) const FAILED_ORDERS: &str = concat!(
+    "SELECT TOP (@P1) ",
+    order_columns!(""),
+    " FROM dbo.orders WHERE status = N'failed' ORDER BY order_id DESC"
+);
+pub(super) const PUBLISHED_AT: &str = "SELECT MAX(published_at) FROM dbo.outbox WHERE order_id = @P1";
+pub(super) const RECENT_AUDIT: &str = "SELECT TOP (@P1) outbox_id, order_id, action, requested_by, requested_at \
+     FROM dbo.outbox_audit ORDER BY audit_id DESC";
 pub(super) const RECENT_ORDERS: &str =
     concat!("SELECT TOP (@P1) ", order_columns!(""), " FROM dbo.orders ORDER BY order_id DESC");
 // The portable claim: alias form of UPDATE TOP with lock hints, no updatable
@@ -152,8 +160,6 @@ pub(super) const TEST_TALLY: &str = "SELECT \
           OR o.total_price <> o.unit_price * o.quantity))";
 pub(super) const TEST_TRACEPARENTS: &str =
     "SELECT traceparent FROM dbo.outbox WHERE order_id = @P1 ORDER BY created_at";
-pub(super) const TEST_AUDIT: &str =
-    "SELECT outbox_id, order_id, action, requested_by FROM dbo.outbox_audit ORDER BY audit_id";
 pub(super) const TEST_INBOX_ROWS: &str = "SELECT COUNT_BIG(*) FROM dbo.inbox WHERE outbox_id = @P1";
 pub(super) const TEST_ADD_PRODUCT: &str =
     "INSERT INTO dbo.products (product_id, name, list_price) VALUES (@P1, @P2, @P3)";
@@ -179,6 +185,9 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("INSERT_OUTBOX_NOW", INSERT_OUTBOX_NOW),
         ("ORDER", ORDER),
         ("RECENT_ORDERS", RECENT_ORDERS),
+        ("FAILED_ORDERS", FAILED_ORDERS),
+        ("PUBLISHED_AT", PUBLISHED_AT),
+        ("RECENT_AUDIT", RECENT_AUDIT),
         ("CLAIM", CLAIM),
         ("MARK_PUBLISHED", MARK_PUBLISHED),
         ("ADVANCE_ORDER", ADVANCE_ORDER),
@@ -218,7 +227,6 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("CREATE_DATABASE", "CREATE DATABASE orderflow_test_0123456789abcdef"),
         ("TEST_TALLY", TEST_TALLY),
         ("TEST_TRACEPARENTS", TEST_TRACEPARENTS),
-        ("TEST_AUDIT", TEST_AUDIT),
         ("TEST_INBOX_ROWS", TEST_INBOX_ROWS),
         ("TEST_ADD_PRODUCT", TEST_ADD_PRODUCT),
         ("TEST_BULK_ORDER", TEST_BULK_ORDER),

@@ -47,23 +47,9 @@ impl Probe for MssqlStore {
     }
 
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async {
-            rows(&mut conn, TEST_AUDIT, &[])
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(AuditEntry {
-                        outbox_id: OutboxId(r.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?),
-                        order_id: OrderId(r.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?),
-                        action: r.try_get::<&str, _>(2)?.ok_or_else(|| conversion("action"))?.to_string(),
-                        requested_by: r.try_get::<&str, _>(3)?.ok_or_else(|| conversion("requested_by"))?.to_string(),
-                    })
-                })
-                .collect()
-        }
-        .await;
-        finish(conn, result)
+        let mut entries = self.recent_audit(u32::MAX).await?;
+        entries.reverse();
+        Ok(entries)
     }
 
     async fn inbox_rows(&self, outbox_id: OutboxId) -> Result<i64, StoreError> {

@@ -160,4 +160,24 @@ impl OrderStore for SqliteStore {
         })
         .await
     }
+
+    async fn failed_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
+        self.with_conn(move |conn| {
+            let sql =
+                format!("SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'failed' ORDER BY order_id DESC LIMIT ?1");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([limit], order_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn published_at(&self, order_id: OrderId) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.with_conn(move |conn| {
+            let at: Option<String> =
+                conn.query_row("SELECT MAX(published_at) FROM outbox WHERE order_id = ?1", [order_id.0], |r| r.get(0))?;
+            Ok(at.as_deref().map(parse_time).transpose()?)
+        })
+        .await
+    }
 }

@@ -259,6 +259,38 @@ impl OutboxStore for SqliteStore {
         .await
     }
 
+    async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT outbox_id, order_id, action, requested_by, requested_at FROM outbox_audit \
+                 ORDER BY audit_id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok(AuditEntry {
+                    outbox_id: parse_id(r.get(0)?)?,
+                    order_id: OrderId(r.get(1)?),
+                    action: r.get(2)?,
+                    requested_by: r.get(3)?,
+                    requested_at: parse_time(&r.get::<_, String>(4)?)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn record_action(&self, action: &str, requested_by: &str) -> Result<(), StoreError> {
+        let (action, requested_by) = (action.to_string(), truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, 0, ?2, ?3)",
+                params![OutboxId(uuid::Uuid::nil()).to_string(), action, requested_by],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
         let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string();
         self.write(move |tx| {

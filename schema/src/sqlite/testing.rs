@@ -56,20 +56,9 @@ impl Probe for SqliteStore {
     }
 
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
-        self.with_conn(|conn| {
-            let mut stmt =
-                conn.prepare("SELECT outbox_id, order_id, action, requested_by FROM outbox_audit ORDER BY audit_id")?;
-            let rows = stmt.query_map([], |r| {
-                Ok(AuditEntry {
-                    outbox_id: parse_id(r.get(0)?)?,
-                    order_id: OrderId(r.get(1)?),
-                    action: r.get(2)?,
-                    requested_by: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
+        let mut entries = self.recent_audit(u32::MAX).await?;
+        entries.reverse();
+        Ok(entries)
     }
 
     async fn inbox_rows(&self, outbox_id: OutboxId) -> Result<i64, StoreError> {

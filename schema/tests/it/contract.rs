@@ -350,6 +350,32 @@ pub async fn an_order_stuck_since_its_publication_is_sent_again(store: Arc<dyn S
     assert!(due[0].payload.contains(&repaired[0].1.to_string()), "the message names its new row");
 }
 
+pub async fn the_ops_views_list_failures_publication_times_and_the_audit(store: Arc<dyn Store>) {
+    let good = place(&store, "P123", 1).await;
+    let bad = place(&store, "P999", 1).await;
+    assert_eq!(store.published_at(good).await.unwrap(), None, "not yet published");
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    let ids: Vec<OutboxId> = rows.iter().map(|r| r.outbox_id).collect();
+    store.mark_published("relay-a", &ids).await.unwrap();
+    let published = store.published_at(good).await.unwrap().expect("published");
+    assert!(published >= store.order(good).await.unwrap().created_at);
+    assert_eq!(store.published_at(OrderId(777_777)).await.unwrap(), None);
+    for row in &rows {
+        store.process_order(Some(row.outbox_id), row.order_id, price).await.unwrap();
+    }
+    let failed = store.failed_orders(10).await.unwrap();
+    assert_eq!(failed.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![bad]);
+    assert_eq!(failed[0].failure_reason.as_deref(), Some("unknown product P999"));
+    store.record_action("pause", "ops@example").await.unwrap();
+    store.retry_failed_order(bad, "ops@example").await.unwrap();
+    let audit = store.recent_audit(10).await.unwrap();
+    let seen: Vec<(&str, i64)> = audit.iter().map(|a| (a.action.as_str(), a.order_id.0)).collect();
+    assert_eq!(seen, vec![("retry", bad.0), ("pause", 0)], "newest first");
+    assert_eq!(audit[1].outbox_id, OutboxId(uuid::Uuid::nil()), "a relay-wide action names no row");
+    assert!(audit[0].requested_at >= audit[1].requested_at);
+    assert_eq!(store.recent_audit(1).await.unwrap().len(), 1);
+}
+
 pub async fn a_failed_order_can_be_retried_once_its_cause_is_fixed(store: Arc<dyn Store>) {
     let order = place(&store, "P999", 2).await;
     let first = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()[0].outbox_id;
@@ -502,6 +528,7 @@ macro_rules! contract_tests {
                 retention_deletes_old_rows_in_small_batches,
                 reconciliation_reports_orders_published_but_not_processed,
                 an_order_stuck_since_its_publication_is_sent_again,
+                the_ops_views_list_failures_publication_times_and_the_audit,
                 a_failed_order_can_be_retried_once_its_cause_is_fixed,
                 a_batch_is_one_transaction_with_an_outcome_per_message,
                 keys_that_differ_only_in_case_are_different,
