@@ -41,7 +41,9 @@ ADMIN_ADDR=${RELAY_ADMIN_ADDR:-127.0.0.1:9101} target/release/relay >"$data/logs
 pids+=($!)
 ADMIN_ADDR=${CONSUMER_ADMIN_ADDR:-127.0.0.1:9102} target/release/consumer >"$data/logs/consumer.log" 2>&1 &
 pids+=($!)
-HTTP_ADDR=$http_addr ADMIN_ADDR=${PRODUCER_ADMIN_ADDR:-127.0.0.1:9100} target/release/producer >"$data/logs/producer.log" 2>&1 &
+HTTP_ADDR=$http_addr ADMIN_ADDR=${PRODUCER_ADMIN_ADDR:-127.0.0.1:9100} \
+    OPS_RELAYS="http://${RELAY_ADMIN_ADDR:-127.0.0.1:9101}" OPS_CONSUMERS="http://${CONSUMER_ADMIN_ADDR:-127.0.0.1:9102}" \
+    target/release/producer >"$data/logs/producer.log" 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -55,7 +57,7 @@ done
 cat <<MSG
 
 orderflow is running.
-  Open http://$http_addr/ to place orders and watch their status.
+  Open http://$http_addr/ to place orders and watch their status; operators: http://$http_addr/ops
   JSON API: POST http://$http_addr/api/orders   GET http://$http_addr/api/orders/{id}
   Admin: producer ${PRODUCER_ADMIN_ADDR:-127.0.0.1:9100}, relay ${RELAY_ADMIN_ADDR:-127.0.0.1:9101}, consumer ${CONSUMER_ADMIN_ADDR:-127.0.0.1:9102} (/metrics /healthz /readyz)
   Logs: $data/logs/   Database: $DATABASE_URL   Broker: $BROKER_URL

@@ -60,7 +60,8 @@ impl Readiness {
         self.components.lock().expect("readiness lock").values().all(|(ok, _)| *ok)
     }
 
-    fn report(&self) -> serde_json::Value {
+    /// `{"ready", "components": {name: {"ok", "note"}}}`, as `/readyz` answers.
+    pub fn report(&self) -> serde_json::Value {
         let map = self.components.lock().expect("readiness lock");
         let components: serde_json::Map<String, serde_json::Value> = map
             .iter()

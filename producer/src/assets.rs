@@ -21,6 +21,7 @@ pub(crate) async fn file(Path(name): Path<String>) -> Response {
         "app.css" => (include_str!("../static/app.css"), "text/css; charset=utf-8"),
         "orders.js" => (include_str!("../static/orders.js"), "text/javascript; charset=utf-8"),
         "order.js" => (include_str!("../static/order.js"), "text/javascript; charset=utf-8"),
+        "ops.js" => (include_str!("../static/ops.js"), "text/javascript; charset=utf-8"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "public, max-age=300")], body).into_response()

@@ -25,9 +25,19 @@ pub struct Config {
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     pub log_json: bool,
-    /// Bearer token the admin port's mutating routes require; needed when ADMIN_ADDR is not loopback.
+    /// Bearer token the admin port's mutating routes and the ops page's actions
+    /// require; needed when ADMIN_ADDR is not loopback, and for ops actions when HTTP_ADDR is not.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The relays' admin ports the ops page shows and drives (comma-separated base URLs).
+    #[arg(long, env = "OPS_RELAYS", value_delimiter = ',', default_value = "http://127.0.0.1:9101")]
+    pub ops_relays: Vec<String>,
+    /// The consumers' admin ports the ops page shows (comma-separated base URLs).
+    #[arg(long, env = "OPS_CONSUMERS", value_delimiter = ',', default_value = "http://127.0.0.1:9102")]
+    pub ops_consumers: Vec<String>,
+    /// The ops page counts an order published this many seconds ago and not processed as stuck (as the relay does).
+    #[arg(long, env = "STALE_PUBLISHED_SECS", default_value_t = 300)]
+    pub stale_published_secs: u64,
 }
 
 impl Config {
@@ -41,6 +51,9 @@ impl Config {
             shutdown_grace_ms: 15_000,
             log_json: false,
             admin_token: None,
+            ops_relays: Vec::new(),
+            ops_consumers: Vec::new(),
+            stale_published_secs: 300,
         }
     }
 }

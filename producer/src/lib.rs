@@ -8,6 +8,7 @@ mod assets;
 mod config;
 pub mod error;
 pub mod metrics;
+mod ops;
 mod pages;
 pub mod validation;
 
@@ -124,6 +125,7 @@ pub struct App {
     admin: TcpListener,
     registry: Registry,
     state: AppState,
+    ops: ops::Ops,
 }
 
 impl App {
@@ -142,13 +144,24 @@ impl App {
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
         let registry = observability::new_registry("producer");
         let metrics = Metrics::register(&registry)?;
+        let token = observability::AdminToken::new(config.admin_token.as_deref());
+        let ops = ops::Ops {
+            store: store.clone(),
+            readiness: Readiness::new(&["database"]),
+            relays: config.ops_relays.iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
+            consumers: config.ops_consumers.iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
+            stale_after: Duration::from_secs(config.stale_published_secs),
+            actions_enabled: token.is_set() || config.http_addr.ip().is_loopback(),
+            token,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?,
+        };
         let state = AppState {
             store,
             metrics,
             catalogue: Arc::new(RwLock::new(products)),
             recent_orders: config.recent_orders,
         };
-        Ok(App { config, http, admin, registry, state })
+        Ok(App { config, http, admin, registry, state, ops })
     }
 
     /// The bound public address (tests bind port 0).
@@ -163,19 +176,19 @@ impl App {
 
     /// Serves until `shutdown`, then lets requests in flight finish within the grace period.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { config, http, admin, registry, state } = self;
+        let App { config, http, admin, registry, state, ops } = self;
         tracing::info!(
             url = %format!("http://{}/", http.local_addr()?),
             admin = %admin.local_addr()?,
             database = %schema::redact_url(&config.database_url),
             "producer started"
         );
-        let readiness = Readiness::new(&["database"]);
+        let readiness = ops.readiness.clone();
         let stop = CancellationToken::new();
         let watch = tokio::spawn(watch_database(state.store.clone(), readiness.clone(), stop.clone()));
         let admin_task =
             tokio::spawn(observability::serve(admin, observability::admin_router(registry, readiness), stop.clone()));
-        let server = observability::serve(http, router(state), shutdown.clone());
+        let server = observability::serve(http, router(state, ops), shutdown.clone());
         let grace = Duration::from_millis(config.shutdown_grace_ms);
         match observability::within_grace(server, &shutdown, grace).await {
             Some(result) => result.context("http server")?,
@@ -189,7 +202,7 @@ impl App {
     }
 }
 
-fn router(state: AppState) -> Router {
+fn router(state: AppState, ops: ops::Ops) -> Router {
     Router::new()
         .route("/", get(pages::index))
         .route("/orders", post(pages::submit))
@@ -200,10 +213,11 @@ fn router(state: AppState) -> Router {
         .route("/api/stats", get(api::stats))
         .route("/api/openapi.json", get(api::openapi))
         .route("/static/{name}", get(assets::file))
+        .with_state(state.clone())
+        .merge(ops::router(ops))
         .layer(axum::extract::DefaultBodyLimit::max(assets::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(assets::security_headers))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record))
-        .with_state(state)
 }
 
 async fn watch_database(store: Arc<dyn Store>, readiness: Readiness, stop: CancellationToken) {

@@ -84,6 +84,44 @@ impl IndexPage {
 struct OrderPage {
     order: OrderView,
     is_final: bool,
+    journey: Vec<Step>,
+}
+
+/// One step of an order's journey: placed → published → processed or failed.
+pub(crate) struct Step {
+    /// `placed`, `published`, `processed`, `failed`.
+    name: &'static str,
+    /// When, or empty while it has not happened.
+    at: String,
+    /// Time since the step before, e.g. `+7 ms`.
+    took: String,
+}
+
+fn journey(order: &Order, published_at: Option<chrono::DateTime<chrono::Utc>>) -> Vec<Step> {
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string();
+    let took = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        let ms = (to - from).num_milliseconds().max(0);
+        if ms < 10_000 { format!("+{ms} ms") } else { format!("+{:.1} s", ms as f64 / 1000.0) }
+    };
+    let mut steps = vec![Step { name: "placed", at: time(order.created_at), took: String::new() }];
+    let published = published_at;
+    let seen_published = published.is_some() || order.status != schema::OrderStatus::Pending;
+    steps.push(Step {
+        name: "published",
+        at: match (published, seen_published) {
+            (Some(at), _) => time(at),
+            (None, true) => "(time no longer kept)".into(),
+            (None, false) => String::new(),
+        },
+        took: published.map(|at| took(order.created_at, at)).unwrap_or_default(),
+    });
+    let last = if order.status == schema::OrderStatus::Failed { "failed" } else { "processed" };
+    steps.push(Step {
+        name: last,
+        at: order.processed_at.map(time).unwrap_or_default(),
+        took: order.processed_at.map(|at| took(published.unwrap_or(order.created_at), at)).unwrap_or_default(),
+    });
+    steps
 }
 
 fn render(status: StatusCode, page: impl Template) -> Response {
@@ -166,7 +204,15 @@ pub(crate) async fn order(State(state): State<AppState>, Path(id): Path<String>)
     };
     match state.store.order(OrderId(id)).await {
         Ok(order) => {
-            let page = OrderPage { is_final: order.status.is_final(), order: OrderView::from(&order) };
+            let published_at = match state.store.published_at(order.order_id).await {
+                Ok(at) => at,
+                Err(error) => return page_error(error.into()),
+            };
+            let page = OrderPage {
+                is_final: order.status.is_final(),
+                journey: journey(&order, published_at),
+                order: OrderView::from(&order),
+            };
             let mut response = render(StatusCode::OK, page);
             response.headers_mut().insert(header::CACHE_CONTROL, "no-store".parse().expect("static header"));
             response

@@ -56,15 +56,9 @@ impl IntoResponse for OpsError {
         let (status, message) = match self {
             OpsError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             OpsError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            OpsError::Store(StoreError::NotFound) => (StatusCode::NOT_FOUND, "not found".into()),
-            OpsError::Store(StoreError::Conflict(m)) => (StatusCode::CONFLICT, m),
-            OpsError::Store(StoreError::Unavailable(m)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {m}"))
-            }
-            OpsError::Store(StoreError::Invalid(m)) => (StatusCode::UNPROCESSABLE_ENTITY, m),
-            OpsError::Store(StoreError::Other(m)) => {
-                tracing::error!(cause = %m, "operator request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+            OpsError::Store(error) => {
+                let (code, message) = error.operator_answer();
+                (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), message)
             }
         };
         (status, Json(json!({ "error": message }))).into_response()
@@ -81,22 +75,28 @@ async fn status(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn pause(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
+async fn pause(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+    let who = requested_by(&q, &headers)?;
+    relay.store.record_action("pause", &who).await?;
     relay.pause();
-    tracing::warn!(relay_id = %relay.owner, "paused by an operator");
-    Json(json!({ "paused": true }))
+    tracing::warn!(relay_id = %relay.owner, requested_by = %who, "paused by an operator");
+    Ok(Json(json!({ "paused": true, "requested_by": who })))
 }
 
-async fn resume(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
+async fn resume(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+    let who = requested_by(&q, &headers)?;
+    relay.store.record_action("resume", &who).await?;
     relay.resume();
-    tracing::info!(relay_id = %relay.owner, "resumed by an operator");
-    Json(json!({ "paused": false }))
+    tracing::info!(relay_id = %relay.owner, requested_by = %who, "resumed by an operator");
+    Ok(Json(json!({ "paused": false, "requested_by": who })))
 }
 
-async fn drain(State(relay): State<Arc<Relay>>) -> Answer {
+async fn drain(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+    let who = requested_by(&q, &headers)?;
+    relay.store.record_action("drain", &who).await?;
     let released = relay.drain().await?;
-    tracing::warn!(relay_id = %relay.owner, released, "drained by an operator");
-    Ok(Json(json!({ "paused": true, "leases_released": released })))
+    tracing::warn!(relay_id = %relay.owner, requested_by = %who, released, "drained by an operator");
+    Ok(Json(json!({ "paused": true, "leases_released": released, "requested_by": who })))
 }
 
 #[derive(Debug, Deserialize)]

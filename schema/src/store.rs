@@ -37,6 +37,21 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// The HTTP status and message an operator route answers with; the cause
+    /// of an unexpected failure (500) is logged here, never shown.
+    pub fn operator_answer(&self) -> (u16, String) {
+        match self {
+            StoreError::NotFound => (404, "not found".into()),
+            StoreError::Conflict(m) => (409, m.clone()),
+            StoreError::Invalid(m) => (422, m.clone()),
+            StoreError::Unavailable(m) => (503, format!("database unavailable: {m}")),
+            StoreError::Other(m) => {
+                tracing::error!(cause = %m, "operator request failed");
+                (500, "internal error".into())
+            }
+        }
+    }
 }
 
 /// Result of placing an order.
@@ -74,7 +89,7 @@ pub enum FailureOutcome {
 }
 
 /// Backlog figures for the relay's gauges.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct OutboxStats {
     /// Rows neither published nor parked.
     pub pending: i64,

@@ -240,3 +240,33 @@ async fn malformed_messages_are_parked_with_their_reason_and_the_consumer_keeps_
     assert_eq!(stack.probe.inbox_rows(dup_id).await.unwrap(), 1, "one inbox row");
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_actions_need_the_token_and_are_off_on_a_public_producer_without_one() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    let http = reqwest::Client::new();
+    let retry = |base: String| http.post(format!("{base}/ops/retry?order_id=1")).header("X-Requested-By", "mallory");
+    let mut guarded = producer::Config::for_database(&stack.database_url);
+    guarded.admin_token = Some("ops-secret".into());
+    let guarded = e2e::service::Service::start(producer::App::build(guarded)).await.unwrap();
+    let base = format!("http://{}", guarded.http_addr.unwrap());
+    assert_eq!(retry(base.clone()).send().await.unwrap().status().as_u16(), 401);
+    let answer = retry(base.clone()).bearer_auth("ops-secret").send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 404, "past the door: order 1 does not exist");
+    let nameless = http.post(format!("{base}/ops/retry?order_id=1")).bearer_auth("ops-secret").send().await.unwrap();
+    assert_eq!(nameless.status().as_u16(), 400, "an action says who acts");
+    assert_eq!(http.get(format!("{base}/ops/state")).send().await.unwrap().status().as_u16(), 200, "reads are open");
+    guarded.stop().await.unwrap();
+
+    let mut public = producer::Config::for_database(&stack.database_url);
+    public.http_addr = "0.0.0.0:0".parse().unwrap();
+    let public = e2e::service::Service::start(producer::App::build(public)).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", public.http_addr.unwrap().port());
+    let off = retry(base.clone()).send().await.unwrap();
+    assert_eq!(off.status().as_u16(), 403);
+    assert!(off.text().await.unwrap().contains("ADMIN_TOKEN is not set"));
+    let page = http.get(format!("{base}/ops")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Actions are off"), "the page says so");
+    public.stop().await.unwrap();
+    stack.shutdown().await;
+}

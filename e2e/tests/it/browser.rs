@@ -117,3 +117,136 @@ async fn a_person_places_an_order_in_the_browser_and_sees_it_processed() {
     page.close().await.unwrap();
     stack.shutdown().await;
 }
+
+/// Saves a screenshot as a test artifact and prints where.
+async fn screenshot(page: &Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.png"));
+    page.set_window_size(1280, 1600).await.unwrap();
+    page.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
+    std::fs::write(&path, page.screenshot().await.unwrap()).unwrap();
+    println!("screenshot: {}", path.canonicalize().unwrap().display());
+}
+
+/// Clicks the element with this id, waiting for it to be (re-)rendered first.
+async fn click_id(page: &Client, id: &str) {
+    wait_for(&format!("#{id} clickable"), Duration::from_secs(20), || async {
+        page.find(Locator::Id(id)).await.ok()?.click().await.ok()
+    })
+    .await;
+}
+
+async fn text_of(page: &Client, css: &str) -> Option<String> {
+    page.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_runs_the_pipeline_from_the_ops_page() {
+    let mut stack = Stack::start_producer(&shared_broker_url()).await;
+    let poison = stack.fill_outbox(1, 100_000).await.pop().unwrap();
+    let mut strict = stack.relay_config();
+    strict.max_attempts = 1;
+    let relay = e2e::service::Service::start(relay::App::build(strict)).await.unwrap();
+    stack.consumer = Some(stack.start_consumer().await);
+    // An order for a product the catalogue does not have (yet): placed past the API's check.
+    let order = schema::NewOrder {
+        customer_name: "Olga".into(),
+        product_id: "P777".into(),
+        quantity: 1,
+        idempotency_key: None,
+        traceparent: None,
+        tracestate: None,
+    };
+    let schema::Placed::Created(order) = stack.store.place_order(order).await.unwrap() else { panic!("a new order") };
+    let failed = order.order_id.0;
+    stack.wait_until_final(1, Duration::from_secs(30)).await;
+    wait_for("the poison row parked", Duration::from_secs(30), || async {
+        (stack.tally().await.parked == 1).then_some(())
+    })
+    .await;
+    let mut config = producer::Config::for_database(&stack.database_url);
+    config.ops_relays = vec![format!("http://{}", relay.admin_addr)];
+    config.ops_consumers = vec![format!("http://{}", stack.consumer.as_ref().unwrap().admin_addr)];
+    config.admin_token = Some(e2e::stack::TEST_ADMIN_TOKEN.into());
+    let ops = e2e::service::Service::start(producer::App::build(config)).await.unwrap();
+    let base = format!("http://{}", ops.http_addr.unwrap());
+
+    let (_driver, page) = browser().await;
+    page.goto(&format!("{base}/ops")).await.unwrap();
+    let ready = wait_for("every service ready on the page", Duration::from_secs(20), || async {
+        let rows = page.find_all(Locator::Css("#services tr")).await.ok()?;
+        let mut texts = Vec::new();
+        for row in rows {
+            texts.push(row.text().await.ok()?);
+        }
+        (texts.len() == 3 && texts.iter().all(|t| t.contains("ready") && !t.contains("NOT READY"))).then_some(texts)
+    })
+    .await;
+    assert!(ready[1].contains("relay 1") && ready[2].contains("consumer 1"), "{ready:?}");
+    assert_eq!(text_of(&page, "#outbox-parked").await.as_deref(), Some("1"));
+    let parked = text_of(&page, "#parked").await.unwrap();
+    assert!(parked.contains(&poison.to_string()) && parked.contains("exceeds the 65536-byte limit"), "{parked}");
+    let failures = text_of(&page, "#failed").await.unwrap();
+    assert!(failures.contains("unknown product P777"), "{failures}");
+
+    // An action without a name is refused on the page; with the wrong token by the server.
+    click_id(&page, "pause-0").await;
+    let said = wait_for("the page asks who acts", Duration::from_secs(10), || async {
+        text_of(&page, "#ops-message").await.filter(|t| !t.is_empty())
+    })
+    .await;
+    assert!(said.contains("Say who you are"), "{said}");
+    page.find(Locator::Id("operator-name")).await.unwrap().send_keys("Olivia Ops").await.unwrap();
+    page.find(Locator::Id("operator-token")).await.unwrap().send_keys("not-the-token").await.unwrap();
+    click_id(&page, "pause-0").await;
+    wait_for("a 401 shown", Duration::from_secs(10), || async {
+        text_of(&page, "#ops-message").await.filter(|t| t.contains("401"))
+    })
+    .await;
+    assert_eq!(relay.admin_get("/relay/status").await.1["paused"], false, "refused: nothing changed");
+    page.find(Locator::Id("operator-token")).await.unwrap().clear().await.unwrap();
+    page.find(Locator::Id("operator-token")).await.unwrap().send_keys(e2e::stack::TEST_ADMIN_TOKEN).await.unwrap();
+
+    // Pause and resume the relay; requeue the parked row; fix the catalogue and retry the failed order.
+    click_id(&page, "pause-0").await;
+    wait_for("the relay paused", Duration::from_secs(10), || async {
+        (relay.admin_get("/relay/status").await.1["paused"] == true).then_some(())
+    })
+    .await;
+    click_id(&page, "resume-0").await;
+    wait_for("the relay resumed", Duration::from_secs(10), || async {
+        (relay.admin_get("/relay/status").await.1["paused"] == false).then_some(())
+    })
+    .await;
+    click_id(&page, &format!("requeue-{poison}")).await;
+    let lamp =
+        schema::Product { product_id: "P777".into(), name: "Desk lamp".into(), list_price: "40.00".parse().unwrap() };
+    stack.probe.add_product(&lamp).await.unwrap();
+    click_id(&page, &format!("retry-{failed}")).await;
+    wait_for("the retried order processed", Duration::from_secs(30), || async {
+        let o = stack.store.order(schema::OrderId(failed)).await.ok()?;
+        (o.status == schema::OrderStatus::Processed).then_some(())
+    })
+    .await;
+    let audit = wait_for("the audit list on the page", Duration::from_secs(20), || async {
+        let text = text_of(&page, "#audit").await?;
+        ["pause", "resume", "requeue", "retry"].iter().all(|a| text.contains(a)).then_some(text)
+    })
+    .await;
+    assert!(audit.contains("Olivia Ops"), "{audit}");
+    let actions: Vec<String> = stack.probe.audit().await.unwrap().into_iter().map(|a| a.action).collect();
+    assert_eq!(actions, ["pause", "resume", "requeue", "retry"], "every action written to outbox_audit");
+    screenshot(&page, "ops").await;
+
+    // The order page shows the journey of the retried order.
+    page.goto(&format!("{base}/orders/{failed}")).await.unwrap();
+    let steps = wait_for("the journey", Duration::from_secs(10), || async { text_of(&page, "#journey").await }).await;
+    assert!(steps.contains("placed") && steps.contains("published") && steps.contains("processed"), "{steps}");
+    assert!(steps.contains(" ms") || steps.contains(" s"), "each step says how long it took: {steps}");
+    screenshot(&page, "order").await;
+    page.close().await.unwrap();
+    ops.stop().await.unwrap();
+    relay.stop().await.unwrap();
+    stack.shutdown().await;
+}

@@ -122,7 +122,7 @@ async fn a_poison_row_is_parked_while_good_rows_flow_and_published_after_requeue
 async fn a_drained_relay_claims_nothing_until_resumed() {
     let stack = Stack::start_producer(&shared_broker_url()).await;
     let a = stack.start_relay().await;
-    let (status, body) = a.admin_post("/relay/drain").await;
+    let (status, body) = a.admin_post("/relay/drain?requested_by=ops-carol").await;
     assert_eq!((status, body["paused"].as_bool()), (200, Some(true)), "{body}");
     assert_eq!(a.admin_get("/relay/status").await.1["paused"], true);
     assert_eq!(a.metric("orderflow_relay_paused").await, 1.0);
@@ -134,7 +134,7 @@ async fn a_drained_relay_claims_nothing_until_resumed() {
     assert_eq!(b.metric(PUBLISHED).await, 300.0);
     b.stop().await.unwrap();
 
-    assert_eq!(a.admin_post("/relay/resume").await.1["paused"], false);
+    assert_eq!(a.admin_post("/relay/resume?requested_by=ops-carol").await.1["paused"], false);
     stack.fill_outbox(50, 0).await;
     wait_unpublished(&stack, 0, Duration::from_secs(30)).await;
     assert_eq!(a.metric(PUBLISHED).await, 50.0);
@@ -246,16 +246,16 @@ async fn mutating_admin_routes_need_the_token_and_reads_stay_open() {
     let mut stack = Stack::start_producer(&shared_broker_url()).await;
     let relay = stack.start_relay().await;
     for token in [None, Some("wrong-token")] {
-        let (status, body) = relay.admin_post_as("/relay/pause", token).await;
+        let (status, body) = relay.admin_post_as("/relay/pause?requested_by=mallory", token).await;
         assert_eq!(status, 401, "{token:?}: {body}");
         assert!(body["error"].as_str().unwrap().contains("ADMIN_TOKEN"), "{body}");
     }
     assert_eq!(relay.admin_get("/relay/status").await.1["paused"], false, "refused requests changed nothing");
-    let (status, body) = relay.admin_post("/relay/pause").await;
+    let (status, body) = relay.admin_post("/relay/pause?requested_by=ops-dan").await;
     assert_eq!((status, body["paused"].as_bool()), (200, Some(true)));
     assert_eq!(relay.admin_get("/relay/parked").await.0, 200, "reads need no token");
     assert!(relay.metrics().await.contains("orderflow_relay_paused 1"));
-    assert_eq!(relay.admin_post("/relay/resume").await.0, 200);
+    assert_eq!(relay.admin_post("/relay/resume?requested_by=ops-dan").await.0, 200);
     stack.relay = Some(relay);
 
     // Without a token the port must be loopback, and a browser page elsewhere cannot drive it.
@@ -273,7 +273,11 @@ async fn mutating_admin_routes_need_the_token_and_reads_stay_open() {
         .await
         .unwrap();
     assert_eq!(csrf.status().as_u16(), 403);
-    assert_eq!(local.admin_post_as("/relay/pause", None).await.0, 200, "curl on the machine itself");
+    assert_eq!(
+        local.admin_post_as("/relay/pause?requested_by=ops-dan", None).await.0,
+        200,
+        "curl on the machine itself"
+    );
     local.stop().await.unwrap();
     stack.shutdown().await;
 }

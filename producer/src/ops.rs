@@ -1,0 +1,226 @@
+//! The ops page: `/ops` shows the pipeline live (readiness of every service,
+//! the outbox backlog, parked rows, failed orders, the reconciliation figures,
+//! the relays, the audit trail) and carries the operators' buttons.
+//!
+//! It lives in the producer because that is the address people already open
+//! and it reads everything it shows from the database; only the relays'
+//! in-memory switches (pause, resume, drain) are asked of the relays' admin
+//! ports, with the same bearer token.
+//!
+//! Invariant: every action names who acts (`X-Requested-By`), passes the
+//! admin door (`ADMIN_TOKEN`; without one, only on a loopback producer) and is
+//! written to `outbox_audit`. Reads are open, like `/metrics`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use observability::{AdminToken, Readiness};
+use schema::{OrderId, OutboxId, RequeueTarget, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// What the ops page needs.
+#[derive(Clone)]
+pub(crate) struct Ops {
+    pub store: Arc<dyn Store>,
+    pub readiness: Readiness,
+    pub relays: Vec<String>,
+    pub consumers: Vec<String>,
+    pub stale_after: Duration,
+    pub token: AdminToken,
+    /// False on a producer reachable from other machines without a token.
+    pub actions_enabled: bool,
+    pub http: reqwest::Client,
+}
+
+/// `/ops`, its state and its actions.
+pub(crate) fn router(ops: Ops) -> Router {
+    let actions = Router::new()
+        .route("/ops/requeue", post(requeue))
+        .route("/ops/retry", post(retry))
+        .route("/ops/relay", post(relay_action))
+        .route_layer(axum::middleware::from_fn_with_state(ops.token.clone(), observability::require_admin));
+    Router::new().route("/ops", get(page)).route("/ops/state", get(state)).merge(actions).with_state(ops)
+}
+
+#[derive(Template)]
+#[template(path = "ops.html")]
+struct OpsPage {
+    actions_enabled: bool,
+}
+
+async fn page(State(ops): State<Ops>) -> Response {
+    match (OpsPage { actions_enabled: ops.actions_enabled }).render() {
+        Ok(html) => axum::response::Html(html).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "rendering the ops page");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// One service's readiness as its admin port reports it.
+#[derive(Serialize)]
+struct ServiceState {
+    name: String,
+    url: String,
+    ready: bool,
+    detail: Value,
+}
+
+async fn probe(ops: &Ops, name: String, url: &str) -> ServiceState {
+    let answer = ops.http.get(format!("{url}/readyz")).send().await;
+    let (ready, detail) = match answer {
+        Ok(response) => (response.status().is_success(), response.json().await.unwrap_or(Value::Null)),
+        Err(error) => (false, json!({ "error": format!("unreachable: {error}") })),
+    };
+    ServiceState { name, url: url.to_string(), ready, detail }
+}
+
+/// `GET /ops/state`: everything the page shows, in one answer.
+async fn state(State(ops): State<Ops>) -> Result<Json<Value>, OpsError> {
+    let mut services = vec![ServiceState {
+        name: "producer".into(),
+        url: "(this process)".into(),
+        ready: ops.readiness.is_ready(),
+        detail: ops.readiness.report(),
+    }];
+    let mut relays = Vec::new();
+    for (i, url) in ops.relays.iter().enumerate() {
+        services.push(probe(&ops, format!("relay {}", i + 1), url).await);
+        let status = match ops.http.get(format!("{url}/relay/status")).send().await {
+            Ok(response) => response.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        relays.push(json!({ "index": i, "url": url, "status": status }));
+    }
+    for (i, url) in ops.consumers.iter().enumerate() {
+        services.push(probe(&ops, format!("consumer {}", i + 1), url).await);
+    }
+    Ok(Json(json!({
+        "services": services,
+        "outbox": ops.store.outbox_stats().await?,
+        "parked": ops.store.parked_rows(50).await?,
+        "failed": ops.store.failed_orders(50).await?,
+        "reconciliation": ops.store.reconcile(ops.stale_after).await?,
+        "stale_after_seconds": ops.stale_after.as_secs(),
+        "relays": relays,
+        "audit": ops.store.recent_audit(20).await?,
+        "actions_enabled": ops.actions_enabled,
+    })))
+}
+
+/// Who acts: the `X-Requested-By` header (1-200 characters, no control characters).
+fn acting(ops: &Ops, headers: &HeaderMap) -> Result<String, OpsError> {
+    if !ops.actions_enabled {
+        return Err(OpsError::Forbidden);
+    }
+    headers
+        .get("x-requested-by")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|w| {
+            !w.is_empty()
+                && schema::limits::utf16_len(w) <= schema::limits::REQUESTED_BY_UNITS
+                && !w.chars().any(char::is_control)
+        })
+        .map(str::to_string)
+        .ok_or_else(|| OpsError::BadRequest("say who is acting: an X-Requested-By header (1-200 characters)".into()))
+}
+
+#[derive(Deserialize)]
+struct Target {
+    outbox_id: Option<String>,
+    order_id: Option<String>,
+    relay: Option<usize>,
+    action: Option<String>,
+}
+
+async fn requeue(State(ops): State<Ops>, headers: HeaderMap, Query(q): Query<Target>) -> Result<Json<Value>, OpsError> {
+    let who = acting(&ops, &headers)?;
+    let raw = q.outbox_id.ok_or_else(|| OpsError::BadRequest("outbox_id is required".into()))?;
+    let id = OutboxId::from_str(raw.trim()).map_err(|_| OpsError::BadRequest(format!("{raw:?} is not a UUID")))?;
+    let ids = ops.store.requeue(RequeueTarget::Outbox(id), &who).await?;
+    if ids.is_empty() {
+        return Err(OpsError::NotFound("no parked row with that id".into()));
+    }
+    tracing::warn!(requested_by = %who, outbox_id = %id, "parked row requeued from the ops page");
+    Ok(Json(json!({ "requeued": ids, "requested_by": who })))
+}
+
+async fn retry(State(ops): State<Ops>, headers: HeaderMap, Query(q): Query<Target>) -> Result<Json<Value>, OpsError> {
+    let who = acting(&ops, &headers)?;
+    let raw = q.order_id.ok_or_else(|| OpsError::BadRequest("order_id is required".into()))?;
+    let order =
+        raw.trim().parse().map(OrderId).map_err(|_| OpsError::BadRequest(format!("{raw:?} is not a number")))?;
+    let outbox_id = ops.store.retry_failed_order(order, &who).await?;
+    tracing::warn!(requested_by = %who, order_id = order.0, "failed order retried from the ops page");
+    Ok(Json(json!({ "order_id": order, "outbox_id": outbox_id, "requested_by": who })))
+}
+
+/// `POST /ops/relay?relay=I&action=pause|resume|drain`: asked of that relay's admin port.
+async fn relay_action(
+    State(ops): State<Ops>,
+    headers: HeaderMap,
+    Query(q): Query<Target>,
+) -> Result<Json<Value>, OpsError> {
+    let who = acting(&ops, &headers)?;
+    let url = q.relay.and_then(|i| ops.relays.get(i)).ok_or_else(|| OpsError::NotFound("no such relay".into()))?;
+    let action = q.action.as_deref().unwrap_or("");
+    if !matches!(action, "pause" | "resume" | "drain") {
+        return Err(OpsError::BadRequest("action must be pause, resume or drain".into()));
+    }
+    let mut request = ops.http.post(format!("{url}/relay/{action}")).header("x-requested-by", &who);
+    if let Some(bearer) = ops.token.bearer() {
+        request = request.header("authorization", bearer);
+    }
+    let answer = request.send().await.map_err(|e| OpsError::Relay(format!("relay {url} unreachable: {e}")))?;
+    let status = answer.status();
+    let body: Value = answer.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        return Err(OpsError::Relay(format!("relay {url} answered {status}: {body}")));
+    }
+    Ok(Json(body))
+}
+
+/// What an ops action can fail with.
+#[derive(Debug)]
+enum OpsError {
+    BadRequest(String),
+    NotFound(String),
+    Forbidden,
+    Relay(String),
+    Store(StoreError),
+}
+
+impl From<StoreError> for OpsError {
+    fn from(e: StoreError) -> Self {
+        OpsError::Store(e)
+    }
+}
+
+impl IntoResponse for OpsError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            OpsError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            OpsError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            OpsError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "ops actions are off: this producer is reachable from other machines and ADMIN_TOKEN is not set".into(),
+            ),
+            OpsError::Relay(m) => (StatusCode::BAD_GATEWAY, m),
+            OpsError::Store(error) => {
+                let (code, message) = error.operator_answer();
+                (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), message)
+            }
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}

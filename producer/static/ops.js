@@ -1,0 +1,85 @@
+// The ops page: renders GET /ops/state every two seconds (text only, never
+// HTML from data) and sends the buttons' actions with the operator's name and token.
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const name = $("operator-name"), token = $("operator-token");
+  name.value = sessionStorage.getItem("ops-name") || "";
+  token.value = sessionStorage.getItem("ops-token") || "";
+  name.addEventListener("change", () => sessionStorage.setItem("ops-name", name.value));
+  token.addEventListener("change", () => sessionStorage.setItem("ops-token", token.value));
+
+  function say(text, bad) { const m = $("ops-message"); m.textContent = text; m.className = bad ? "errors" : "muted"; }
+  function row(body, cells) {
+    const tr = body.insertRow();
+    for (const c of cells) {
+      const td = tr.insertCell();
+      if (c instanceof Node) td.appendChild(c); else td.textContent = c ?? "—";
+    }
+    return tr;
+  }
+  function button(label, id, path) {
+    const b = document.createElement("button");
+    b.type = "button"; b.textContent = label; b.id = id;
+    b.addEventListener("click", () => act(path, label));
+    return b;
+  }
+  async function act(path, label) {
+    if (!name.value.trim()) { say("Say who you are first (Your name).", true); name.focus(); return; }
+    sessionStorage.setItem("ops-name", name.value); sessionStorage.setItem("ops-token", token.value);
+    const headers = { "X-Requested-By": name.value.trim() };
+    if (token.value) headers["Authorization"] = "Bearer " + token.value;
+    try {
+      const res = await fetch(path, { method: "POST", headers });
+      const body = await res.json().catch(() => ({}));
+      if (res.ok) say(label + ": done"); else say(label + ": " + res.status + " " + (body.error || ""), true);
+    } catch (e) { say(label + ": " + e, true); }
+    refresh();
+  }
+  async function refresh() {
+    let s;
+    try {
+      const res = await fetch("/ops/state", { cache: "no-store" });
+      if (!res.ok) return;
+      s = await res.json();
+    } catch (e) { return; }
+    const services = $("services"); services.replaceChildren();
+    for (const v of s.services) {
+      const tr = row(services, [v.name, v.url, v.ready ? "ready" : "NOT READY", JSON.stringify(v.detail.components || v.detail)]);
+      tr.cells[2].className = v.ready ? "ready-yes" : "ready-no"; tr.cells[3].className = "detail";
+      tr.dataset.service = v.name;
+    }
+    $("outbox-pending").textContent = s.outbox.pending;
+    $("outbox-oldest").textContent = s.outbox.oldest_pending_seconds.toFixed(1) + " s";
+    $("outbox-parked").textContent = s.outbox.parked;
+    const relays = $("relays"); relays.replaceChildren();
+    for (const r of s.relays) {
+      const st = r.status || {};
+      const actions = document.createElement("span");
+      for (const a of ["pause", "resume", "drain"]) {
+        actions.appendChild(button(a[0].toUpperCase() + a.slice(1), a + "-" + r.index, "/ops/relay?relay=" + r.index + "&action=" + a));
+      }
+      row(relays, [r.url, st.relay_id, st.paused === undefined ? "unreachable" : String(st.paused), actions]).dataset.relay = r.index;
+    }
+    const parked = $("parked"); parked.replaceChildren();
+    for (const p of s.parked) {
+      row(parked, [p.outbox_id, String(p.order_id), String(p.attempts), p.last_error, p.dead_at,
+        button("Requeue", "requeue-" + p.outbox_id, "/ops/requeue?outbox_id=" + encodeURIComponent(p.outbox_id))]);
+    }
+    const failed = $("failed"); failed.replaceChildren();
+    for (const o of s.failed) {
+      const link = document.createElement("a"); link.href = "/orders/" + o.order_id; link.textContent = o.order_id;
+      row(failed, [link, o.customer_name, o.product_id, o.failure_reason,
+        button("Retry", "retry-" + o.order_id, "/ops/retry?order_id=" + o.order_id)]);
+    }
+    $("pending-without-outbox").textContent = s.reconciliation.pending_without_outbox;
+    $("published-not-processed").textContent = s.reconciliation.published_not_processed;
+    $("stale-after").textContent = s.stale_after_seconds;
+    const audit = $("audit"); audit.replaceChildren();
+    for (const a of s.audit) {
+      row(audit, [a.requested_at, a.action, a.requested_by, a.order_id ? String(a.order_id) : "—", a.order_id ? a.outbox_id : "—"]);
+    }
+    document.body.dataset.refreshed = Date.now();
+  }
+  refresh();
+  setInterval(refresh, 2000);
+})();
