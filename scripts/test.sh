@@ -31,6 +31,17 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== dependencies: RustSec advisories (offline snapshot) and licences"
+command -v cargo-audit >/dev/null 2>&1 || { echo "installing cargo-audit..."; cargo install cargo-audit --version '^0.22' --locked --quiet; }
+command -v cargo-deny >/dev/null 2>&1 || { echo "installing cargo-deny..."; cargo install cargo-deny --version 0.20.2 --locked --quiet; }
+advisory_db=${ADVISORY_DB:-$(cd .. && pwd)/shared/advisory-db}
+if [ -d "$advisory_db" ]; then
+    cargo audit --db "$advisory_db" --no-fetch
+else
+    echo "WARNING: no RustSec snapshot at $advisory_db (set ADVISORY_DB): advisories NOT checked" >&2
+fi
+cargo deny check licenses 2>&1 | tail -n 20
+
 echo "== docker-compose.yml and its Prometheus configuration"
 # docker-compose v1 validates the file without a Docker engine; its PyYAML
 # pin needs Cython < 3 to build on current Pythons.

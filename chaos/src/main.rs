@@ -513,8 +513,9 @@ impl Run {
                 "  ok: every accepted order processed once at the right price, every row published, queue drained,"
             );
             println!(
-                "      every hostile message dead-lettered with a reason, /metrics agrees with the database, every SIGTERM exited 0"
+                "      every hostile message dead-lettered with a reason, /metrics agrees with the database, every SIGTERM exited 0,"
             );
+            println!("      no ANSI colour codes in the log files");
         }
         for violation in &self.violations {
             println!("  FAIL: {violation}");

@@ -103,6 +103,7 @@ async fn a_person_places_an_order_in_the_browser_and_sees_it_processed() {
     })
     .await;
     assert_eq!(row, "processed");
+    screenshot(&page, "form").await;
 
     // An order placed elsewhere appears on the open page and turns processed, with no reload.
     let other = stack.place_order("Elsewhere", "P300", 1).await;
