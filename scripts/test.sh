@@ -90,7 +90,7 @@ echo "== chaos (60 s of faults under load; the report says what was checked)"
 chaos_status=0
 CHAOS_PROFILE=debug scripts/chaos.sh --duration 60s || chaos_status=$?
 
-for shot in target/screenshots/*.png; do [ -f "$shot" ] && echo "browser screenshot: $PWD/$shot"; done
+for shot in target/screenshots/*.png; do if [ -f "$shot" ]; then echo "browser screenshot: $PWD/$shot"; fi; done
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 if [ "$chaos_status" -eq 0 ]; then echo "chaos: passed"; else echo "chaos: FAILED (see the report above)"; status=1; fi
 exit "$status"
