@@ -6,6 +6,10 @@
 #   scripts/activemq.sh start DIR PORT [PID] # start (if not running) and wait for the port;
 #                                           # with PID, stop the broker when that process ends
 #   scripts/activemq.sh stop DIR           # stop it and wait for the process to end
+#
+# A master/slave pair on a shared store: start two instances with the same
+# ACTIVEMQ_KAHADB=PATH; the second waits for the store's lock (and does not
+# listen until it has it), so start it with ACTIVEMQ_WAIT_FOR_PORT=0.
 set -euo pipefail
 
 ACTIVEMQ_HOME=/usr/share/activemq
@@ -30,6 +34,7 @@ start() {
     port=$2
     install
     mkdir -p "$dir/conf" "$dir/data" "$dir/tmp"
+    local kahadb=${ACTIVEMQ_KAHADB:-$dir/data/kahadb}
     if [ -f "$dir/broker.pid" ] && kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
         port_open "$port" && return 0
     fi
@@ -43,7 +48,9 @@ start() {
   <broker xmlns="http://activemq.apache.org/schema/core" brokerName="orderflow" useJmx="false"
           dataDirectory="$dir/data" schedulePeriodForDestinationPurge="0">
     <persistenceAdapter>
-      <kahaDB directory="$dir/data/kahadb" concurrentStoreAndDispatchQueues="false"/>
+      <kahaDB directory="$kahadb" concurrentStoreAndDispatchQueues="false">
+        <locker><shared-file-locker lockAcquireSleepInterval="500"/></locker>
+      </kahaDB>
     </persistenceAdapter>
     <systemUsage>
       <systemUsage>
@@ -69,6 +76,7 @@ XML
         # Watchdog: a test run that dies must not leave its broker behind.
         setsid nohup "$0" watch "$dir" "$3" >/dev/null 2>&1 </dev/null &
     fi
+    [ "${ACTIVEMQ_WAIT_FOR_PORT:-1}" = 0 ] && return 0
     for _ in $(seq 1 600); do
         if port_open "$port"; then return 0; fi
         if ! kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then

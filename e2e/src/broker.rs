@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 pub struct Broker {
     dir: tempfile::TempDir,
     port: u16,
+    /// A KahaDB folder shared with another instance (a master/slave pair).
+    shared_store: Option<PathBuf>,
 }
 
 fn script() -> PathBuf {
@@ -21,9 +23,28 @@ impl Broker {
     /// Starts a broker on a free port in a fresh folder and waits until it listens.
     pub fn start() -> Broker {
         let dir = tempfile::Builder::new().prefix("orderflow-broker-").tempdir().expect("temp dir");
-        let broker = Broker { dir, port: crate::free_port() };
+        let broker = Broker { dir, port: crate::free_port(), shared_store: None };
         broker.start_again();
         broker
+    }
+
+    /// A master/slave pair on one KahaDB folder (`store`, which must outlive
+    /// both): the first listens at once; the second waits for the store's lock
+    /// and listens only when the first has died.
+    pub fn shared_store_pair(store: &std::path::Path) -> (Broker, Broker) {
+        let make = || {
+            let dir = tempfile::Builder::new().prefix("orderflow-broker-").tempdir().expect("temp dir");
+            Broker { dir, port: crate::free_port(), shared_store: Some(store.to_path_buf()) }
+        };
+        let (master, standby) = (make(), make());
+        master.start_again();
+        standby.launch(false);
+        (master, standby)
+    }
+
+    /// True while the broker accepts connections on its port.
+    pub fn listening(&self) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
     }
 
     /// `tcp://127.0.0.1:PORT`
@@ -33,7 +54,16 @@ impl Broker {
 
     /// Starts the (stopped) broker again on the same folder and port: persistent messages survive.
     pub fn start_again(&self) {
-        let status = Command::new("bash")
+        self.launch(true);
+    }
+
+    fn launch(&self, wait_for_port: bool) {
+        let mut command = Command::new("bash");
+        if let Some(store) = &self.shared_store {
+            command.env("ACTIVEMQ_KAHADB", store);
+        }
+        command.env("ACTIVEMQ_WAIT_FOR_PORT", if wait_for_port { "1" } else { "0" });
+        let status = command
             .arg(script())
             .args(["start", &self.dir.path().display().to_string(), &self.port.to_string()])
             .arg(std::process::id().to_string())

@@ -101,6 +101,15 @@ pub fn redact_url(url: &str) -> String {
             .collect::<Vec<_>>()
             .join(";");
     }
+    // A broker list (`failover:(tcp://u:p@a,tcp://u:p@b)`) is redacted address
+    // by address; a comma inside a password does not make a list.
+    match url.contains(',') && url.split(',').all(|part| part.contains("://")) {
+        true => url.split(',').map(redact_one).collect::<Vec<_>>().join(","),
+        false => redact_one(url),
+    }
+}
+
+fn redact_one(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let creds = &url[scheme_end + 3..at];
@@ -125,5 +134,10 @@ mod tests {
             "server=tcp:db,1433;user=sa;password=***;TrustServerCertificate=true"
         );
         assert_eq!(redact_url("sqlite://data/orderflow.db"), "sqlite://data/orderflow.db");
+        assert_eq!(
+            redact_url("failover:(tcp://app:pw1@a:61613,tcp://app:pw2@b:61613)"),
+            "failover:(tcp://app:***@a:61613,tcp://app:***@b:61613)"
+        );
+        assert_eq!(redact_url("mssql://sa:Sec,ret@db:1433/orders"), "mssql://sa:***@db:1433/orders");
     }
 }

@@ -48,11 +48,12 @@ impl StompError {
     }
 }
 
-/// How to reach the broker.
+/// How to reach the broker: one address, or several (a master/slave pair or
+/// a network of brokers), tried in order until one answers.
 #[derive(Clone)]
 pub struct Config {
-    /// `host:port` of the STOMP connector.
-    pub addr: String,
+    /// `host:port` of each STOMP connector, in the order they are tried.
+    pub addrs: Vec<String>,
     /// Optional login.
     pub login: Option<String>,
     /// Optional passcode (never logged).
@@ -66,7 +67,7 @@ pub struct Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("addr", &self.addr)
+            .field("addrs", &self.addrs)
             .field("login", &self.login)
             .field("passcode", &self.passcode.as_ref().map(|_| "***"))
             .field("heartbeat", &self.heartbeat)
@@ -75,28 +76,47 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// Parses `tcp://host:port`, `stomp://host:port` or `host:port`, with
-    /// optional `user:pass@`.
+    /// Parses one broker, `tcp://[user:pass@]host:port` (or `stomp://`, or
+    /// bare `host:port`), or several: `failover:(tcp://a:61613,tcp://b:61613)`
+    /// as ActiveMQ clients write it, or the same list without the wrapper.
+    /// Credentials given on any address apply to all.
     pub fn from_url(url: &str) -> Result<Self, String> {
-        let rest = url.split_once("://").map_or(url, |(_, r)| r).trim_end_matches('/');
-        let (creds, addr) = match rest.rsplit_once('@') {
-            Some((c, a)) => (Some(c), a),
-            None => (None, rest),
+        let trimmed = url.trim();
+        let list = match trimmed.strip_prefix("failover:") {
+            Some(rest) => rest
+                .trim()
+                .strip_prefix('(')
+                .and_then(|r| r.split_once(')'))
+                .map(|(inner, _options)| inner)
+                .ok_or_else(|| format!("broker url {url:?}: write failover:(tcp://a:61613,tcp://b:61613)"))?,
+            None => trimmed,
         };
-        if !addr.contains(':') {
-            return Err(format!("broker url {url:?} needs host:port"));
-        }
-        let (login, passcode) = match creds.map(|c| c.split_once(':').unwrap_or((c, ""))) {
-            Some((l, p)) => (Some(l.to_string()), Some(p.to_string())),
-            None => (None, None),
-        };
-        Ok(Self {
-            addr: addr.to_string(),
-            login,
-            passcode,
+        let mut config = Self {
+            addrs: Vec::new(),
+            login: None,
+            passcode: None,
             heartbeat: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
-        })
+        };
+        for one in list.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let rest = one.split_once("://").map_or(one, |(_, r)| r).trim_end_matches('/');
+            let (creds, addr) = match rest.rsplit_once('@') {
+                Some((c, a)) => (Some(c), a),
+                None => (None, rest),
+            };
+            if !addr.contains(':') {
+                return Err(format!("broker url {url:?}: {one:?} needs host:port"));
+            }
+            if let Some((login, passcode)) = creds.map(|c| c.split_once(':').unwrap_or((c, ""))) {
+                config.login = Some(login.to_string());
+                config.passcode = Some(passcode.to_string());
+            }
+            config.addrs.push(addr.to_string());
+        }
+        if config.addrs.is_empty() {
+            return Err(format!("broker url {url:?} names no broker"));
+        }
+        Ok(config)
     }
 }
 
@@ -149,21 +169,38 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects and completes the CONNECT/CONNECTED exchange.
+    /// Connects to the first broker that answers (each address in order,
+    /// each within `connect_timeout`) and completes the CONNECT/CONNECTED
+    /// exchange. A standby broker of a shared-store pair does not listen
+    /// until it holds the store's lock, so it is skipped at once.
     pub async fn connect(config: &Config) -> Result<Client, StompError> {
-        tokio::time::timeout(config.connect_timeout, Self::connect_inner(config))
-            .await
-            .map_err(|_| StompError::Timeout)?
+        let mut last = StompError::Closed("no broker address".into());
+        for addr in &config.addrs {
+            match tokio::time::timeout(config.connect_timeout, Self::connect_to(config, addr)).await {
+                Ok(Ok(client)) => {
+                    if config.addrs.len() > 1 {
+                        tracing::info!(%addr, "connected to broker");
+                    }
+                    return Ok(client);
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%addr, %error, "broker did not answer; trying the next");
+                    last = error;
+                }
+                Err(_) => last = StompError::Timeout,
+            }
+        }
+        Err(last)
     }
 
-    async fn connect_inner(config: &Config) -> Result<Client, StompError> {
-        let tcp = TcpStream::connect(&config.addr).await?;
+    async fn connect_to(config: &Config, addr: &str) -> Result<Client, StompError> {
+        let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let (read, write) = tcp.into_split();
         let mut reader = FramedRead::new(read, StompCodec);
         let mut writer = FramedWrite::new(write, StompCodec);
         let hb = config.heartbeat.as_millis();
-        let host = config.addr.rsplit_once(':').map_or("localhost", |(h, _)| h);
+        let host = addr.rsplit_once(':').map_or("localhost", |(h, _)| h);
         let mut connect = Frame::new("CONNECT")
             .header("accept-version", "1.2")
             .header("host", host)
@@ -405,5 +442,53 @@ async fn heartbeat_loop(inner: Arc<Inner>, every: Duration) {
             inner.close(format!("heart-beat write failed: {e}"));
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_broker_or_a_failover_list() {
+        let one = Config::from_url("tcp://app:s3cret@mq:61613").unwrap();
+        assert_eq!(
+            (one.addrs, one.login.as_deref(), one.passcode.as_deref()),
+            (vec!["mq:61613".to_string()], Some("app"), Some("s3cret"))
+        );
+        let pair = Config::from_url("failover:(tcp://a:61613, tcp://b:61614)?randomize=false").unwrap();
+        assert_eq!(pair.addrs, ["a:61613", "b:61614"]);
+        let list = Config::from_url("tcp://a:61613,stomp://u:p@b:61614").unwrap();
+        assert_eq!((list.addrs.len(), list.login.as_deref()), (2, Some("u")), "credentials apply to all");
+        assert_eq!(Config::from_url("127.0.0.1:61613").unwrap().addrs, ["127.0.0.1:61613"]);
+        for bad in ["failover:tcp://a:1", "tcp://nohost", "failover:()", ""] {
+            assert!(Config::from_url(bad).is_err(), "{bad:?} is refused");
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_skips_a_broker_that_does_not_answer() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (socket, _) = live.accept().await.unwrap();
+            let (read, write) = socket.into_split();
+            let mut reader = FramedRead::new(read, StompCodec);
+            let mut writer = FramedWrite::new(write, StompCodec);
+            let Some(Ok(Item::Frame(connect))) = futures::StreamExt::next(&mut reader).await else {
+                panic!("a CONNECT frame")
+            };
+            assert_eq!(connect.command, "CONNECT");
+            let connected = Frame::new("CONNECTED").header("version", "1.2").header("heart-beat", "0,0");
+            futures::SinkExt::send(&mut writer, Item::Frame(connected)).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let mut config = Config::from_url(&format!("failover:(tcp://{dead},tcp://{live_addr})")).unwrap();
+        config.heartbeat = Duration::ZERO;
+        let client = Client::connect(&config).await.expect("the second broker answers");
+        assert!(!client.is_closed());
     }
 }
