@@ -164,6 +164,8 @@ impl Stack {
         assert_eq!(t.inbox, n, "one inbox row per message");
         assert_eq!(t.inbox_from_outbox, n, "every inbox row is one of our outbox rows");
         assert_eq!(t.mispriced, 0, "every order priced at list price less 10 %");
+        let counts = self.store.order_counts().await.expect("order counts");
+        assert_eq!((counts.processed, counts.pending + counts.published + counts.failed), (n, 0), "the counters agree");
     }
 
     /// Inserts `n` orders with their outbox rows straight into the database

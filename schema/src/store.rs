@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::model::{NewOrder, Order, OrderId, OutboxId, OutboxRow, Product};
+use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 
 /// What went wrong in the store, phrased as what the caller can do about it.
@@ -174,6 +174,37 @@ pub(crate) fn add_count(counts: &mut OrderCounts, status: &str, n: i64) {
         "processed" => counts.processed += n,
         "failed" => counts.failed += n,
         _ => {}
+    }
+}
+
+/// How one transaction moved orders between statuses, for the per-status
+/// counters (`order_counts`) it updates before it commits, so that reading the
+/// counts costs O(1) however long the history.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Moves([i64; 4]);
+
+impl Moves {
+    const STATUSES: [OrderStatus; 4] =
+        [OrderStatus::Pending, OrderStatus::Published, OrderStatus::Processed, OrderStatus::Failed];
+
+    fn slot(status: OrderStatus) -> usize {
+        Self::STATUSES.iter().position(|s| *s == status).expect("every status has a slot")
+    }
+
+    /// `n` new orders in `status`.
+    pub(crate) fn add(&mut self, status: OrderStatus, n: i64) {
+        self.0[Self::slot(status)] += n;
+    }
+
+    /// `n` orders moved from one status to another.
+    pub(crate) fn moved(&mut self, from: OrderStatus, to: OrderStatus, n: i64) {
+        self.add(from, -n);
+        self.add(to, n);
+    }
+
+    /// The statuses whose count changed, with the change.
+    pub(crate) fn changes(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
+        Self::STATUSES.iter().zip(self.0).filter(|(_, n)| *n != 0).map(|(s, n)| (s.as_str(), n))
     }
 }
 

@@ -24,8 +24,9 @@ use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 use crate::store::{
-    Applied, AuditEntry, DeadLetter, Delivery, FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore,
-    ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
+    Applied, AuditEntry, DeadLetter, Delivery, FailureOutcome, Moves, OrderCounts, OrderStore, OutboxStats,
+    OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError,
+    add_count,
 };
 
 mod migrations {
@@ -323,6 +324,19 @@ fn text_or_empty(value: &Option<String>) -> &dyn ToSql {
 
 async fn batch(client: &mut TdsClient, sql: &str) -> TdsResult<()> {
     client.simple_query(sql).await?.into_results().await.map(drop)
+}
+
+/// Applies one transaction's status moves to the counters, in a slot that
+/// varies from call to call so that concurrent writers rarely share a row.
+async fn count_moves(client: &mut TdsClient, moves: Moves) -> TdsResult<()> {
+    let slot = i32::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % 16,
+    )
+    .unwrap_or(0);
+    for (status, n) in moves.changes() {
+        exec(client, BUMP_COUNT, &[&n, &status, &slot]).await?;
+    }
+    Ok(())
 }
 
 /// DATEADD takes an INT: milliseconds for short spans (leases, retries; up to 24 days).

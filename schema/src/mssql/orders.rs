@@ -72,6 +72,9 @@ async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
     let stored = order_from_row(inserted.first().ok_or_else(|| conversion("inserted order"))?)?;
     let created_at = Some(stored.created_at.naive_utc());
     insert_outbox(client, &stored, &order.traceparent, &order.tracestate, created_at).await?;
+    let mut moves = Moves::default();
+    moves.add(OrderStatus::Pending, 1);
+    count_moves(client, moves).await?;
     batch(client, COMMIT).await?;
     Ok(Placed::Created(stored))
 }

@@ -9,14 +9,17 @@ use super::*;
 
 async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u64> {
     batch(client, BEGIN).await?;
-    let mut marked = 0;
+    let (mut marked, mut advanced) = (0, 0);
     for id in ids {
         let row = rows(client, MARK_PUBLISHED, &[&id.0]).await?;
         if let Some(order_id) = row.first().and_then(|r| r.get::<i64, _>(0)) {
-            exec(client, ADVANCE_ORDER, &[&order_id]).await?;
+            advanced += exec(client, ADVANCE_ORDER, &[&order_id]).await? as i64;
             marked += 1;
         }
     }
+    let mut moves = Moves::default();
+    moves.moved(OrderStatus::Pending, OrderStatus::Published, advanced);
+    count_moves(client, moves).await?;
     batch(client, COMMIT).await?;
     Ok(marked)
 }
@@ -251,6 +254,9 @@ async fn retry_order(client: &mut TdsClient, order_id: OrderId, requested_by: &s
     };
     let order = order_from_row(row)?;
     let outbox_id = insert_outbox(client, &order, &None, &None, None).await?;
+    let mut moves = Moves::default();
+    moves.moved(OrderStatus::Failed, OrderStatus::Pending, 1);
+    count_moves(client, moves).await?;
     exec(client, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &"retry", &requested_by]).await?;
     batch(client, COMMIT).await?;
     Ok(Some(outbox_id))

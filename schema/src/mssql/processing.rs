@@ -11,6 +11,7 @@ async fn process_one(
     outbox_id: Option<OutboxId>,
     order_id: OrderId,
     price: fn(Decimal, i32) -> Priced,
+    moves: &mut Moves,
 ) -> TdsResult<ProcessOutcome> {
     let found = rows(client, ORDER_FOR_PRICING, &[&order_id.0]).await?;
     // An unknown order leaves no inbox row: a later delivery, once the order exists, still counts.
@@ -32,12 +33,23 @@ async fn process_one(
     }
     let Some(list_price) = list_price else {
         let reason = truncate_utf16(&format!("unknown product {product_id}"), FAILURE_REASON_UNITS).to_string();
-        exec(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
+        mark_failed(client, order_id, &reason, moves).await?;
         return Ok(ProcessOutcome::Failed(reason));
     };
     let priced = price(list_price, quantity);
     let updated = rows(client, MARK_PROCESSED, &[&order_id.0, &priced.unit_price, &priced.total_price]).await?;
+    moves.moved(status, OrderStatus::Processed, 1);
     Ok(ProcessOutcome::Processed(order_from_row(updated.first().ok_or_else(|| conversion("processed order"))?)?))
+}
+
+/// Fails the order unless it is already final; true when it did.
+async fn mark_failed(client: &mut TdsClient, order_id: OrderId, reason: &str, moves: &mut Moves) -> TdsResult<bool> {
+    let updated = rows(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
+    let Some(row) = updated.first() else { return Ok(false) };
+    let from = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("status"))?;
+    let from = OrderStatus::from_str(from).map_err(|e| tiberius::error::Error::Conversion(e.into()))?;
+    moves.moved(from, OrderStatus::Failed, 1);
+    Ok(true)
 }
 
 async fn process_batch(
@@ -47,9 +59,11 @@ async fn process_batch(
 ) -> TdsResult<Vec<ProcessOutcome>> {
     batch(client, BEGIN).await?;
     let mut outcomes = Vec::with_capacity(items.len());
+    let mut moves = Moves::default();
     for (outbox_id, order_id) in items {
-        outcomes.push(process_one(client, *outbox_id, *order_id, price).await?);
+        outcomes.push(process_one(client, *outbox_id, *order_id, price, &mut moves).await?);
     }
+    count_moves(client, moves).await?;
     batch(client, COMMIT).await?;
     Ok(outcomes)
 }
@@ -64,7 +78,7 @@ async fn record_dead_letter(client: &mut TdsClient, d: &Delivery, reason: &str) 
 }
 
 /// A delivery that failed its checks: it may fail only its own order.
-async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str) -> TdsResult<Applied> {
+async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str, moves: &mut Moves) -> TdsResult<Applied> {
     let reason = truncate_utf16(reason, FAILURE_REASON_UNITS);
     let mut order_failed = false;
     if let (Some(outbox_id), Some(order_id)) = (d.outbox_id, d.order_id) {
@@ -73,20 +87,25 @@ async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str) -> TdsResult
             if exec(client, RECORD_INBOX, &[&outbox_id.0, &order_id.0]).await? == 0 {
                 return Ok(Applied::Duplicate);
             }
-            order_failed = exec(client, MARK_FAILED, &[&order_id.0, &reason]).await? > 0;
+            order_failed = mark_failed(client, order_id, reason, moves).await?;
         }
     }
     record_dead_letter(client, d, reason).await?;
     Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
 }
 
-async fn apply_one(client: &mut TdsClient, d: &Delivery, price: fn(Decimal, i32) -> Priced) -> TdsResult<Applied> {
+async fn apply_one(
+    client: &mut TdsClient,
+    d: &Delivery,
+    price: fn(Decimal, i32) -> Priced,
+    moves: &mut Moves,
+) -> TdsResult<Applied> {
     let order_id = match (&d.rejection, d.order_id) {
-        (Some(reason), _) => return reject(client, d, reason).await,
-        (None, None) => return reject(client, d, "the message names no order").await,
+        (Some(reason), _) => return reject(client, d, reason, moves).await,
+        (None, None) => return reject(client, d, "the message names no order", moves).await,
         (None, Some(order_id)) => order_id,
     };
-    let (reason, order_failed) = match process_one(client, d.outbox_id, order_id, price).await? {
+    let (reason, order_failed) = match process_one(client, d.outbox_id, order_id, price, moves).await? {
         ProcessOutcome::Processed(order) => return Ok(Applied::Processed(order)),
         ProcessOutcome::Duplicate => return Ok(Applied::Duplicate),
         ProcessOutcome::OrderNotFound => (format!("order {order_id} not found"), false),
@@ -103,9 +122,11 @@ async fn apply_batch(
 ) -> TdsResult<Vec<Applied>> {
     batch(client, BEGIN).await?;
     let mut outcomes = Vec::with_capacity(deliveries.len());
+    let mut moves = Moves::default();
     for d in deliveries {
-        outcomes.push(apply_one(client, d, price).await?);
+        outcomes.push(apply_one(client, d, price, &mut moves).await?);
     }
+    count_moves(client, moves).await?;
     batch(client, COMMIT).await?;
     Ok(outcomes)
 }

@@ -23,7 +23,7 @@ pub(super) const INSERT_OUTBOX: &str = "INSERT INTO dbo.outbox (outbox_id, order
      created_at) VALUES (@P1, @P2, @P3, @P4, NULLIF(@P5, N''), NULLIF(@P6, N''), @P7)";
 pub(super) const INSERT_OUTBOX_NOW: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, \
      tracestate, created_at) VALUES (@P1, @P2, @P3, @P4, NULLIF(@P5, N''), NULLIF(@P6, N''), SYSUTCDATETIME())";
-pub(super) const ORDER_COUNTS: &str = "SELECT status, COUNT_BIG(*) FROM dbo.orders GROUP BY status";
+pub(super) const ORDER_COUNTS: &str = "SELECT status, SUM(n) FROM dbo.order_counts GROUP BY status";
 pub(super) const PARKED_ROWS: &str = "SELECT TOP (@P1) outbox_id, order_id, attempts, last_error, created_at, dead_at \
      FROM dbo.outbox WHERE dead_at IS NOT NULL ORDER BY dead_at DESC";
 pub(super) const REQUEUE_ROW: &str = "UPDATE dbo.outbox SET dead_at = NULL, attempts = 0, next_attempt_at = SYSUTCDATETIME(), \
@@ -120,7 +120,9 @@ pub(super) const MARK_PROCESSED: &str = concat!(
     " WHERE order_id = @P1 AND status IN (N'pending', N'published')"
 );
 pub(super) const MARK_FAILED: &str = "UPDATE dbo.orders SET status = N'failed', failure_reason = @P2, processed_at = SYSUTCDATETIME() \
-     WHERE order_id = @P1 AND status IN (N'pending', N'published')";
+     OUTPUT deleted.status WHERE order_id = @P1 AND status IN (N'pending', N'published')";
+// One status's counter, in one of its sixteen slots.
+pub(super) const BUMP_COUNT: &str = "UPDATE dbo.order_counts SET n = n + @P1 WHERE status = @P2 AND slot = @P3";
 // A dead letter is recorded once per id; order_id 0 means none (ids start at 1).
 pub(super) const RECORD_DEAD_LETTER: &str = "INSERT INTO dbo.dead_letters (dead_letter_id, order_id, reason, headers, body) \
      SELECT @P1, NULLIF(@P2, 0), @P3, @P4, @P5 \
@@ -167,8 +169,8 @@ pub(super) const TEST_BULK_ORDER: &str =
     "INSERT INTO dbo.orders (customer_name, product_id, quantity) OUTPUT inserted.order_id VALUES (@P1, N'P123', 2)";
 pub(super) const TEST_BULK_OUTBOX: &str =
     "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload) VALUES (@P1, @P2, N'OrderPlacedV1', @P3)";
-pub(super) const TEST_CLEAR: &str =
-    "DELETE FROM dbo.inbox; DELETE FROM dbo.outbox_audit; DELETE FROM dbo.outbox; DELETE FROM dbo.orders";
+pub(super) const TEST_CLEAR: &str = "DELETE FROM dbo.inbox; DELETE FROM dbo.outbox_audit; DELETE FROM dbo.outbox; DELETE FROM dbo.orders; \
+     UPDATE dbo.order_counts SET n = 0";
 
 /// `sql` with its `@LIMIT` replaced by the integer `limit` (see the module header).
 pub(super) fn with_limit(sql: &str, limit: u32) -> String {
@@ -199,6 +201,7 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("ORDER_FOR_PRICING", ORDER_FOR_PRICING),
         ("MARK_PROCESSED", MARK_PROCESSED),
         ("MARK_FAILED", MARK_FAILED),
+        ("BUMP_COUNT", BUMP_COUNT),
         ("ORDER_EXISTS", ORDER_EXISTS),
         ("RECORD_DEAD_LETTER", RECORD_DEAD_LETTER),
         ("OWN_MESSAGE", OWN_MESSAGE),

@@ -82,6 +82,9 @@ impl Probe for MssqlStore {
                 exec(&mut conn, TEST_BULK_OUTBOX, &[&outbox_id.0, &order_id, &payload]).await?;
                 ids.push(outbox_id);
             }
+            let mut moves = Moves::default();
+            moves.add(OrderStatus::Pending, n as i64);
+            count_moves(&mut conn, moves).await?;
             batch(&mut conn, COMMIT).await?;
             Ok(ids)
         }

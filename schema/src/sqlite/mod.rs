@@ -24,8 +24,9 @@ use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::pricing::Priced;
 use crate::store::{
-    Applied, AuditEntry, DeadLetter, Delivery, FailureOutcome, OrderCounts, OrderStore, OutboxStats, OutboxStore,
-    ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError, add_count,
+    Applied, AuditEntry, DeadLetter, Delivery, FailureOutcome, Moves, OrderCounts, OrderStore, OutboxStats,
+    OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError,
+    add_count,
 };
 
 mod busy;
@@ -269,6 +270,15 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         created_at: parse_time(&row.get::<_, String>(8)?)?,
         processed_at: row.get::<_, Option<String>>(9)?.as_deref().map(parse_time).transpose()?,
     })
+}
+
+/// Applies one transaction's status moves to the counters (slot 0: SQLite has one writer).
+fn count_moves(tx: &Connection, moves: Moves) -> Result<(), StoreError> {
+    let mut bump = tx.prepare_cached("UPDATE order_counts SET n = n + ?1 WHERE status = ?2 AND slot = 0")?;
+    for (status, n) in moves.changes() {
+        bump.execute(params![n, status])?;
+    }
+    Ok(())
 }
 
 /// An outbox id read back from its TEXT column.

@@ -70,6 +70,9 @@ fn place_one(tx: &Connection, order: NewOrder) -> Result<Placed, StoreError> {
         order_from_row,
     )?;
     insert_outbox(tx, &stored, order.traceparent.as_deref(), order.tracestate.as_deref(), Some(stored.created_at))?;
+    let mut moves = Moves::default();
+    moves.add(OrderStatus::Pending, 1);
+    count_moves(tx, moves)?;
     Ok(Placed::Created(stored))
 }
 
@@ -139,7 +142,7 @@ impl OrderStore for SqliteStore {
 
     async fn order_counts(&self) -> Result<OrderCounts, StoreError> {
         self.with_conn(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
+            let mut stmt = conn.prepare_cached("SELECT status, SUM(n) FROM order_counts GROUP BY status")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             let mut counts = OrderCounts::default();
             for row in rows {

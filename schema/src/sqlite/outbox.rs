@@ -51,14 +51,17 @@ impl OutboxStore for SqliteStore {
             ))?;
             let mut advance =
                 tx.prepare_cached("UPDATE orders SET status = 'published' WHERE order_id = ?1 AND status = 'pending'")?;
-            let mut marked = 0;
+            let (mut marked, mut advanced) = (0, 0);
             for id in &ids {
                 let order_id: Option<i64> = mark.query_row([id], |r| r.get(0)).optional()?;
                 if let Some(order_id) = order_id {
-                    advance.execute([order_id])?;
+                    advanced += advance.execute([order_id])? as i64;
                     marked += 1;
                 }
             }
+            let mut moves = Moves::default();
+            moves.moved(OrderStatus::Pending, OrderStatus::Published, advanced);
+            count_moves(tx, moves)?;
             Ok(marked)
         })
         .await
@@ -305,6 +308,9 @@ impl OutboxStore for SqliteStore {
                 };
             };
             let outbox_id = insert_outbox(tx, &order, None, None, None)?;
+            let mut moves = Moves::default();
+            moves.moved(OrderStatus::Failed, OrderStatus::Pending, 1);
+            count_moves(tx, moves)?;
             tx.execute(
                 "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, 'retry', ?3)",
                 params![outbox_id.to_string(), order_id.0, requested_by],

@@ -34,7 +34,8 @@ fn process_one(
     if !record_inbox(tx, outbox_id, order_id)? {
         return Ok(ProcessOutcome::Duplicate);
     }
-    if OrderStatus::from_str(&status).map_err(StoreError::Other)?.is_final() {
+    let status = OrderStatus::from_str(&status).map_err(StoreError::Other)?;
+    if status.is_final() {
         return Ok(ProcessOutcome::Duplicate);
     }
     let Some(list_price) = parse_decimal(list_price)? else {
@@ -52,15 +53,26 @@ fn process_one(
         params![order_id.0, priced.unit_price.to_string(), priced.total_price.to_string()],
         order_from_row,
     )?;
+    let mut moves = Moves::default();
+    moves.moved(status, OrderStatus::Processed, 1);
+    count_moves(tx, moves)?;
     Ok(ProcessOutcome::Processed(order))
 }
 
-fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str) -> Result<usize, StoreError> {
-    let sql = format!(
-        "UPDATE orders SET status = 'failed', failure_reason = ?2, processed_at = {NOW} \
-         WHERE order_id = ?1 AND status IN ('pending', 'published')"
-    );
-    Ok(tx.execute(&sql, params![order_id.0, reason])?)
+/// Fails the order unless it is already final; true when it did.
+fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str) -> Result<bool, StoreError> {
+    let open: Option<String> = tx
+        .prepare_cached("SELECT status FROM orders WHERE order_id = ?1 AND status IN ('pending', 'published')")?
+        .query_row([order_id.0], |r| r.get(0))
+        .optional()?;
+    let Some(from) = open else { return Ok(false) };
+    let sql =
+        format!("UPDATE orders SET status = 'failed', failure_reason = ?2, processed_at = {NOW} WHERE order_id = ?1");
+    tx.prepare_cached(&sql)?.execute(params![order_id.0, reason])?;
+    let mut moves = Moves::default();
+    moves.moved(OrderStatus::from_str(&from).map_err(StoreError::Other)?, OrderStatus::Failed, 1);
+    count_moves(tx, moves)?;
+    Ok(true)
 }
 
 /// Records the dead letter unless one with its id exists; true when recorded now.
@@ -98,7 +110,7 @@ fn reject(tx: &Connection, d: &Delivery, reason: &str) -> Result<Applied, StoreE
         if !record_inbox(tx, Some(outbox_id), order_id)? {
             return Ok(Applied::Duplicate);
         }
-        order_failed = mark_failed(tx, order_id, reason)? > 0;
+        order_failed = mark_failed(tx, order_id, reason)?;
     }
     record_dead_letter(tx, d, reason)?;
     Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })

@@ -98,6 +98,9 @@ impl Probe for SqliteStore {
                 outbox.execute(params![outbox_id.to_string(), order_id, payload])?;
                 ids.push(outbox_id);
             }
+            let mut moves = Moves::default();
+            moves.add(OrderStatus::Pending, n as i64);
+            count_moves(tx, moves)?;
             Ok(ids)
         })
         .await
@@ -106,7 +109,8 @@ impl Probe for SqliteStore {
     async fn clear(&self) -> Result<(), StoreError> {
         self.write(|tx| {
             Ok(tx.execute_batch(
-                "DELETE FROM inbox; DELETE FROM outbox_audit; DELETE FROM outbox; DELETE FROM orders;",
+                "DELETE FROM inbox; DELETE FROM outbox_audit; DELETE FROM outbox; DELETE FROM orders; \
+                 UPDATE order_counts SET n = 0;",
             )?)
         })
         .await

@@ -376,6 +376,41 @@ pub async fn the_ops_views_list_failures_publication_times_and_the_audit(store: 
     assert_eq!(store.recent_audit(1).await.unwrap().len(), 1);
 }
 
+pub async fn order_counts_follow_every_status_change(store: Arc<dyn Store>) {
+    let counts = |store: Arc<dyn Store>| async move {
+        let c = store.order_counts().await.unwrap();
+        (c.pending, c.published, c.processed, c.failed)
+    };
+    let good = place(&store, "P123", 1).await;
+    let unknown = place(&store, "P999", 1).await;
+    let rejected = place(&store, "P200", 1).await;
+    assert_eq!(counts(store.clone()).await, (3, 0, 0, 0));
+    let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
+    let own = |order: OrderId| rows.iter().find(|r| r.order_id == order).unwrap().outbox_id;
+    store.mark_published("relay-a", &[own(good), own(unknown)]).await.unwrap();
+    store.mark_published("relay-a", &[own(good)]).await.unwrap();
+    assert_eq!(counts(store.clone()).await, (1, 2, 0, 0), "a repeated mark moves nothing");
+    let applied = store
+        .apply(
+            &[
+                delivery(Some(own(good)), Some(good), None),
+                delivery(Some(own(good)), Some(good), None),
+                delivery(Some(own(unknown)), Some(unknown), None),
+                delivery(Some(own(rejected)), Some(rejected), Some("quantity must be a number")),
+                delivery(None, Some(good), Some("a stray")),
+            ],
+            price,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(applied[0], Applied::Processed(_)) && applied[1] == Applied::Duplicate);
+    assert_eq!(counts(store.clone()).await, (0, 0, 1, 2), "processed once; failed from pending and from published");
+    store.retry_failed_order(unknown, "ops").await.unwrap();
+    assert_eq!(counts(store.clone()).await, (1, 0, 1, 1));
+    store.process_order(None, good, price).await.unwrap();
+    assert_eq!(counts(store.clone()).await, (1, 0, 1, 1), "a final order is not counted twice");
+}
+
 pub async fn a_failed_order_can_be_retried_once_its_cause_is_fixed(store: Arc<dyn Store>) {
     let order = place(&store, "P999", 2).await;
     let first = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()[0].outbox_id;
@@ -529,6 +564,7 @@ macro_rules! contract_tests {
                 reconciliation_reports_orders_published_but_not_processed,
                 an_order_stuck_since_its_publication_is_sent_again,
                 the_ops_views_list_failures_publication_times_and_the_audit,
+                order_counts_follow_every_status_change,
                 a_failed_order_can_be_retried_once_its_cause_is_fixed,
                 a_batch_is_one_transaction_with_an_outcome_per_message,
                 keys_that_differ_only_in_case_are_different,
