@@ -31,6 +31,11 @@ impl ServiceProcess {
         Ok(Self { child: cmd.spawn()? })
     }
 
+    /// Its usage so far.
+    pub fn usage(&self) -> Usage {
+        usage(self.child.id())
+    }
+
     /// Reads its usage, then stops it with SIGTERM and waits.
     pub fn stop(mut self) -> anyhow::Result<Usage> {
         let usage = usage(self.child.id());
@@ -41,7 +46,8 @@ impl ServiceProcess {
     }
 }
 
-fn usage(pid: u32) -> Usage {
+/// What process `pid` has used so far (zero when it is gone).
+pub fn usage(pid: u32) -> Usage {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb: f64 = status
         .lines()

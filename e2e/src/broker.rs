@@ -42,6 +42,11 @@ impl Broker {
         (master, standby)
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("broker.pid")).ok()?.trim().parse().ok()
+    }
+
     /// True while the broker accepts connections on its port.
     pub fn listening(&self) -> bool {
         std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()

@@ -42,6 +42,9 @@ pub struct Tally {
 
 pub use crate::store::AuditEntry;
 
+/// Orders per transaction of [`Probe::bulk_history`].
+pub const HISTORY_CHUNK: usize = 100_000;
+
 /// Test-only access to a backend.
 #[async_trait]
 pub trait Probe: Send + Sync {
@@ -59,6 +62,10 @@ pub trait Probe: Send + Sync {
     /// transaction (a backlog); `payload_pad` bytes of padding make each
     /// message that much bigger. Returns the outbox ids in order.
     async fn bulk_orders(&self, n: usize, payload_pad: usize) -> Result<Vec<OutboxId>, StoreError>;
+    /// Adds `n` orders processed 30 days ago, each with its published outbox
+    /// row and its inbox row (years of history, for the bench), set-based in
+    /// transactions of [`HISTORY_CHUNK`] orders.
+    async fn bulk_history(&self, n: usize) -> Result<(), StoreError>;
     /// Deletes every order, outbox, inbox and audit row.
     async fn clear(&self) -> Result<(), StoreError>;
 }

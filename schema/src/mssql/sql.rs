@@ -169,6 +169,18 @@ pub(super) const TEST_BULK_ORDER: &str =
     "INSERT INTO dbo.orders (customer_name, product_id, quantity) OUTPUT inserted.order_id VALUES (@P1, N'P123', 2)";
 pub(super) const TEST_BULK_OUTBOX: &str =
     "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload) VALUES (@P1, @P2, N'OrderPlacedV1', @P3)";
+// The bench's history: set-based, a chunk per transaction (a loader, so a
+// table lock is fine here).
+pub(super) const TEST_HISTORY_FIRST: &str = "SELECT COALESCE(MAX(order_id), 0) + 1 FROM dbo.orders";
+pub(super) const TEST_HISTORY_ORDERS: &str = "INSERT INTO dbo.orders (customer_name, product_id, quantity, status, \
+     unit_price, total_price, created_at, processed_at) SELECT TOP (@LIMIT) N'History', N'P123', 2, N'processed', \
+     90.00, 180.00, DATEADD(day, -30, SYSUTCDATETIME()), DATEADD(day, -30, SYSUTCDATETIME()) \
+     FROM sys.all_objects AS a CROSS JOIN sys.all_objects AS b";
+pub(super) const TEST_HISTORY_OUTBOX: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, \
+     created_at, next_attempt_at, published_at) SELECT NEWID(), o.order_id, N'OrderPlacedV1', N'{}', o.created_at, \
+     o.created_at, o.created_at FROM dbo.orders AS o WHERE o.order_id >= @P1";
+pub(super) const TEST_HISTORY_INBOX: &str = "INSERT INTO dbo.inbox (outbox_id, order_id, processed_at) \
+     SELECT outbox_id, order_id, published_at FROM dbo.outbox WHERE order_id >= @P1";
 pub(super) const TEST_CLEAR: &str = "DELETE FROM dbo.inbox; DELETE FROM dbo.outbox_audit; DELETE FROM dbo.outbox; DELETE FROM dbo.orders; \
      UPDATE dbo.order_counts SET n = 0";
 
@@ -235,5 +247,9 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("TEST_BULK_ORDER", TEST_BULK_ORDER),
         ("TEST_BULK_OUTBOX", TEST_BULK_OUTBOX),
         ("TEST_CLEAR", TEST_CLEAR),
+        ("TEST_HISTORY_FIRST", TEST_HISTORY_FIRST),
+        ("TEST_HISTORY_ORDERS", TEST_HISTORY_ORDERS),
+        ("TEST_HISTORY_OUTBOX", TEST_HISTORY_OUTBOX),
+        ("TEST_HISTORY_INBOX", TEST_HISTORY_INBOX),
     ]
 }

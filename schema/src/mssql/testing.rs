@@ -92,6 +92,30 @@ impl Probe for MssqlStore {
         finish(conn, result)
     }
 
+    async fn bulk_history(&self, n: usize) -> Result<(), StoreError> {
+        let mut left = n;
+        while left > 0 {
+            let chunk = left.min(crate::testing::HISTORY_CHUNK);
+            left -= chunk;
+            let mut conn = self.conn().await?;
+            let result = async {
+                batch(&mut conn, BEGIN).await?;
+                let first = rows(&mut conn, TEST_HISTORY_FIRST, &[]).await?;
+                let first = first.first().and_then(|r| r.get::<i64, _>(0)).ok_or_else(|| conversion("first id"))?;
+                exec(&mut conn, &with_limit(TEST_HISTORY_ORDERS, chunk as u32), &[]).await?;
+                exec(&mut conn, TEST_HISTORY_OUTBOX, &[&first]).await?;
+                exec(&mut conn, TEST_HISTORY_INBOX, &[&first]).await?;
+                let mut moves = Moves::default();
+                moves.add(OrderStatus::Processed, chunk as i64);
+                count_moves(&mut conn, moves).await?;
+                batch(&mut conn, COMMIT).await
+            }
+            .await;
+            finish(conn, result)?;
+        }
+        Ok(())
+    }
+
     async fn clear(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let result = batch(&mut conn, TEST_CLEAR).await;

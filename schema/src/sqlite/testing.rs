@@ -22,6 +22,21 @@ const TALLY: &str = "SELECT \
         AND (CAST(o.unit_price AS REAL) <> ROUND(CAST(p.list_price AS REAL) * 0.9 + 1e-9, 2) \
           OR CAST(o.total_price AS REAL) <> ROUND(CAST(o.unit_price AS REAL) * o.quantity, 2)))";
 
+/// `?1` processed orders, 30 days old.
+const HISTORY_ORDERS: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1) \
+     INSERT INTO orders (customer_name, product_id, quantity, status, unit_price, total_price, created_at, processed_at) \
+     SELECT 'History ' || x, 'P123', 2, 'processed', '90.00', '180.00', \
+       strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days') FROM c";
+/// A published outbox row (random UUID text) for each order from `?1` on.
+const HISTORY_OUTBOX: &str = "INSERT INTO outbox (outbox_id, order_id, event_type, payload, created_at, next_attempt_at, \
+       published_at) \
+     SELECT substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-4' || substr(h, 14, 3) || '-a' || substr(h, 18, 3) || '-' \
+       || substr(h, 21, 12), order_id, 'OrderPlacedV1', '{\"order_id\": ' || order_id || '}', created_at, created_at, created_at \
+     FROM (SELECT lower(hex(randomblob(16))) AS h, order_id, created_at FROM orders WHERE order_id >= ?1)";
+/// The inbox row of each of those messages.
+const HISTORY_INBOX: &str = "INSERT INTO inbox (outbox_id, order_id, processed_at) \
+     SELECT outbox_id, order_id, published_at FROM outbox WHERE order_id >= ?1";
+
 #[async_trait]
 impl Probe for SqliteStore {
     async fn tally(&self) -> Result<Tally, StoreError> {
@@ -104,6 +119,26 @@ impl Probe for SqliteStore {
             Ok(ids)
         })
         .await
+    }
+
+    async fn bulk_history(&self, n: usize) -> Result<(), StoreError> {
+        let mut left = n;
+        while left > 0 {
+            let chunk = left.min(crate::testing::HISTORY_CHUNK);
+            left -= chunk;
+            self.write(move |tx| {
+                let first: i64 = tx.query_row("SELECT COALESCE(MAX(order_id), 0) + 1 FROM orders", [], |r| r.get(0))?;
+                tx.execute(HISTORY_ORDERS, [chunk as i64])?;
+                tx.execute(HISTORY_OUTBOX, [first])?;
+                tx.execute(HISTORY_INBOX, [first])?;
+                let mut moves = Moves::default();
+                moves.add(OrderStatus::Processed, chunk as i64);
+                count_moves(tx, moves)?;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn clear(&self) -> Result<(), StoreError> {

@@ -625,3 +625,21 @@ async fn sqlite_reconciliation_finds_pending_orders_without_an_outbox_row() {
     conn.execute("INSERT INTO orders (customer_name, product_id, quantity) VALUES ('Seed', 'P123', 2)", []).unwrap();
     assert_eq!(store.reconcile(Duration::from_secs(3600)).await.unwrap().pending_without_outbox, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_loads_as_processed_orders_with_their_rows_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("history.db").display());
+    let store = schema::connect(&url).await.unwrap();
+    let probe = schema::testing::probe(&url).await.unwrap();
+    place(&store, "P123", 1).await;
+    probe.bulk_history(schema::testing::HISTORY_CHUNK + 7).await.unwrap();
+    let t = probe.tally().await.unwrap();
+    let n = schema::testing::HISTORY_CHUNK as i64 + 7;
+    assert_eq!((t.orders, t.processed, t.outbox, t.published_rows, t.inbox_from_outbox), (n + 1, n, n + 1, n, n));
+    assert_eq!(store.order_counts().await.unwrap().processed, n);
+    // History is old: retention takes it, in batches.
+    assert_eq!(store.purge_published(Duration::from_secs(7 * 24 * 3600), 500).await.unwrap(), 500);
+    let parse = store.recent_orders(1).await.unwrap();
+    assert_eq!(parse[0].status, OrderStatus::Processed, "history rows read back as orders");
+}
