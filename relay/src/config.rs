@@ -62,6 +62,10 @@ pub struct Config {
     /// Rows per retention delete.
     #[arg(long, env = "PURGE_BATCH", default_value_t = 500)]
     pub purge_batch: u32,
+    /// Pause between retention deletes (ms), so that a large purge leaves the
+    /// database's writer to the pipeline most of the time.
+    #[arg(long, env = "PURGE_PAUSE_MS", default_value_t = 50)]
+    pub purge_pause_ms: u64,
     /// Cron (6 fields, UTC) of the reconciliation sweep; empty disables it.
     #[arg(long, env = "RECONCILE_CRON", default_value = "*/30 * * * * *")]
     pub reconcile_cron: String,
@@ -101,6 +105,7 @@ impl Config {
             outbox_retention_secs: 7 * 24 * 3600,
             inbox_retention_secs: 7 * 24 * 3600,
             purge_batch: 500,
+            purge_pause_ms: 50,
             reconcile_cron: "*/30 * * * * *".into(),
             stale_published_secs: 300,
             repair_stuck: true,
@@ -119,6 +124,7 @@ impl Config {
             outbox_retention: Duration::from_secs(self.outbox_retention_secs),
             inbox_retention: Duration::from_secs(self.inbox_retention_secs),
             purge_batch: self.purge_batch.max(1),
+            purge_pause: Duration::from_millis(self.purge_pause_ms),
             reconcile_cron: self.reconcile_cron.clone(),
             stale_published_after: Duration::from_secs(self.stale_published_secs),
             repair_as: self.repair_stuck.then(|| format!("reconciler:{relay_id}")),

@@ -29,6 +29,8 @@ pub struct Settings {
     pub inbox_retention: Duration,
     /// Rows per delete statement.
     pub purge_batch: u32,
+    /// Pause after each full delete batch.
+    pub purge_pause: Duration,
     /// Cron expression of the reconciliation sweep; empty disables it.
     pub reconcile_cron: String,
     /// An order `published` this long ago (its last publication) and still not
@@ -59,6 +61,7 @@ pub async fn retention_once(
         if n < u64::from(settings.purge_batch) {
             break;
         }
+        tokio::time::sleep(settings.purge_pause).await;
     }
     let mut inbox = 0;
     for _ in 0..MAX_BATCHES_PER_RUN {
@@ -68,6 +71,7 @@ pub async fn retention_once(
         if n < u64::from(settings.purge_batch) {
             break;
         }
+        tokio::time::sleep(settings.purge_pause).await;
     }
     Ok((outbox, inbox))
 }
