@@ -34,11 +34,14 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== dependencies: RustSec advisories (offline snapshot) and licences"
 command -v cargo-audit >/dev/null 2>&1 || { echo "installing cargo-audit..."; cargo install cargo-audit --version '^0.22' --locked --quiet; }
 command -v cargo-deny >/dev/null 2>&1 || { echo "installing cargo-deny..."; cargo install cargo-deny --version 0.20.2 --locked --quiet; }
-advisory_db=${ADVISORY_DB:-$(cd .. && pwd)/shared/advisory-db}
-if [ -d "$advisory_db" ]; then
+advisory_db=${ADVISORY_DB:-}
+for candidate in "$(cd .. && pwd)/shared/advisory-db" /work/shared/advisory-db; do
+    if [ -z "$advisory_db" ] && [ -d "$candidate" ]; then advisory_db=$candidate; fi
+done
+if [ -n "$advisory_db" ] && [ -d "$advisory_db" ]; then
     cargo audit --db "$advisory_db" --no-fetch
 else
-    echo "WARNING: no RustSec snapshot at $advisory_db (set ADVISORY_DB): advisories NOT checked" >&2
+    echo "WARNING: no RustSec snapshot in ../shared/advisory-db (set ADVISORY_DB): advisories NOT checked" >&2
 fi
 cargo deny check licenses 2>&1 | tail -n 20
 
