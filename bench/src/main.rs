@@ -51,6 +51,9 @@ struct Args {
     /// last round run on a database that holds them, with retention purging; 0 skips it.
     #[arg(long, default_value_t = 2_000_000)]
     history: usize,
+    /// Runs one busy-looping process at normal priority beside the bench (CPU contention).
+    #[arg(long)]
+    busy_loop: bool,
     /// Query options for the SQLite URLs, e.g. `synchronous=normal` (default: FULL, durable).
     #[arg(long, default_value = "")]
     sqlite_options: String,
@@ -67,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
         args.load_duration = args.load_duration.min(Duration::from_secs(5));
         args.history = args.history.min(200_000);
     }
+    let busy = match args.busy_loop {
+        true => Some(BusyLoop(std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn()?)),
+        false => None,
+    };
     let broker = e2e::broker::Broker::start();
     eprintln!(
         "broker at {}; {} rounds of {} messages per phase, batch {}",
@@ -96,5 +103,16 @@ async fn main() -> anyhow::Result<()> {
     report.print();
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("\nJSON written to {}", args.json.display());
+    drop(busy);
     Ok(())
+}
+
+/// A busy-looping process, killed when dropped.
+struct BusyLoop(std::process::Child);
+
+impl Drop for BusyLoop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -275,6 +275,7 @@ pub struct Report {
     pub messages: usize,
     pub batch: usize,
     pub sqlite_options: String,
+    pub busy_loop: bool,
     pub rounds: Vec<Round>,
     pub figures: Vec<(String, Spread)>,
     /// The round on a database with history, if run.
@@ -317,6 +318,7 @@ impl Report {
                 "" => "default (synchronous=FULL)".into(),
                 options => options.into(),
             },
+            busy_loop: args.busy_loop,
             rounds,
             figures,
             history,
@@ -332,12 +334,13 @@ impl Report {
     /// The table: median, range and spread of each figure.
     pub fn print(&self) {
         println!(
-            "\norderflow bench: {} rounds, {} messages per phase, batch {}, SQLite {}, on {}",
+            "\norderflow bench: {} rounds, {} messages per phase, batch {}, SQLite {}, on {}{}",
             self.rounds.len(),
             self.messages,
             self.batch,
             self.sqlite_options,
-            self.machine
+            self.machine,
+            if self.busy_loop { ", with one busy-looping process beside it" } else { "" }
         );
         println!("{:<52} {:>10} {:>21} {:>9}", "figure", "median", "min - max", "spread");
         for (name, s) in &self.figures {
