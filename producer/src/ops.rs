@@ -125,13 +125,7 @@ fn acting(ops: &Ops, headers: &HeaderMap) -> Result<String, OpsError> {
     headers
         .get("x-requested-by")
         .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|w| {
-            !w.is_empty()
-                && schema::limits::utf16_len(w) <= schema::limits::REQUESTED_BY_UNITS
-                && !w.chars().any(char::is_control)
-        })
-        .map(str::to_string)
+        .and_then(schema::limits::requester)
         .ok_or_else(|| OpsError::BadRequest("say who is acting: an X-Requested-By header (1-200 characters)".into()))
 }
 

@@ -122,12 +122,7 @@ fn requested_by(q: &TargetQuery, headers: &HeaderMap) -> Result<String, OpsError
     q.requested_by
         .clone()
         .or_else(|| headers.get("x-requested-by").and_then(|v| v.to_str().ok()).map(str::to_string))
-        .map(|w| w.trim().to_string())
-        .filter(|w| {
-            !w.is_empty()
-                && schema::limits::utf16_len(w) <= schema::limits::REQUESTED_BY_UNITS
-                && !w.chars().any(char::is_control)
-        })
+        .and_then(|w| schema::limits::requester(&w))
         .ok_or_else(|| {
             OpsError::BadRequest(
                 "say who is asking: requested_by=NAME or an X-Requested-By header (1-200 characters)".into(),

@@ -27,6 +27,14 @@ pub const LEASE_OWNER_UNITS: usize = 100;
 
 const _: () = assert!(CUSTOMER_NAME_CHARS * 2 <= CUSTOMER_NAME_UNITS, "every valid name fits its column");
 
+/// An operator's name as given (`requested_by`): trimmed, 1-200 UTF-16
+/// units, no control characters; `None` otherwise.
+pub fn requester(raw: &str) -> Option<String> {
+    let name = raw.trim();
+    (!name.is_empty() && utf16_len(name) <= REQUESTED_BY_UNITS && !name.chars().any(char::is_control))
+        .then(|| name.to_string())
+}
+
 /// Length of `s` in UTF-16 code units (an emoji counts two).
 pub fn utf16_len(s: &str) -> usize {
     s.chars().map(char::len_utf16).sum()

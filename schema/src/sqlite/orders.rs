@@ -20,7 +20,7 @@ pub(super) async fn place_orders(writer: Db, mut queue: mpsc::Receiver<PlaceRequ
         let (orders, replies): (Vec<NewOrder>, Vec<_>) = batch.into_iter().map(|r| (r.order, r.reply)).unzip();
         let results = writer
             .write(move |tx| {
-                Ok(orders
+                let results: Vec<Result<Placed, StoreError>> = orders
                     .into_iter()
                     .map(|order| {
                         tx.execute_batch("SAVEPOINT place_order")?;
@@ -35,7 +35,15 @@ pub(super) async fn place_orders(writer: Db, mut queue: mpsc::Receiver<PlaceRequ
                             }
                         }
                     })
-                    .collect::<Vec<Result<Placed, StoreError>>>())
+                    .collect();
+                // The counters move once per group, for the orders it created.
+                let mut moves = Moves::default();
+                moves.add(
+                    OrderStatus::Pending,
+                    results.iter().filter(|r| matches!(r, Ok(Placed::Created(_)))).count() as i64,
+                );
+                count_moves(tx, moves)?;
+                Ok(results)
             })
             .await;
         match results {
@@ -70,9 +78,6 @@ fn place_one(tx: &Connection, order: NewOrder) -> Result<Placed, StoreError> {
         order_from_row,
     )?;
     insert_outbox(tx, &stored, order.traceparent.as_deref(), order.tracestate.as_deref(), Some(stored.created_at))?;
-    let mut moves = Moves::default();
-    moves.add(OrderStatus::Pending, 1);
-    count_moves(tx, moves)?;
     Ok(Placed::Created(stored))
 }
 
