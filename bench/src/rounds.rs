@@ -2,6 +2,7 @@
 //! queues) and the report over all rounds: median and spread of each figure.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -158,7 +159,7 @@ async fn http_phases(
     let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env)?;
     let base = format!("http://127.0.0.1:{http_port}");
     ready(&base).await?;
-    let options = |mode| loadtest::run::Options {
+    let options = |mode, all_final| loadtest::run::Options {
         url: base.clone(),
         mode,
         duration: args.load_duration,
@@ -167,14 +168,27 @@ async fn http_phases(
         wait: Some(Duration::from_secs(300)),
         request_timeout: Duration::from_secs(10),
         progress: false,
+        all_final,
     };
     let cpu = || {
         let broker_cpu = broker.pid().map_or(0.0, |pid| procs::usage(pid).cpu_seconds);
         [producer.usage().cpu_seconds, relay.usage().cpu_seconds, consumer.usage().cpu_seconds, broker_cpu]
     };
+    // CPU is read when every order is final, before the load tool reads each
+    // order back: those reads are the tool's check, not the pipeline's work.
+    let all_final = Arc::new(tokio::sync::Notify::new());
     let before = cpu();
-    let max = loadtest::run::run(options(loadtest::run::Mode::Closed { concurrency: args.concurrency })).await?;
-    let after = cpu();
+    let closed = loadtest::run::Mode::Closed { concurrency: args.concurrency };
+    let run = loadtest::run::run(options(closed, Some(all_final.clone())));
+    tokio::pin!(run);
+    let mut after = None;
+    let max = loop {
+        tokio::select! {
+            summary = &mut run => break summary?,
+            _ = all_final.notified(), if after.is_none() => after = Some(cpu()),
+        }
+    };
+    let after = after.ok_or_else(|| anyhow::anyhow!("the HTTP max phase's orders did not all become final"))?;
     let orders = max.accepted.max(1) as f64;
     let cpu_us_per_order = [0, 1, 2, 3].map(|i| ((after[i] - before[i]) * 1e6 / orders).round());
     // On a history, a second relay runs retention every two seconds while the
@@ -189,7 +203,7 @@ async fn http_phases(
     };
     let outbox_before = probe.tally().await?.outbox;
     let started = Instant::now();
-    let steady = loadtest::run::run(options(loadtest::run::Mode::Open { rate: 2000.0 })).await?;
+    let steady = loadtest::run::run(options(loadtest::run::Mode::Open { rate: 2000.0 }, None)).await?;
     let purged = (outbox_before + steady.accepted as i64 - probe.tally().await?.outbox).max(0) as f64;
     let purged_per_s = purged / started.elapsed().as_secs_f64();
     if let Some(purger) = purger {

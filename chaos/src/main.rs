@@ -160,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
         wait: None,
         request_timeout: Duration::from_secs(10),
         progress: false,
+        all_final: None,
     }));
     run.inject_faults(&producer_url).await?;
     let load = load.await??;

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         wait: (!args.wait.is_zero()).then_some(args.wait),
         request_timeout: args.request_timeout,
         progress: !args.json,
+        all_final: None,
     };
     let summary = run(options).await?;
     match args.json {

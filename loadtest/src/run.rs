@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::Notify;
 
 use crate::stats::{Summary, Tally, record};
 
@@ -41,6 +42,9 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Draw a live progress bar on stderr.
     pub progress: bool,
+    /// Notified when the totals first show every accepted order final, before
+    /// the wait reads each order back (the bench takes its CPU figures there).
+    pub all_final: Option<Arc<Notify>>,
 }
 
 #[derive(Default)]
@@ -236,6 +240,9 @@ async fn wait_until_final(shared: &Arc<Shared>, baseline: Counts, wait: Duration
         match counts(&shared.http, &shared.options.url).await {
             Some(c) if c.processed + c.failed - baseline.processed - baseline.failed >= accepted => {
                 all_final = Some(Instant::now());
+                if let Some(notify) = &shared.options.all_final {
+                    notify.notify_one();
+                }
                 break;
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,

@@ -17,6 +17,7 @@ fn options(stack: &Stack, mode: Mode) -> Options {
         wait: Some(Duration::from_secs(60)),
         request_timeout: Duration::from_secs(10),
         progress: false,
+        all_final: None,
     }
 }
 

@@ -1,13 +1,12 @@
 //! SQLite: placing and reading orders, with group commit of concurrent orders.
 //!
-//! Invariant: each order commits together with its outbox row (a savepoint per
-//! order inside the group's transaction).
+//! Invariant: each order commits together with its outbox row, and one order's
+//! failure never undoes another's ([`place_group`]).
 
 use super::*;
 
 /// Group commit: orders waiting at the same moment are written in one
-/// transaction, each inside its own savepoint, so one order's failure never
-/// touches another's and each order still commits with its outbox row.
+/// transaction ([`place_group`]); each order still commits with its outbox row.
 pub(super) async fn place_orders(writer: Db, mut queue: mpsc::Receiver<PlaceRequest>) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
@@ -20,22 +19,7 @@ pub(super) async fn place_orders(writer: Db, mut queue: mpsc::Receiver<PlaceRequ
         let (orders, replies): (Vec<NewOrder>, Vec<_>) = batch.into_iter().map(|r| (r.order, r.reply)).unzip();
         let results = writer
             .write(move |tx| {
-                let results: Vec<Result<Placed, StoreError>> = orders
-                    .into_iter()
-                    .map(|order| {
-                        tx.execute_batch("SAVEPOINT place_order")?;
-                        match place_one(tx, order) {
-                            Ok(placed) => {
-                                tx.execute_batch("RELEASE place_order")?;
-                                Ok(placed)
-                            }
-                            Err(error) => {
-                                tx.execute_batch("ROLLBACK TO place_order; RELEASE place_order")?;
-                                Err(error)
-                            }
-                        }
-                    })
-                    .collect();
+                let results = place_group(tx, orders)?;
                 // The counters move once per group, for the orders it created.
                 let mut moves = Moves::default();
                 moves.add(
@@ -61,8 +45,40 @@ pub(super) async fn place_orders(writer: Db, mut queue: mpsc::Receiver<PlaceRequ
     }
 }
 
+/// Places a group in one go. When one order fails (rare: the API has
+/// validated them), the group is rolled back and placed again order by order,
+/// each inside its own savepoint, so that failure touches no other order. A
+/// savepoint per order on every group would copy each page an order touches
+/// into the statement journal: a fifth of the writer's time.
+fn place_group(tx: &Connection, orders: Vec<NewOrder>) -> Result<Vec<Result<Placed, StoreError>>, StoreError> {
+    tx.execute_batch("SAVEPOINT place_group")?;
+    match orders.iter().map(|order| place_one(tx, order)).collect::<Result<Vec<_>, _>>() {
+        Ok(placed) => {
+            tx.execute_batch("RELEASE place_group")?;
+            return Ok(placed.into_iter().map(Ok).collect());
+        }
+        Err(_) => tx.execute_batch("ROLLBACK TO place_group; RELEASE place_group")?,
+    }
+    orders
+        .iter()
+        .map(|order| {
+            tx.execute_batch("SAVEPOINT place_order")?;
+            match place_one(tx, order) {
+                Ok(placed) => {
+                    tx.execute_batch("RELEASE place_order")?;
+                    Ok(Ok(placed))
+                }
+                Err(error) => {
+                    tx.execute_batch("ROLLBACK TO place_order; RELEASE place_order")?;
+                    Ok(Err(error))
+                }
+            }
+        })
+        .collect()
+}
+
 /// One order and its outbox row (inside the caller's transaction).
-fn place_one(tx: &Connection, order: NewOrder) -> Result<Placed, StoreError> {
+fn place_one(tx: &Connection, order: &NewOrder) -> Result<Placed, StoreError> {
     if let Some(key) = &order.idempotency_key {
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = ?1");
         if let Some(existing) = tx.query_row(&sql, [key], order_from_row).optional()? {

@@ -643,3 +643,38 @@ async fn a_history_loads_as_processed_orders_with_their_rows_and_counts() {
     let parse = store.recent_orders(1).await.unwrap();
     assert_eq!(parse[0].status, OrderStatus::Processed, "history rows read back as orders");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_one_failing_order_in_a_group_commit_leaves_the_others_placed() {
+    let (store, dir) = sqlite_store().await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("contract.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER boom BEFORE INSERT ON outbox WHEN (SELECT customer_name FROM orders \
+         WHERE order_id = NEW.order_id) = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END",
+    )
+    .unwrap();
+    // Sent at once, so that the writer commits them in groups.
+    let names: Vec<String> = (0..40).map(|i| if i == 17 { "boom".into() } else { format!("buyer {i}") }).collect();
+    let placing: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (store, order) = (store.clone(), new_order(name, "P200", 1));
+            tokio::spawn(async move { store.place_order(order).await })
+        })
+        .collect();
+    for (name, placed) in names.iter().zip(placing) {
+        match (name.as_str(), placed.await.unwrap()) {
+            ("boom", Err(e)) => assert!(e.to_string().contains("boom"), "{e}"),
+            ("boom", Ok(p)) => panic!("the failing order was placed: {p:?}"),
+            (_, Ok(Placed::Created(order))) => assert_eq!(&order.customer_name, name),
+            (_, other) => panic!("{name}: {other:?}"),
+        }
+    }
+    let (orders, outbox): (i64, i64) = conn
+        .query_row("SELECT (SELECT COUNT(*) FROM orders), (SELECT COUNT(*) FROM outbox)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((orders, outbox), (39, 39), "the failing order's row went with its outbox row, no other");
+    assert_eq!(store.order_counts().await.unwrap().pending, 39);
+}
