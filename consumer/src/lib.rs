@@ -38,23 +38,25 @@ pub struct App {
     registry: Registry,
     metrics: Metrics,
     readiness: Readiness,
+    broker: stomp::Config,
 }
 
 impl App {
     /// Connects to the database (running migrations) and binds the admin port.
     /// The broker is connected in `run`, with retries, so the consumer starts during an outage.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        observability::AdminToken::new(config.admin_token.as_deref()).check_bind(config.admin_addr)?;
-        let store = schema::connect(&config.database_url)
+        observability::AdminToken::new(config.service.admin_token.as_deref()).check_bind(config.admin_addr)?;
+        let store = schema::connect(&config.service.database_url)
             .await
-            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
+            .with_context(|| format!("connecting to {}", schema::redact_url(&config.service.database_url)))?;
+        let broker = config.broker.client_config().map_err(anyhow::Error::msg)?;
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
         let registry = observability::new_registry("consumer");
         let metrics = Metrics::register(&registry)?;
         let readiness = Readiness::new(&["broker", "database"]);
-        Ok(App { config, store, admin, registry, metrics, readiness })
+        Ok(App { config, store, admin, registry, metrics, readiness, broker })
     }
 
     /// The bound admin address (tests bind port 0).
@@ -64,21 +66,15 @@ impl App {
 
     /// Consumes until `shutdown`; then finishes the message in hand, disconnects, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { config, store, admin, registry, metrics, readiness } = self;
+        let App { config, store, admin, registry, metrics, readiness, broker } = self;
         tracing::info!(
             admin = %admin.local_addr()?,
-            database = %schema::redact_url(&config.database_url),
-            broker = %schema::redact_url(&config.broker_url),
+            database = %schema::redact_url(&config.service.database_url),
+            broker = %schema::redact_url(&config.broker.broker_url),
             "consumer started"
         );
-        let stop_admin = CancellationToken::new();
-        let admin_task = tokio::spawn(observability::serve(
-            admin,
-            observability::admin_router(registry, readiness.clone()),
-            stop_admin.clone(),
-        ));
-        let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
-        broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
+        let mut essentials = observability::Essentials::new(&shutdown);
+        essentials.serve_admin(admin, observability::admin_router(registry, readiness.clone()));
         let consumer = Consumer {
             store,
             metrics,
@@ -86,16 +82,32 @@ impl App {
             broker,
             prefetch: config.prefetch,
             batch_size: config.batch_size.max(1),
-            queue: config.queue.clone(),
+            queue: config.broker.queue.clone(),
         };
-        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        let grace = config.service.grace();
         if observability::within_grace(consumer.run(shutdown.clone()), &shutdown, grace).await.is_none() {
             tracing::warn!("grace period over with a message still in hand; it will be redelivered");
         }
-        stop_admin.cancel();
-        admin_task.await?.context("admin server")?;
+        essentials.stop().await?;
         tracing::info!("consumer stopped");
         Ok(())
+    }
+}
+
+impl observability::Service for App {
+    const NAME: &'static str = "consumer";
+    type Config = Config;
+
+    fn shared(config: &Config) -> &observability::ServiceArgs {
+        &config.service
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        App::build(config).await
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        App::run(self, shutdown).await
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
 use schema::testing::{Probe, Tally};
 use serde_json::{Value, json};
 
@@ -47,7 +48,7 @@ impl Stack {
         let database_url = crate::test_database_url(&dir).await;
         let probe = schema::testing::probe(&database_url).await.expect("test database");
         let store = schema::connect(&database_url).await.expect("test database");
-        let config = producer::Config::for_database(&database_url);
+        let config = producer_config(&database_url);
         let producer = Service::start(producer::App::build(config)).await.expect("producer starts");
         Stack {
             dir,
@@ -65,21 +66,45 @@ impl Stack {
 
     /// Relay settings for this stack.
     pub fn relay_config(&self) -> relay::Config {
-        let mut config = relay::Config::for_urls(&self.database_url, &self.broker_url);
-        config.queue = self.queue.clone();
-        config.lease_ms = TEST_LEASE_MS;
-        config.receipt_timeout_ms = 2_500;
-        config.heartbeat_ms = 1_000;
-        config.admin_token = Some(TEST_ADMIN_TOKEN.into());
-        config
+        let lease = TEST_LEASE_MS.to_string();
+        relay::Config::try_parse_from([
+            "relay",
+            "--database-url",
+            &self.database_url,
+            "--broker-url",
+            &self.broker_url,
+            "--queue",
+            &self.queue,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--lease-ms",
+            &lease,
+            "--receipt-timeout-ms",
+            "2500",
+            "--heartbeat-ms",
+            "1000",
+            "--admin-token",
+            TEST_ADMIN_TOKEN,
+        ])
+        .expect("relay test flags")
     }
 
     /// Consumer settings for this stack.
     pub fn consumer_config(&self) -> consumer::Config {
-        let mut config = consumer::Config::for_urls(&self.database_url, &self.broker_url);
-        config.queue = self.queue.clone();
-        config.heartbeat_ms = 1_000;
-        config
+        consumer::Config::try_parse_from([
+            "consumer",
+            "--database-url",
+            &self.database_url,
+            "--broker-url",
+            &self.broker_url,
+            "--queue",
+            &self.queue,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--heartbeat-ms",
+            "1000",
+        ])
+        .expect("consumer test flags")
     }
 
     /// Starts a relay on this stack.
@@ -201,4 +226,14 @@ impl Stack {
         }
         self.producer.stop().await.expect("producer stops cleanly");
     }
+}
+
+/// Producer settings for tests: `database_url`, both ports 0, no ops targets.
+pub fn producer_config(database_url: &str) -> producer::Config {
+    let flags =
+        ["producer", "--database-url", database_url, "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"];
+    let mut config = producer::Config::try_parse_from(flags).expect("producer test flags");
+    config.ops_relays.clear();
+    config.ops_consumers.clear();
+    config
 }

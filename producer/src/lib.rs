@@ -131,10 +131,10 @@ pub struct App {
 impl App {
     /// Connects to the database (running migrations), loads the catalogue, binds both ports.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        observability::AdminToken::new(config.admin_token.as_deref()).check_bind(config.admin_addr)?;
-        let store = schema::connect(&config.database_url)
+        observability::AdminToken::new(config.service.admin_token.as_deref()).check_bind(config.admin_addr)?;
+        let store = schema::connect(&config.service.database_url)
             .await
-            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
+            .with_context(|| format!("connecting to {}", schema::redact_url(&config.service.database_url)))?;
         let products = store.products().await.context("loading the catalogue")?;
         let http = TcpListener::bind(config.http_addr)
             .await
@@ -144,7 +144,7 @@ impl App {
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
         let registry = observability::new_registry("producer");
         let metrics = Metrics::register(&registry)?;
-        let token = observability::AdminToken::new(config.admin_token.as_deref());
+        let token = observability::AdminToken::new(config.service.admin_token.as_deref());
         let ops = ops::Ops {
             store: store.clone(),
             readiness: Readiness::new(&["database"]),
@@ -180,25 +180,43 @@ impl App {
         tracing::info!(
             url = %format!("http://{}/", http.local_addr()?),
             admin = %admin.local_addr()?,
-            database = %schema::redact_url(&config.database_url),
+            database = %schema::redact_url(&config.service.database_url),
             "producer started"
         );
         let readiness = ops.readiness.clone();
-        let stop = CancellationToken::new();
-        let watch = tokio::spawn(watch_database(state.store.clone(), readiness.clone(), stop.clone()));
-        let admin_task =
-            tokio::spawn(observability::serve(admin, observability::admin_router(registry, readiness), stop.clone()));
+        let mut essentials = observability::Essentials::new(&shutdown);
+        let watch = watch_database(state.store.clone(), readiness.clone(), essentials.stop_token());
+        essentials.spawn("database watch", async move {
+            watch.await;
+            Ok(())
+        });
+        essentials.serve_admin(admin, observability::admin_router(registry, readiness));
         let server = observability::serve(http, router(state, ops), shutdown.clone());
-        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        let grace = config.service.grace();
         match observability::within_grace(server, &shutdown, grace).await {
             Some(result) => result.context("http server")?,
             None => tracing::warn!("grace period over with requests in flight"),
         }
-        stop.cancel();
-        let _ = watch.await;
-        admin_task.await?.context("admin server")?;
+        essentials.stop().await?;
         tracing::info!("producer stopped");
         Ok(())
+    }
+}
+
+impl observability::Service for App {
+    const NAME: &'static str = "producer";
+    type Config = Config;
+
+    fn shared(config: &Config) -> &observability::ServiceArgs {
+        &config.service
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        App::build(config).await
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        App::run(self, shutdown).await
     }
 }
 

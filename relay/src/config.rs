@@ -8,15 +8,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "relay", version, about)]
 pub struct Config {
-    /// Database: `sqlite://PATH` (embedded default) or `mssql://USER:PASSWORD@HOST:PORT/DB`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://.orderflow/orderflow.db")]
-    pub database_url: String,
-    /// ActiveMQ STOMP connector, `tcp://[USER:PASS@]HOST:PORT`.
-    #[arg(long, env = "BROKER_URL", default_value = "tcp://127.0.0.1:61613")]
-    pub broker_url: String,
-    /// Queue the order events go to; the dead-letter queue is this name plus `.DLQ`.
-    #[arg(long, env = "ORDER_QUEUE", default_value = schema::messages::ORDER_QUEUE)]
-    pub queue: String,
+    #[command(flatten)]
+    pub service: observability::ServiceArgs,
+    #[command(flatten)]
+    pub broker: stomp::BrokerArgs,
     /// Admin port address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9101")]
     pub admin_addr: SocketAddr,
@@ -41,15 +36,9 @@ pub struct Config {
     /// Largest message body sent; a larger row is rejected without sending (and parked at the cap).
     #[arg(long, env = "RELAY_MAX_MESSAGE_BYTES", default_value_t = schema::messages::MAX_BODY_BYTES)]
     pub max_message_bytes: usize,
-    /// STOMP heart-beat interval (ms); 0 disables.
-    #[arg(long, env = "BROKER_HEARTBEAT_MS", default_value_t = 5_000)]
-    pub heartbeat_ms: u64,
     /// Name of this relay in lease columns; defaults to host-pid-random.
     #[arg(long, env = "RELAY_ID")]
     pub relay_id: Option<String>,
-    /// How long SIGTERM waits for the batch in flight (ms).
-    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15_000)]
-    pub shutdown_grace_ms: u64,
     /// Cron (6 fields, UTC) of the retention job; empty disables it.
     #[arg(long, env = "RETENTION_CRON", default_value = "0 */5 * * * *")]
     pub retention_cron: String,
@@ -75,45 +64,9 @@ pub struct Config {
     /// Self-healing: the sweep sends stuck orders again (the consumer dedupes); false only reports them.
     #[arg(long, env = "REPAIR_STUCK", default_value_t = true, action = clap::ArgAction::Set)]
     pub repair_stuck: bool,
-    /// Log JSON lines instead of text.
-    #[arg(long, env = "LOG_JSON", default_value_t = false)]
-    pub log_json: bool,
-    /// Bearer token the admin port's mutating routes require; needed when ADMIN_ADDR is not loopback.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
 }
 
 impl Config {
-    /// Settings for tests and embedding: the given database and broker, admin on port 0.
-    pub fn for_urls(database_url: &str, broker_url: &str) -> Self {
-        Self {
-            database_url: database_url.to_string(),
-            broker_url: broker_url.to_string(),
-            queue: schema::messages::ORDER_QUEUE.to_string(),
-            admin_addr: "127.0.0.1:0".parse().expect("static address"),
-            batch_size: 200,
-            lease_ms: 30_000,
-            poll_min_ms: 1,
-            poll_max_ms: 50,
-            max_attempts: 5,
-            receipt_timeout_ms: 10_000,
-            max_message_bytes: schema::messages::MAX_BODY_BYTES,
-            heartbeat_ms: 5_000,
-            relay_id: None,
-            shutdown_grace_ms: 15_000,
-            retention_cron: "0 */5 * * * *".into(),
-            outbox_retention_secs: 7 * 24 * 3600,
-            inbox_retention_secs: 7 * 24 * 3600,
-            purge_batch: 500,
-            purge_pause_ms: 50,
-            reconcile_cron: "*/30 * * * * *".into(),
-            stale_published_secs: 300,
-            repair_stuck: true,
-            log_json: false,
-            admin_token: None,
-        }
-    }
-
     pub(crate) fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
     }

@@ -42,17 +42,16 @@ impl App {
     /// Connects to the database (running migrations) and binds the admin port.
     /// The broker is connected lazily, so the relay starts during a broker outage.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        observability::AdminToken::new(config.admin_token.as_deref()).check_bind(config.admin_addr)?;
+        observability::AdminToken::new(config.service.admin_token.as_deref()).check_bind(config.admin_addr)?;
         config.check()?;
         // Its writes are redone anyway (a lost lease lapses, a lost mark resends).
-        let store = schema::connect_with(&config.database_url, schema::Durability::Relaxed)
+        let store = schema::connect_with(&config.service.database_url, schema::Durability::Relaxed)
             .await
-            .with_context(|| format!("connecting to {}", schema::redact_url(&config.database_url)))?;
-        let mut broker = stomp::Config::from_url(&config.broker_url).map_err(anyhow::Error::msg)?;
-        broker.heartbeat = Duration::from_millis(config.heartbeat_ms);
+            .with_context(|| format!("connecting to {}", schema::redact_url(&config.service.database_url)))?;
+        let broker = config.broker.client_config().map_err(anyhow::Error::msg)?;
         let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(
             broker,
-            config.queue.clone(),
+            config.broker.queue.clone(),
             config.receipt_timeout(),
             config.max_message_bytes,
         ));
@@ -88,24 +87,27 @@ impl App {
         tracing::info!(
             relay_id = %relay.owner,
             admin = %admin.local_addr()?,
-            database = %schema::redact_url(&config.database_url),
-            broker = %schema::redact_url(&config.broker_url),
+            database = %schema::redact_url(&config.service.database_url),
+            broker = %schema::redact_url(&config.broker.broker_url),
             "relay started"
         );
-        let stop_admin = CancellationToken::new();
-        let admin_task = tokio::spawn(observability::serve(
+        let mut essentials = observability::Essentials::new(&shutdown);
+        let token = observability::AdminToken::new(config.service.admin_token.as_deref());
+        essentials.serve_admin(
             admin,
-            observability::admin_router(registry, readiness.clone())
-                .merge(ops::router(relay.clone(), observability::AdminToken::new(config.admin_token.as_deref()))),
-            stop_admin.clone(),
-        ));
+            observability::admin_router(registry, readiness.clone()).merge(ops::router(relay.clone(), token)),
+        );
         let mut scheduler =
             maintenance::start(relay.store.clone(), config.maintenance(&relay.owner), relay.metrics.clone()).await?;
-        let watch_task = tokio::spawn(watch(store.clone(), relay.clone(), readiness, stop_admin.clone()));
+        let watch = watch(store.clone(), relay.clone(), readiness, essentials.stop_token());
+        essentials.spawn("watch loop", async move {
+            watch.await;
+            Ok(())
+        });
 
         let poll_min = Duration::from_millis(config.poll_min_ms);
         let poll_max = Duration::from_millis(config.poll_max_ms.max(config.poll_min_ms));
-        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        let grace = config.service.grace();
         if observability::within_grace(relay.run(poll_min, poll_max, shutdown.clone()), &shutdown, grace)
             .await
             .is_none()
@@ -122,11 +124,26 @@ impl App {
         if let Err(error) = scheduler.shutdown().await {
             tracing::warn!(%error, "maintenance scheduler did not stop cleanly");
         }
-        stop_admin.cancel();
-        let _ = watch_task.await;
-        admin_task.await?.context("admin server")?;
+        essentials.stop().await?;
         tracing::info!("relay stopped");
         Ok(())
+    }
+}
+
+impl observability::Service for App {
+    const NAME: &'static str = "relay";
+    type Config = Config;
+
+    fn shared(config: &Config) -> &observability::ServiceArgs {
+        &config.service
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        App::build(config).await
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        App::run(self, shutdown).await
     }
 }
 

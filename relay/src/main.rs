@@ -1,26 +1,6 @@
 //! `relay` binary: drains the outbox to ActiveMQ. All logic lives in the library.
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = relay::Config::parse();
-    let telemetry = observability::init_tracing("relay", config.log_json);
-    let shutdown = observability::shutdown_on_signals();
-    let app = match relay::App::build(config).await {
-        Ok(app) => app,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "relay failed to start");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let code = match app.run(shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "relay stopped with an error");
-            std::process::ExitCode::FAILURE
-        }
-    };
-    telemetry.shutdown();
-    code
+    observability::run_service::<relay::App>().await
 }

@@ -1,4 +1,4 @@
-//! The wire contract on `/queue/order.processing`.
+//! The wire contract on the order queue (`stomp::ORDER_QUEUE`).
 //!
 //! Invariant: the JSON body is a superset of the seed's
 //! `{"order_id","customer_name","product_id","quantity"}`. Fields may be added
@@ -9,10 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Order, OutboxId};
 
-/// The queue every order event goes to.
-pub const ORDER_QUEUE: &str = "/queue/order.processing";
-/// Where the consumer parks messages it cannot process, with the reason.
-pub const DEAD_LETTER_QUEUE: &str = "/queue/order.processing.DLQ";
 /// `event_type` of outbox rows carrying [`OrderPlacedV1`].
 pub const ORDER_PLACED_V1: &str = "OrderPlacedV1";
 /// STOMP header carrying the outbox id (the idempotency key).

@@ -5,8 +5,11 @@
 //! RECEIPT, `Rejected` on an ERROR naming it, `Closed` if the connection dies
 //! first. "Closed" and a caller's timeout both mean "unknown", never "lost".
 
+mod args;
 mod client;
 mod codec;
+
+pub use args::{BrokerArgs, ORDER_QUEUE};
 
 pub use client::{Client, Config, Receipt, StompError};
 pub use codec::{CodecError, Frame, Item, StompCodec};

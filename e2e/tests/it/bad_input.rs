@@ -246,8 +246,8 @@ async fn ops_actions_need_the_token_and_are_off_on_a_public_producer_without_one
     let stack = Stack::start_producer(&shared_broker_url()).await;
     let http = reqwest::Client::new();
     let retry = |base: String| http.post(format!("{base}/ops/retry?order_id=1")).header("X-Requested-By", "mallory");
-    let mut guarded = producer::Config::for_database(&stack.database_url);
-    guarded.admin_token = Some("ops-secret".into());
+    let mut guarded = e2e::stack::producer_config(&stack.database_url);
+    guarded.service.admin_token = Some("ops-secret".into());
     let guarded = e2e::service::Service::start(producer::App::build(guarded)).await.unwrap();
     let base = format!("http://{}", guarded.http_addr.unwrap());
     assert_eq!(retry(base.clone()).send().await.unwrap().status().as_u16(), 401);
@@ -258,7 +258,7 @@ async fn ops_actions_need_the_token_and_are_off_on_a_public_producer_without_one
     assert_eq!(http.get(format!("{base}/ops/state")).send().await.unwrap().status().as_u16(), 200, "reads are open");
     guarded.stop().await.unwrap();
 
-    let mut public = producer::Config::for_database(&stack.database_url);
+    let mut public = e2e::stack::producer_config(&stack.database_url);
     public.http_addr = "0.0.0.0:0".parse().unwrap();
     let public = e2e::service::Service::start(producer::App::build(public)).await.unwrap();
     let base = format!("http://127.0.0.1:{}", public.http_addr.unwrap().port());

@@ -166,10 +166,10 @@ async fn an_operator_runs_the_pipeline_from_the_ops_page() {
         (stack.tally().await.parked == 1).then_some(())
     })
     .await;
-    let mut config = producer::Config::for_database(&stack.database_url);
+    let mut config = e2e::stack::producer_config(&stack.database_url);
     config.ops_relays = vec![format!("http://{}", relay.admin_addr)];
     config.ops_consumers = vec![format!("http://{}", stack.consumer.as_ref().unwrap().admin_addr)];
-    config.admin_token = Some(e2e::stack::TEST_ADMIN_TOKEN.into());
+    config.service.admin_token = Some(e2e::stack::TEST_ADMIN_TOKEN.into());
     let ops = e2e::service::Service::start(producer::App::build(config)).await.unwrap();
     let base = format!("http://{}", ops.http_addr.unwrap());
 

@@ -260,7 +260,7 @@ async fn mutating_admin_routes_need_the_token_and_reads_stay_open() {
 
     // Without a token the port must be loopback, and a browser page elsewhere cannot drive it.
     let mut open = stack.relay_config();
-    open.admin_token = None;
+    open.service.admin_token = None;
     open.admin_addr = "0.0.0.0:0".parse().unwrap();
     let refused = relay::App::build(open.clone()).await.err().expect("a public admin port needs a token");
     assert!(refused.to_string().contains("ADMIN_TOKEN is not set"), "{refused}");

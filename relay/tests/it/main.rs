@@ -201,9 +201,8 @@ async fn a_silent_broker_never_holds_a_step_past_its_lease() {
 
 #[tokio::test]
 async fn a_receipt_timeout_that_could_outlive_the_lease_is_refused_at_start() {
-    let mut config = relay::Config::for_urls("sqlite://unused.db", "tcp://127.0.0.1:1");
-    config.lease_ms = 3_000;
-    config.receipt_timeout_ms = 2_500;
+    let flags = ["relay", "--database-url", "sqlite://unused.db", "--lease-ms", "3000", "--receipt-timeout-ms", "2500"];
+    let config = <relay::Config as clap::Parser>::try_parse_from(flags).unwrap();
     let error = relay::App::build(config).await.err().expect("refused");
     assert!(error.to_string().contains("RELAY_RECEIPT_TIMEOUT_MS (2500 ms)"), "{error}");
 }
