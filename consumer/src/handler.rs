@@ -7,12 +7,10 @@
 
 use std::str::FromStr;
 
+use schema::limits::QUANTITY_RANGE;
 use schema::messages::{MAX_BODY_BYTES, OUTBOX_ID_HEADER, OrderPlacedV1};
 use schema::{Delivery, OrderId, OutboxId};
 use stomp::Frame;
-
-/// Quantities the consumer accepts, as the producer validates them.
-pub const QUANTITY_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
 
 /// A message we cannot process, and the order it names if it names one.
 #[derive(Debug, Clone, PartialEq, Eq)]

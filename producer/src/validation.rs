@@ -3,14 +3,13 @@
 //! Invariant: an order reaches the store only with a trimmed name of 1-100
 //! characters, a product from the catalogue, and a whole quantity of 1-1000.
 
+use schema::limits::QUANTITY_RANGE;
 use serde::Serialize;
 use serde_json::Value;
 
 /// Longest customer name, in characters, after trimming (every such name fits
 /// its column on both backends: see `schema::limits`).
 pub const MAX_NAME_CHARS: usize = schema::limits::CUSTOMER_NAME_CHARS;
-/// Allowed quantities.
-pub const QUANTITY_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
 
 /// One field's problem, for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

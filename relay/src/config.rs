@@ -86,7 +86,7 @@ impl Config {
 
     /// Refuses settings under which a step could outlive its lease.
     pub(crate) fn check(&self) -> anyhow::Result<()> {
-        let budget = crate::relay::publish_budget(self.lease());
+        let budget = crate::step::publish_budget(self.lease());
         anyhow::ensure!(
             self.receipt_timeout() < budget,
             "RELAY_RECEIPT_TIMEOUT_MS ({} ms) must be under two thirds of RELAY_LEASE_MS ({} ms): a batch waiting \

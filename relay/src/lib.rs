@@ -8,8 +8,8 @@ pub mod maintenance;
 pub mod metrics;
 pub mod ops;
 pub mod publisher;
-pub mod relay;
 mod retry;
+pub mod step;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ pub use config::Config;
 
 use crate::metrics::Metrics;
 use crate::publisher::{Publisher, StompPublisher};
-use crate::relay::Relay;
+use crate::step::Relay;
 
 /// A built relay: database connected and migrated, admin port bound.
 pub struct App {
@@ -69,7 +69,7 @@ impl App {
             lease: config.lease(),
             max_attempts: config.max_attempts,
             metrics,
-            control: relay::Control::default(),
+            control: step::Control::default(),
         });
         let readiness = Readiness::new(&["database", "broker", "loop"]);
         Ok(App { config, store, admin, registry, readiness, relay })

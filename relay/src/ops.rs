@@ -18,7 +18,7 @@ use schema::{OrderId, OutboxId, RequeueTarget, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::relay::Relay;
+use crate::step::Relay;
 
 /// The operator routes, to merge into the admin router: reads are open, every
 /// change passes the admin door (`ADMIN_TOKEN`).

@@ -1,4 +1,5 @@
-//! Text limits, counted the way SQL Server counts `NVARCHAR(n)`: in UTF-16 code units.
+//! Limits of what an order may hold: text limits, counted the way SQL Server
+//! counts `NVARCHAR(n)` (in UTF-16 code units), and the quantity range.
 //!
 //! Invariant: every text either backend writes fits its SQL Server column. Input
 //! that people type is validated against these limits; text that we compose
@@ -24,6 +25,9 @@ pub const LAST_ERROR_UNITS: usize = 1000;
 pub const REQUESTED_BY_UNITS: usize = 200;
 /// `outbox.lease_owner`.
 pub const LEASE_OWNER_UNITS: usize = 100;
+/// The quantities an order may have: the API accepts only these, and the
+/// consumer parks a message outside them.
+pub const QUANTITY_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
 
 const _: () = assert!(CUSTOMER_NAME_CHARS * 2 <= CUSTOMER_NAME_UNITS, "every valid name fits its column");
 

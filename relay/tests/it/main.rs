@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use relay::metrics::Metrics;
 use relay::publisher::{Outcome, Publisher};
-use relay::relay::{Control, Relay, RelayError};
+use relay::step::{Control, Relay, RelayError};
 use schema::{NewOrder, OrderId, OrderStatus, OutboxRow, Store};
 
 /// How the fake broker answers one row.

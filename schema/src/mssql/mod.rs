@@ -1,6 +1,6 @@
 //! SQL Server backend: tiberius 0.13 behind a deadpool pool with our own manager.
 //!
-//! Invariants: every statement lives in the `SQL` table below, so the T-SQL
+//! Invariants: every statement lives in the `SQL` table of `sql.rs`, so the T-SQL
 //! parser test sees all of them; a connection that saw any error is discarded,
 //! never returned to the pool; time comes from `SYSUTCDATETIME()`.
 

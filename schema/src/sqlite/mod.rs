@@ -102,7 +102,7 @@ impl SqliteStore {
             }))
             .build()?;
         let (orders, queue) = mpsc::channel(4 * MAX_ORDERS_PER_COMMIT);
-        let db = Db { pool, writer: Arc::new(tokio::sync::Mutex::new(())), busy: Duration::from_millis(busy_ms) };
+        let db = Db { pool, writer: Arc::new(tokio::sync::Mutex::new(None)), busy: Duration::from_millis(busy_ms) };
         // The group-commit task gets the database without the order queue's
         // sender: holding that would keep the task alive forever.
         tokio::spawn(orders::place_orders(db.clone(), queue));
@@ -131,8 +131,12 @@ impl SqliteStore {
 struct Db {
     pool: Pool,
     /// One write transaction at a time from this process: SQLite has a single
-    /// writer anyway, and queueing here is cheaper than any busy handler.
-    writer: Arc<tokio::sync::Mutex<()>>,
+    /// writer anyway, and queueing here is cheaper than any busy handler. It
+    /// holds the connection every write uses (taken from the pool at the first
+    /// write and kept): a connection's page cache is dropped whenever another
+    /// connection wrote since, so writes rotating over the pool would start
+    /// from a cold cache each time.
+    writer: Arc<tokio::sync::Mutex<Option<deadpool_sqlite::Object>>>,
     /// How long a call waits for another process's lock ([`busy`]).
     busy: Duration,
 }
@@ -155,14 +159,31 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let _one_writer = self.writer.lock().await;
-        self.with_conn(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        let mut writer = self.writer.lock().await;
+        let conn = match writer.take() {
+            Some(conn) => conn,
+            None => self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?,
+        };
+        let busy = self.busy;
+        let out = conn
+            .interact(move |c| {
+                busy::with_timeout(busy, || {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let out = f(&tx)?;
+                    tx.commit()?;
+                    Ok(out)
+                })
+            })
+            .await;
+        match out {
+            Ok(out) => {
+                *writer = Some(conn);
+                out
+            }
+            // A panic inside the closure: the connection goes back to the pool
+            // (which recycles it) and the next write takes another.
+            Err(e) => Err(StoreError::Unavailable(format!("sqlite worker: {e}"))),
+        }
     }
 }
 
