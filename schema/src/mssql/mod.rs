@@ -7,7 +7,6 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use deadpool::managed::{self, Metrics, Object, Pool, RecycleResult};
 use rust_decimal::Decimal;
@@ -16,18 +15,8 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use uuid::Uuid;
 
-use crate::limits::{
-    DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, LAST_ERROR_UNITS, LEASE_OWNER_UNITS,
-    REQUESTED_BY_UNITS, truncate_utf16,
-};
-use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
-use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
-use crate::pricing::Priced;
-use crate::store::{
-    Applied, AuditEntry, DeadLetter, Delivery, FailureOutcome, Moves, OrderCounts, OrderStore, OutboxStats,
-    OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError,
-    add_count,
-};
+use crate::model::{Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
+use crate::store::{Moves, StoreError};
 
 mod migrations {
     refinery::embed_migrations!("migrations/mssql");

@@ -3,8 +3,22 @@
 //! Invariant: an order and its outbox row commit in one transaction; a replayed
 //! idempotency key returns the first order, also when two requests race.
 
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use tiberius::ToSql;
+use uuid::Uuid;
+
+use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
+use crate::store::{Moves, add_count};
+use crate::{
+    MssqlStore, NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, StoreError,
+};
+
 use super::sql::*;
-use super::*;
+use super::{
+    TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, order_from_row, product_from_row, rows,
+    text_or_empty, utc,
+};
 
 /// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
 pub(super) async fn insert_outbox(
@@ -161,6 +175,7 @@ impl OrderStore for MssqlStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::check_params;
     use super::*;
 
     /// Every optional value of an order and its outbox row, absent: no NULL may be bound.

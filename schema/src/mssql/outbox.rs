@@ -3,9 +3,26 @@
 //!
 //! Invariant: claims use UPDLOCK + READPAST so several relays never take the same row.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use tiberius::Row;
+use uuid::Uuid;
+
+use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
+use crate::store::{Moves, OrderStore};
+use crate::{
+    AuditEntry, FailureOutcome, MssqlStore, OrderId, OrderStatus, OutboxId, OutboxRow, OutboxStats, OutboxStore,
+    ParkedRow, Reconciliation, RequeueTarget, StoreError,
+};
+
 use super::orders::insert_outbox;
 use super::sql::*;
-use super::*;
+use super::{
+    TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, millis, order_from_row, outbox_from_row, rows,
+    seconds, utc,
+};
 
 async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u64> {
     batch(client, BEGIN).await?;

@@ -2,8 +2,22 @@
 //!
 //! Invariant: a batch of messages is one transaction; an unknown order leaves no inbox row.
 
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use tiberius::Row;
+
+use crate::limits::{DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, truncate_utf16};
+use crate::pricing::Priced;
+use crate::store::Moves;
+use crate::{
+    Applied, DeadLetter, Delivery, MssqlStore, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore,
+    StoreError,
+};
+
 use super::sql::*;
-use super::*;
+use super::{TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, order_from_row, rows};
 
 /// One message's effect inside the batch's transaction.
 async fn process_one(

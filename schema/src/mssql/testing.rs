@@ -2,9 +2,15 @@
 //!
 //! Invariant: the same figures as the SQLite probe, from the statements in `sql.rs`.
 
-use super::sql::*;
-use super::*;
+use async_trait::async_trait;
+use tiberius::Row;
+
+use crate::store::{Moves, OutboxStore};
 use crate::testing::{AuditEntry, Probe, Tally, bulk_payload};
+use crate::{MssqlStore, OrderId, OrderStatus, OutboxId, Product, StoreError};
+
+use super::sql::*;
+use super::{batch, conversion, count_moves, exec, finish, rows};
 
 fn count(row: &Row, i: usize) -> i64 {
     row.get::<i64, _>(i).unwrap_or(0)

@@ -9,25 +9,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_sqlite::{Config, Hook, HookError, Pool, PoolConfig, Runtime};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::limits::{
-    DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, LAST_ERROR_UNITS, LEASE_OWNER_UNITS,
-    REQUESTED_BY_UNITS, truncate_utf16,
-};
-use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
-use crate::pricing::Priced;
-use crate::store::{
-    Applied, AuditEntry, DeadLetter, Delivery, FailureOutcome, Moves, OrderCounts, OrderStore, OutboxStats,
-    OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, StoreError,
-    add_count,
-};
+use crate::store::{Moves, Placed, StoreError};
 
 mod busy;
 mod orders;

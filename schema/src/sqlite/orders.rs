@@ -3,7 +3,21 @@
 //! Invariant: each order commits together with its outbox row, and one order's
 //! failure never undoes another's ([`place_group`]).
 
-use super::*;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
+use crate::store::{Moves, add_count};
+use crate::{
+    NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, SqliteStore, StoreError,
+};
+
+use super::{
+    Db, MAX_ORDERS_PER_COMMIT, NOW, ORDER_COLUMNS, PlaceRequest, count_moves, load_order, order_from_row, parse_time,
+    product_from_row,
+};
 
 /// Group commit: orders waiting at the same moment are written in one
 /// transaction ([`place_group`]); each order still commits with its outbox row.

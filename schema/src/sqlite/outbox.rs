@@ -3,8 +3,23 @@
 //!
 //! Invariant: every write runs in one IMMEDIATE transaction with the database clock.
 
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+
+use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
+use crate::store::Moves;
+use crate::{
+    AuditEntry, FailureOutcome, OrderId, OrderStatus, OutboxId, OutboxRow, OutboxStats, OutboxStore, ParkedRow,
+    Reconciliation, RequeueTarget, SqliteStore, StoreError,
+};
+
 use super::orders::insert_outbox;
-use super::*;
+use super::{
+    NOW, ORDER_COLUMNS, ago_modifier, count_moves, load_order, order_from_row, outbox_from_row, parse_id, parse_time,
+    seconds_modifier,
+};
 
 /// Orders (alias `o`) `published`, not processed, with no outbox row waiting to
 /// be sent and none published since the cutoff (`?1`, an ago modifier).

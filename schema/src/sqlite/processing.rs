@@ -2,7 +2,21 @@
 //!
 //! Invariant: a batch of messages is one transaction; an unknown order leaves no inbox row.
 
-use super::*;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use rust_decimal::Decimal;
+
+use crate::limits::{DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, truncate_utf16};
+use crate::pricing::Priced;
+use crate::store::Moves;
+use crate::{
+    Applied, DeadLetter, Delivery, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore, SqliteStore,
+    StoreError,
+};
+
+use super::{NOW, ORDER_COLUMNS, count_moves, order_from_row, parse_decimal};
 
 /// Records an inbox row; false when the outbox id was seen before.
 fn record_inbox(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<bool, StoreError> {

@@ -3,8 +3,14 @@
 //! Invariant: read-only figures come from one connection in one statement, so
 //! they are one consistent snapshot.
 
-use super::*;
+use async_trait::async_trait;
+use rusqlite::params;
+
+use crate::store::{Moves, OutboxStore};
 use crate::testing::{AuditEntry, Probe, Tally, bulk_payload};
+use crate::{OrderId, OrderStatus, OutboxId, Product, SqliteStore, StoreError};
+
+use super::count_moves;
 
 const TALLY: &str = "SELECT \
      (SELECT COUNT(*) FROM orders), \
