@@ -46,10 +46,10 @@ impl App {
     /// The broker is connected in `run`, with retries, so the consumer starts during an outage.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         observability::AdminToken::new(config.service.admin_token.as_deref()).check_bind(config.admin_addr)?;
-        let store = schema::connect(&config.service.database_url)
+        let store = schema::connect_to(&config.database.database_url, schema::Durability::Full)
             .await
-            .with_context(|| format!("connecting to {}", schema::redact_url(&config.service.database_url)))?;
-        let broker = config.broker.client_config().map_err(anyhow::Error::msg)?;
+            .with_context(|| format!("connecting to {}", config.database.database_url))?;
+        let broker = config.broker.client_config();
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
@@ -69,8 +69,8 @@ impl App {
         let App { config, store, admin, registry, metrics, readiness, broker } = self;
         tracing::info!(
             admin = %admin.local_addr()?,
-            database = %schema::redact_url(&config.service.database_url),
-            broker = %schema::redact_url(&config.broker.broker_url),
+            database = %config.database.database_url,
+            broker = %config.broker.broker_url,
             "consumer started"
         );
         let mut essentials = observability::Essentials::new(&shutdown);

@@ -11,9 +11,6 @@ use tokio_util::sync::CancellationToken;
 /// Flags every service has, with the same names and env vars.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
-    /// Database: `sqlite://PATH` (embedded default) or `mssql://USER:PASSWORD@HOST:PORT/DB`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://.orderflow/orderflow.db")]
-    pub database_url: String,
     /// How long SIGTERM waits for the work in flight (ms).
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15_000)]
     pub shutdown_grace_ms: u64,

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 pub struct Config {
     #[command(flatten)]
     pub service: observability::ServiceArgs,
+    #[command(flatten)]
+    pub database: schema::DatabaseArgs,
     /// Public address: the browser form and the JSON API.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,

@@ -132,9 +132,9 @@ impl App {
     /// Connects to the database (running migrations), loads the catalogue, binds both ports.
     pub async fn build(config: Config) -> anyhow::Result<App> {
         observability::AdminToken::new(config.service.admin_token.as_deref()).check_bind(config.admin_addr)?;
-        let store = schema::connect(&config.service.database_url)
+        let store = schema::connect_to(&config.database.database_url, schema::Durability::Full)
             .await
-            .with_context(|| format!("connecting to {}", schema::redact_url(&config.service.database_url)))?;
+            .with_context(|| format!("connecting to {}", config.database.database_url))?;
         let products = store.products().await.context("loading the catalogue")?;
         let http = TcpListener::bind(config.http_addr)
             .await
@@ -180,7 +180,7 @@ impl App {
         tracing::info!(
             url = %format!("http://{}/", http.local_addr()?),
             admin = %admin.local_addr()?,
-            database = %schema::redact_url(&config.service.database_url),
+            database = %config.database.database_url,
             "producer started"
         );
         let readiness = ops.readiness.clone();

@@ -11,6 +11,8 @@ pub struct Config {
     #[command(flatten)]
     pub service: observability::ServiceArgs,
     #[command(flatten)]
+    pub database: schema::DatabaseArgs,
+    #[command(flatten)]
     pub broker: stomp::BrokerArgs,
     /// Admin port address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9101")]

@@ -45,10 +45,10 @@ impl App {
         observability::AdminToken::new(config.service.admin_token.as_deref()).check_bind(config.admin_addr)?;
         config.check()?;
         // Its writes are redone anyway (a lost lease lapses, a lost mark resends).
-        let store = schema::connect_with(&config.service.database_url, schema::Durability::Relaxed)
+        let store = schema::connect_to(&config.database.database_url, schema::Durability::Relaxed)
             .await
-            .with_context(|| format!("connecting to {}", schema::redact_url(&config.service.database_url)))?;
-        let broker = config.broker.client_config().map_err(anyhow::Error::msg)?;
+            .with_context(|| format!("connecting to {}", config.database.database_url))?;
+        let broker = config.broker.client_config();
         let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(
             broker,
             config.broker.queue.clone(),
@@ -87,8 +87,8 @@ impl App {
         tracing::info!(
             relay_id = %relay.owner,
             admin = %admin.local_addr()?,
-            database = %schema::redact_url(&config.service.database_url),
-            broker = %schema::redact_url(&config.broker.broker_url),
+            database = %config.database.database_url,
+            broker = %config.broker.broker_url,
             "relay started"
         );
         let mut essentials = observability::Essentials::new(&shutdown);

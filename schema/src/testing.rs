@@ -72,15 +72,18 @@ pub trait Probe: Send + Sync {
 
 /// Connects to the database named by `url` (running the migrations), for tests.
 pub async fn probe(url: &str) -> anyhow::Result<Arc<dyn Probe>> {
-    Ok(match crate::backend(url)? {
-        crate::Backend::Sqlite(path) => Arc::new(crate::SqliteStore::open(path).await?),
-        crate::Backend::Mssql => Arc::new(crate::MssqlStore::connect(url).await?),
+    let url: crate::DatabaseUrl = url.parse()?;
+    Ok(match url.target {
+        crate::database_url::Target::Sqlite { path, options } => {
+            Arc::new(crate::SqliteStore::open_at(&path, &options, crate::Durability::Full).await?)
+        }
+        crate::database_url::Target::Mssql(config) => Arc::new(crate::MssqlStore::connect(*config).await?),
     })
 }
 
 /// True when `url` names a SQL Server database.
 pub fn is_mssql(url: &str) -> bool {
-    matches!(crate::backend(url), Ok(crate::Backend::Mssql))
+    url.parse::<crate::DatabaseUrl>().is_ok_and(|u| u.is_mssql())
 }
 
 /// Creates an empty SQL Server database beside the one `url` names and returns

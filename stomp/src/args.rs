@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::Config;
+use crate::{BrokerUrl, Config};
 
 /// Where order events go; the dead-letter queue is this name plus `.DLQ`.
 pub const ORDER_QUEUE: &str = "/queue/order.processing";
@@ -13,8 +13,8 @@ pub const ORDER_QUEUE: &str = "/queue/order.processing";
 pub struct BrokerArgs {
     /// ActiveMQ STOMP connector, `tcp://[USER:PASS@]HOST:PORT`; for a
     /// master/slave pair `failover:(tcp://a:61613,tcp://b:61613)` or a comma list.
-    #[arg(long, env = "BROKER_URL", default_value = "tcp://127.0.0.1:61613")]
-    pub broker_url: String,
+    #[arg(long, env = "BROKER_URL", default_value = "tcp://127.0.0.1:61613", value_parser = Parser)]
+    pub broker_url: BrokerUrl,
     /// Queue the order events go to; the dead-letter queue is this name plus `.DLQ`.
     #[arg(long, env = "ORDER_QUEUE", default_value = ORDER_QUEUE)]
     pub queue: String,
@@ -25,9 +25,30 @@ pub struct BrokerArgs {
 
 impl BrokerArgs {
     /// The client settings: the URL's addresses and credentials, and the heart-beat.
-    pub fn client_config(&self) -> Result<Config, String> {
-        let mut config = Config::from_url(&self.broker_url)?;
-        config.heartbeat = Duration::from_millis(self.heartbeat_ms);
-        Ok(config)
+    pub fn client_config(&self) -> Config {
+        Config { heartbeat: Duration::from_millis(self.heartbeat_ms), ..self.broker_url.config() }
+    }
+}
+
+/// Parses the flag without echoing it: clap's own message would print the
+/// value, passcode and all.
+#[derive(Clone)]
+struct Parser;
+
+impl clap::builder::TypedValueParser for Parser {
+    type Value = BrokerUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<BrokerUrl, clap::Error> {
+        let refused = |why: String| {
+            let message = format!("invalid --broker-url (BROKER_URL): {why}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| refused("not UTF-8".into()))?;
+        text.parse().map_err(|e: crate::UrlError| refused(e.to_string()))
     }
 }

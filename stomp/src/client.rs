@@ -76,47 +76,9 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// Parses one broker, `tcp://[user:pass@]host:port` (or `stomp://`, or
-    /// bare `host:port`), or several: `failover:(tcp://a:61613,tcp://b:61613)`
-    /// as ActiveMQ clients write it, or the same list without the wrapper.
-    /// Credentials given on any address apply to all.
-    pub fn from_url(url: &str) -> Result<Self, String> {
-        let trimmed = url.trim();
-        let list = match trimmed.strip_prefix("failover:") {
-            Some(rest) => rest
-                .trim()
-                .strip_prefix('(')
-                .and_then(|r| r.split_once(')'))
-                .map(|(inner, _options)| inner)
-                .ok_or_else(|| format!("broker url {url:?}: write failover:(tcp://a:61613,tcp://b:61613)"))?,
-            None => trimmed,
-        };
-        let mut config = Self {
-            addrs: Vec::new(),
-            login: None,
-            passcode: None,
-            heartbeat: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(10),
-        };
-        for one in list.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            let rest = one.split_once("://").map_or(one, |(_, r)| r).trim_end_matches('/');
-            let (creds, addr) = match rest.rsplit_once('@') {
-                Some((c, a)) => (Some(c), a),
-                None => (None, rest),
-            };
-            if !addr.contains(':') {
-                return Err(format!("broker url {url:?}: {one:?} needs host:port"));
-            }
-            if let Some((login, passcode)) = creds.map(|c| c.split_once(':').unwrap_or((c, ""))) {
-                config.login = Some(login.to_string());
-                config.passcode = Some(passcode.to_string());
-            }
-            config.addrs.push(addr.to_string());
-        }
-        if config.addrs.is_empty() {
-            return Err(format!("broker url {url:?} names no broker"));
-        }
-        Ok(config)
+    /// The settings for `url` (see [`BrokerUrl`](crate::BrokerUrl)).
+    pub fn from_url(url: &str) -> Result<Self, crate::UrlError> {
+        Ok(url.parse::<crate::BrokerUrl>()?.config())
     }
 }
 
@@ -448,23 +410,6 @@ async fn heartbeat_loop(inner: Arc<Inner>, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_broker_or_a_failover_list() {
-        let one = Config::from_url("tcp://app:s3cret@mq:61613").unwrap();
-        assert_eq!(
-            (one.addrs, one.login.as_deref(), one.passcode.as_deref()),
-            (vec!["mq:61613".to_string()], Some("app"), Some("s3cret"))
-        );
-        let pair = Config::from_url("failover:(tcp://a:61613, tcp://b:61614)?randomize=false").unwrap();
-        assert_eq!(pair.addrs, ["a:61613", "b:61614"]);
-        let list = Config::from_url("tcp://a:61613,stomp://u:p@b:61614").unwrap();
-        assert_eq!((list.addrs.len(), list.login.as_deref()), (2, Some("u")), "credentials apply to all");
-        assert_eq!(Config::from_url("127.0.0.1:61613").unwrap().addrs, ["127.0.0.1:61613"]);
-        for bad in ["failover:tcp://a:1", "tcp://nohost", "failover:()", ""] {
-            assert!(Config::from_url(bad).is_err(), "{bad:?} is refused");
-        }
-    }
 
     #[tokio::test]
     async fn connect_skips_a_broker_that_does_not_answer() {

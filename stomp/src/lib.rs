@@ -6,10 +6,12 @@
 //! first. "Closed" and a caller's timeout both mean "unknown", never "lost".
 
 mod args;
+mod broker_url;
 mod client;
 mod codec;
 
 pub use args::{BrokerArgs, ORDER_QUEUE};
+pub use broker_url::{BrokerUrl, UrlError};
 
 pub use client::{Client, Config, Receipt, StompError};
 pub use codec::{CodecError, Frame, Item, StompCodec};

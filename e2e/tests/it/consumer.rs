@@ -92,7 +92,7 @@ async fn a_locked_database_is_retried_and_nothing_is_dead_lettered() {
         ids.push(stack.place_order(&format!("Customer {i}"), "P123", 2).await);
     }
     let mut config = stack.consumer_config();
-    config.service.database_url = format!("{}?busy_timeout_ms=100", stack.database_url);
+    config.database.database_url = format!("{}?busy_timeout_ms=100", stack.database_url).parse().unwrap();
     let consumer = Service::start(consumer::App::build(config)).await.unwrap();
 
     // Another writer holds the database while the messages arrive.

@@ -206,3 +206,18 @@ async fn a_receipt_timeout_that_could_outlive_the_lease_is_refused_at_start() {
     let error = relay::App::build(config).await.err().expect("refused");
     assert!(error.to_string().contains("RELAY_RECEIPT_TIMEOUT_MS (2500 ms)"), "{error}");
 }
+
+#[test]
+fn a_bad_url_is_refused_at_start_naming_its_flag_and_never_its_password() {
+    use clap::Parser;
+    let database = ["relay", "--database-url", "mssql://sa:Secr3t@db/orders?tls=maybe"];
+    let broker = ["relay", "--broker-url", "tcp://app:Secr3t@mq"];
+    for (flags, flag) in [(database, "--database-url"), (broker, "--broker-url")] {
+        let error = relay::Config::try_parse_from(flags).expect_err("refused").to_string();
+        assert!(error.contains(flag) && !error.contains("Secr3t"), "{error}");
+    }
+    let good = ["relay", "--database-url", "mssql://sa:Secr3t@db/orders", "--broker-url", "tcp://app:Secr3t@mq:61613"];
+    let config = relay::Config::try_parse_from(good).unwrap();
+    let shown = format!("{} {} {config:?}", config.database.database_url, config.broker.broker_url);
+    assert!(!shown.contains("Secr3t"), "{shown}");
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use deadpool::managed::{self, Metrics, Object, Pool, RecycleResult};
 use rust_decimal::Decimal;
-use tiberius::{AuthMethod, Client, Config, EncryptionLevel, Row, ToSql};
+use tiberius::{Client, Config, Row, ToSql};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use uuid::Uuid;
@@ -96,8 +96,7 @@ pub struct MssqlStore {
 
 impl MssqlStore {
     /// Connects, runs the migrations under an application lock, and builds the pool.
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let config = parse_config(url)?;
+    pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let mut client = open_client(&config).await?;
         client.simple_query(MIGRATION_LOCK).await?.into_results().await?;
         let report = migrations::migrations::runner().run_async(&mut client).await;
@@ -111,40 +110,6 @@ impl MssqlStore {
     async fn conn(&self) -> Result<Object<TdsManager>, StoreError> {
         self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sql server pool: {e}")))
     }
-}
-
-/// Parses `mssql://user:password@host:port/database?trust_server_certificate=true`
-/// or an ADO.NET string (`server=tcp:host,1433;user=…;password=…`).
-fn parse_config(url: &str) -> anyhow::Result<Config> {
-    let mut config = if url.to_ascii_lowercase().starts_with("server=") {
-        Config::from_ado_string(url)?
-    } else {
-        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (creds, host_db) =
-            rest.rsplit_once('@').ok_or_else(|| anyhow::anyhow!("mssql url needs user:password@host"))?;
-        let (user, password) = creds.split_once(':').unwrap_or((creds, ""));
-        let (host_port, database) = host_db.split_once('/').unwrap_or((host_db, "master"));
-        let (host, port) = host_port.split_once(':').unwrap_or((host_port, "1433"));
-        let mut config = Config::new();
-        config.host(host);
-        config.port(port.parse()?);
-        config.database(database);
-        config.authentication(AuthMethod::sql_server(user, password));
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-            match (k.to_ascii_lowercase().replace('_', "").as_str(), v.to_ascii_lowercase().as_str()) {
-                ("trustservercertificate", "true") => config.trust_cert(),
-                ("encrypt", "false") => config.encryption(EncryptionLevel::NotSupported),
-                ("encrypt", "true") => config.encryption(EncryptionLevel::Required),
-                _ => anyhow::bail!("unknown mssql url option {k}"),
-            }
-        }
-        config
-    };
-    config.application_name("orderflow");
-    config.command_timeout(Some(Duration::from_secs(30)));
-    Ok(config)
 }
 
 /// What an SQL Server error number means for the caller (the table in ARCHITECTURE.md).
@@ -342,9 +307,17 @@ const CREATE_DATABASE: &str = "CREATE DATABASE orderflow_test_";
 
 /// Creates an empty database on the server named by `url` (either form that
 /// [`parse_config`] takes) and returns the same URL naming the new database.
+/// The SQL Server settings of `url`.
+fn mssql_config(url: &str) -> anyhow::Result<Config> {
+    match url.parse::<crate::DatabaseUrl>()?.target {
+        crate::database_url::Target::Mssql(config) => Ok(*config),
+        crate::database_url::Target::Sqlite { .. } => anyhow::bail!("not a SQL Server url"),
+    }
+}
+
 pub async fn fresh_database(url: &str) -> anyhow::Result<String> {
     let suffix = Uuid::new_v4().simple().to_string();
-    let mut client = open_client(&parse_config(url)?).await?;
+    let mut client = open_client(&mssql_config(url)?).await?;
     batch(&mut client, &format!("{CREATE_DATABASE}{suffix}")).await?;
     client.close().await?;
     Ok(with_database(url, &format!("orderflow_test_{suffix}")))
@@ -357,8 +330,10 @@ fn with_database(url: &str, database: &str) -> String {
             let key = part.split_once('=').map_or(part, |(k, _)| k).trim().to_ascii_lowercase();
             matches!(key.as_str(), "database" | "initial catalog" | "databasename")
         };
-        let mut parts: Vec<&str> =
-            ado_parts(url).into_iter().filter(|p| !p.trim().is_empty() && !is_database_key(p)).collect();
+        let mut parts: Vec<&str> = crate::database_url::ado_parts(url)
+            .into_iter()
+            .filter(|p| !p.trim().is_empty() && !is_database_key(p))
+            .collect();
         let database = format!("database={database}");
         parts.push(&database);
         return parts.join(";");
@@ -372,27 +347,6 @@ fn with_database(url: &str, database: &str) -> String {
         Some(q) => format!("{server}/{database}?{q}"),
         None => format!("{server}/{database}"),
     }
-}
-
-/// The `key=value` parts of an ADO.NET string, split on `;` outside quotes and braces.
-fn ado_parts(s: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut closing) = (0, None);
-    for (i, c) in s.char_indices() {
-        match (closing, c) {
-            (Some(end), c) if c == end => closing = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => closing = Some(c),
-            (None, '{') => closing = Some('}'),
-            (None, ';') => {
-                parts.push(&s[start..i]);
-                start = i + 1;
-            }
-            (None, _) => {}
-        }
-    }
-    parts.push(&s[start..]);
-    parts
 }
 
 #[cfg(test)]
@@ -413,7 +367,7 @@ mod tests {
             fresh,
             "server=tcp:db,1433;user=sa;password={a;b};Encrypt=true;TrustServerCertificate=true;database=t1"
         );
-        let config = parse_config(&fresh).unwrap();
+        let config = mssql_config(&fresh).unwrap();
         assert_eq!(config.get_addr(), "db:1433");
     }
 

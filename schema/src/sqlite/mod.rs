@@ -4,7 +4,7 @@
 //! queue on the busy timeout instead of failing on a lock upgrade, and time
 //! comes from SQLite's clock (`strftime('now')`), never the caller's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::database_url::SqliteOptions;
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 use crate::store::{Moves, Placed, StoreError};
 
@@ -63,13 +64,24 @@ impl SqliteStore {
 
     /// [`SqliteStore::open`] with `durability` deciding the default of `synchronous`.
     pub async fn open_with(path: &str, durability: crate::Durability) -> anyhow::Result<Self> {
-        let defaults = Options { synchronous: Options::synchronous_for(durability), ..Options::default() };
-        let (path, options) = match path.split_once('?') {
-            Some((p, query)) => (p, Options::parse(query, defaults)?),
-            None => (path, defaults),
-        };
-        let Options { busy_ms, synchronous } = options;
-        let path = PathBuf::from(path);
+        match format!("sqlite://{path}").parse::<crate::DatabaseUrl>()?.target {
+            crate::database_url::Target::Sqlite { path, options } => Self::open_at(&path, &options, durability).await,
+            crate::database_url::Target::Mssql(_) => unreachable!("a sqlite:// url is a sqlite url"),
+        }
+    }
+
+    /// Opens the file at `path` with the URL's `options`.
+    pub(crate) async fn open_at(
+        path: &Path,
+        options: &SqliteOptions,
+        durability: crate::Durability,
+    ) -> anyhow::Result<Self> {
+        let busy_ms = options.busy_ms.unwrap_or(10_000);
+        let synchronous = options.synchronous.unwrap_or(match durability {
+            crate::Durability::Full => "FULL",
+            crate::Durability::Relaxed => "NORMAL",
+        });
+        let path = path.to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -173,43 +185,6 @@ impl Db {
             // (which recycles it) and the next write takes another.
             Err(e) => Err(StoreError::Unavailable(format!("sqlite worker: {e}"))),
         }
-    }
-}
-
-/// Options of a `sqlite://` URL.
-struct Options {
-    busy_ms: u64,
-    /// `FULL` or `NORMAL`.
-    synchronous: &'static str,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self { busy_ms: 10_000, synchronous: "FULL" }
-    }
-}
-
-impl Options {
-    fn synchronous_for(durability: crate::Durability) -> &'static str {
-        match durability {
-            crate::Durability::Full => "FULL",
-            crate::Durability::Relaxed => "NORMAL",
-        }
-    }
-
-    fn parse(query: &str, defaults: Options) -> anyhow::Result<Self> {
-        let mut options = defaults;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=').map(|(k, v)| (k, v.to_ascii_lowercase())) {
-                Some(("busy_timeout_ms", v)) => options.busy_ms = v.parse()?,
-                Some(("synchronous", v)) if v == "full" => options.synchronous = "FULL",
-                Some(("synchronous", v)) if v == "normal" => options.synchronous = "NORMAL",
-                _ => anyhow::bail!(
-                    "unknown sqlite url option {pair:?} (known: busy_timeout_ms=N, synchronous=full|normal)"
-                ),
-            }
-        }
-        Ok(options)
     }
 }
 
@@ -353,13 +328,5 @@ mod tests {
         let asked = SqliteStore::open_with(&url, crate::Durability::Relaxed).await.unwrap();
         let level: i64 = asked.with_conn(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)).await.unwrap();
         assert_eq!(level, 2, "the URL wins");
-    }
-
-    #[test]
-    fn url_options_are_checked() {
-        let options = Options::parse("busy_timeout_ms=100&synchronous=NORMAL", Options::default()).unwrap();
-        assert_eq!((options.busy_ms, options.synchronous), (100, "NORMAL"));
-        let refused = Options::parse("synchronous=off", Options::default()).err().unwrap().to_string();
-        assert!(refused.contains("synchronous=full|normal"), "{refused}");
     }
 }
