@@ -12,7 +12,6 @@ use std::slice;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use schema::pricing::price;
 use schema::{Applied, DeadLetter, Delivery, ProcessingStore, StoreError};
 use stomp::{Client, Frame, StompError};
 
@@ -85,7 +84,7 @@ pub async fn handle_delivery(
 /// The batch in one transaction; after a permanent error, one by one, so that
 /// only the message that causes it is parked. Transient errors are returned.
 async fn apply_isolating(store: &dyn ProcessingStore, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
-    match store.apply(deliveries, price).await {
+    match store.apply(deliveries).await {
         Ok(applied) => return Ok(applied),
         Err(error) if error.is_transient() => return Err(error),
         Err(error) if deliveries.len() == 1 => return park(store, &deliveries[0], &error).await.map(|a| vec![a]),
@@ -95,7 +94,7 @@ async fn apply_isolating(store: &dyn ProcessingStore, deliveries: &[Delivery]) -
     }
     let mut applied = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
-        applied.push(match store.apply(slice::from_ref(delivery), price).await {
+        applied.push(match store.apply(slice::from_ref(delivery)).await {
             Ok(mut one) => one.pop().ok_or_else(|| StoreError::Other("no outcome for the message".into()))?,
             Err(error) if error.is_transient() => return Err(error),
             Err(error) => park(store, delivery, &error).await?,
@@ -111,7 +110,7 @@ async fn park(store: &dyn ProcessingStore, delivery: &Delivery, error: &StoreErr
     let reason = format!("the database refused the message: {error}");
     let mut rejected = Delivery { rejection: Some(reason), ..delivery.clone() };
     for attempt in 0..2 {
-        match store.apply(slice::from_ref(&rejected), price).await {
+        match store.apply(slice::from_ref(&rejected)).await {
             Ok(mut one) => return one.pop().ok_or_else(|| StoreError::Other("no outcome for the message".into())),
             Err(error) if error.is_transient() => return Err(error),
             // Failing the order was refused too: keep the dead letter alone.

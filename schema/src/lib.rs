@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 mod database_url;
+mod decide;
 pub mod limits;
 pub mod messages;
 pub mod model;

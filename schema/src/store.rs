@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
-use crate::pricing::Priced;
 
 /// What went wrong in the store, phrased as what the caller can do about it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -339,24 +338,11 @@ pub struct DeadLetter {
 pub trait ProcessingStore: Send + Sync {
     /// In one transaction for the whole batch, per message: looks up the order
     /// and its product's list price, records `outbox_id` in the inbox (a
-    /// duplicate means "already done"), prices the order with `price` and sets
-    /// it `processed`, guarded by its status. An unknown product marks the
-    /// order `failed` instead; an unknown order changes nothing.
-    async fn process_orders(
-        &self,
-        items: &[(Option<OutboxId>, OrderId)],
-        price: fn(rust_decimal::Decimal, i32) -> Priced,
-    ) -> Result<Vec<ProcessOutcome>, StoreError>;
-    /// [`ProcessingStore::process_orders`] for one message.
-    async fn process_order(
-        &self,
-        outbox_id: Option<OutboxId>,
-        order_id: OrderId,
-        price: fn(rust_decimal::Decimal, i32) -> Priced,
-    ) -> Result<ProcessOutcome, StoreError> {
-        let mut outcomes = self.process_orders(&[(outbox_id, order_id)], price).await?;
-        outcomes.pop().ok_or_else(|| StoreError::Other("no outcome for the message".into()))
-    }
+    /// duplicate means "already done"), prices the order
+    /// ([`crate::pricing::price`]) and sets it `processed`, guarded by its
+    /// status. An unknown product marks the order `failed` instead; an
+    /// unknown order changes nothing.
+    async fn process_orders(&self, items: &[(Option<OutboxId>, OrderId)]) -> Result<Vec<ProcessOutcome>, StoreError>;
     /// The consumer's whole batch in one transaction, one outcome per delivery.
     /// A valid delivery is processed as [`ProcessingStore::process_orders`]
     /// does. A rejected one changes no order unless it is the order's own
@@ -365,11 +351,7 @@ pub trait ProcessingStore: Send + Sync {
     /// Every delivery that ends as a dead letter (rejected, unknown order,
     /// unknown product) is recorded in `dead_letters` in the same transaction,
     /// once per `dead_letter_id`, for [`ProcessingStore::unsent_dead_letters`].
-    async fn apply(
-        &self,
-        deliveries: &[Delivery],
-        price: fn(rust_decimal::Decimal, i32) -> Priced,
-    ) -> Result<Vec<Applied>, StoreError>;
+    async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError>;
     /// Dead letters not yet confirmed on the dead-letter queue, oldest first.
     async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError>;
     /// Records that the broker confirmed these dead letters; returns how many were marked.

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use consumer::step::{Acker, StepError, handle_delivery, publish_dead_letters};
-use schema::pricing::Priced;
 use schema::{
     Applied, DeadLetter, Delivery, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, ProcessingStore,
     Store, StoreError,
@@ -60,18 +59,10 @@ struct Refusing {
 
 #[async_trait]
 impl ProcessingStore for Refusing {
-    async fn process_orders(
-        &self,
-        items: &[(Option<OutboxId>, OrderId)],
-        price: fn(rust_decimal::Decimal, i32) -> Priced,
-    ) -> Result<Vec<ProcessOutcome>, StoreError> {
-        self.inner.process_orders(items, price).await
+    async fn process_orders(&self, items: &[(Option<OutboxId>, OrderId)]) -> Result<Vec<ProcessOutcome>, StoreError> {
+        self.inner.process_orders(items).await
     }
-    async fn apply(
-        &self,
-        deliveries: &[Delivery],
-        price: fn(rust_decimal::Decimal, i32) -> Priced,
-    ) -> Result<Vec<Applied>, StoreError> {
+    async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
         let marked = |d: &Delivery| String::from_utf8_lossy(&d.body).contains(self.marker);
         if deliveries.iter().any(|d| marked(d) && (self.transient || d.rejection.is_none())) {
             return Err(match self.transient {
@@ -79,7 +70,7 @@ impl ProcessingStore for Refusing {
                 false => StoreError::Invalid("String or binary data would be truncated (2628)".into()),
             });
         }
-        self.inner.apply(deliveries, price).await
+        self.inner.apply(deliveries).await
     }
     async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
         self.inner.unsent_dead_letters(limit).await

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use tiberius::Row;
 
+use crate::decide::{Decision, OrderFacts, decide, order_of, settle};
 use crate::limits::{DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, truncate_utf16};
-use crate::pricing::Priced;
 use crate::store::Moves;
 use crate::{
     Applied, DeadLetter, Delivery, MssqlStore, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore,
@@ -19,41 +19,41 @@ use crate::{
 use super::sql::*;
 use super::{TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, order_from_row, rows};
 
-/// One message's effect inside the batch's transaction.
+/// One message's effect inside the batch's transaction ([`decide`]).
 async fn process_one(
     client: &mut TdsClient,
     outbox_id: Option<OutboxId>,
     order_id: OrderId,
-    price: fn(Decimal, i32) -> Priced,
     moves: &mut Moves,
 ) -> TdsResult<ProcessOutcome> {
     let found = rows(client, ORDER_FOR_PRICING, &[&order_id.0]).await?;
-    // An unknown order leaves no inbox row: a later delivery, once the order exists, still counts.
     let Some(row) = found.first() else {
         return Ok(ProcessOutcome::OrderNotFound);
     };
     let status = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("status"))?;
-    let status = OrderStatus::from_str(status).map_err(|e| tiberius::error::Error::Conversion(e.into()))?;
-    let quantity = row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?;
-    let product_id = row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string();
-    let list_price = row.try_get::<Decimal, _>(3)?;
-    if let Some(id) = outbox_id
-        && exec(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 0
-    {
-        return Ok(ProcessOutcome::Duplicate);
-    }
-    if status.is_final() {
-        return Ok(ProcessOutcome::Duplicate);
-    }
-    let Some(list_price) = list_price else {
-        let reason = truncate_utf16(&format!("unknown product {product_id}"), FAILURE_REASON_UNITS).to_string();
-        mark_failed(client, order_id, &reason, moves).await?;
-        return Ok(ProcessOutcome::Failed(reason));
+    let facts = OrderFacts {
+        status: OrderStatus::from_str(status).map_err(|e| tiberius::error::Error::Conversion(e.into()))?,
+        quantity: row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?,
+        product_id: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string(),
+        list_price: row.try_get::<Decimal, _>(3)?,
     };
-    let priced = price(list_price, quantity);
-    let updated = rows(client, MARK_PROCESSED, &[&order_id.0, &priced.unit_price, &priced.total_price]).await?;
-    moves.moved(status, OrderStatus::Processed, 1);
-    Ok(ProcessOutcome::Processed(order_from_row(updated.first().ok_or_else(|| conversion("processed order"))?)?))
+    let first_delivery = match outbox_id {
+        Some(id) => exec(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 1,
+        None => true,
+    };
+    match decide(&facts, first_delivery) {
+        Decision::Duplicate => Ok(ProcessOutcome::Duplicate),
+        Decision::Fail(reason) => {
+            mark_failed(client, order_id, &reason, moves).await?;
+            Ok(ProcessOutcome::Failed(reason))
+        }
+        Decision::Process { from, priced } => {
+            let updated = rows(client, MARK_PROCESSED, &[&order_id.0, &priced.unit_price, &priced.total_price]).await?;
+            moves.moved(from, OrderStatus::Processed, 1);
+            let order = updated.first().ok_or_else(|| conversion("processed order"))?;
+            Ok(ProcessOutcome::Processed(order_from_row(order)?))
+        }
+    }
 }
 
 /// Fails the order unless it is already final; true when it did.
@@ -69,13 +69,12 @@ async fn mark_failed(client: &mut TdsClient, order_id: OrderId, reason: &str, mo
 async fn process_batch(
     client: &mut TdsClient,
     items: &[(Option<OutboxId>, OrderId)],
-    price: fn(Decimal, i32) -> Priced,
 ) -> TdsResult<Vec<ProcessOutcome>> {
     batch(client, BEGIN).await?;
     let mut outcomes = Vec::with_capacity(items.len());
     let mut moves = Moves::default();
     for (outbox_id, order_id) in items {
-        outcomes.push(process_one(client, *outbox_id, *order_id, price, &mut moves).await?);
+        outcomes.push(process_one(client, *outbox_id, *order_id, &mut moves).await?);
     }
     count_moves(client, moves).await?;
     batch(client, COMMIT).await?;
@@ -108,37 +107,26 @@ async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str, moves: &mut 
     Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
 }
 
-async fn apply_one(
-    client: &mut TdsClient,
-    d: &Delivery,
-    price: fn(Decimal, i32) -> Priced,
-    moves: &mut Moves,
-) -> TdsResult<Applied> {
-    let order_id = match (&d.rejection, d.order_id) {
-        (Some(reason), _) => return reject(client, d, reason, moves).await,
-        (None, None) => return reject(client, d, "the message names no order", moves).await,
-        (None, Some(order_id)) => order_id,
+async fn apply_one(client: &mut TdsClient, d: &Delivery, moves: &mut Moves) -> TdsResult<Applied> {
+    let order_id = match order_of(d) {
+        Ok(order_id) => order_id,
+        Err(reason) => return reject(client, d, reason, moves).await,
     };
-    let (reason, order_failed) = match process_one(client, d.outbox_id, order_id, price, moves).await? {
-        ProcessOutcome::Processed(order) => return Ok(Applied::Processed(order)),
-        ProcessOutcome::Duplicate => return Ok(Applied::Duplicate),
-        ProcessOutcome::OrderNotFound => (format!("order {order_id} not found"), false),
-        ProcessOutcome::Failed(reason) => (reason, true),
-    };
-    record_dead_letter(client, d, &reason).await?;
-    Ok(Applied::DeadLettered { reason, order_failed })
+    match settle(process_one(client, d.outbox_id, order_id, moves).await?, order_id) {
+        Ok(applied) => Ok(applied),
+        Err((reason, order_failed)) => {
+            record_dead_letter(client, d, &reason).await?;
+            Ok(Applied::DeadLettered { reason, order_failed })
+        }
+    }
 }
 
-async fn apply_batch(
-    client: &mut TdsClient,
-    deliveries: &[Delivery],
-    price: fn(Decimal, i32) -> Priced,
-) -> TdsResult<Vec<Applied>> {
+async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResult<Vec<Applied>> {
     batch(client, BEGIN).await?;
     let mut outcomes = Vec::with_capacity(deliveries.len());
     let mut moves = Moves::default();
     for d in deliveries {
-        outcomes.push(apply_one(client, d, price, &mut moves).await?);
+        outcomes.push(apply_one(client, d, &mut moves).await?);
     }
     count_moves(client, moves).await?;
     batch(client, COMMIT).await?;
@@ -161,23 +149,15 @@ fn dead_letter_from_row(row: &Row) -> TdsResult<DeadLetter> {
 
 #[async_trait]
 impl ProcessingStore for MssqlStore {
-    async fn process_orders(
-        &self,
-        items: &[(Option<OutboxId>, OrderId)],
-        price: fn(Decimal, i32) -> Priced,
-    ) -> Result<Vec<ProcessOutcome>, StoreError> {
+    async fn process_orders(&self, items: &[(Option<OutboxId>, OrderId)]) -> Result<Vec<ProcessOutcome>, StoreError> {
         let mut conn = self.conn().await?;
-        let result = process_batch(&mut conn, items, price).await;
+        let result = process_batch(&mut conn, items).await;
         finish(conn, result)
     }
 
-    async fn apply(
-        &self,
-        deliveries: &[Delivery],
-        price: fn(Decimal, i32) -> Priced,
-    ) -> Result<Vec<Applied>, StoreError> {
+    async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
         let mut conn = self.conn().await?;
-        let result = apply_batch(&mut conn, deliveries, price).await;
+        let result = apply_batch(&mut conn, deliveries).await;
         finish(conn, result)
     }
 

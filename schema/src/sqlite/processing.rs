@@ -6,10 +6,9 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
-use rust_decimal::Decimal;
 
+use crate::decide::{Decision, OrderFacts, decide, order_of, settle};
 use crate::limits::{DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, truncate_utf16};
-use crate::pricing::Priced;
 use crate::store::Moves;
 use crate::{
     Applied, DeadLetter, Delivery, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore, SqliteStore,
@@ -27,13 +26,8 @@ fn record_inbox(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId)
     Ok(inserted == 1)
 }
 
-/// One message's effect inside the batch's transaction.
-fn process_one(
-    tx: &Connection,
-    outbox_id: Option<OutboxId>,
-    order_id: OrderId,
-    price: fn(Decimal, i32) -> Priced,
-) -> Result<ProcessOutcome, StoreError> {
+/// One message's effect inside the batch's transaction ([`decide`]).
+fn process_one(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<ProcessOutcome, StoreError> {
     let found: Option<(String, i32, String, Option<String>)> = tx
         .prepare_cached(
             "SELECT o.status, o.quantity, o.product_id, p.list_price \
@@ -41,36 +35,33 @@ fn process_one(
         )?
         .query_row([order_id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
-    // An unknown order leaves no inbox row: a later delivery, once the order exists, still counts.
     let Some((status, quantity, product_id, list_price)) = found else {
         return Ok(ProcessOutcome::OrderNotFound);
     };
-    if !record_inbox(tx, outbox_id, order_id)? {
-        return Ok(ProcessOutcome::Duplicate);
-    }
     let status = OrderStatus::from_str(&status).map_err(StoreError::Other)?;
-    if status.is_final() {
-        return Ok(ProcessOutcome::Duplicate);
+    let facts = OrderFacts { status, quantity, product_id, list_price: parse_decimal(list_price)? };
+    match decide(&facts, record_inbox(tx, outbox_id, order_id)?) {
+        Decision::Duplicate => Ok(ProcessOutcome::Duplicate),
+        Decision::Fail(reason) => {
+            mark_failed(tx, order_id, &reason)?;
+            Ok(ProcessOutcome::Failed(reason))
+        }
+        Decision::Process { from, priced } => {
+            let sql = format!(
+                "UPDATE orders SET status = 'processed', unit_price = ?2, total_price = ?3, failure_reason = NULL, \
+                   processed_at = {NOW} \
+                 WHERE order_id = ?1 AND status IN ('pending', 'published') RETURNING {ORDER_COLUMNS}"
+            );
+            let order = tx.prepare_cached(&sql)?.query_row(
+                params![order_id.0, priced.unit_price.to_string(), priced.total_price.to_string()],
+                order_from_row,
+            )?;
+            let mut moves = Moves::default();
+            moves.moved(from, OrderStatus::Processed, 1);
+            count_moves(tx, moves)?;
+            Ok(ProcessOutcome::Processed(order))
+        }
     }
-    let Some(list_price) = parse_decimal(list_price)? else {
-        let reason = truncate_utf16(&format!("unknown product {product_id}"), FAILURE_REASON_UNITS).to_string();
-        mark_failed(tx, order_id, &reason)?;
-        return Ok(ProcessOutcome::Failed(reason));
-    };
-    let priced = price(list_price, quantity);
-    let sql = format!(
-        "UPDATE orders SET status = 'processed', unit_price = ?2, total_price = ?3, failure_reason = NULL, \
-           processed_at = {NOW} \
-         WHERE order_id = ?1 AND status IN ('pending', 'published') RETURNING {ORDER_COLUMNS}"
-    );
-    let order = tx.prepare_cached(&sql)?.query_row(
-        params![order_id.0, priced.unit_price.to_string(), priced.total_price.to_string()],
-        order_from_row,
-    )?;
-    let mut moves = Moves::default();
-    moves.moved(status, OrderStatus::Processed, 1);
-    count_moves(tx, moves)?;
-    Ok(ProcessOutcome::Processed(order))
 }
 
 /// Fails the order unless it is already final; true when it did.
@@ -130,43 +121,31 @@ fn reject(tx: &Connection, d: &Delivery, reason: &str) -> Result<Applied, StoreE
     Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
 }
 
-fn apply_one(tx: &Connection, d: &Delivery, price: fn(Decimal, i32) -> Priced) -> Result<Applied, StoreError> {
-    let order_id = match (&d.rejection, d.order_id) {
-        (Some(reason), _) => return reject(tx, d, reason),
-        (None, None) => return reject(tx, d, "the message names no order"),
-        (None, Some(order_id)) => order_id,
+fn apply_one(tx: &Connection, d: &Delivery) -> Result<Applied, StoreError> {
+    let order_id = match order_of(d) {
+        Ok(order_id) => order_id,
+        Err(reason) => return reject(tx, d, reason),
     };
-    let (reason, order_failed) = match process_one(tx, d.outbox_id, order_id, price)? {
-        ProcessOutcome::Processed(order) => return Ok(Applied::Processed(order)),
-        ProcessOutcome::Duplicate => return Ok(Applied::Duplicate),
-        ProcessOutcome::OrderNotFound => (format!("order {order_id} not found"), false),
-        ProcessOutcome::Failed(reason) => (reason, true),
-    };
-    record_dead_letter(tx, d, &reason)?;
-    Ok(Applied::DeadLettered { reason, order_failed })
+    match settle(process_one(tx, d.outbox_id, order_id)?, order_id) {
+        Ok(applied) => Ok(applied),
+        Err((reason, order_failed)) => {
+            record_dead_letter(tx, d, &reason)?;
+            Ok(Applied::DeadLettered { reason, order_failed })
+        }
+    }
 }
 
 #[async_trait]
 impl ProcessingStore for SqliteStore {
-    async fn process_orders(
-        &self,
-        items: &[(Option<OutboxId>, OrderId)],
-        price: fn(Decimal, i32) -> Priced,
-    ) -> Result<Vec<ProcessOutcome>, StoreError> {
+    async fn process_orders(&self, items: &[(Option<OutboxId>, OrderId)]) -> Result<Vec<ProcessOutcome>, StoreError> {
         let items = items.to_vec();
-        self.write(move |tx| {
-            items.iter().map(|(outbox_id, order_id)| process_one(tx, *outbox_id, *order_id, price)).collect()
-        })
-        .await
+        self.write(move |tx| items.iter().map(|(outbox_id, order_id)| process_one(tx, *outbox_id, *order_id)).collect())
+            .await
     }
 
-    async fn apply(
-        &self,
-        deliveries: &[Delivery],
-        price: fn(Decimal, i32) -> Priced,
-    ) -> Result<Vec<Applied>, StoreError> {
+    async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
         let deliveries = deliveries.to_vec();
-        self.write(move |tx| deliveries.iter().map(|d| apply_one(tx, d, price)).collect()).await
+        self.write(move |tx| deliveries.iter().map(|d| apply_one(tx, d)).collect()).await
     }
 
     async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use schema::RequeueTarget;
-use schema::pricing::price;
 use schema::{
     Applied, Delivery, FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, Store,
 };
@@ -28,6 +27,17 @@ async fn place(store: &Arc<dyn Store>, product: &str, quantity: i32) -> OrderId 
         Placed::Created(o) => o.order_id,
         Placed::Existing(_) => panic!("no idempotency key was given"),
     }
+}
+
+/// One message through [`schema::ProcessingStore::process_orders`].
+async fn process_order(
+    store: &Arc<dyn Store>,
+    outbox_id: Option<OutboxId>,
+    order_id: OrderId,
+) -> anyhow::Result<ProcessOutcome> {
+    let mut outcomes = store.process_orders(&[(outbox_id, order_id)]).await?;
+    anyhow::ensure!(outcomes.len() == 1, "one outcome per message");
+    Ok(outcomes.remove(0))
 }
 
 fn delivery(outbox_id: Option<OutboxId>, order_id: Option<OrderId>, rejection: Option<&str>) -> Delivery {
@@ -118,7 +128,7 @@ pub async fn publishing_advances_pending_orders_only(store: Arc<dyn Store>) {
     let second = place(&store, "P123", 2).await;
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     // A fast consumer finishes the second order before the relay marks it.
-    let done = store.process_order(None, second, price).await.unwrap();
+    let done = process_order(&store, None, second).await.unwrap();
     assert!(matches!(done, ProcessOutcome::Processed(_)));
     let ids: Vec<OutboxId> = rows.iter().map(|r| r.outbox_id).collect();
     assert_eq!(store.mark_published("relay-a", &ids).await.unwrap(), 2);
@@ -133,23 +143,23 @@ pub async fn publishing_advances_pending_orders_only(store: Arc<dyn Store>) {
 pub async fn processing_prices_once_per_outbox_id(store: Arc<dyn Store>) {
     let id = place(&store, "P123", 2).await;
     let outbox_id = OutboxId::new();
-    let ProcessOutcome::Processed(order) = store.process_order(Some(outbox_id), id, price).await.unwrap() else {
+    let ProcessOutcome::Processed(order) = process_order(&store, Some(outbox_id), id).await.unwrap() else {
         panic!("first delivery processes")
     };
     assert_eq!(order.status, OrderStatus::Processed);
     assert_eq!(order.unit_price, Some(dec("90.00")));
     assert_eq!(order.total_price, Some(dec("180.00")));
     assert!(order.processed_at.is_some());
-    assert_eq!(store.process_order(Some(outbox_id), id, price).await.unwrap(), ProcessOutcome::Duplicate);
-    assert_eq!(store.process_order(None, id, price).await.unwrap(), ProcessOutcome::Duplicate);
-    assert_eq!(store.process_order(Some(OutboxId::new()), id, price).await.unwrap(), ProcessOutcome::Duplicate);
+    assert_eq!(process_order(&store, Some(outbox_id), id).await.unwrap(), ProcessOutcome::Duplicate);
+    assert_eq!(process_order(&store, None, id).await.unwrap(), ProcessOutcome::Duplicate);
+    assert_eq!(process_order(&store, Some(OutboxId::new()), id).await.unwrap(), ProcessOutcome::Duplicate);
     let again = store.order(id).await.unwrap();
     assert_eq!(again.processed_at, order.processed_at, "a duplicate changes nothing");
 }
 
 pub async fn an_unknown_product_fails_the_order_with_a_reason(store: Arc<dyn Store>) {
     let id = place(&store, "P999", 1).await;
-    let outcome = store.process_order(Some(OutboxId::new()), id, price).await.unwrap();
+    let outcome = process_order(&store, Some(OutboxId::new()), id).await.unwrap();
     assert_eq!(outcome, ProcessOutcome::Failed("unknown product P999".into()));
     let order = store.order(id).await.unwrap();
     assert_eq!(order.status, OrderStatus::Failed);
@@ -159,10 +169,10 @@ pub async fn an_unknown_product_fails_the_order_with_a_reason(store: Arc<dyn Sto
 
 pub async fn a_missing_order_changes_nothing(store: Arc<dyn Store>) {
     let outbox_id = OutboxId::new();
-    let outcome = store.process_order(Some(outbox_id), OrderId(987_654), price).await.unwrap();
+    let outcome = process_order(&store, Some(outbox_id), OrderId(987_654)).await.unwrap();
     assert_eq!(outcome, ProcessOutcome::OrderNotFound);
     let stray = delivery(Some(outbox_id), Some(OrderId(987_654)), Some("bad"));
-    let applied = store.apply(&[stray], price).await.unwrap();
+    let applied = store.apply(&[stray]).await.unwrap();
     assert_eq!(applied, vec![Applied::DeadLettered { reason: "bad".into(), order_failed: false }]);
     assert!(matches!(store.order(OrderId(987_654)).await, Err(schema::StoreError::NotFound)));
 }
@@ -172,24 +182,24 @@ pub async fn a_rejected_message_fails_only_its_own_order(store: Arc<dyn Store>) 
     let done = place(&store, "P123", 1).await;
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     let own = |order: OrderId| rows.iter().find(|r| r.order_id == order).unwrap().outbox_id;
-    store.process_order(Some(own(done)), done, price).await.unwrap();
+    process_order(&store, Some(own(done)), done).await.unwrap();
     let stray = [
         delivery(None, Some(open), Some("quantity \"lots\" is not a number")),
         delivery(Some(OutboxId::new()), Some(open), Some("a stranger's outbox id")),
         delivery(Some(own(done)), Some(open), Some("another order's outbox id")),
     ];
-    for applied in store.apply(&stray, price).await.unwrap() {
+    for applied in store.apply(&stray).await.unwrap() {
         assert!(matches!(applied, Applied::DeadLettered { order_failed: false, .. }), "{applied:?}");
     }
     assert_eq!(store.order(open).await.unwrap().status, OrderStatus::Pending, "a stray message harms no order");
     let mine = delivery(Some(own(open)), Some(open), Some("quantity out of range"));
-    let applied = store.apply(std::slice::from_ref(&mine), price).await.unwrap();
+    let applied = store.apply(std::slice::from_ref(&mine)).await.unwrap();
     assert_eq!(applied, vec![Applied::DeadLettered { reason: "quantity out of range".into(), order_failed: true }]);
     let open = store.order(open).await.unwrap();
     assert_eq!((open.status, open.failure_reason.as_deref()), (OrderStatus::Failed, Some("quantity out of range")));
-    assert_eq!(store.apply(&[mine], price).await.unwrap(), vec![Applied::Duplicate], "a redelivery is a duplicate");
+    assert_eq!(store.apply(&[mine]).await.unwrap(), vec![Applied::Duplicate], "a redelivery is a duplicate");
     let late = delivery(Some(own(done)), Some(done), Some("late failure"));
-    assert!(matches!(&store.apply(&[late], price).await.unwrap()[0], Applied::Duplicate));
+    assert!(matches!(&store.apply(&[late]).await.unwrap()[0], Applied::Duplicate));
     assert_eq!(store.order(done).await.unwrap().status, OrderStatus::Processed);
 }
 
@@ -200,10 +210,10 @@ pub async fn dead_letters_are_recorded_once_and_kept_until_confirmed(store: Arc<
     let product = delivery(None, Some(unknown), None);
     let missing = delivery(None, Some(OrderId(777_777)), None);
     let batch = [garbage.clone(), product.clone(), missing.clone(), garbage.clone()];
-    let applied = store.apply(&batch, price).await.unwrap();
+    let applied = store.apply(&batch).await.unwrap();
     assert_eq!(applied[1], Applied::DeadLettered { reason: "unknown product P999".into(), order_failed: true });
     assert_eq!(applied[2], Applied::DeadLettered { reason: "order 777777 not found".into(), order_failed: false });
-    store.apply(std::slice::from_ref(&missing), price).await.unwrap();
+    store.apply(std::slice::from_ref(&missing)).await.unwrap();
     let unsent = store.unsent_dead_letters(100).await.unwrap();
     let ids: Vec<&str> = unsent.iter().map(|d| d.dead_letter_id.as_str()).collect();
     assert_eq!(ids, [&garbage.dead_letter_id, &product.dead_letter_id, &missing.dead_letter_id], "once per id");
@@ -284,7 +294,7 @@ pub async fn retention_deletes_old_rows_in_small_batches(store: Arc<dyn Store>) 
     let mut ids = Vec::new();
     for _ in 0..5 {
         let order = place(&store, "P200", 1).await;
-        store.process_order(Some(OutboxId::new()), order, price).await.unwrap();
+        process_order(&store, Some(OutboxId::new()), order).await.unwrap();
     }
     place(&store, "P200", 1).await; // stays unpublished
     let rows = store.claim_batch("relay-a", 5, Duration::from_secs(30)).await.unwrap();
@@ -312,7 +322,7 @@ pub async fn reconciliation_reports_orders_published_but_not_processed(store: Ar
     tokio::time::sleep(Duration::from_millis(20)).await;
     let found = store.reconcile(Duration::ZERO).await.unwrap();
     assert_eq!((found.published_not_processed, found.pending_without_outbox), (1, 0));
-    store.process_order(None, stuck, price).await.unwrap();
+    process_order(&store, None, stuck).await.unwrap();
     assert_eq!(store.reconcile(Duration::ZERO).await.unwrap().published_not_processed, 0);
 }
 
@@ -336,7 +346,7 @@ pub async fn an_order_stuck_since_its_publication_is_sent_again(store: Arc<dyn S
     let other = due.iter().find(|r| r.order_id == waiting).unwrap().outbox_id;
     store.mark_published("relay-a", &[first, other]).await.unwrap();
     assert_eq!(store.order(lost).await.unwrap().status, OrderStatus::Published, "never moved back");
-    store.process_order(Some(first), lost, price).await.unwrap();
+    process_order(&store, Some(first), lost).await.unwrap();
     // The other order's row is deleted by retention before anyone notices it is
     // stuck: the repair writes a fresh row.
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -361,7 +371,7 @@ pub async fn the_ops_views_list_failures_publication_times_and_the_audit(store: 
     assert!(published >= store.order(good).await.unwrap().created_at);
     assert_eq!(store.published_at(OrderId(777_777)).await.unwrap(), None);
     for row in &rows {
-        store.process_order(Some(row.outbox_id), row.order_id, price).await.unwrap();
+        process_order(&store, Some(row.outbox_id), row.order_id).await.unwrap();
     }
     let failed = store.failed_orders(10).await.unwrap();
     assert_eq!(failed.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![bad]);
@@ -391,23 +401,20 @@ pub async fn order_counts_follow_every_status_change(store: Arc<dyn Store>) {
     store.mark_published("relay-a", &[own(good)]).await.unwrap();
     assert_eq!(counts(store.clone()).await, (1, 2, 0, 0), "a repeated mark moves nothing");
     let applied = store
-        .apply(
-            &[
-                delivery(Some(own(good)), Some(good), None),
-                delivery(Some(own(good)), Some(good), None),
-                delivery(Some(own(unknown)), Some(unknown), None),
-                delivery(Some(own(rejected)), Some(rejected), Some("quantity must be a number")),
-                delivery(None, Some(good), Some("a stray")),
-            ],
-            price,
-        )
+        .apply(&[
+            delivery(Some(own(good)), Some(good), None),
+            delivery(Some(own(good)), Some(good), None),
+            delivery(Some(own(unknown)), Some(unknown), None),
+            delivery(Some(own(rejected)), Some(rejected), Some("quantity must be a number")),
+            delivery(None, Some(good), Some("a stray")),
+        ])
         .await
         .unwrap();
     assert!(matches!(applied[0], Applied::Processed(_)) && applied[1] == Applied::Duplicate);
     assert_eq!(counts(store.clone()).await, (0, 0, 1, 2), "processed once; failed from pending and from published");
     store.retry_failed_order(unknown, "ops").await.unwrap();
     assert_eq!(counts(store.clone()).await, (1, 0, 1, 1));
-    store.process_order(None, good, price).await.unwrap();
+    process_order(&store, None, good).await.unwrap();
     assert_eq!(counts(store.clone()).await, (1, 0, 1, 1), "a final order is not counted twice");
 }
 
@@ -415,7 +422,7 @@ pub async fn a_failed_order_can_be_retried_once_its_cause_is_fixed(store: Arc<dy
     let order = place(&store, "P999", 2).await;
     let first = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()[0].outbox_id;
     store.mark_published("relay-a", &[first]).await.unwrap();
-    assert!(matches!(store.process_order(Some(first), order, price).await.unwrap(), ProcessOutcome::Failed(_)));
+    assert!(matches!(process_order(&store, Some(first), order).await.unwrap(), ProcessOutcome::Failed(_)));
     let fresh = store.retry_failed_order(order, "ops@example").await.unwrap();
     assert_ne!(fresh, first, "a new idempotency key: the old one is in the inbox");
     let retried = store.order(order).await.unwrap();
@@ -432,17 +439,14 @@ pub async fn a_batch_is_one_transaction_with_an_outcome_per_message(store: Arc<d
     let seed = place(&store, "P200", 1).await;
     let id = OutboxId::new();
     let outcomes = store
-        .process_orders(
-            &[
-                (Some(id), good),
-                (Some(id), good),
-                (None, OrderId(424_242)),
-                (Some(OutboxId::new()), unknown),
-                (None, seed),
-                (None, seed),
-            ],
-            price,
-        )
+        .process_orders(&[
+            (Some(id), good),
+            (Some(id), good),
+            (None, OrderId(424_242)),
+            (Some(OutboxId::new()), unknown),
+            (None, seed),
+            (None, seed),
+        ])
         .await
         .unwrap();
     assert!(matches!(&outcomes[0], ProcessOutcome::Processed(o) if o.total_price == Some(dec("180.00"))));
@@ -464,7 +468,7 @@ pub async fn keys_that_differ_only_in_case_are_different(store: Arc<dyn Store>) 
     assert_ne!(a.order_id, b.order_id);
     assert!(matches!(store.product("p123").await, Err(schema::StoreError::NotFound)), "product ids are exact");
     let lowercase_product = place(&store, "p123", 1).await;
-    let outcome = store.process_order(None, lowercase_product, price).await.unwrap();
+    let outcome = process_order(&store, None, lowercase_product).await.unwrap();
     assert_eq!(outcome, ProcessOutcome::Failed("unknown product p123".into()), "p123 is not P123");
 }
 
@@ -481,7 +485,7 @@ pub async fn non_bmp_text_fits_at_every_limit(store: Arc<dyn Store>) {
 
     let reason = format!("invalid order message: {}", "𝄞".repeat(300));
     let own = delivery(Some(rows[0].outbox_id), Some(order.order_id), Some(&reason));
-    assert!(matches!(&store.apply(&[own], price).await.unwrap()[0], Applied::DeadLettered { order_failed: true, .. }));
+    assert!(matches!(&store.apply(&[own]).await.unwrap()[0], Applied::DeadLettered { order_failed: true, .. }));
     let stored = store.order(order.order_id).await.unwrap().failure_reason.unwrap();
     assert!(utf16_len(&stored) <= FAILURE_REASON_UNITS && utf16_len(&stored) >= FAILURE_REASON_UNITS - 1);
     assert!(reason.starts_with(&stored), "cut on a character boundary");
