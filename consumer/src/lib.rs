@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use observability::{Backoff, Readiness};
 use prometheus::Registry;
-use schema::{Applied, Store};
+use schema::{Applied, ProcessingStore};
 use stomp::{Client, Frame, StompError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A built consumer: database connected and migrated, admin port bound.
 pub struct App {
     config: Config,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ProcessingStore>,
     admin: TcpListener,
     registry: Registry,
     metrics: Metrics,
@@ -112,7 +112,7 @@ impl observability::Service for App {
 }
 
 struct Consumer {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ProcessingStore>,
     metrics: Metrics,
     readiness: Readiness,
     broker: stomp::Config,

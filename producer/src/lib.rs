@@ -21,7 +21,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use observability::Readiness;
 use prometheus::Registry;
-use schema::{NewOrder, Placed, Product, Store, StoreError};
+use schema::{NewOrder, OrderStore, Placed, Product, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,7 @@ use crate::validation::{RawOrder, validate};
 /// Shared by every handler.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    store: Arc<dyn Store>,
+    store: Arc<dyn OrderStore>,
     metrics: Metrics,
     catalogue: Arc<RwLock<Vec<Product>>>,
     recent_orders: u32,
@@ -238,7 +238,7 @@ fn router(state: AppState, ops: ops::Ops) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record))
 }
 
-async fn watch_database(store: Arc<dyn Store>, readiness: Readiness, stop: CancellationToken) {
+async fn watch_database(store: Arc<dyn OrderStore>, readiness: Readiness, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use observability::Readiness;
 use prometheus::Registry;
-use schema::Store;
+use schema::OutboxAdmin;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,7 @@ use crate::step::Relay;
 /// A built relay: database connected and migrated, admin port bound.
 pub struct App {
     config: Config,
-    store: Arc<dyn Store>,
+    outbox_admin: Arc<dyn OutboxAdmin>,
     admin: TcpListener,
     registry: Registry,
     readiness: Readiness,
@@ -72,7 +72,7 @@ impl App {
             control: step::Control::default(),
         });
         let readiness = Readiness::new(&["database", "broker", "loop"]);
-        Ok(App { config, store, admin, registry, readiness, relay })
+        Ok(App { config, outbox_admin: store, admin, registry, readiness, relay })
     }
 
     /// The bound admin address (tests bind port 0).
@@ -83,7 +83,7 @@ impl App {
     /// Runs until `shutdown`: then stops claiming, finishes the batch in
     /// flight within the grace period, releases its leases and disconnects.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { config, store, admin, registry, readiness, relay } = self;
+        let App { config, outbox_admin, admin, registry, readiness, relay } = self;
         tracing::info!(
             relay_id = %relay.owner,
             admin = %admin.local_addr()?,
@@ -95,11 +95,15 @@ impl App {
         let token = observability::AdminToken::new(config.service.admin_token.as_deref());
         essentials.serve_admin(
             admin,
-            observability::admin_router(registry, readiness.clone()).merge(ops::router(relay.clone(), token)),
+            observability::admin_router(registry, readiness.clone()).merge(ops::router(
+                relay.clone(),
+                outbox_admin.clone(),
+                token,
+            )),
         );
         let mut scheduler =
-            maintenance::start(relay.store.clone(), config.maintenance(&relay.owner), relay.metrics.clone()).await?;
-        let watch = watch(store.clone(), relay.clone(), readiness, essentials.stop_token());
+            maintenance::start(outbox_admin, config.maintenance(&relay.owner), relay.metrics.clone()).await?;
+        let watch = watch(relay.clone(), readiness, essentials.stop_token());
         essentials.spawn("watch loop", async move {
             watch.await;
             Ok(())
@@ -114,7 +118,7 @@ impl App {
         {
             tracing::warn!("grace period over with a batch still in flight");
         }
-        match store.release_leases(&relay.owner).await {
+        match relay.store.release_leases(&relay.owner).await {
             Ok(n) => tracing::info!(released = n, "leases released"),
             Err(error) => {
                 tracing::warn!(%error, "could not release leases; they expire on their own")
@@ -148,14 +152,14 @@ impl observability::Service for App {
 }
 
 /// Refreshes backlog gauges and readiness every second; reconnects an idle broker link.
-async fn watch(store: Arc<dyn Store>, relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken) {
+async fn watch(relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.outbox_stats().await {
+        match relay.store.outbox_stats().await {
             Ok(stats) => {
                 relay.metrics.outbox_pending.set(stats.pending);
                 relay.metrics.outbox_oldest_pending_seconds.set(stats.oldest_pending_seconds);

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use schema::{OutboxStore, Reconciliation, StoreError};
+use schema::{OutboxAdmin, Reconciliation, StoreError};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::metrics::Metrics;
@@ -49,7 +49,7 @@ const MAX_BATCHES_PER_RUN: usize = 10_000;
 /// One retention run: deletes old rows batch by batch until none is left.
 /// Returns (outbox rows, inbox rows) deleted.
 pub async fn retention_once(
-    store: &dyn OutboxStore,
+    store: &dyn OutboxAdmin,
     settings: &Settings,
     metrics: &Metrics,
 ) -> Result<(u64, u64), StoreError> {
@@ -80,7 +80,7 @@ pub async fn retention_once(
 /// then sets the gauges and warns about what is still stuck. Returns the
 /// findings and how many orders were repaired.
 pub async fn reconcile_once(
-    store: &dyn OutboxStore,
+    store: &dyn OutboxAdmin,
     settings: &Settings,
     metrics: &Metrics,
 ) -> Result<(Reconciliation, usize), StoreError> {
@@ -119,7 +119,7 @@ pub async fn reconcile_once(
 }
 
 /// Starts the scheduler with the enabled jobs.
-pub async fn start(store: Arc<dyn OutboxStore>, settings: Settings, metrics: Metrics) -> anyhow::Result<JobScheduler> {
+pub async fn start(store: Arc<dyn OutboxAdmin>, settings: Settings, metrics: Metrics) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     if !settings.retention_cron.trim().is_empty() {
         let (store, s, m) = (store.clone(), settings.clone(), metrics.clone());

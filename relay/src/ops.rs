@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use observability::AdminToken;
-use schema::{OrderId, OutboxId, RequeueTarget, StoreError};
+use schema::{OrderId, OutboxAdmin, OutboxId, RequeueTarget, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -22,7 +22,7 @@ use crate::step::Relay;
 
 /// The operator routes, to merge into the admin router: reads are open, every
 /// change passes the admin door (`ADMIN_TOKEN`).
-pub fn router(relay: Arc<Relay>, token: AdminToken) -> Router {
+pub fn router(relay: Arc<Relay>, admin: Arc<dyn OutboxAdmin>, token: AdminToken) -> Router {
     let changes = Router::new()
         .route("/relay/pause", post(pause))
         .route("/relay/resume", post(resume))
@@ -34,7 +34,14 @@ pub fn router(relay: Arc<Relay>, token: AdminToken) -> Router {
         .route("/relay/status", get(status))
         .route("/relay/parked", get(parked))
         .merge(changes)
-        .with_state(relay)
+        .with_state(Ops { relay, admin })
+}
+
+/// What the routes act on: the relay's loop, and the outbox's administration.
+#[derive(Clone)]
+struct Ops {
+    relay: Arc<Relay>,
+    admin: Arc<dyn OutboxAdmin>,
 }
 
 /// What an operator request can fail with.
@@ -67,7 +74,7 @@ impl IntoResponse for OpsError {
 
 type Answer = Result<Json<serde_json::Value>, OpsError>;
 
-async fn status(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
+async fn status(State(Ops { relay, .. }): State<Ops>) -> Json<serde_json::Value> {
     Json(json!({
         "relay_id": relay.owner,
         "paused": relay.control.is_paused(),
@@ -75,25 +82,25 @@ async fn status(State(relay): State<Arc<Relay>>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn pause(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+async fn pause(State(Ops { relay, admin }): State<Ops>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
     let who = requested_by(&q, &headers)?;
-    relay.store.record_action("pause", &who).await?;
+    admin.record_action("pause", &who).await?;
     relay.pause();
     tracing::warn!(relay_id = %relay.owner, requested_by = %who, "paused by an operator");
     Ok(Json(json!({ "paused": true, "requested_by": who })))
 }
 
-async fn resume(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+async fn resume(State(Ops { relay, admin }): State<Ops>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
     let who = requested_by(&q, &headers)?;
-    relay.store.record_action("resume", &who).await?;
+    admin.record_action("resume", &who).await?;
     relay.resume();
     tracing::info!(relay_id = %relay.owner, requested_by = %who, "resumed by an operator");
     Ok(Json(json!({ "paused": false, "requested_by": who })))
 }
 
-async fn drain(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+async fn drain(State(Ops { relay, admin }): State<Ops>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
     let who = requested_by(&q, &headers)?;
-    relay.store.record_action("drain", &who).await?;
+    admin.record_action("drain", &who).await?;
     let released = relay.drain().await?;
     tracing::warn!(relay_id = %relay.owner, requested_by = %who, released, "drained by an operator");
     Ok(Json(json!({ "paused": true, "leases_released": released, "requested_by": who })))
@@ -104,8 +111,8 @@ struct ParkedQuery {
     limit: Option<u32>,
 }
 
-async fn parked(State(relay): State<Arc<Relay>>, Query(q): Query<ParkedQuery>) -> Answer {
-    let rows = relay.store.parked_rows(q.limit.unwrap_or(100).clamp(1, 1000)).await?;
+async fn parked(State(Ops { admin, .. }): State<Ops>, Query(q): Query<ParkedQuery>) -> Answer {
+    let rows = admin.parked_rows(q.limit.unwrap_or(100).clamp(1, 1000)).await?;
     Ok(Json(json!(rows)))
 }
 
@@ -134,7 +141,7 @@ fn parse_order_id(raw: &str) -> Result<OrderId, OpsError> {
     raw.trim().parse().map(OrderId).map_err(|_| OpsError::BadRequest(format!("order_id {raw:?} is not a number")))
 }
 
-async fn requeue(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+async fn requeue(State(Ops { admin, .. }): State<Ops>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
     let who = requested_by(&q, &headers)?;
     let target = match (&q.outbox_id, &q.order_id, q.all.unwrap_or(false)) {
         (Some(id), None, false) => RequeueTarget::Outbox(
@@ -145,7 +152,7 @@ async fn requeue(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): 
         (None, None, true) => RequeueTarget::All,
         _ => return Err(OpsError::BadRequest("give exactly one of outbox_id, order_id and all=true".into())),
     };
-    let ids = relay.store.requeue(target, &who).await?;
+    let ids = admin.requeue(target, &who).await?;
     if ids.is_empty() {
         return Err(OpsError::NotFound("no parked row matches".into()));
     }
@@ -153,11 +160,11 @@ async fn requeue(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): 
     Ok(Json(json!({ "requeued": ids, "requested_by": who })))
 }
 
-async fn retry_order(State(relay): State<Arc<Relay>>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+async fn retry_order(State(Ops { admin, .. }): State<Ops>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
     let who = requested_by(&q, &headers)?;
     let raw = q.order_id.as_deref().ok_or_else(|| OpsError::BadRequest("order_id is required".into()))?;
     let order_id = parse_order_id(raw)?;
-    let outbox_id = relay.store.retry_failed_order(order_id, &who).await?;
+    let outbox_id = admin.retry_failed_order(order_id, &who).await?;
     tracing::warn!(requested_by = %who, order_id = order_id.0, %outbox_id, "failed order retried");
     Ok(Json(json!({ "order_id": order_id, "outbox_id": outbox_id, "status": "pending", "requested_by": who })))
 }

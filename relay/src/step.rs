@@ -207,7 +207,7 @@ impl Relay {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let mut tries = 0;
         loop {
-            match self.store.mark_published(&self.owner, ids).await {
+            match self.store.mark_published(ids).await {
                 Ok(_) => return Ok(()),
                 Err(error) if error.is_transient() && tries < 8 => {
                     tries += 1;

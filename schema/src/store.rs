@@ -229,7 +229,7 @@ pub trait OrderStore: Send + Sync {
     async fn published_at(&self, order_id: OrderId) -> Result<Option<DateTime<Utc>>, StoreError>;
 }
 
-/// The relay's unit of work: lease, confirm, retry, park.
+/// The relay's hot path: lease, confirm, count failures, give back.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
     /// Leases up to `limit` due rows for `owner` until `lease` from now (database clock).
@@ -238,7 +238,7 @@ pub trait OutboxStore: Send + Sync {
     /// proves the message is on the queue; sending it again would only
     /// duplicate), clears any park mark, and moves their orders `pending →
     /// published`, never overwriting a later status. Returns the rows marked.
-    async fn mark_published(&self, owner: &str, ids: &[OutboxId]) -> Result<u64, StoreError>;
+    async fn mark_published(&self, ids: &[OutboxId]) -> Result<u64, StoreError>;
     /// Counts a failed attempt of a row `owner` leases; parks the row once
     /// `attempts >= max_attempts`, else makes it due again after `retry_in`.
     /// `LeaseLost` (nothing counted) when `owner` no longer holds the lease.
@@ -254,6 +254,12 @@ pub trait OutboxStore: Send + Sync {
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
     /// Backlog figures.
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
+}
+
+/// Administration of the outbox: parked rows, requeues, retention,
+/// reconciliation and repair, the audit trail.
+#[async_trait]
+pub trait OutboxAdmin: Send + Sync {
     /// Parked rows, most recently parked first.
     async fn parked_rows(&self, limit: u32) -> Result<Vec<ParkedRow>, StoreError>;
     /// Makes parked rows due again (attempts reset) and records who asked, in
@@ -359,6 +365,6 @@ pub trait ProcessingStore: Send + Sync {
 }
 
 /// Everything a backend offers; each service takes the role it needs.
-pub trait Store: OrderStore + OutboxStore + ProcessingStore {}
+pub trait Store: OrderStore + OutboxStore + OutboxAdmin + ProcessingStore {}
 
-impl<T: OrderStore + OutboxStore + ProcessingStore> Store for T {}
+impl<T: OrderStore + OutboxStore + OutboxAdmin + ProcessingStore> Store for T {}

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
 use crate::store::{Moves, OrderStore};
 use crate::{
-    AuditEntry, FailureOutcome, MssqlStore, OrderId, OrderStatus, OutboxId, OutboxRow, OutboxStats, OutboxStore,
-    ParkedRow, Reconciliation, RequeueTarget, StoreError,
+    AuditEntry, FailureOutcome, MssqlStore, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow, OutboxStats,
+    OutboxStore, ParkedRow, Reconciliation, RequeueTarget, StoreError,
 };
 
 use super::orders::insert_outbox;
@@ -60,7 +60,7 @@ impl OutboxStore for MssqlStore {
         finish(conn, result)
     }
 
-    async fn mark_published(&self, _owner: &str, ids: &[OutboxId]) -> Result<u64, StoreError> {
+    async fn mark_published(&self, ids: &[OutboxId]) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
         let result = mark_published(&mut conn, ids).await;
         finish(conn, result)
@@ -112,7 +112,10 @@ impl OutboxStore for MssqlStore {
         .await;
         finish(conn, result)
     }
+}
 
+#[async_trait]
+impl OutboxAdmin for MssqlStore {
     async fn parked_rows(&self, limit: u32) -> Result<Vec<ParkedRow>, StoreError> {
         let mut conn = self.conn().await?;
         let limit = i64::from(limit);

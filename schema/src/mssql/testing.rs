@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use tiberius::Row;
 
-use crate::store::{Moves, OutboxStore};
+use crate::store::{Moves, OutboxAdmin};
 use crate::testing::{AuditEntry, Probe, Tally, bulk_payload};
 use crate::{MssqlStore, OrderId, OrderStatus, OutboxId, Product, StoreError};
 

@@ -11,8 +11,8 @@ use rusqlite::{OptionalExtension, params};
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
 use crate::store::Moves;
 use crate::{
-    AuditEntry, FailureOutcome, OrderId, OrderStatus, OutboxId, OutboxRow, OutboxStats, OutboxStore, ParkedRow,
-    Reconciliation, RequeueTarget, SqliteStore, StoreError,
+    AuditEntry, FailureOutcome, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow, OutboxStats, OutboxStore,
+    ParkedRow, Reconciliation, RequeueTarget, SqliteStore, StoreError,
 };
 
 use super::orders::insert_outbox;
@@ -55,7 +55,7 @@ impl OutboxStore for SqliteStore {
         .await
     }
 
-    async fn mark_published(&self, _owner: &str, ids: &[OutboxId]) -> Result<u64, StoreError> {
+    async fn mark_published(&self, ids: &[OutboxId]) -> Result<u64, StoreError> {
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         self.write(move |tx| {
             // Marked whoever holds the lease now: the broker's receipt proves the
@@ -138,7 +138,10 @@ impl OutboxStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl OutboxAdmin for SqliteStore {
     async fn parked_rows(&self, limit: u32) -> Result<Vec<ParkedRow>, StoreError> {
         self.with_conn(move |conn| {
             let mut stmt = conn.prepare_cached(

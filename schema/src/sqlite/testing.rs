@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use rusqlite::params;
 
-use crate::store::{Moves, OutboxStore};
+use crate::store::{Moves, OutboxAdmin};
 use crate::testing::{AuditEntry, Probe, Tally, bulk_payload};
 use crate::{OrderId, OrderStatus, OutboxId, Product, SqliteStore, StoreError};
 

@@ -131,10 +131,10 @@ pub async fn publishing_advances_pending_orders_only(store: Arc<dyn Store>) {
     let done = process_order(&store, None, second).await.unwrap();
     assert!(matches!(done, ProcessOutcome::Processed(_)));
     let ids: Vec<OutboxId> = rows.iter().map(|r| r.outbox_id).collect();
-    assert_eq!(store.mark_published("relay-a", &ids).await.unwrap(), 2);
+    assert_eq!(store.mark_published(&ids).await.unwrap(), 2);
     assert_eq!(store.order(first).await.unwrap().status, OrderStatus::Published);
     assert_eq!(store.order(second).await.unwrap().status, OrderStatus::Processed);
-    assert_eq!(store.mark_published("relay-a", &ids).await.unwrap(), 0, "marking is idempotent");
+    assert_eq!(store.mark_published(&ids).await.unwrap(), 0, "marking is idempotent");
     let stats = store.outbox_stats().await.unwrap();
     assert_eq!(stats.pending, 0);
     assert!(store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap().is_empty());
@@ -299,7 +299,7 @@ pub async fn retention_deletes_old_rows_in_small_batches(store: Arc<dyn Store>) 
     place(&store, "P200", 1).await; // stays unpublished
     let rows = store.claim_batch("relay-a", 5, Duration::from_secs(30)).await.unwrap();
     ids.extend(rows.iter().map(|r| r.outbox_id));
-    store.mark_published("relay-a", &ids).await.unwrap();
+    store.mark_published(&ids).await.unwrap();
     assert_eq!(store.purge_published(Duration::from_secs(3600), 100).await.unwrap(), 0, "nothing is an hour old");
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(store.purge_published(Duration::ZERO, 2).await.unwrap(), 2);
@@ -315,7 +315,7 @@ pub async fn retention_deletes_old_rows_in_small_batches(store: Arc<dyn Store>) 
 pub async fn reconciliation_reports_orders_published_but_not_processed(store: Arc<dyn Store>) {
     let stuck = place(&store, "P123", 1).await;
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
-    store.mark_published("relay-a", &[rows[0].outbox_id]).await.unwrap();
+    store.mark_published(&[rows[0].outbox_id]).await.unwrap();
     assert_eq!(store.order(stuck).await.unwrap().status, OrderStatus::Published);
     let fresh = store.reconcile(Duration::from_secs(3600)).await.unwrap();
     assert_eq!(fresh, schema::Reconciliation::default(), "nothing is stuck for an hour");
@@ -329,7 +329,7 @@ pub async fn reconciliation_reports_orders_published_but_not_processed(store: Ar
 pub async fn an_order_stuck_since_its_publication_is_sent_again(store: Arc<dyn Store>) {
     let lost = place(&store, "P123", 1).await;
     let first = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()[0].outbox_id;
-    store.mark_published("relay-a", &[first]).await.unwrap();
+    store.mark_published(&[first]).await.unwrap();
     let waiting = place(&store, "P200", 1).await;
     let repair = |after: Duration| {
         let store = store.clone();
@@ -344,7 +344,7 @@ pub async fn an_order_stuck_since_its_publication_is_sent_again(store: Arc<dyn S
     let resent = due.iter().find(|r| r.order_id == lost).expect("the same row is due again");
     assert_eq!((resent.outbox_id, resent.attempts), (first, 0));
     let other = due.iter().find(|r| r.order_id == waiting).unwrap().outbox_id;
-    store.mark_published("relay-a", &[first, other]).await.unwrap();
+    store.mark_published(&[first, other]).await.unwrap();
     assert_eq!(store.order(lost).await.unwrap().status, OrderStatus::Published, "never moved back");
     process_order(&store, Some(first), lost).await.unwrap();
     // The other order's row is deleted by retention before anyone notices it is
@@ -366,7 +366,7 @@ pub async fn the_ops_views_list_failures_publication_times_and_the_audit(store: 
     assert_eq!(store.published_at(good).await.unwrap(), None, "not yet published");
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     let ids: Vec<OutboxId> = rows.iter().map(|r| r.outbox_id).collect();
-    store.mark_published("relay-a", &ids).await.unwrap();
+    store.mark_published(&ids).await.unwrap();
     let published = store.published_at(good).await.unwrap().expect("published");
     assert!(published >= store.order(good).await.unwrap().created_at);
     assert_eq!(store.published_at(OrderId(777_777)).await.unwrap(), None);
@@ -397,8 +397,8 @@ pub async fn order_counts_follow_every_status_change(store: Arc<dyn Store>) {
     assert_eq!(counts(store.clone()).await, (3, 0, 0, 0));
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     let own = |order: OrderId| rows.iter().find(|r| r.order_id == order).unwrap().outbox_id;
-    store.mark_published("relay-a", &[own(good), own(unknown)]).await.unwrap();
-    store.mark_published("relay-a", &[own(good)]).await.unwrap();
+    store.mark_published(&[own(good), own(unknown)]).await.unwrap();
+    store.mark_published(&[own(good)]).await.unwrap();
     assert_eq!(counts(store.clone()).await, (1, 2, 0, 0), "a repeated mark moves nothing");
     let applied = store
         .apply(&[
@@ -421,7 +421,7 @@ pub async fn order_counts_follow_every_status_change(store: Arc<dyn Store>) {
 pub async fn a_failed_order_can_be_retried_once_its_cause_is_fixed(store: Arc<dyn Store>) {
     let order = place(&store, "P999", 2).await;
     let first = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()[0].outbox_id;
-    store.mark_published("relay-a", &[first]).await.unwrap();
+    store.mark_published(&[first]).await.unwrap();
     assert!(matches!(process_order(&store, Some(first), order).await.unwrap(), ProcessOutcome::Failed(_)));
     let fresh = store.retry_failed_order(order, "ops@example").await.unwrap();
     assert_ne!(fresh, first, "a new idempotency key: the old one is in the inbox");
@@ -519,7 +519,7 @@ pub async fn a_lapsed_lease_cannot_touch_the_row_another_relay_holds(store: Arc<
     );
     assert!(store.parked_rows(10).await.unwrap().is_empty(), "not parked by the lapsed relay");
     // relay-a's RECEIPT did arrive: the row is published, whoever holds it.
-    assert_eq!(store.mark_published("relay-a", &[id]).await.unwrap(), 1);
+    assert_eq!(store.mark_published(&[id]).await.unwrap(), 1);
     assert_eq!(taken.attempts, 0);
     assert_eq!(
         store.record_failure("relay-b", id, "ERROR", Duration::ZERO, 1).await.unwrap(),
@@ -539,7 +539,7 @@ pub async fn a_parked_row_confirmed_late_is_published_not_parked(store: Arc<dyn 
             FailureOutcome::Parked
         );
     }
-    assert_eq!(store.mark_published("relay-z", &[rows[0].outbox_id]).await.unwrap(), 1);
+    assert_eq!(store.mark_published(&[rows[0].outbox_id]).await.unwrap(), 1);
     assert_eq!(store.outbox_stats().await.unwrap().parked, 1, "the confirmed row is no longer parked");
     assert_eq!(store.requeue(RequeueTarget::All, "ops@example").await.unwrap(), vec![rows[1].outbox_id]);
     assert_eq!(store.outbox_stats().await.unwrap().parked, 0);
