@@ -232,7 +232,7 @@ impl Consumer {
             }
             Err(StepError::Broker(error) | StepError::NotAcked { error, .. }) => Err(error),
             Err(StepError::Store(error)) => {
-                tracing::warn!(?error, "dead letters wait in the database; publishing them later");
+                tracing::warn!(%error, "dead letters wait in the database; publishing them later");
                 Ok(())
             }
         }
@@ -289,7 +289,7 @@ impl Consumer {
                     );
                     let delay = backoff.next_delay();
                     tracing::warn!(
-                        ?error,
+                        %error,
                         retry_in_ms = delay.as_millis() as u64,
                         "database unavailable; retrying the batch"
                     );

@@ -89,7 +89,7 @@ async fn apply_isolating(store: &dyn ProcessingStore, deliveries: &[Delivery]) -
         Err(error) if error.is_transient() => return Err(error),
         Err(error) if deliveries.len() == 1 => return park(store, &deliveries[0], &error).await.map(|a| vec![a]),
         Err(error) => {
-            tracing::warn!(?error, batch = deliveries.len(), "a message broke the batch; applying one by one")
+            tracing::warn!(%error, batch = deliveries.len(), "a message broke the batch; applying one by one")
         }
     }
     let mut applied = Vec::with_capacity(deliveries.len());
@@ -106,7 +106,7 @@ async fn apply_isolating(store: &dyn ProcessingStore, deliveries: &[Delivery]) -
 /// A message the database refuses for good: rejected with the error as its
 /// reason (failing its own order), else recorded as a dead letter alone.
 async fn park(store: &dyn ProcessingStore, delivery: &Delivery, error: &StoreError) -> Result<Applied, StoreError> {
-    tracing::warn!(?error, dead_letter_id = %delivery.dead_letter_id, "message refused by the database; dead-lettering it");
+    tracing::warn!(%error, dead_letter_id = %delivery.dead_letter_id, "message refused by the database; dead-lettering it");
     let reason = format!("the database refused the message: {error}");
     let mut rejected = Delivery { rejection: Some(reason), ..delivery.clone() };
     for attempt in 0..2 {
@@ -115,7 +115,7 @@ async fn park(store: &dyn ProcessingStore, delivery: &Delivery, error: &StoreErr
             Err(error) if error.is_transient() => return Err(error),
             // Failing the order was refused too: keep the dead letter alone.
             Err(error) if attempt == 0 => {
-                tracing::warn!(?error, "the order could not be marked failed either");
+                tracing::warn!(%error, "the order could not be marked failed either");
                 rejected.outbox_id = None;
                 rejected.order_id = None;
             }

@@ -18,7 +18,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
                     s.recv().await;
                 }
                 Err(error) => {
-                    tracing::warn!(?error, "cannot listen for SIGTERM");
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
                     std::future::pending::<()>().await;
                 }
             }

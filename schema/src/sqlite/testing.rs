@@ -144,7 +144,11 @@ impl Probe for SqliteStore {
             })
             .await?;
         }
-        Ok(())
+        // Years of history have been checkpointed into the database file long
+        // ago; a loader that left them in the WAL would make every commit
+        // after it try to copy gigabytes back.
+        self.with_conn(|c| Ok(c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)).map(drop)?))
+            .await
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
