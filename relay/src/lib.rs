@@ -178,7 +178,7 @@ async fn watch(relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken)
             }
             Err(error) => {
                 relay.metrics.broker_connected.set(0);
-                readiness.set("broker", false, error);
+                readiness.set("broker", false, error.to_string());
             }
         }
         relay.metrics.ready.set(i64::from(readiness.is_ready()));

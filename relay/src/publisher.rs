@@ -49,7 +49,7 @@ pub trait Publisher: Send + Sync {
     /// Publishes the rows' messages.
     async fn publish(&self, rows: &[OutboxRow]) -> Vec<Outcome>;
     /// True while a broker connection is up (connecting if needed).
-    async fn check(&self) -> Result<(), String>;
+    async fn check(&self) -> Result<(), StompError>;
     /// Closes the connection politely.
     async fn close(&self);
 }
@@ -185,7 +185,7 @@ impl Publisher for StompPublisher {
         outcomes.into_iter().map(|o| o.expect("every row has an outcome")).collect()
     }
 
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), StompError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
@@ -197,7 +197,7 @@ impl Publisher for StompPublisher {
             }
             Err(error) => {
                 *guard = None;
-                Err(error.to_string())
+                Err(error)
             }
         }
     }

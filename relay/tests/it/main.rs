@@ -36,7 +36,7 @@ impl Publisher for FakeBroker {
         }
         rows.iter().map(&*script[0]).collect()
     }
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), stomp::StompError> {
         Ok(())
     }
     async fn close(&self) {}
@@ -173,7 +173,7 @@ impl Publisher for SilentBroker {
     async fn publish(&self, _rows: &[OutboxRow]) -> Vec<Outcome> {
         std::future::pending().await
     }
-    async fn check(&self) -> Result<(), String> {
+    async fn check(&self) -> Result<(), stomp::StompError> {
         Ok(())
     }
     async fn close(&self) {
