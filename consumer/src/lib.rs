@@ -94,22 +94,7 @@ impl App {
     }
 }
 
-impl observability::Service for App {
-    const NAME: &'static str = "consumer";
-    type Config = Config;
-
-    fn shared(config: &Config) -> &observability::ServiceArgs {
-        &config.service
-    }
-
-    async fn build(config: Config) -> anyhow::Result<Self> {
-        App::build(config).await
-    }
-
-    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        App::run(self, shutdown).await
-    }
-}
+observability::service!(App, Config, "consumer");
 
 struct Consumer {
     store: Arc<dyn ProcessingStore>,

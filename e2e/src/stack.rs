@@ -67,44 +67,22 @@ impl Stack {
     /// Relay settings for this stack.
     pub fn relay_config(&self) -> relay::Config {
         let lease = TEST_LEASE_MS.to_string();
-        relay::Config::try_parse_from([
-            "relay",
-            "--database-url",
-            &self.database_url,
-            "--broker-url",
-            &self.broker_url,
-            "--queue",
-            &self.queue,
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--lease-ms",
-            &lease,
-            "--receipt-timeout-ms",
-            "2500",
-            "--heartbeat-ms",
-            "1000",
-            "--admin-token",
-            TEST_ADMIN_TOKEN,
-        ])
-        .expect("relay test flags")
+        let extra = ["--lease-ms", &lease, "--receipt-timeout-ms", "2500", "--admin-token", TEST_ADMIN_TOKEN];
+        relay::Config::try_parse_from(self.broker_service_flags("relay", &extra)).expect("relay test flags")
     }
 
     /// Consumer settings for this stack.
     pub fn consumer_config(&self) -> consumer::Config {
-        consumer::Config::try_parse_from([
-            "consumer",
-            "--database-url",
-            &self.database_url,
-            "--broker-url",
-            &self.broker_url,
-            "--queue",
-            &self.queue,
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--heartbeat-ms",
-            "1000",
-        ])
-        .expect("consumer test flags")
+        consumer::Config::try_parse_from(self.broker_service_flags("consumer", &[])).expect("consumer test flags")
+    }
+
+    /// The flags of a service that talks to this stack's database and broker,
+    /// admin on port 0, heart-beats every second, then `extra`.
+    fn broker_service_flags<'a>(&'a self, name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut flags = vec![name, "--database-url", &self.database_url, "--broker-url", &self.broker_url];
+        flags.extend(["--queue", &self.queue, "--admin-addr", "127.0.0.1:0", "--heartbeat-ms", "1000"]);
+        flags.extend(extra);
+        flags
     }
 
     /// Starts a relay on this stack.

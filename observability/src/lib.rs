@@ -20,3 +20,5 @@ pub use doors::{AdminToken, require_admin};
 pub use service::{Essentials, Service, ServiceArgs, run_service};
 pub use shutdown::{shutdown_on_signals, within_grace};
 pub use telemetry::{Telemetry, continue_trace, init_tracing, span_layer, trace_headers, trace_id_of};
+/// The shutdown token every service runs until.
+pub use tokio_util::sync::CancellationToken;

@@ -44,6 +44,31 @@ pub trait Service: Sized + Send {
     fn run(self, shutdown: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
+/// Implements [`Service`] for a service's `App` whose own `build(Config)` and
+/// `run(self, shutdown)` do the work and whose `Config` holds the shared flags
+/// in its `service` field: `observability::service!(App, Config, "relay");`.
+#[macro_export]
+macro_rules! service {
+    ($app:ty, $config:ty, $name:literal) => {
+        impl $crate::Service for $app {
+            const NAME: &'static str = $name;
+            type Config = $config;
+
+            fn shared(config: &$config) -> &$crate::ServiceArgs {
+                &config.service
+            }
+
+            async fn build(config: $config) -> ::anyhow::Result<Self> {
+                <$app>::build(config).await
+            }
+
+            async fn run(self, shutdown: $crate::CancellationToken) -> ::anyhow::Result<()> {
+                <$app>::run(self, shutdown).await
+            }
+        }
+    };
+}
+
 /// A service's `main`: parse → tracing → build → run until SIGINT/SIGTERM →
 /// exit code (0 after a clean stop, 1 when it failed to start or stopped with an error).
 pub async fn run_service<S: Service>() -> ExitCode {

@@ -203,22 +203,7 @@ impl App {
     }
 }
 
-impl observability::Service for App {
-    const NAME: &'static str = "producer";
-    type Config = Config;
-
-    fn shared(config: &Config) -> &observability::ServiceArgs {
-        &config.service
-    }
-
-    async fn build(config: Config) -> anyhow::Result<Self> {
-        App::build(config).await
-    }
-
-    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        App::run(self, shutdown).await
-    }
-}
+observability::service!(App, Config, "producer");
 
 fn router(state: AppState, ops: ops::Ops) -> Router {
     Router::new()

@@ -134,22 +134,7 @@ impl App {
     }
 }
 
-impl observability::Service for App {
-    const NAME: &'static str = "relay";
-    type Config = Config;
-
-    fn shared(config: &Config) -> &observability::ServiceArgs {
-        &config.service
-    }
-
-    async fn build(config: Config) -> anyhow::Result<Self> {
-        App::build(config).await
-    }
-
-    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        App::run(self, shutdown).await
-    }
-}
+observability::service!(App, Config, "relay");
 
 /// Refreshes backlog gauges and readiness every second; reconnects an idle broker link.
 async fn watch(relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken) {

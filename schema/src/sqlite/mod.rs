@@ -148,11 +148,8 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?;
-        let busy = self.busy;
-        conn.interact(move |c| busy::with_timeout(busy, || f(c)))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))?
+        let conn = self.connection().await?;
+        self.run_on(&conn, f).await?
     }
 
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -163,28 +160,39 @@ impl Db {
         let mut writer = self.writer.lock().await;
         let conn = match writer.take() {
             Some(conn) => conn,
-            None => self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))?,
+            None => self.connection().await?,
         };
-        let busy = self.busy;
-        let out = conn
-            .interact(move |c| {
-                busy::with_timeout(busy, || {
-                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let out = f(&tx)?;
-                    tx.commit()?;
-                    Ok(out)
-                })
+        let out = self
+            .run_on(&conn, |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let out = f(&tx)?;
+                tx.commit()?;
+                Ok(out)
             })
             .await;
-        match out {
-            Ok(out) => {
-                *writer = Some(conn);
-                out
-            }
-            // A panic inside the closure: the connection goes back to the pool
-            // (which recycles it) and the next write takes another.
-            Err(e) => Err(StoreError::Unavailable(format!("sqlite worker: {e}"))),
+        // After a panic inside the closure (`Err` here) the connection goes
+        // back to the pool, which recycles it, and the next write takes another.
+        if out.is_ok() {
+            *writer = Some(conn);
         }
+        out?
+    }
+
+    async fn connection(&self) -> Result<deadpool_sqlite::Object, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))
+    }
+
+    /// Runs `f` on `conn`'s worker thread under the busy timeout; the outer
+    /// error is the worker's (a panic), the inner one `f`'s.
+    async fn run_on<T, F>(&self, conn: &deadpool_sqlite::Object, f: F) -> Result<Result<T, StoreError>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let busy = self.busy;
+        conn.interact(move |c| busy::with_timeout(busy, || f(c)))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))
     }
 }
 
