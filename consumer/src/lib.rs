@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use error_reporter::Report;
 use observability::{Backoff, Readiness};
 use prometheus::Registry;
 use schema::{Applied, ProcessingStore};
@@ -114,9 +115,9 @@ impl Consumer {
             let client = match self.subscribe().await {
                 Ok(client) => client,
                 Err(error) => {
-                    self.readiness.set("broker", false, error.to_string());
+                    self.readiness.set("broker", false, Report::new(&error).to_string());
                     let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot subscribe");
+                    tracing::warn!(error = %Report::new(&error), retry_in_ms = delay.as_millis() as u64, "cannot subscribe");
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(delay) => {}
@@ -130,7 +131,7 @@ impl Consumer {
             self.metrics.broker_connected.set(1);
             tracing::info!(queue = %self.queue, prefetch = self.prefetch, "subscribed");
             if let Err(error) = self.consume(&client, &shutdown).await {
-                tracing::warn!(%error, "broker connection lost; reconnecting");
+                tracing::warn!(error = %Report::new(&error), "broker connection lost; reconnecting");
             }
             self.metrics.broker_connected.set(0);
             self.readiness.set("broker", false, "disconnected");
@@ -217,7 +218,7 @@ impl Consumer {
             }
             Err(StepError::Broker(error) | StepError::NotAcked { error, .. }) => Err(error),
             Err(StepError::Store(error)) => {
-                tracing::warn!(%error, "dead letters wait in the database; publishing them later");
+                tracing::warn!(error = %Report::new(&error), "dead letters wait in the database; publishing them later");
                 Ok(())
             }
         }
@@ -267,14 +268,15 @@ impl Consumer {
                         "database",
                         false,
                         format!(
-                            "a batch of {} has waited {:.1} s for the database: {error}",
+                            "a batch of {} has waited {:.1} s for the database: {}",
                             frames.len(),
-                            stuck.as_secs_f64()
+                            stuck.as_secs_f64(),
+                            Report::new(&error)
                         ),
                     );
                     let delay = backoff.next_delay();
                     tracing::warn!(
-                        %error,
+                        error = %Report::new(&error),
                         retry_in_ms = delay.as_millis() as u64,
                         "database unavailable; retrying the batch"
                     );

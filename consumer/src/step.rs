@@ -12,7 +12,8 @@ use std::slice;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use schema::{Applied, DeadLetter, Delivery, ProcessingStore, StoreError};
+use error_reporter::Report;
+use schema::{Applied, Cause, DeadLetter, Delivery, ProcessingStore, StoreError};
 use stomp::{Client, Frame, StompError};
 
 use crate::handler::to_delivery;
@@ -55,11 +56,12 @@ pub enum StepError {
     Broker(#[from] StompError),
     /// The batch was committed but its ACK failed: the redelivery will be
     /// duplicates. `applied` says what the commit did.
-    #[error("committed, but the ACK failed: {error}")]
+    #[error("committed, but the ACK failed")]
     NotAcked {
         /// The committed outcomes.
         applied: Vec<Applied>,
         /// Why the ACK failed.
+        #[source]
         error: StompError,
     },
 }
@@ -89,13 +91,13 @@ async fn apply_isolating(store: &dyn ProcessingStore, deliveries: &[Delivery]) -
         Err(error) if error.is_transient() => return Err(error),
         Err(error) if deliveries.len() == 1 => return park(store, &deliveries[0], &error).await.map(|a| vec![a]),
         Err(error) => {
-            tracing::warn!(%error, batch = deliveries.len(), "a message broke the batch; applying one by one")
+            tracing::warn!(error = %Report::new(&error), batch = deliveries.len(), "a message broke the batch; applying one by one")
         }
     }
     let mut applied = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         applied.push(match store.apply(slice::from_ref(delivery)).await {
-            Ok(mut one) => one.pop().ok_or_else(|| StoreError::Other("no outcome for the message".into()))?,
+            Ok(mut one) => one.pop().ok_or_else(|| StoreError::Other(Cause::msg("no outcome for the message")))?,
             Err(error) if error.is_transient() => return Err(error),
             Err(error) => park(store, delivery, &error).await?,
         });
@@ -106,16 +108,16 @@ async fn apply_isolating(store: &dyn ProcessingStore, deliveries: &[Delivery]) -
 /// A message the database refuses for good: rejected with the error as its
 /// reason (failing its own order), else recorded as a dead letter alone.
 async fn park(store: &dyn ProcessingStore, delivery: &Delivery, error: &StoreError) -> Result<Applied, StoreError> {
-    tracing::warn!(%error, dead_letter_id = %delivery.dead_letter_id, "message refused by the database; dead-lettering it");
-    let reason = format!("the database refused the message: {error}");
+    tracing::warn!(error = %Report::new(&error), dead_letter_id = %delivery.dead_letter_id, "message refused by the database; dead-lettering it");
+    let reason = format!("the database refused the message: {}", Report::new(error));
     let mut rejected = Delivery { rejection: Some(reason), ..delivery.clone() };
     for attempt in 0..2 {
         match store.apply(slice::from_ref(&rejected)).await {
-            Ok(mut one) => return one.pop().ok_or_else(|| StoreError::Other("no outcome for the message".into())),
+            Ok(mut one) => return one.pop().ok_or_else(|| StoreError::Other(Cause::msg("no outcome for the message"))),
             Err(error) if error.is_transient() => return Err(error),
             // Failing the order was refused too: keep the dead letter alone.
             Err(error) if attempt == 0 => {
-                tracing::warn!(%error, "the order could not be marked failed either");
+                tracing::warn!(error = %Report::new(&error), "the order could not be marked failed either");
                 rejected.outbox_id = None;
                 rejected.order_id = None;
             }

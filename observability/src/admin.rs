@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use error_reporter::Report;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -25,13 +26,13 @@ pub fn new_registry(service: &str) -> Registry {
     .expect("static metric definition");
     info.with_label_values(&[service, env!("CARGO_PKG_VERSION")]).set(1);
     if let Err(error) = registry.register(Box::new(info)) {
-        tracing::warn!(%error, "build info metric unavailable");
+        tracing::warn!(error = %Report::new(&error), "build info metric unavailable");
     }
     #[cfg(target_os = "linux")]
     {
         let process = prometheus::process_collector::ProcessCollector::for_self();
         if let Err(error) = registry.register(Box::new(process)) {
-            tracing::warn!(%error, "process metrics unavailable");
+            tracing::warn!(error = %Report::new(&error), "process metrics unavailable");
         }
     }
     registry
@@ -92,7 +93,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     match encoder.encode(&state.registry.gather(), &mut buf) {
         Ok(()) => ([(header::CONTENT_TYPE, encoder.format_type().to_string())], buf).into_response(),
         Err(error) => {
-            tracing::error!(%error, "encoding metrics failed");
+            tracing::error!(error = %Report::new(&error), "encoding metrics failed");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use error_reporter::Report;
 use tokio_util::sync::CancellationToken;
 
 /// Returns a token that is cancelled on the first SIGINT or SIGTERM.
@@ -18,7 +19,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
                     s.recv().await;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    tracing::warn!(error = %Report::new(&error), "cannot listen for SIGTERM");
                     std::future::pending::<()>().await;
                 }
             }

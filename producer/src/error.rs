@@ -5,6 +5,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use error_reporter::Report;
 use schema::StoreError;
 
 use crate::validation::FieldError;
@@ -49,18 +50,19 @@ fn body(error: impl Into<String>) -> Json<ErrorBody> {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        let cause = Report::new(&e).to_string();
         match e {
             StoreError::NotFound => ApiError::NotFound,
-            StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
-            StoreError::Conflict(cause) => {
-                tracing::warn!(%cause, "duplicate key");
+            StoreError::Unavailable(_) => ApiError::Unavailable(cause),
+            StoreError::Conflict(_) => {
+                tracing::warn!(error = %cause, "duplicate key");
                 ApiError::Conflict("the request conflicts with an existing order".into())
             }
-            StoreError::Invalid(cause) => {
-                tracing::warn!(%cause, "rejected by the database");
+            StoreError::Invalid(_) => {
+                tracing::warn!(error = %cause, "rejected by the database");
                 ApiError::Rejected("the order was refused by the database: a value is out of range".into())
             }
-            other => ApiError::Internal(other.to_string()),
+            StoreError::Other(_) => ApiError::Internal(cause),
         }
     }
 }
@@ -91,14 +93,14 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, body(message)).into_response()
             }
             ApiError::Unavailable(cause) => {
-                tracing::warn!(%cause, "database unavailable");
+                tracing::warn!(error = %cause, "database unavailable");
                 let mut response =
                     (StatusCode::SERVICE_UNAVAILABLE, body("temporarily unavailable, retry shortly")).into_response();
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
             ApiError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
+                tracing::error!(error = %cause, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, body("internal error")).into_response()
             }
         }

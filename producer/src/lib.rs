@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
+use error_reporter::Report;
 use observability::Readiness;
 use prometheus::Registry;
 use schema::{NewOrder, OrderStore, Placed, Product, StoreError};
@@ -232,7 +233,7 @@ async fn watch_database(store: Arc<dyn OrderStore>, readiness: Readiness, stop: 
         }
         match store.products().await {
             Ok(_) => readiness.set("database", true, "ok"),
-            Err(error) => readiness.set("database", false, error.to_string()),
+            Err(error) => readiness.set("database", false, Report::new(&error).to_string()),
         }
     }
 }

@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use error_reporter::Report;
 use observability::{AdminToken, Readiness};
 use schema::{OrderId, OutboxId, RequeueTarget, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -60,7 +61,7 @@ async fn page(State(ops): State<Ops>) -> Response {
     match (OpsPage { actions_enabled: ops.actions_enabled }).render() {
         Ok(html) => axum::response::Html(html).into_response(),
         Err(error) => {
-            tracing::error!(%error, "rendering the ops page");
+            tracing::error!(error = %Report::new(&error), "rendering the ops page");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
@@ -79,7 +80,7 @@ async fn probe(ops: &Ops, name: String, url: &str) -> ServiceState {
     let answer = ops.http.get(format!("{url}/readyz")).send().await;
     let (ready, detail) = match answer {
         Ok(response) => (response.status().is_success(), response.json().await.unwrap_or(Value::Null)),
-        Err(error) => (false, json!({ "error": format!("unreachable: {error}") })),
+        Err(error) => (false, json!({ "error": format!("unreachable: {}", Report::new(&error)) })),
     };
     ServiceState { name, url: url.to_string(), ready, detail }
 }
@@ -175,7 +176,8 @@ async fn relay_action(
     if let Some(bearer) = ops.token.bearer() {
         request = request.header("authorization", bearer);
     }
-    let answer = request.send().await.map_err(|e| OpsError::Relay(format!("relay {url} unreachable: {e}")))?;
+    let answer =
+        request.send().await.map_err(|e| OpsError::Relay(format!("relay {url} unreachable: {}", Report::new(&e))))?;
     let status = answer.status();
     let body: Value = answer.json().await.unwrap_or(Value::Null);
     if !status.is_success() {

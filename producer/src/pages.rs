@@ -10,6 +10,7 @@ use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use error_reporter::Report;
 use schema::{Order, OrderId, Placed, Product, StoreError};
 use serde::Deserialize;
 
@@ -128,7 +129,7 @@ fn render(status: StatusCode, page: impl Template) -> Response {
     match page.render() {
         Ok(html) => (status, Html(html)).into_response(),
         Err(error) => {
-            tracing::error!(%error, "template failed");
+            tracing::error!(error = %Report::new(&error), "template failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }
     }

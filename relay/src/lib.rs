@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use error_reporter::Report;
 use observability::Readiness;
 use prometheus::Registry;
 use schema::OutboxAdmin;
@@ -121,12 +122,12 @@ impl App {
         match relay.store.release_leases(&relay.owner).await {
             Ok(n) => tracing::info!(released = n, "leases released"),
             Err(error) => {
-                tracing::warn!(%error, "could not release leases; they expire on their own")
+                tracing::warn!(error = %Report::new(&error), "could not release leases; they expire on their own")
             }
         }
         relay.publisher.close().await;
         if let Err(error) = scheduler.shutdown().await {
-            tracing::warn!(%error, "maintenance scheduler did not stop cleanly");
+            tracing::warn!(error = %Report::new(&error), "maintenance scheduler did not stop cleanly");
         }
         essentials.stop().await?;
         tracing::info!("relay stopped");
@@ -151,7 +152,7 @@ async fn watch(relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken)
                 relay.metrics.outbox_parked.set(stats.parked);
                 readiness.set("database", true, "ok");
             }
-            Err(error) => readiness.set("database", false, error.to_string()),
+            Err(error) => readiness.set("database", false, Report::new(&error).to_string()),
         }
         // A loop that has not turned for 30 s is stuck (a batch cannot take that long).
         let age = relay.control.heartbeat_age();
@@ -163,7 +164,7 @@ async fn watch(relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken)
             }
             Err(error) => {
                 relay.metrics.broker_connected.set(0);
-                readiness.set("broker", false, error.to_string());
+                readiness.set("broker", false, Report::new(&error).to_string());
             }
         }
         relay.metrics.ready.set(i64::from(readiness.is_ready()));

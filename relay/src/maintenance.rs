@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use error_reporter::Report;
 use schema::{OutboxAdmin, Reconciliation, StoreError};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
@@ -140,7 +141,7 @@ pub async fn start(store: Arc<dyn OutboxAdmin>, settings: Settings, metrics: Met
                         }
                         Err(error) => {
                             m.job_runs.with_label_values(&["retention", "error"]).inc();
-                            tracing::warn!(%error, "retention failed; next tick tries again");
+                            tracing::warn!(error = %Report::new(&error), "retention failed; next tick tries again");
                         }
                     }
                 })
@@ -161,7 +162,7 @@ pub async fn start(store: Arc<dyn OutboxAdmin>, settings: Settings, metrics: Met
                     let outcome = match reconcile_once(store.as_ref(), &s, &m).await {
                         Ok(_) => "ok",
                         Err(error) => {
-                            tracing::warn!(%error, "reconciliation failed; next tick tries again");
+                            tracing::warn!(error = %Report::new(&error), "reconciliation failed; next tick tries again");
                             "error"
                         }
                     };

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use error_reporter::Report;
 use schema::OutboxRow;
 use schema::messages::{EVENT_TYPE_HEADER, ORDER_ID_HEADER, OUTBOX_ID_HEADER};
 use stomp::{Client, Frame, StompError};
@@ -90,7 +91,7 @@ impl StompPublisher {
             .map(|answer| match answer {
                 Ok(()) => Outcome::Confirmed,
                 Err(StompError::Rejected(reason)) => classify_error(reason),
-                Err(other) => Outcome::Unknown(other.to_string()),
+                Err(other) => Outcome::Unknown(Report::new(&other).to_string()),
             })
             .collect())
     }
@@ -100,7 +101,7 @@ impl StompPublisher {
         let receipt = client.send_in_transaction(frames).await?;
         Ok(match receipt.wait(self.receipt_timeout).await {
             Ok(()) => vec![Outcome::Confirmed; n],
-            Err(error) => vec![Outcome::Unknown(format!("transaction failed: {error}")); n],
+            Err(error) => vec![Outcome::Unknown(format!("transaction failed: {}", Report::new(&error))); n],
         })
     }
 
@@ -112,7 +113,7 @@ impl StompPublisher {
                 Ok(client) => *guard = Some(client),
                 Err(error) => {
                     *guard = None;
-                    return vec![Outcome::Unknown(error.to_string()); n];
+                    return vec![Outcome::Unknown(Report::new(&error).to_string()); n];
                 }
             }
         }
@@ -122,7 +123,7 @@ impl StompPublisher {
             true => self.per_message(client, frames).await,
             false => self.transactional(client, frames).await,
         };
-        let outcomes = result.unwrap_or_else(|error| vec![Outcome::Unknown(error.to_string()); n]);
+        let outcomes = result.unwrap_or_else(|error| vec![Outcome::Unknown(Report::new(&error).to_string()); n]);
         let unknown = outcomes.iter().any(|o| matches!(o, Outcome::Unknown(_)));
         let rejected = outcomes.iter().any(|o| matches!(o, Outcome::Rejected(_)));
         // After a failed transaction, single rows out; after a clean batch, back to transactions.

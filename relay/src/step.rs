@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
+use error_reporter::Report;
 use observability::Backoff;
 use schema::{FailureOutcome, OutboxId, OutboxStore, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -211,7 +212,7 @@ impl Relay {
                 Ok(_) => return Ok(()),
                 Err(error) if error.is_transient() && tries < 8 => {
                     tries += 1;
-                    tracing::warn!(%error, "marking published failed, retrying");
+                    tracing::warn!(error = %Report::new(&error), "marking published failed, retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(error) => return Err(error),
@@ -277,7 +278,7 @@ impl Relay {
                     };
                     self.metrics.publish_errors.with_label_values(&[kind]).inc();
                     let delay = failures.next_delay();
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "relay step failed");
+                    tracing::warn!(error = %Report::new(&error), retry_in_ms = delay.as_millis() as u64, "relay step failed");
                     delay
                 }
             };

@@ -26,8 +26,9 @@ pub use model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Prod
 pub use mssql::MssqlStore;
 pub use sqlite::SqliteStore;
 pub use store::{
-    Applied, AuditEntry, DeadLetter, Delivery, FailureOutcome, OrderCounts, OrderStore, OutboxAdmin, OutboxStats,
-    OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, Store, StoreError,
+    Applied, AuditEntry, Cause, DeadLetter, Delivery, FailureOutcome, OrderCounts, OrderStore, OutboxAdmin,
+    OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, Store,
+    StoreError,
 };
 
 /// Every SQL Server statement this crate sends, for the T-SQL parser test.

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use error_reporter::Report;
+
 use crate::{BrokerUrl, Config};
 
 /// Where order events go; the dead-letter queue is this name plus `.DLQ`.
@@ -49,6 +51,6 @@ impl clap::builder::TypedValueParser for Parser {
             clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
         };
         let text = value.to_str().ok_or_else(|| refused("not UTF-8".into()))?;
-        text.parse().map_err(|e: crate::UrlError| refused(e.to_string()))
+        text.parse().map_err(|e: crate::UrlError| refused(Report::new(&e).to_string()))
     }
 }

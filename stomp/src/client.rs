@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use error_reporter::Report;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -22,10 +23,10 @@ use crate::codec::{CodecError, Frame, Item, StompCodec};
 #[derive(Debug, thiserror::Error)]
 pub enum StompError {
     /// Socket error.
-    #[error("broker i/o: {0}")]
+    #[error("broker i/o")]
     Io(#[from] std::io::Error),
     /// The broker sent something that is not STOMP.
-    #[error("broker protocol: {0}")]
+    #[error("broker protocol")]
     Codec(#[from] CodecError),
     /// The broker refused the connection (bad credentials, ...).
     #[error("broker refused the connection: {0}")]
@@ -146,7 +147,7 @@ impl Client {
                     return Ok(client);
                 }
                 Ok(Err(error)) => {
-                    tracing::debug!(%addr, %error, "broker did not answer; trying the next");
+                    tracing::debug!(%addr, error = %Report::new(&error), "broker did not answer; trying the next");
                     last = error;
                 }
                 Err(_) => last = StompError::Timeout,
@@ -232,12 +233,12 @@ impl Client {
         let mut writer = self.inner.writer.lock().await;
         for frame in frames {
             if let Err(e) = writer.feed(Item::Frame(frame)).await {
-                self.inner.close(format!("write failed: {e}"));
+                self.inner.close(format!("write failed: {}", Report::new(&e)));
                 return Err(e.into());
             }
         }
         if let Err(e) = writer.flush().await {
-            self.inner.close(format!("write failed: {e}"));
+            self.inner.close(format!("write failed: {}", Report::new(&e)));
             return Err(e.into());
         }
         Ok(())
@@ -354,7 +355,7 @@ async fn read_loop(
         let frame = match item {
             None => break "broker missed its heart-beats".to_string(),
             Some(None) => break "broker closed the connection".to_string(),
-            Some(Some(Err(e))) => break format!("read failed: {e}"),
+            Some(Some(Err(e))) => break format!("read failed: {}", Report::new(&e)),
             Some(Some(Ok(Item::Heartbeat))) => continue,
             Some(Some(Ok(Item::Frame(frame)))) => frame,
         };
@@ -401,7 +402,7 @@ async fn heartbeat_loop(inner: Arc<Inner>, every: Duration) {
         let mut writer = inner.writer.lock().await;
         if let Err(e) = writer.send(Item::Heartbeat).await {
             drop(writer);
-            inner.close(format!("heart-beat write failed: {e}"));
+            inner.close(format!("heart-beat write failed: {}", Report::new(&e)));
             return;
         }
     }

@@ -58,7 +58,7 @@ pub enum Item {
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     /// Socket error.
-    #[error("io: {0}")]
+    #[error("i/o")]
     Io(#[from] std::io::Error),
     /// The peer sent something that is not STOMP.
     #[error("malformed frame: {0}")]

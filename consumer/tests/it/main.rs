@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use consumer::step::{Acker, StepError, handle_delivery, publish_dead_letters};
 use schema::{
-    Applied, DeadLetter, Delivery, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, ProcessingStore,
-    Store, StoreError,
+    Applied, Cause, DeadLetter, Delivery, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome,
+    ProcessingStore, Store, StoreError,
 };
 use stomp::{Frame, StompError};
 
@@ -66,8 +66,8 @@ impl ProcessingStore for Refusing {
         let marked = |d: &Delivery| String::from_utf8_lossy(&d.body).contains(self.marker);
         if deliveries.iter().any(|d| marked(d) && (self.transient || d.rejection.is_none())) {
             return Err(match self.transient {
-                true => StoreError::Unavailable("database is locked".into()),
-                false => StoreError::Invalid("String or binary data would be truncated (2628)".into()),
+                true => StoreError::Unavailable(Cause::msg("database is locked")),
+                false => StoreError::Invalid(Cause::msg("String or binary data would be truncated (2628)")),
             });
         }
         self.inner.apply(deliveries).await

@@ -16,7 +16,7 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use uuid::Uuid;
 
 use crate::model::{Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
-use crate::store::{Moves, StoreError};
+use crate::store::{Cause, Moves, StoreError};
 
 mod migrations {
     refinery::embed_migrations!("migrations/mssql");
@@ -108,7 +108,10 @@ impl MssqlStore {
     }
 
     async fn conn(&self) -> Result<Object<TdsManager>, StoreError> {
-        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sql server pool: {e}")))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(Cause::new(anyhow::Error::new(e).context("sql server pool"))))
     }
 }
 
@@ -147,19 +150,19 @@ fn class_of(code: u32) -> ErrorClass {
 fn map_err(e: tiberius::error::Error) -> StoreError {
     match e.code() {
         Some(code) => match class_of(code) {
-            ErrorClass::Transient => StoreError::Unavailable(e.to_string()),
-            ErrorClass::Duplicate => StoreError::Conflict(e.to_string()),
-            ErrorClass::Invalid => StoreError::Invalid(e.to_string()),
-            ErrorClass::Other => StoreError::Other(e.to_string()),
+            ErrorClass::Transient => StoreError::Unavailable(Cause::new(e)),
+            ErrorClass::Duplicate => StoreError::Conflict(Cause::new(e)),
+            ErrorClass::Invalid => StoreError::Invalid(Cause::new(e)),
+            ErrorClass::Other => StoreError::Other(Cause::new(e)),
         },
         None => match e {
             tiberius::error::Error::Io { .. }
             | tiberius::error::Error::Tls(_)
-            | tiberius::error::Error::Routing { .. } => StoreError::Unavailable(e.to_string()),
+            | tiberius::error::Error::Routing { .. } => StoreError::Unavailable(Cause::new(e)),
             other if other.to_string().to_ascii_lowercase().contains("timed out") => {
-                StoreError::Unavailable(other.to_string())
+                StoreError::Unavailable(Cause::new(other))
             }
-            other => StoreError::Other(other.to_string()),
+            other => StoreError::Other(Cause::new(other)),
         },
     }
 }

@@ -11,7 +11,7 @@ use tiberius::Row;
 use uuid::Uuid;
 
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
-use crate::store::{Moves, OrderStore};
+use crate::store::{Cause, Moves, OrderStore};
 use crate::{
     AuditEntry, FailureOutcome, MssqlStore, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow, OutboxStats,
     OutboxStore, ParkedRow, Reconciliation, RequeueTarget, StoreError,
@@ -192,7 +192,7 @@ impl OutboxAdmin for MssqlStore {
         match finish(conn, result)? {
             Some(id) => Ok(id),
             None => match self.order(order_id).await {
-                Ok(o) => Err(StoreError::Conflict(format!("order {order_id} is {}, not failed", o.status))),
+                Ok(o) => Err(StoreError::Conflict(Cause::msg(format!("order {order_id} is {}, not failed", o.status)))),
                 Err(e) => Err(e),
             },
         }

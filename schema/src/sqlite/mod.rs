@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::database_url::SqliteOptions;
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
-use crate::store::{Moves, Placed, StoreError};
+use crate::store::{Cause, Moves, Placed, StoreError};
 
 mod busy;
 mod orders;
@@ -179,7 +179,10 @@ impl Db {
     }
 
     async fn connection(&self) -> Result<deadpool_sqlite::Object, StoreError> {
-        self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("sqlite pool: {e}")))
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(Cause::new(anyhow::Error::new(e).context("sqlite pool"))))
     }
 
     /// Runs `f` on `conn`'s worker thread under the busy timeout; the outer
@@ -192,7 +195,7 @@ impl Db {
         let busy = self.busy;
         conn.interact(move |c| busy::with_timeout(busy, || f(c)))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("sqlite worker: {e}")))
+            .map_err(|e| StoreError::Unavailable(Cause::msg(format!("sqlite worker: {e}"))))
     }
 }
 
@@ -218,18 +221,18 @@ impl From<rusqlite::Error> for StoreError {
                 ErrorCode::DatabaseBusy
                 | ErrorCode::DatabaseLocked
                 | ErrorCode::CannotOpen
-                | ErrorCode::SystemIoFailure => StoreError::Unavailable(e.to_string()),
+                | ErrorCode::SystemIoFailure => StoreError::Unavailable(Cause::new(e)),
                 // 2067 UNIQUE, 1555 PRIMARY KEY: a duplicate; CHECK, NOT NULL and
                 // FOREIGN KEY are the data breaking a rule.
                 ErrorCode::ConstraintViolation if matches!(f.extended_code, 2067 | 1555) => {
-                    StoreError::Conflict(e.to_string())
+                    StoreError::Conflict(Cause::new(e))
                 }
                 ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch => {
-                    StoreError::Invalid(e.to_string())
+                    StoreError::Invalid(Cause::new(e))
                 }
-                _ => StoreError::Other(e.to_string()),
+                _ => StoreError::Other(Cause::new(e)),
             },
-            _ => StoreError::Other(e.to_string()),
+            _ => StoreError::Other(Cause::new(e)),
         }
     }
 }
@@ -316,7 +319,32 @@ fn product_from_row(row: &Row<'_>) -> rusqlite::Result<Product> {
 
 #[cfg(test)]
 mod tests {
+    use error_reporter::Report;
+
     use super::*;
+
+    #[test]
+    fn a_store_error_names_its_class_and_keeps_the_driver_error_beneath() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, q INTEGER CHECK (q > 0)); INSERT INTO t VALUES (1, 1);",
+        )
+        .unwrap();
+        let duplicate = StoreError::from(conn.execute("INSERT INTO t VALUES (1, 1)", []).unwrap_err());
+        assert!(matches!(duplicate, StoreError::Conflict(_)), "{duplicate:?}");
+        let refused = StoreError::from(conn.execute("INSERT INTO t VALUES (2, 0)", []).unwrap_err()).clone();
+        assert_eq!(refused.to_string(), "rejected by the database", "Display is the class alone");
+        let shown = Report::new(&refused).to_string();
+        assert!(shown.starts_with("rejected by the database: CHECK constraint failed: q > 0"), "{shown}");
+        assert_eq!(shown.matches("CHECK constraint failed").count(), 1, "no layer repeats another: {shown}");
+
+        let lost = std::io::Error::new(std::io::ErrorKind::TimedOut, "no free connection in 30 s");
+        let unavailable = StoreError::Unavailable(Cause::new(anyhow::Error::new(lost).context("sqlite pool")));
+        assert_eq!(
+            Report::new(&unavailable).to_string(),
+            "database unavailable: sqlite pool: no free connection in 30 s"
+        );
+    }
 
     async fn synchronous(url_path: &str) -> i64 {
         let store = SqliteStore::open(url_path).await.unwrap();

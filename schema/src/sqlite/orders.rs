@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
-use crate::store::{Moves, add_count};
+use crate::store::{Cause, Moves, add_count};
 use crate::{
     NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, SqliteStore, StoreError,
 };
@@ -121,7 +121,7 @@ pub(super) fn insert_outbox(
 ) -> Result<OutboxId, StoreError> {
     let outbox_id = OutboxId::new();
     let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
-        .map_err(|e| StoreError::Other(e.to_string()))?;
+        .map_err(|e| StoreError::Other(Cause::new(e)))?;
     let sql = format!(
         "INSERT INTO outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, {NOW}))"
@@ -167,8 +167,8 @@ impl OrderStore for SqliteStore {
         self.orders
             .send(PlaceRequest { order, reply })
             .await
-            .map_err(|_| StoreError::Unavailable("the order writer has stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Unavailable("the order writer has stopped".into()))?
+            .map_err(|_| StoreError::Unavailable(Cause::msg("the order writer has stopped")))?;
+        answer.await.map_err(|_| StoreError::Unavailable(Cause::msg("the order writer has stopped")))?
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
-use crate::store::Moves;
+use crate::store::{Cause, Moves};
 use crate::{
     AuditEntry, FailureOutcome, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow, OutboxStats, OutboxStore,
     ParkedRow, Reconciliation, RequeueTarget, SqliteStore, StoreError,
@@ -322,7 +322,9 @@ impl OutboxAdmin for SqliteStore {
             let Some(order) = tx.query_row(&sql, [order_id.0], order_from_row).optional()? else {
                 return match load_order(tx, order_id)? {
                     None => Err(StoreError::NotFound),
-                    Some(o) => Err(StoreError::Conflict(format!("order {order_id} is {}, not failed", o.status))),
+                    Some(o) => {
+                        Err(StoreError::Conflict(Cause::msg(format!("order {order_id} is {}, not failed", o.status))))
+                    }
                 };
             };
             let outbox_id = insert_outbox(tx, &order, None, None, None)?;

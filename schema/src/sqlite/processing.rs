@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::decide::{Decision, OrderFacts, decide, order_of, settle};
 use crate::limits::{DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, truncate_utf16};
-use crate::store::Moves;
+use crate::store::{Cause, Moves};
 use crate::{
     Applied, DeadLetter, Delivery, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore, SqliteStore,
     StoreError,
@@ -38,7 +38,7 @@ fn process_one(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) 
     let Some((status, quantity, product_id, list_price)) = found else {
         return Ok(ProcessOutcome::OrderNotFound);
     };
-    let status = OrderStatus::from_str(&status).map_err(StoreError::Other)?;
+    let status = OrderStatus::from_str(&status).map_err(|e| StoreError::Other(Cause::msg(e)))?;
     let facts = OrderFacts { status, quantity, product_id, list_price: parse_decimal(list_price)? };
     match decide(&facts, record_inbox(tx, outbox_id, order_id)?) {
         Decision::Duplicate => Ok(ProcessOutcome::Duplicate),
@@ -75,14 +75,14 @@ fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str) -> Result<bool,
         format!("UPDATE orders SET status = 'failed', failure_reason = ?2, processed_at = {NOW} WHERE order_id = ?1");
     tx.prepare_cached(&sql)?.execute(params![order_id.0, reason])?;
     let mut moves = Moves::default();
-    moves.moved(OrderStatus::from_str(&from).map_err(StoreError::Other)?, OrderStatus::Failed, 1);
+    moves.moved(OrderStatus::from_str(&from).map_err(|e| StoreError::Other(Cause::msg(e)))?, OrderStatus::Failed, 1);
     count_moves(tx, moves)?;
     Ok(true)
 }
 
 /// Records the dead letter unless one with its id exists; true when recorded now.
 fn record_dead_letter(tx: &Connection, d: &Delivery, reason: &str) -> Result<bool, StoreError> {
-    let headers = serde_json::to_string(&d.headers).map_err(|e| StoreError::Other(e.to_string()))?;
+    let headers = serde_json::to_string(&d.headers).map_err(|e| StoreError::Other(Cause::new(e)))?;
     let inserted = tx
         .prepare_cached(
             "INSERT INTO dead_letters (dead_letter_id, order_id, reason, headers, body) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -159,7 +159,7 @@ impl ProcessingStore for SqliteStore {
             })?;
             rows.map(|row| {
                 let (dead_letter_id, reason, headers, body) = row?;
-                let headers = serde_json::from_str(&headers).map_err(|e| StoreError::Other(e.to_string()))?;
+                let headers = serde_json::from_str(&headers).map_err(|e| StoreError::Other(Cause::new(e)))?;
                 Ok(DeadLetter { dead_letter_id, reason, headers, body })
             })
             .collect()

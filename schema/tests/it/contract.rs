@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use error_reporter::Report;
 use rust_decimal::Decimal;
 use schema::RequeueTarget;
 use schema::{
@@ -668,7 +669,7 @@ async fn sqlite_one_failing_order_in_a_group_commit_leaves_the_others_placed() {
         .collect();
     for (name, placed) in names.iter().zip(placing) {
         match (name.as_str(), placed.await.unwrap()) {
-            ("boom", Err(e)) => assert!(e.to_string().contains("boom"), "{e}"),
+            ("boom", Err(e)) => assert!(Report::new(&e).to_string().contains("boom"), "{e:?}"),
             ("boom", Ok(p)) => panic!("the failing order was placed: {p:?}"),
             (_, Ok(Placed::Created(order))) => assert_eq!(&order.customer_name, name),
             (_, other) => panic!("{name}: {other:?}"),
