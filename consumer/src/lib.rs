@@ -112,10 +112,11 @@ impl Consumer {
     async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         while !shutdown.is_cancelled() {
-            let client = match self.subscribe().await {
+            let subscribed = self.subscribe().await;
+            self.readiness.record("broker", &subscribed, "subscribed");
+            let client = match subscribed {
                 Ok(client) => client,
                 Err(error) => {
-                    self.readiness.set("broker", false, Report::new(&error).to_string());
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %Report::new(&error), retry_in_ms = delay.as_millis() as u64, "cannot subscribe");
                     tokio::select! {
@@ -126,7 +127,6 @@ impl Consumer {
                 }
             };
             backoff.reset();
-            self.readiness.set("broker", true, "subscribed");
             self.readiness.set("database", true, "ok");
             self.metrics.broker_connected.set(1);
             tracing::info!(queue = %self.queue, prefetch = self.prefetch, "subscribed");

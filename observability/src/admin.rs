@@ -56,6 +56,15 @@ impl Readiness {
         self.components.lock().expect("readiness lock").insert(component, (ok, note.into()));
     }
 
+    /// Reports a component from the outcome of its check: up with `up_note`,
+    /// or down with the error and its causes.
+    pub fn record<T, E: std::error::Error>(&self, component: &'static str, outcome: &Result<T, E>, up_note: &str) {
+        match outcome {
+            Ok(_) => self.set(component, true, up_note),
+            Err(error) => self.set(component, false, Report::new(error).to_string()),
+        }
+    }
+
     /// True when every component is up.
     pub fn is_ready(&self) -> bool {
         self.components.lock().expect("readiness lock").values().all(|(ok, _)| *ok)
@@ -109,4 +118,21 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_that_fails_reports_its_error_with_the_causes() {
+        let readiness = Readiness::new(&["database", "broker"]);
+        let refused = std::io::Error::other(anyhow::anyhow!("connection refused").context("sqlite pool"));
+        readiness.record("database", &Err::<(), _>(refused), "ok");
+        readiness.record("broker", &Ok::<_, std::io::Error>(()), "connected");
+        let report = readiness.report();
+        assert_eq!(report["ready"], false);
+        assert_eq!(report["components"]["broker"], serde_json::json!({ "ok": true, "note": "connected" }));
+        assert_eq!(report["components"]["database"]["note"], "sqlite pool: connection refused");
+    }
 }

@@ -18,7 +18,7 @@ pub use admin::{Readiness, admin_router, new_registry, serve};
 pub use backoff::Backoff;
 pub use doors::{AdminToken, require_admin};
 pub use service::{Essentials, Service, ServiceArgs, run_service};
-pub use shutdown::{shutdown_on_signals, within_grace};
+pub use shutdown::{Every, shutdown_on_signals, within_grace};
 pub use telemetry::{Telemetry, continue_trace, init_tracing, span_layer, trace_headers, trace_id_of};
 /// The shutdown token every service runs until.
 pub use tokio_util::sync::CancellationToken;

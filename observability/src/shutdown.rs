@@ -1,5 +1,5 @@
-//! One cancellation token per process, cancelled by SIGINT or SIGTERM, and the
-//! grace period that bounds what runs after it.
+//! One cancellation token per process, cancelled by SIGINT or SIGTERM; the
+//! grace period that bounds what runs after it; the clock of watch loops.
 
 use std::time::Duration;
 
@@ -49,5 +49,49 @@ pub async fn within_grace<T>(
     tokio::select! {
         output = work => Some(output),
         _ = expired => None,
+    }
+}
+
+/// The clock of a watch loop (gauges, readiness checks):
+/// `while every.tick().await { ... }` turns at once, then once per period,
+/// and ends when `stop` is cancelled.
+pub struct Every {
+    interval: tokio::time::Interval,
+    stop: CancellationToken,
+}
+
+impl Every {
+    /// Turns every `period` until `stop` is cancelled.
+    pub fn new(period: Duration, stop: CancellationToken) -> Self {
+        Self { interval: tokio::time::interval(period), stop }
+    }
+
+    /// Waits for the next turn: true, or false once `stop` is cancelled.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn every_turns_at_once_then_each_period_until_stopped() {
+        let stop = CancellationToken::new();
+        let mut every = Every::new(Duration::from_secs(1), stop.clone());
+        let started = tokio::time::Instant::now();
+        let mut turns = Vec::new();
+        while every.tick().await {
+            turns.push(started.elapsed().as_secs());
+            if turns.len() == 3 {
+                stop.cancel();
+            }
+        }
+        assert_eq!(turns, [0, 1, 2], "turns at 0 s, 1 s and 2 s, none after the stop");
     }
 }

@@ -19,8 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
-use error_reporter::Report;
-use observability::Readiness;
+use observability::{Every, Readiness};
 use prometheus::Registry;
 use schema::{NewOrder, OrderStore, Placed, Product, StoreError};
 use tokio::net::TcpListener;
@@ -225,16 +224,9 @@ fn router(state: AppState, ops: ops::Ops) -> Router {
 }
 
 async fn watch_database(store: Arc<dyn OrderStore>, readiness: Readiness, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match store.products().await {
-            Ok(_) => readiness.set("database", true, "ok"),
-            Err(error) => readiness.set("database", false, Report::new(&error).to_string()),
-        }
+    let mut every = Every::new(Duration::from_secs(1), stop);
+    while every.tick().await {
+        readiness.record("database", &store.products().await, "ok");
     }
 }
 

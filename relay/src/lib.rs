@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use error_reporter::Report;
-use observability::Readiness;
+use observability::{Every, Readiness};
 use prometheus::Registry;
 use schema::OutboxAdmin;
 use tokio::net::TcpListener;
@@ -139,34 +139,21 @@ observability::service!(App, Config, "relay");
 
 /// Refreshes backlog gauges and readiness every second; reconnects an idle broker link.
 async fn watch(relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+    let mut every = Every::new(Duration::from_secs(1), stop);
+    while every.tick().await {
+        let stats = relay.store.outbox_stats().await;
+        if let Ok(stats) = &stats {
+            relay.metrics.outbox_pending.set(stats.pending);
+            relay.metrics.outbox_oldest_pending_seconds.set(stats.oldest_pending_seconds);
+            relay.metrics.outbox_parked.set(stats.parked);
         }
-        match relay.store.outbox_stats().await {
-            Ok(stats) => {
-                relay.metrics.outbox_pending.set(stats.pending);
-                relay.metrics.outbox_oldest_pending_seconds.set(stats.oldest_pending_seconds);
-                relay.metrics.outbox_parked.set(stats.parked);
-                readiness.set("database", true, "ok");
-            }
-            Err(error) => readiness.set("database", false, Report::new(&error).to_string()),
-        }
+        readiness.record("database", &stats, "ok");
         // A loop that has not turned for 30 s is stuck (a batch cannot take that long).
         let age = relay.control.heartbeat_age();
         readiness.set("loop", age < Duration::from_secs(30), format!("last turn {:.1} s ago", age.as_secs_f64()));
-        match relay.publisher.check().await {
-            Ok(()) => {
-                relay.metrics.broker_connected.set(1);
-                readiness.set("broker", true, "connected");
-            }
-            Err(error) => {
-                relay.metrics.broker_connected.set(0);
-                readiness.set("broker", false, Report::new(&error).to_string());
-            }
-        }
+        let broker = relay.publisher.check().await;
+        relay.metrics.broker_connected.set(i64::from(broker.is_ok()));
+        readiness.record("broker", &broker, "connected");
         relay.metrics.ready.set(i64::from(readiness.is_ready()));
     }
 }
