@@ -161,15 +161,21 @@ impl Essentials {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn tasks_that_end_on_stop_are_a_clean_stop() {
-        let shutdown = CancellationToken::new();
-        let mut essentials = Essentials::new(&shutdown);
+    /// Essentials holding one task that runs until told to stop.
+    fn with_a_watch(shutdown: &CancellationToken) -> Essentials {
+        let mut essentials = Essentials::new(shutdown);
         let stop = essentials.stop_token();
         essentials.spawn("watch", async move {
             stop.cancelled().await;
             Ok(())
         });
+        essentials
+    }
+
+    #[tokio::test]
+    async fn tasks_that_end_on_stop_are_a_clean_stop() {
+        let shutdown = CancellationToken::new();
+        let essentials = with_a_watch(&shutdown);
         assert!(essentials.stop().await.is_ok());
         assert!(!shutdown.is_cancelled());
     }
@@ -178,12 +184,7 @@ mod tests {
     async fn a_task_that_ends_early_shuts_the_service_down_and_fails_it() {
         for early in [Ok(()), Err(anyhow::anyhow!("port closed"))] {
             let shutdown = CancellationToken::new();
-            let mut essentials = Essentials::new(&shutdown);
-            let stop = essentials.stop_token();
-            essentials.spawn("watch", async move {
-                stop.cancelled().await;
-                Ok(())
-            });
+            let mut essentials = with_a_watch(&shutdown);
             essentials.spawn("admin server", async move { early });
             tokio::time::timeout(Duration::from_secs(5), shutdown.cancelled()).await.expect("shutdown fired");
             let error = essentials.stop().await.expect_err("the early end is reported");

@@ -308,8 +308,6 @@ fn seconds(d: Duration) -> i32 {
 
 const CREATE_DATABASE: &str = "CREATE DATABASE orderflow_test_";
 
-/// Creates an empty database on the server named by `url` (either form that
-/// [`parse_config`] takes) and returns the same URL naming the new database.
 /// The SQL Server settings of `url`.
 fn mssql_config(url: &str) -> anyhow::Result<Config> {
     match url.parse::<crate::DatabaseUrl>()?.target {
@@ -318,6 +316,8 @@ fn mssql_config(url: &str) -> anyhow::Result<Config> {
     }
 }
 
+/// Creates an empty database on the server named by `url` (`mssql://…` or an
+/// ADO.NET string) and returns the same URL naming the new database.
 pub async fn fresh_database(url: &str) -> anyhow::Result<String> {
     let suffix = Uuid::new_v4().simple().to_string();
     let mut client = open_client(&mssql_config(url)?).await?;
