@@ -94,6 +94,13 @@ chaos_status=0
 CHAOS_PROFILE=debug scripts/chaos.sh --duration 60s || chaos_status=$?
 
 for shot in target/screenshots/*.png; do if [ -f "$shot" ]; then echo "browser screenshot: $PWD/$shot"; fi; done
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+awk '/^test result:/ { p += $4; f += $6; n += $8 } END { printf "tests: %d passed, %d failed, %d not run (ignored, reason beside each in the log)\n", p, f, n }' "$log"
+mssql_ok=$(grep -c '^test contract::mssql::.* ok$' "$log" || true)
+mssql_failed=$(grep -c '^test contract::mssql::.* FAILED$' "$log" || true)
+if [ -n "${TEST_MSSQL_URL:-}" ]; then
+    echo "SQL Server contract: $mssql_ok passed, $mssql_failed failed"
+else
+    echo "SQL Server contract: NOT RUN (TEST_MSSQL_URL is not set)"
+fi
 if [ "$chaos_status" -eq 0 ]; then echo "chaos: passed"; else echo "chaos: FAILED (see the report above)"; status=1; fi
 exit "$status"

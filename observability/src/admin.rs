@@ -38,6 +38,37 @@ pub fn new_registry(service: &str) -> Registry {
     registry
 }
 
+/// Registers a counter whose value is read from `read` at each scrape: for
+/// counts kept outside the registry, such as the store's database round trips.
+pub fn register_counter_fn(registry: &Registry, name: &str, help: &str, read: fn() -> u64) -> prometheus::Result<()> {
+    let desc = prometheus::core::Desc::new(name.into(), help.into(), vec![], Default::default())?;
+    registry.register(Box::new(CounterFn { desc, read }))
+}
+
+struct CounterFn {
+    desc: prometheus::core::Desc,
+    read: fn() -> u64,
+}
+
+impl prometheus::core::Collector for CounterFn {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut counter = prometheus::proto::Counter::default();
+        counter.set_value((self.read)() as f64);
+        let mut metric = prometheus::proto::Metric::default();
+        metric.set_counter(counter);
+        let mut family = prometheus::proto::MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(prometheus::proto::MetricType::COUNTER);
+        family.mut_metric().push(metric);
+        vec![family]
+    }
+}
+
 /// Named readiness components (`database`, `broker`, ...), each up or down with a note.
 #[derive(Clone, Default)]
 pub struct Readiness {

@@ -32,8 +32,14 @@ pub use store::{
 };
 
 /// Every SQL Server statement this crate sends, for the T-SQL parser test.
-pub fn mssql_statements() -> Vec<(&'static str, &'static str)> {
+pub fn mssql_statements() -> Vec<(&'static str, String)> {
     mssql::statements()
+}
+
+/// Round trips this process has made to SQL Server (each statement or batch
+/// sent and answered), for `orderflow_db_round_trips_total`; 0 on SQLite.
+pub fn round_trips() -> u64 {
+    mssql::ROUND_TRIPS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Connects to the database named by `url` and runs the migrations (tools and

@@ -243,6 +243,11 @@ impl Moves {
         self.add(to, n);
     }
 
+    /// The change of every status, in the order pending, published, processed, failed.
+    pub(crate) fn deltas(&self) -> [i64; 4] {
+        self.0
+    }
+
     /// The statuses whose count changed, with the change.
     pub(crate) fn changes(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
         Self::STATUSES.iter().zip(self.0).filter(|(_, n)| *n != 0).map(|(s, n)| (s.as_str(), n))

@@ -5,13 +5,17 @@
 //! never returned to the pool; time comes from `SYSUTCDATETIME()`.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use deadpool::managed::{self, Metrics, Object, Pool, RecycleResult};
 use rust_decimal::Decimal;
 use tiberius::{Client, Config, Row, ToSql};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use uuid::Uuid;
 
@@ -92,19 +96,32 @@ async fn open_client(config: &Config) -> TdsResult<TdsClient> {
 #[derive(Clone)]
 pub struct MssqlStore {
     pool: Pool<TdsManager>,
+    /// Orders to place, committed in groups by [`orders::place_orders`].
+    orders: mpsc::Sender<orders::PlaceRequest>,
 }
+
+/// Group-commit writers: while one commits, the next group gathers.
+const ORDER_WRITERS: usize = 2;
 
 impl MssqlStore {
     /// Connects, runs the migrations under an application lock, and builds the pool.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let mut client = open_client(&config).await?;
-        client.simple_query(MIGRATION_LOCK).await?.into_results().await?;
-        let report = migrations::migrations::runner().run_async(&mut client).await;
+        let mut client = open_client(&config).await.context("opening a connection")?;
+        client.simple_query(MIGRATION_LOCK).await?.into_results().await.context("taking the migration lock")?;
+        let migrated = migrate(&mut client).await;
         client.simple_query(MIGRATION_UNLOCK).await?.into_results().await?;
-        report?;
+        migrated?;
         client.close().await?;
         let pool = Pool::builder(TdsManager { config }).max_size(16).build()?;
-        Ok(Self { pool })
+        let (orders, queue) = mpsc::channel(1024);
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        // The writers get a store whose sender is closed: holding the real one
+        // would keep them alive forever.
+        let (closed, _) = mpsc::channel(1);
+        for _ in 0..ORDER_WRITERS {
+            tokio::spawn(orders::place_orders(Self { pool: pool.clone(), orders: closed.clone() }, queue.clone()));
+        }
+        Ok(Self { pool, orders })
     }
 
     async fn conn(&self) -> Result<Object<TdsManager>, StoreError> {
@@ -113,6 +130,29 @@ impl MssqlStore {
             .await
             .map_err(|e| StoreError::Unavailable(Cause::new(anyhow::Error::new(e).context("sql server pool"))))
     }
+}
+
+/// Texts of migrations that SQL Server applied before they were replaced:
+/// each replacement ends in the same schema, so a database that applied the
+/// first text has its recorded checksum moved to the replacement's.
+const SUPERSEDED: [(&str, &str); 1] =
+    [("V3__binary_keys", include_str!("../../migrations/mssql-superseded/V3__binary_keys.sql"))];
+
+async fn migrate(client: &mut TdsClient) -> anyhow::Result<()> {
+    let runner = migrations::migrations::runner();
+    for (name, text) in SUPERSEDED {
+        let first = refinery::Migration::unapplied(name, text)?;
+        let Some(current) = runner.get_migrations().iter().find(|m| m.version() == first.version()) else {
+            anyhow::bail!("superseded migration {name} has no replacement");
+        };
+        let version = first.version();
+        let (from, to) = (first.checksum().to_string(), current.checksum().to_string());
+        exec(client, ACCEPT_SUPERSEDED, &[&to, &version, &from])
+            .await
+            .with_context(|| format!("accepting the first text of {name}"))?;
+    }
+    runner.run_async(client).await.context("running the migrations")?;
+    Ok(())
 }
 
 /// What an SQL Server error number means for the caller (the table in ARCHITECTURE.md).
@@ -188,20 +228,31 @@ fn utc(t: NaiveDateTime) -> DateTime<Utc> {
 }
 
 fn order_from_row(row: &Row) -> TdsResult<Order> {
+    order_at(row, 0)
+}
+
+/// The status in column `i`.
+fn status_at(row: &Row, i: usize) -> TdsResult<OrderStatus> {
+    let text = row.try_get::<&str, _>(i)?.ok_or_else(|| conversion("status"))?;
+    OrderStatus::from_str(text).map_err(|e| tiberius::error::Error::Conversion(e.into()))
+}
+
+/// The order whose columns (`order_columns!`) start at column `at`.
+fn order_at(row: &Row, at: usize) -> TdsResult<Order> {
     let text = |i: usize| -> TdsResult<String> {
-        Ok(row.try_get::<&str, _>(i)?.ok_or_else(|| conversion("order"))?.to_string())
+        Ok(row.try_get::<&str, _>(at + i)?.ok_or_else(|| conversion("order"))?.to_string())
     };
     Ok(Order {
-        order_id: OrderId(row.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?),
+        order_id: OrderId(row.try_get::<i64, _>(at)?.ok_or_else(|| conversion("order_id"))?),
         customer_name: text(1)?,
         product_id: text(2)?,
-        quantity: row.try_get::<i32, _>(3)?.ok_or_else(|| conversion("quantity"))?,
-        status: OrderStatus::from_str(&text(4)?).map_err(|e| tiberius::error::Error::Conversion(e.into()))?,
-        unit_price: row.try_get::<Decimal, _>(5)?,
-        total_price: row.try_get::<Decimal, _>(6)?,
-        failure_reason: row.try_get::<&str, _>(7)?.map(str::to_string),
-        created_at: utc(row.try_get::<NaiveDateTime, _>(8)?.ok_or_else(|| conversion("created_at"))?),
-        processed_at: row.try_get::<NaiveDateTime, _>(9)?.map(utc),
+        quantity: row.try_get::<i32, _>(at + 3)?.ok_or_else(|| conversion("quantity"))?,
+        status: status_at(row, at + 4)?,
+        unit_price: row.try_get::<Decimal, _>(at + 5)?,
+        total_price: row.try_get::<Decimal, _>(at + 6)?,
+        failure_reason: row.try_get::<&str, _>(at + 7)?.map(str::to_string),
+        created_at: utc(row.try_get::<NaiveDateTime, _>(at + 8)?.ok_or_else(|| conversion("created_at"))?),
+        processed_at: row.try_get::<NaiveDateTime, _>(at + 9)?.map(utc),
     })
 }
 
@@ -260,13 +311,29 @@ fn check_params(sql: &str, params: &[&dyn ToSql]) -> TdsResult<()> {
     Ok(())
 }
 
+/// Round trips to the server, for [`crate::round_trips`].
+pub(crate) static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
+
+fn round_trip() {
+    ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
+}
+
 async fn rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<Vec<Row>> {
     check_params(sql, params)?;
+    round_trip();
     client.query(sql, params).await?.into_first_result().await
+}
+
+/// Every result set of a batch that holds several statements.
+async fn result_sets(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<Vec<Vec<Row>>> {
+    check_params(sql, params)?;
+    round_trip();
+    client.query(sql, params).await?.into_results().await
 }
 
 async fn exec(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<u64> {
     check_params(sql, params)?;
+    round_trip();
     Ok(client.execute(sql, params).await?.total())
 }
 
@@ -280,20 +347,24 @@ fn text_or_empty(value: &Option<String>) -> &dyn ToSql {
 }
 
 async fn batch(client: &mut TdsClient, sql: &str) -> TdsResult<()> {
+    round_trip();
     client.simple_query(sql).await?.into_results().await.map(drop)
 }
 
-/// Applies one transaction's status moves to the counters, in a slot that
-/// varies from call to call so that concurrent writers rarely share a row.
+/// The counter slot of one transaction: it varies from call to call, so that
+/// concurrent writers rarely share a row.
+fn count_slot() -> i32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    i32::try_from(nanos % 16).unwrap_or(0)
+}
+
+/// Applies one transaction's status moves to the counters, in one statement.
 async fn count_moves(client: &mut TdsClient, moves: Moves) -> TdsResult<()> {
-    let slot = i32::try_from(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % 16,
-    )
-    .unwrap_or(0);
-    for (status, n) in moves.changes() {
-        exec(client, BUMP_COUNT, &[&n, &status, &slot]).await?;
+    let [pending, published, processed, failed] = moves.deltas();
+    if moves.changes().next().is_none() {
+        return Ok(());
     }
-    Ok(())
+    exec(client, BUMP_COUNTS, &[&pending, &published, &processed, &failed, &count_slot()]).await.map(drop)
 }
 
 /// DATEADD takes an INT: milliseconds for short spans (leases, retries; up to 24 days).

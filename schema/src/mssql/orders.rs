@@ -1,23 +1,28 @@
 //! SQL Server: placing and reading orders.
 //!
-//! Invariant: an order and its outbox row commit in one transaction; a replayed
-//! idempotency key returns the first order, also when two requests race.
+//! Invariant: an order and its outbox row commit in one transaction, one order's
+//! failure never undoes another's ([`place_orders`]); a replayed idempotency key
+//! returns the first order, also when two requests race.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use tiberius::ToSql;
+use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
-use crate::store::{Moves, add_count};
+use crate::store::{Cause, Moves, add_count};
 use crate::{
     MssqlStore, NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, StoreError,
 };
 
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, order_from_row, product_from_row, rows,
-    text_or_empty, utc,
+    TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, order_from_row, product_from_row, result_sets,
+    rows, text_or_empty, utc,
 };
 
 /// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
@@ -28,13 +33,10 @@ pub(super) async fn insert_outbox(
     tracestate: &Option<String>,
     created_at: Option<NaiveDateTime>,
 ) -> TdsResult<OutboxId> {
-    let outbox_id = OutboxId::new();
-    let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
-        .map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
-    let row = OutboxInsert { outbox_id: outbox_id.0, order_id: order.order_id.0, payload, created_at };
+    let row = OutboxInsert::of(order, created_at)?;
     let (sql, params) = row.statement(traceparent, tracestate);
     exec(client, sql, &params).await?;
-    Ok(outbox_id)
+    Ok(OutboxId(row.outbox_id))
 }
 
 /// The values of a new outbox row, bound without a NULL parameter.
@@ -46,6 +48,14 @@ struct OutboxInsert {
 }
 
 impl OutboxInsert {
+    /// The `OrderPlacedV1` row of `order`, with a new outbox id.
+    fn of(order: &Order, created_at: Option<NaiveDateTime>) -> TdsResult<Self> {
+        let outbox_id = OutboxId::new();
+        let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
+            .map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
+        Ok(Self { outbox_id: outbox_id.0, order_id: order.order_id.0, payload, created_at })
+    }
+
     fn statement<'a>(
         &'a self,
         traceparent: &'a Option<String>,
@@ -73,6 +83,128 @@ fn insert_order_params(order: &NewOrder) -> [&dyn ToSql; 4] {
     [&order.customer_name, &order.product_id, &order.quantity, text_or_empty(&order.idempotency_key)]
 }
 
+/// Most orders committed together: each takes 11 parameters, and SQL Server
+/// takes 2,100 per call.
+const MAX_ORDERS_PER_COMMIT: usize = 100;
+
+/// An order waiting for the group-commit writers, with where its answer goes.
+pub(super) struct PlaceRequest {
+    pub(super) order: NewOrder,
+    pub(super) reply: oneshot::Sender<Result<Placed, StoreError>>,
+}
+
+/// One group-commit writer: it takes the orders waiting at that moment
+/// and writes them in one transaction ([`place_group`]), in a handful of round
+/// trips whatever the group's size. Several writers share the queue, so one
+/// group is collected while another commits. When a group fails, each of its
+/// orders is placed on its own, so one bad order fails no other.
+pub(super) async fn place_orders(store: MssqlStore, queue: Arc<Mutex<mpsc::Receiver<PlaceRequest>>>) {
+    loop {
+        let group = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else { return };
+            let mut group = vec![first];
+            while group.len() < MAX_ORDERS_PER_COMMIT {
+                match queue.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        let orders: Vec<&NewOrder> = group.iter().map(|r| &r.order).collect();
+        let placed = match store.conn().await {
+            Ok(mut conn) if group.len() > 1 && keys_are_distinct(&orders) => {
+                let result = place_group(&mut conn, &orders).await;
+                finish(conn, result)
+            }
+            Ok(_) => Err(StoreError::Conflict(Cause::msg("placed one by one"))),
+            Err(error) => Err(error),
+        };
+        match placed {
+            Ok(placed) => {
+                for (request, placed) in group.into_iter().zip(placed) {
+                    let _ = request.reply.send(Ok(placed));
+                }
+            }
+            Err(error) if error.is_transient() => {
+                for request in group {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+            }
+            Err(_) => {
+                for request in group {
+                    let placed = store.place_alone(&request.order).await;
+                    let _ = request.reply.send(placed);
+                }
+            }
+        }
+    }
+}
+
+/// Two orders of one group with the same key must be placed one after the other.
+fn keys_are_distinct(orders: &[&NewOrder]) -> bool {
+    let mut keys: Vec<&str> = orders.iter().filter_map(|o| o.idempotency_key.as_deref()).collect();
+    let n = keys.len();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.len() == n
+}
+
+/// A group of orders and their outbox rows in one transaction: the orders
+/// their keys already name, then every new order (one batch of inserts, each
+/// answering with its row), their outbox rows (one insert), the counters.
+async fn place_group(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Placed>> {
+    batch(client, BEGIN).await?;
+    let keys: Vec<&String> = orders.iter().filter_map(|o| o.idempotency_key.as_ref()).collect();
+    let mut existing = HashMap::new();
+    if !keys.is_empty() {
+        let params: Vec<&dyn ToSql> = keys.iter().map(|k| *k as &dyn ToSql).collect();
+        for row in rows(client, &with_ids(ORDERS_BY_KEYS, 1, keys.len()), &params).await? {
+            let key = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("idempotency_key"))?.to_string();
+            existing.insert(key, super::order_at(&row, 1)?);
+        }
+    }
+    let new: Vec<&NewOrder> = orders
+        .iter()
+        .copied()
+        .filter(|o| o.idempotency_key.as_ref().is_none_or(|k| !existing.contains_key(k)))
+        .collect();
+    let mut stored = Vec::with_capacity(new.len());
+    if !new.is_empty() {
+        let params: Vec<&dyn ToSql> = new.iter().flat_map(|o| insert_order_params(o)).collect();
+        let sets = result_sets(client, &repeated(INSERT_ORDER, new.len(), 4), &params).await?;
+        for set in &sets {
+            stored.push(order_from_row(set.first().ok_or_else(|| conversion("inserted order"))?)?);
+        }
+        if stored.len() != new.len() {
+            return Err(conversion("one inserted order per insert"));
+        }
+        let rows_of: Vec<OutboxInsert> = stored
+            .iter()
+            .map(|order| OutboxInsert::of(order, Some(order.created_at.naive_utc())))
+            .collect::<TdsResult<_>>()?;
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(7 * new.len());
+        for (row, order) in rows_of.iter().zip(&new) {
+            let (_, values) = row.statement(&order.traceparent, &order.tracestate);
+            params.extend(values);
+        }
+        exec(client, &with_rows(INSERT_OUTBOXES, new.len(), 7), &params).await?;
+        let mut moves = Moves::default();
+        moves.add(OrderStatus::Pending, new.len() as i64);
+        count_moves(client, moves).await?;
+    }
+    batch(client, COMMIT).await?;
+    let mut stored = stored.into_iter();
+    orders
+        .iter()
+        .map(|o| match o.idempotency_key.as_ref().and_then(|k| existing.get(k)) {
+            Some(order) => Ok(Placed::Existing(order.clone())),
+            None => stored.next().map(Placed::Created).ok_or_else(|| conversion("placed order")),
+        })
+        .collect()
+}
+
 async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
     batch(client, BEGIN).await?;
     if let Some(key) = &order.idempotency_key
@@ -93,6 +225,26 @@ async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
     Ok(Placed::Created(stored))
 }
 
+impl MssqlStore {
+    /// One order in a transaction of its own (a group that failed is placed so).
+    async fn place_alone(&self, order: &NewOrder) -> Result<Placed, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = place(&mut conn, order).await;
+        match finish(conn, result) {
+            // Two requests with the same new key raced; the winner's order is the answer.
+            Err(StoreError::Conflict(_)) if order.idempotency_key.is_some() => {
+                let mut conn = self.conn().await?;
+                let key = order.idempotency_key.clone();
+                let result =
+                    async { rows(&mut conn, ORDER_BY_KEY, &[&key]).await?.first().map(order_from_row).transpose() }
+                        .await;
+                finish(conn, result)?.map(Placed::Existing).ok_or(StoreError::NotFound)
+            }
+            other => other,
+        }
+    }
+}
+
 #[async_trait]
 impl OrderStore for MssqlStore {
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
@@ -109,20 +261,12 @@ impl OrderStore for MssqlStore {
     }
 
     async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = place(&mut conn, &order).await;
-        match finish(conn, result) {
-            // Two requests with the same new key raced; the winner's order is the answer.
-            Err(StoreError::Conflict(_)) if order.idempotency_key.is_some() => {
-                let mut conn = self.conn().await?;
-                let key = order.idempotency_key.clone();
-                let result =
-                    async { rows(&mut conn, ORDER_BY_KEY, &[&key]).await?.first().map(order_from_row).transpose() }
-                        .await;
-                finish(conn, result)?.map(Placed::Existing).ok_or(StoreError::NotFound)
-            }
-            other => other,
-        }
+        let (reply, answer) = oneshot::channel();
+        self.orders
+            .send(PlaceRequest { order, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable(Cause::msg("the order writers have stopped")))?;
+        answer.await.map_err(|_| StoreError::Unavailable(Cause::msg("the order writers have stopped")))?
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {

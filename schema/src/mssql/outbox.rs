@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
-use tiberius::Row;
+use tiberius::{Row, ToSql};
 use uuid::Uuid;
 
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
@@ -20,24 +20,22 @@ use crate::{
 use super::orders::insert_outbox;
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, millis, order_from_row, outbox_from_row, rows,
-    seconds, utc,
+    TdsClient, TdsResult, batch, conversion, count_moves, count_slot, exec, finish, millis, order_from_row,
+    outbox_from_row, rows, seconds, utc,
 };
 
+/// One round trip per chunk of ids (a chunk is one transaction, and the
+/// chunks are independent: marking is idempotent).
 async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u64> {
-    batch(client, BEGIN).await?;
-    let (mut marked, mut advanced) = (0, 0);
-    for id in ids {
-        let row = rows(client, MARK_PUBLISHED, &[&id.0]).await?;
-        if let Some(order_id) = row.first().and_then(|r| r.get::<i64, _>(0)) {
-            advanced += exec(client, ADVANCE_ORDER, &[&order_id]).await? as i64;
-            marked += 1;
-        }
+    let mut marked = 0;
+    for chunk in ids.chunks(MAX_PARAMS - 1) {
+        let sql = with_ids(MARK_PUBLISHED, 2, chunk.len());
+        let slot = count_slot();
+        let mut params: Vec<&dyn ToSql> = vec![&slot];
+        params.extend(chunk.iter().map(|id| &id.0 as &dyn ToSql));
+        let found = rows(client, &sql, &params).await?;
+        marked += found.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) as u64;
     }
-    let mut moves = Moves::default();
-    moves.moved(OrderStatus::Pending, OrderStatus::Published, advanced);
-    count_moves(client, moves).await?;
-    batch(client, COMMIT).await?;
     Ok(marked)
 }
 

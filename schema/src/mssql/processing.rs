@@ -2,22 +2,24 @@
 //!
 //! Invariant: a batch of messages is one transaction; an unknown order leaves no inbox row.
 
-use std::str::FromStr;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
+use chrono::NaiveDateTime;
 use rust_decimal::Decimal;
-use tiberius::Row;
+use tiberius::{Row, ToSql};
+use uuid::Uuid;
 
 use crate::decide::{Decision, OrderFacts, decide, order_of, settle};
 use crate::limits::{DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, truncate_utf16};
 use crate::store::Moves;
 use crate::{
-    Applied, DeadLetter, Delivery, MssqlStore, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore,
+    Applied, DeadLetter, Delivery, MssqlStore, Order, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore,
     StoreError,
 };
 
 use super::sql::*;
-use super::{TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, order_from_row, rows};
+use super::{TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, order_at, rows, status_at, utc};
 
 /// One message's effect inside the batch's transaction ([`decide`]).
 async fn process_one(
@@ -30,9 +32,8 @@ async fn process_one(
     let Some(row) = found.first() else {
         return Ok(ProcessOutcome::OrderNotFound);
     };
-    let status = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("status"))?;
     let facts = OrderFacts {
-        status: OrderStatus::from_str(status).map_err(|e| tiberius::error::Error::Conversion(e.into()))?,
+        status: status_at(row, 0)?,
         quantity: row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?,
         product_id: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string(),
         list_price: row.try_get::<Decimal, _>(3)?,
@@ -47,11 +48,12 @@ async fn process_one(
             mark_failed(client, order_id, &reason, moves).await?;
             Ok(ProcessOutcome::Failed(reason))
         }
-        Decision::Process { from, priced } => {
+        Decision::Process { priced, .. } => {
             let updated = rows(client, MARK_PROCESSED, &[&order_id.0, &priced.unit_price, &priced.total_price]).await?;
-            moves.moved(from, OrderStatus::Processed, 1);
-            let order = updated.first().ok_or_else(|| conversion("processed order"))?;
-            Ok(ProcessOutcome::Processed(order_from_row(order)?))
+            // Final by now through another message: the status guard held.
+            let Some(row) = updated.first() else { return Ok(ProcessOutcome::Duplicate) };
+            moves.moved(status_at(row, 0)?, OrderStatus::Processed, 1);
+            Ok(ProcessOutcome::Processed(order_at(row, 1)?))
         }
     }
 }
@@ -60,9 +62,7 @@ async fn process_one(
 async fn mark_failed(client: &mut TdsClient, order_id: OrderId, reason: &str, moves: &mut Moves) -> TdsResult<bool> {
     let updated = rows(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
     let Some(row) = updated.first() else { return Ok(false) };
-    let from = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("status"))?;
-    let from = OrderStatus::from_str(from).map_err(|e| tiberius::error::Error::Conversion(e.into()))?;
-    moves.moved(from, OrderStatus::Failed, 1);
+    moves.moved(status_at(row, 0)?, OrderStatus::Failed, 1);
     Ok(true)
 }
 
@@ -121,15 +121,150 @@ async fn apply_one(client: &mut TdsClient, d: &Delivery, moves: &mut Moves) -> T
     }
 }
 
+/// A batch in a few round trips whatever its size: the facts of every order
+/// it names (one read), then in one transaction the inbox rows and final
+/// states of the plain cases set-based ([`apply_plain`]), the rest message by
+/// message ([`apply_one`]), and the counters.
 async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResult<Vec<Applied>> {
+    let facts = read_facts(client, deliveries).await?;
     batch(client, BEGIN).await?;
-    let mut outcomes = Vec::with_capacity(deliveries.len());
     let mut moves = Moves::default();
-    for d in deliveries {
-        outcomes.push(apply_one(client, d, &mut moves).await?);
+    let mut outcomes = apply_plain(client, deliveries, &facts, &mut moves).await?;
+    for (d, outcome) in deliveries.iter().zip(outcomes.iter_mut()) {
+        if outcome.is_none() {
+            *outcome = Some(apply_one(client, d, &mut moves).await?);
+        }
     }
     count_moves(client, moves).await?;
     batch(client, COMMIT).await?;
+    Ok(outcomes.into_iter().map(|o| o.expect("every delivery has an outcome")).collect())
+}
+
+/// What the database held of an order before the batch's transaction: a
+/// plain read, so every write that depends on it repeats its guard.
+struct Facts {
+    facts: OrderFacts,
+    order: Order,
+}
+
+async fn read_facts(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResult<HashMap<i64, Facts>> {
+    let mut ids: Vec<i64> = deliveries.iter().filter_map(|d| order_of(d).ok()).map(|o| o.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(MAX_PARAMS) {
+        let params: Vec<&dyn ToSql> = chunk.iter().map(|id| id as &dyn ToSql).collect();
+        for row in rows(client, &with_ids(ORDERS_FOR_PRICING, 1, chunk.len()), &params).await? {
+            let facts = OrderFacts {
+                status: status_at(&row, 0)?,
+                quantity: row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?,
+                product_id: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string(),
+                list_price: row.try_get::<Decimal, _>(3)?,
+            };
+            let order = order_at(&row, 4)?;
+            found.insert(order.order_id.0, Facts { facts, order });
+        }
+    }
+    Ok(found)
+}
+
+/// One plain case: a valid message, alone in its batch with its order and
+/// outbox id, for an order that [`decide`]s to be processed.
+struct Plain {
+    index: usize,
+    outbox_id: Option<OutboxId>,
+    order_id: i64,
+    unit_price: Decimal,
+    total_price: Decimal,
+}
+
+/// Rows per set-based statement: well inside SQL Server's 1,000 rows per VALUES.
+const ROWS_PER_STATEMENT: usize = 300;
+
+/// Applies the plain cases set-based; `None` for every other delivery.
+async fn apply_plain(
+    client: &mut TdsClient,
+    deliveries: &[Delivery],
+    facts: &HashMap<i64, Facts>,
+    moves: &mut Moves,
+) -> TdsResult<Vec<Option<Applied>>> {
+    let mut outcomes: Vec<Option<Applied>> = vec![None; deliveries.len()];
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for d in deliveries {
+        for key in [d.outbox_id.map(|id| format!("x{}", id.0)), order_of(d).ok().map(|o| format!("o{}", o.0))] {
+            *seen.entry(key.unwrap_or_default()).or_default() += 1;
+        }
+    }
+    let alone = |key: String| seen.get(&key).is_some_and(|n| *n == 1);
+    let plain: Vec<Plain> = deliveries
+        .iter()
+        .enumerate()
+        .filter_map(|(index, d)| {
+            let order_id = order_of(d).ok()?;
+            if !alone(format!("o{}", order_id.0)) || d.outbox_id.is_some_and(|id| !alone(format!("x{}", id.0))) {
+                return None;
+            }
+            match decide(&facts.get(&order_id.0)?.facts, true) {
+                Decision::Process { priced, .. } => Some(Plain {
+                    index,
+                    outbox_id: d.outbox_id,
+                    order_id: order_id.0,
+                    unit_price: priced.unit_price,
+                    total_price: priced.total_price,
+                }),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut fresh = HashSet::new();
+    let keyed: Vec<&Plain> = plain.iter().filter(|p| p.outbox_id.is_some()).collect();
+    for chunk in keyed.chunks(ROWS_PER_STATEMENT) {
+        let ids: Vec<Uuid> = chunk.iter().filter_map(|p| p.outbox_id.map(|id| id.0)).collect();
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(2 * chunk.len());
+        for (p, id) in chunk.iter().zip(&ids) {
+            params.push(id);
+            params.push(&p.order_id);
+        }
+        for row in rows(client, &with_rows(RECORD_INBOXES, chunk.len(), 2), &params).await? {
+            fresh.insert(row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?);
+        }
+    }
+    let mut to_process = Vec::with_capacity(plain.len());
+    for p in &plain {
+        match p.outbox_id {
+            Some(id) if !fresh.contains(&id.0) => outcomes[p.index] = Some(Applied::Duplicate),
+            _ => to_process.push(p),
+        }
+    }
+    let mut done = HashMap::with_capacity(to_process.len());
+    for chunk in to_process.chunks(ROWS_PER_STATEMENT) {
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(3 * chunk.len());
+        for p in chunk {
+            params.extend([&p.order_id as &dyn ToSql, &p.unit_price, &p.total_price]);
+        }
+        for row in rows(client, &with_rows(MARK_ALL_PROCESSED, chunk.len(), 3), &params).await? {
+            let order_id = row.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?;
+            let processed_at = row.try_get::<NaiveDateTime, _>(2)?.ok_or_else(|| conversion("processed_at"))?;
+            done.insert(order_id, (status_at(&row, 1)?, utc(processed_at)));
+        }
+    }
+    for p in to_process {
+        // Not updated: final by now through another message; the status guard held.
+        let Some((from, processed_at)) = done.get(&p.order_id) else {
+            outcomes[p.index] = Some(Applied::Duplicate);
+            continue;
+        };
+        moves.moved(*from, OrderStatus::Processed, 1);
+        let order = Order {
+            status: OrderStatus::Processed,
+            unit_price: Some(p.unit_price),
+            total_price: Some(p.total_price),
+            failure_reason: None,
+            processed_at: Some(*processed_at),
+            ..facts[&p.order_id].order.clone()
+        };
+        outcomes[p.index] = Some(Applied::Processed(order));
+    }
     Ok(outcomes)
 }
 

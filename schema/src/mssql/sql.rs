@@ -18,6 +18,18 @@ pub(super) const INSERT_ORDER: &str = concat!(
     order_columns!("inserted."),
     " VALUES (@P1, @P2, @P3, NULLIF(@P4, N''))"
 );
+// The orders of a group that were placed before under their keys (@IDS).
+pub(super) const ORDERS_BY_KEYS: &str = concat!(
+    "SELECT idempotency_key, ",
+    order_columns!(""),
+    " FROM dbo.orders WITH (UPDLOCK, HOLDLOCK) WHERE idempotency_key IN (@IDS)"
+);
+// The outbox rows of a group of orders (@ROWS of seven values), created when
+// their orders were.
+pub(super) const INSERT_OUTBOXES: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, \
+     tracestate, created_at) SELECT v.outbox_id, v.order_id, v.event_type, v.payload, NULLIF(v.traceparent, N''), \
+     NULLIF(v.tracestate, N''), v.created_at \
+     FROM (VALUES @ROWS) AS v (outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at)";
 // Empty trace context means none: a valid traceparent is never empty.
 pub(super) const INSERT_OUTBOX: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, \
      created_at) VALUES (@P1, @P2, @P3, @P4, NULLIF(@P5, N''), NULLIF(@P6, N''), @P7)";
@@ -85,19 +97,56 @@ pub(super) const RECENT_AUDIT: &str = "SELECT TOP (@P1) outbox_id, order_id, act
      FROM dbo.outbox_audit ORDER BY audit_id DESC";
 pub(super) const RECENT_ORDERS: &str =
     concat!("SELECT TOP (@P1) ", order_columns!(""), " FROM dbo.orders ORDER BY order_id DESC");
-// The portable claim: alias form of UPDATE TOP with lock hints, no updatable
-// CTE. READPAST skips rows another relay is claiming; UPDLOCK keeps two
-// claimers from reading the same row; the lease makes it invisible afterwards.
-pub(super) const CLAIM: &str = "UPDATE TOP (@LIMIT) o SET lease_owner = @P1, lease_until = DATEADD(millisecond, @P2, SYSUTCDATETIME()) \
+// The portable claim: the ids come from a TOP subquery, and the outer WHERE
+// repeats its predicates. READPAST skips rows another relay is claiming and
+// UPDLOCK keeps two claimers from reading the same row, on SQL Server. An
+// engine that ignores the hints (Babelfish, under PostgreSQL's row locks) makes
+// the second claimer wait and then re-check the outer WHERE on the rows it
+// waited for, which the first claim's lease now fails. `UPDATE TOP (n) o ...
+// WHERE <a date test> AND ...` would take one row per call on Babelfish.
+macro_rules! claimable {
+    ($a:literal) => {
+        concat!(
+            $a,
+            ".published_at IS NULL AND ",
+            $a,
+            ".dead_at IS NULL AND ",
+            $a,
+            ".next_attempt_at <= SYSUTCDATETIME() \
+             AND (",
+            $a,
+            ".lease_until IS NULL OR ",
+            $a,
+            ".lease_until < SYSUTCDATETIME())"
+        )
+    };
+}
+pub(super) const CLAIM: &str = concat!(
+    "UPDATE o SET lease_owner = @P1, lease_until = DATEADD(millisecond, @P2, SYSUTCDATETIME()) \
      OUTPUT inserted.outbox_id, inserted.order_id, inserted.event_type, inserted.payload, inserted.traceparent, \
      inserted.tracestate, inserted.created_at, inserted.attempts \
-     FROM dbo.outbox o WITH (UPDLOCK, READPAST, ROWLOCK) \
-     WHERE o.published_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= SYSUTCDATETIME() \
-     AND (o.lease_until IS NULL OR o.lease_until < SYSUTCDATETIME())";
-pub(super) const MARK_PUBLISHED: &str = "UPDATE dbo.outbox SET published_at = SYSUTCDATETIME(), lease_owner = NULL, lease_until = NULL, \
-     dead_at = NULL OUTPUT inserted.order_id WHERE outbox_id = @P1 AND published_at IS NULL";
-pub(super) const ADVANCE_ORDER: &str =
-    "UPDATE dbo.orders SET status = N'published' WHERE order_id = @P1 AND status = N'pending'";
+     FROM dbo.outbox o WHERE o.outbox_id IN (SELECT TOP (@LIMIT) x.outbox_id \
+     FROM dbo.outbox x WITH (UPDLOCK, READPAST, ROWLOCK) WHERE ",
+    claimable!("x"),
+    " ORDER BY x.next_attempt_at) AND ",
+    claimable!("o")
+);
+// A whole batch in one round trip: the rows this call marks carry its @now, so
+// only their orders move on (guarded by `pending`, so a fast consumer's
+// `processed` is never overwritten), and the counters move in the same
+// transaction. @P1 is the counter slot, @IDS the rows' ids (@P2 ...).
+pub(super) const MARK_PUBLISHED: &str = "SET NOCOUNT ON; BEGIN TRANSACTION; \
+     DECLARE @now DATETIME2(3) = SYSUTCDATETIME(); \
+     UPDATE dbo.outbox SET published_at = @now, lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+     WHERE outbox_id IN (@IDS) AND published_at IS NULL; \
+     DECLARE @marked BIGINT = @@ROWCOUNT; \
+     UPDATE dbo.orders SET status = N'published' WHERE status = N'pending' AND order_id IN \
+     (SELECT x.order_id FROM dbo.outbox x WHERE x.outbox_id IN (@IDS) AND x.published_at = @now); \
+     DECLARE @advanced BIGINT = @@ROWCOUNT; \
+     UPDATE dbo.order_counts SET n = n + CASE WHEN status = N'pending' THEN -@advanced ELSE @advanced END \
+     WHERE status IN (N'pending', N'published') AND slot = @P1 AND @advanced > 0; \
+     COMMIT TRANSACTION; \
+     SELECT @marked";
 pub(super) const RECORD_FAILURE: &str = "UPDATE dbo.outbox SET attempts = attempts + 1, last_error = @P2, lease_owner = NULL, \
      lease_until = NULL, next_attempt_at = DATEADD(millisecond, @P3, SYSUTCDATETIME()), \
      dead_at = CASE WHEN attempts + 1 >= @P4 THEN SYSUTCDATETIME() ELSE NULL END \
@@ -113,16 +162,39 @@ pub(super) const RECORD_INBOX: &str = "INSERT INTO dbo.inbox (outbox_id, order_i
      WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = @P1)";
 pub(super) const ORDER_FOR_PRICING: &str = "SELECT o.status, o.quantity, o.product_id, p.list_price \
      FROM dbo.orders o WITH (UPDLOCK) LEFT JOIN dbo.products p ON p.product_id = o.product_id WHERE o.order_id = @P1";
+// The status the order leaves comes from this statement (deleted.status), never
+// from an earlier read: an engine that ignores UPDLOCK lets the relay's move to
+// `published` commit between that read and this update.
 pub(super) const MARK_PROCESSED: &str = concat!(
     "UPDATE dbo.orders SET status = N'processed', unit_price = @P2, total_price = @P3, failure_reason = NULL, ",
-    "processed_at = SYSUTCDATETIME() OUTPUT ",
+    "processed_at = SYSUTCDATETIME() OUTPUT deleted.status, ",
     order_columns!("inserted."),
     " WHERE order_id = @P1 AND status IN (N'pending', N'published')"
 );
 pub(super) const MARK_FAILED: &str = "UPDATE dbo.orders SET status = N'failed', failure_reason = @P2, processed_at = SYSUTCDATETIME() \
      OUTPUT deleted.status WHERE order_id = @P1 AND status IN (N'pending', N'published')";
-// One status's counter, in one of its sixteen slots.
-pub(super) const BUMP_COUNT: &str = "UPDATE dbo.order_counts SET n = n + @P1 WHERE status = @P2 AND slot = @P3";
+// Every status's counter in one of its sixteen slots: pending, published,
+// processed, failed move by @P1 .. @P4.
+pub(super) const BUMP_COUNTS: &str = "UPDATE dbo.order_counts SET n = n + CASE status WHEN N'pending' THEN @P1 \
+     WHEN N'published' THEN @P2 WHEN N'processed' THEN @P3 WHEN N'failed' THEN @P4 ELSE 0 END WHERE slot = @P5";
+// The facts the consumer decides on, for every order of a batch (@IDS).
+pub(super) const ORDERS_FOR_PRICING: &str = concat!(
+    "SELECT o.status, o.quantity, o.product_id, p.list_price, ",
+    order_columns!("o."),
+    " FROM dbo.orders o LEFT JOIN dbo.products p ON p.product_id = o.product_id WHERE o.order_id IN (@IDS)"
+);
+// The inbox rows of a batch, each once (@ROWS: (@Pa, @Pb) per message); the
+// ids it returns were new, the others already done.
+pub(super) const RECORD_INBOXES: &str = "INSERT INTO dbo.inbox (outbox_id, order_id) OUTPUT inserted.outbox_id \
+     SELECT v.outbox_id, v.order_id FROM (VALUES @ROWS) AS v (outbox_id, order_id) \
+     WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = v.outbox_id)";
+// The orders of a batch priced and final, each once (@ROWS: (@Pa, @Pb, @Pc)
+// per order); the status each leaves comes from this statement.
+pub(super) const MARK_ALL_PROCESSED: &str = "UPDATE o SET status = N'processed', unit_price = v.unit_price, \
+     total_price = v.total_price, failure_reason = NULL, processed_at = SYSUTCDATETIME() \
+     OUTPUT inserted.order_id, deleted.status, inserted.processed_at \
+     FROM dbo.orders o JOIN (VALUES @ROWS) AS v (order_id, unit_price, total_price) ON v.order_id = o.order_id \
+     WHERE o.status IN (N'pending', N'published')";
 // A dead letter is recorded once per id; order_id 0 means none (ids start at 1).
 pub(super) const RECORD_DEAD_LETTER: &str = "INSERT INTO dbo.dead_letters (dead_letter_id, order_id, reason, headers, body) \
      SELECT @P1, NULLIF(@P2, 0), @P3, @P4, @P5 \
@@ -133,6 +205,8 @@ pub(super) const UNSENT_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, r
 pub(super) const MARK_DEAD_LETTER_SENT: &str =
     "UPDATE dbo.dead_letters SET sent_at = SYSUTCDATETIME() WHERE dead_letter_id = @P1 AND sent_at IS NULL";
 pub(super) const ORDER_EXISTS: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE order_id = @P1";
+pub(super) const ACCEPT_SUPERSEDED: &str = "IF OBJECT_ID(N'dbo.refinery_schema_history') IS NOT NULL \
+     UPDATE dbo.refinery_schema_history SET checksum = @P1 WHERE version = @P2 AND checksum = @P3";
 pub(super) const SESSION_SETUP: &str = "SET XACT_ABORT ON; SET LOCK_TIMEOUT 5000";
 pub(super) const RESET_SESSION: &str = "IF @@TRANCOUNT > 0 ROLLBACK";
 pub(super) const BEGIN: &str = "BEGIN TRANSACTION";
@@ -189,7 +263,50 @@ pub(super) fn with_limit(sql: &str, limit: u32) -> String {
     sql.replacen("@LIMIT", &limit.to_string(), 1)
 }
 
-pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
+/// `sql` with every `@IDS` replaced by the placeholders of `n` values, the
+/// first of them `@P{first}`: `@P2, @P3, ...`.
+pub(super) fn with_ids(sql: &str, first: usize, n: usize) -> String {
+    let ids: Vec<String> = (first..first + n).map(|i| format!("@P{i}")).collect();
+    sql.replace("@IDS", &ids.join(", "))
+}
+
+/// `sql` with its `@ROWS` replaced by `n` rows of `width` placeholders each,
+/// numbered from `@P1`: `(@P1, @P2), (@P3, @P4), ...`.
+pub(super) fn with_rows(sql: &str, n: usize, width: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|r| {
+            let row: Vec<String> = (1..=width).map(|c| format!("@P{}", r * width + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect();
+    sql.replacen("@ROWS", &rows.join(", "), 1)
+}
+
+/// `n` copies of `sql` as one batch, the placeholders of copy `k` renumbered
+/// from `@P{k * width + 1}`; `sql` holds `@P1` .. `@P{width}` (at most 9).
+pub(super) fn repeated(sql: &str, n: usize, width: usize) -> String {
+    let copies: Vec<String> = (0..n)
+        .map(|k| {
+            (1..=width)
+                .rev()
+                .fold(sql.to_string(), |s, c| s.replace(&format!("@P{c}"), &format!("@Q{}", k * width + c)))
+        })
+        .collect();
+    copies.join("; ").replace("@Q", "@P")
+}
+
+/// Most values in one statement: SQL Server takes 2,100 parameters per call.
+pub(super) const MAX_PARAMS: usize = 2_000;
+
+/// Every statement, as sent: templates expanded for a few values.
+pub(crate) fn statements() -> Vec<(&'static str, String)> {
+    let expand = |sql: &str| with_rows(&with_ids(&with_limit(sql, 10), 2, 3), 3, 2);
+    let mut all: Vec<(&'static str, String)> = table().into_iter().map(|(name, sql)| (name, expand(sql))).collect();
+    all.push(("INSERT_ORDER x3", repeated(INSERT_ORDER, 3, 4)));
+    all
+}
+
+fn table() -> Vec<(&'static str, &'static str)> {
     vec![
         ("PRODUCTS", PRODUCTS),
         ("PRODUCT", PRODUCT),
@@ -197,6 +314,8 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("INSERT_ORDER", INSERT_ORDER),
         ("INSERT_OUTBOX", INSERT_OUTBOX),
         ("INSERT_OUTBOX_NOW", INSERT_OUTBOX_NOW),
+        ("ORDERS_BY_KEYS", ORDERS_BY_KEYS),
+        ("INSERT_OUTBOXES", INSERT_OUTBOXES),
         ("ORDER", ORDER),
         ("RECENT_ORDERS", RECENT_ORDERS),
         ("FAILED_ORDERS", FAILED_ORDERS),
@@ -204,7 +323,6 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("RECENT_AUDIT", RECENT_AUDIT),
         ("CLAIM", CLAIM),
         ("MARK_PUBLISHED", MARK_PUBLISHED),
-        ("ADVANCE_ORDER", ADVANCE_ORDER),
         ("RECORD_FAILURE", RECORD_FAILURE),
         ("RELEASE_LEASES", RELEASE_LEASES),
         ("PENDING_STATS", PENDING_STATS),
@@ -213,7 +331,10 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("ORDER_FOR_PRICING", ORDER_FOR_PRICING),
         ("MARK_PROCESSED", MARK_PROCESSED),
         ("MARK_FAILED", MARK_FAILED),
-        ("BUMP_COUNT", BUMP_COUNT),
+        ("BUMP_COUNTS", BUMP_COUNTS),
+        ("ORDERS_FOR_PRICING", ORDERS_FOR_PRICING),
+        ("RECORD_INBOXES", RECORD_INBOXES),
+        ("MARK_ALL_PROCESSED", MARK_ALL_PROCESSED),
         ("ORDER_EXISTS", ORDER_EXISTS),
         ("RECORD_DEAD_LETTER", RECORD_DEAD_LETTER),
         ("OWN_MESSAGE", OWN_MESSAGE),
@@ -238,6 +359,7 @@ pub(crate) fn statements() -> Vec<(&'static str, &'static str)> {
         ("COMMIT", COMMIT),
         ("ROLLBACK", ROLLBACK),
         ("MIGRATION_LOCK", MIGRATION_LOCK),
+        ("ACCEPT_SUPERSEDED", ACCEPT_SUPERSEDED),
         ("MIGRATION_UNLOCK", MIGRATION_UNLOCK),
         ("CREATE_DATABASE", "CREATE DATABASE orderflow_test_0123456789abcdef"),
         ("TEST_TALLY", TEST_TALLY),
