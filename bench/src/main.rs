@@ -11,6 +11,7 @@
 //! Invariant: a figure whose spread is over ±10 points (ratios) or ±10 %
 //! (rates) is printed as "not a result".
 
+mod compare;
 mod procs;
 mod raw;
 mod rounds;
@@ -57,6 +58,20 @@ struct Args {
     /// Query options for the SQLite URLs, e.g. `synchronous=normal` (default: FULL, durable).
     #[arg(long, default_value = "")]
     sqlite_options: String,
+    /// A SQL Server (`mssql://…` or ADO.NET, naming any database on it): the
+    /// pipeline phases also run on a fresh database there, interleaved with
+    /// SQLite's round by round, and print side by side.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Backlog messages of each comparison round's drain phase.
+    #[arg(long, default_value_t = 10_000)]
+    compare_messages: usize,
+    /// Steady open-loop rate of each comparison round, orders/s.
+    #[arg(long, default_value_t = 500.0)]
+    compare_rate: f64,
+    /// Only the SQLite-against-SQL-Server comparison (needs `--database-url`).
+    #[arg(long)]
+    compare_only: bool,
     /// Write the results as JSON here too.
     #[arg(long, default_value = "target/bench.json")]
     json: PathBuf,
@@ -70,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         args.load_duration = args.load_duration.min(Duration::from_secs(5));
         args.history = args.history.min(200_000);
     }
+    anyhow::ensure!(!args.compare_only || args.database_url.is_some(), "--compare-only needs --database-url");
     let busy = match args.busy_loop {
         true => Some(BusyLoop(std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn()?)),
         false => None,
@@ -86,6 +102,16 @@ async fn main() -> anyhow::Result<()> {
     // Warm the broker's JVM up so that the first measured phase is not penalised.
     let warm = args.messages.min(20_000);
     raw::send_and_consume(&broker.url(), "/queue/bench.warmup", warm, args.batch, args.prefetch, &payload).await?;
+    if let Some(mssql) = &args.database_url {
+        let compared = compare::run(&args, &broker, mssql).await?;
+        compare::print(&args, &compared);
+        let json = args.json.with_extension("compare.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&compared)?)?;
+        println!("JSON written to {}", json.display());
+    }
+    if args.compare_only {
+        return Ok(());
+    }
     let mut all = Vec::new();
     for round in 0..args.rounds.max(1) {
         let measured = rounds::round(&args, &broker, round, 0).await?;

@@ -17,18 +17,29 @@ pub struct Usage {
 /// A running service binary.
 pub struct ServiceProcess {
     child: Child,
+    admin: String,
 }
 
 impl ServiceProcess {
     /// Starts `bin` with `env` (and a free admin port).
     pub fn start(bin: &Path, env: &[(&str, String)]) -> anyhow::Result<Self> {
         anyhow::ensure!(bin.exists(), "{} not found: build with `cargo build --release` first", bin.display());
+        let admin = format!("127.0.0.1:{}", e2e::free_port());
         let mut cmd = Command::new(bin);
         cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("ADMIN_ADDR", format!("127.0.0.1:{}", e2e::free_port()))
+            .env("ADMIN_ADDR", &admin)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        Ok(Self { child: cmd.spawn()? })
+        Ok(Self { child: cmd.spawn()?, admin })
+    }
+
+    /// One series of its `/metrics` (0 when it is absent or the port does not answer).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = match reqwest::get(format!("http://{}/metrics", self.admin)).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        e2e::metric_value(&text, series).unwrap_or(0.0)
     }
 
     /// Its usage so far.

@@ -240,14 +240,14 @@ fn sqlite_url(path: &Path, options: &str) -> String {
 }
 
 /// Waits until the producer answers.
-async fn ready(base: &str) -> anyhow::Result<()> {
+pub(crate) async fn ready(base: &str) -> anyhow::Result<()> {
     wait_until(Duration::from_secs(60), || async {
         reqwest::get(format!("{base}/api/products")).await.is_ok_and(|r| r.status().is_success())
     })
     .await
 }
 
-async fn wait_until<F, Fut>(timeout: Duration, mut done: F) -> anyhow::Result<()>
+pub(crate) async fn wait_until<F, Fut>(timeout: Duration, mut done: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -276,7 +276,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(values: &[f64], ratio: bool) -> Self {
+    pub(crate) fn of(values: &[f64], ratio: bool) -> Self {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
         let median = match v.len() {

@@ -92,6 +92,13 @@ pub async fn fresh_mssql_database(url: &str) -> anyhow::Result<String> {
     crate::mssql::fresh_database(url).await
 }
 
+/// On a migrated SQL Server database, records the first text of every
+/// migration that was replaced since (V3), as a database migrated before the
+/// replacement holds it; returns how many records it changed.
+pub async fn record_superseded_migrations(url: &str) -> anyhow::Result<u64> {
+    crate::mssql::record_superseded(url).await
+}
+
 /// The payload of a bulk-loaded order: an `OrderPlacedV1` for `P123 × 2`, padded.
 pub(crate) fn bulk_payload(order_id: i64, name: &str, outbox_id: OutboxId, pad: usize) -> String {
     let mut payload = serde_json::json!({"order_id": order_id, "customer_name": name, "product_id": "P123",

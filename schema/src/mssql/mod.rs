@@ -86,10 +86,26 @@ impl managed::Manager for TdsManager {
     }
 }
 
+/// How long opening a connection (TCP, TLS, login) may take: a blackholed
+/// host answers "unavailable" instead of hanging the call. Nothing is sent on
+/// a connection before it is open, so cutting it here cannot desynchronise one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call waits for a pooled connection before "unavailable".
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
 async fn open_client(config: &Config) -> TdsResult<TdsClient> {
-    let tcp = TcpStream::connect(config.get_addr()).await?;
-    tcp.set_nodelay(true)?;
-    Client::connect(config.clone(), tcp.compat_write()).await
+    let connect = async {
+        let tcp = TcpStream::connect(config.get_addr()).await?;
+        tcp.set_nodelay(true)?;
+        Client::connect(config.clone(), tcp.compat_write()).await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(client) => client,
+        Err(_) => Err(tiberius::error::Error::Io {
+            kind: std::io::ErrorKind::TimedOut,
+            message: format!("no connection to {} within {CONNECT_TIMEOUT:?}", config.get_addr()),
+        }),
+    }
 }
 
 /// The production backend.
@@ -112,7 +128,12 @@ impl MssqlStore {
         client.simple_query(MIGRATION_UNLOCK).await?.into_results().await?;
         migrated?;
         client.close().await?;
-        let pool = Pool::builder(TdsManager { config }).max_size(16).build()?;
+        let pool = Pool::builder(TdsManager { config })
+            .max_size(16)
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(1)))
+            .build()?;
         let (orders, queue) = mpsc::channel(1024);
         let queue = Arc::new(tokio::sync::Mutex::new(queue));
         // The writers get a store whose sender is closed: holding the real one
@@ -153,6 +174,24 @@ async fn migrate(client: &mut TdsClient) -> anyhow::Result<()> {
     }
     runner.run_async(client).await.context("running the migrations")?;
     Ok(())
+}
+
+/// Records on the migrated database `url` names the first text of every
+/// superseded migration, as a database migrated before the replacement holds
+/// them; the number of records changed.
+pub(crate) async fn record_superseded(url: &str) -> anyhow::Result<u64> {
+    let mut client = open_client(&mssql_config(url)?).await?;
+    let runner = migrations::migrations::runner();
+    let mut changed = 0;
+    for (name, text) in SUPERSEDED {
+        let first = refinery::Migration::unapplied(name, text)?;
+        let current = runner.get_migrations().iter().find(|m| m.version() == first.version());
+        let current = current.ok_or_else(|| anyhow::anyhow!("{name} has no replacement"))?;
+        let (from, to) = (current.checksum().to_string(), first.checksum().to_string());
+        changed += exec(&mut client, ACCEPT_SUPERSEDED, &[&to, &first.version(), &from]).await?;
+    }
+    client.close().await?;
+    Ok(changed)
 }
 
 /// What an SQL Server error number means for the caller (the table in ARCHITECTURE.md).

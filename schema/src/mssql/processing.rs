@@ -293,7 +293,13 @@ impl ProcessingStore for MssqlStore {
     async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
         let mut conn = self.conn().await?;
         let result = apply_batch(&mut conn, deliveries).await;
-        finish(conn, result)
+        match finish(conn, result) {
+            // A duplicate key here is another consumer's commit of the same
+            // inbox row or dead letter, seen where the lock hints are ignored
+            // (Babelfish): done again, the batch finds it and counts a duplicate.
+            Err(StoreError::Conflict(cause)) => Err(StoreError::Unavailable(cause)),
+            other => other,
+        }
     }
 
     async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {

@@ -213,8 +213,12 @@ pub(super) const BEGIN: &str = "BEGIN TRANSACTION";
 pub(super) const COMMIT: &str = "COMMIT TRANSACTION";
 pub(super) const ROLLBACK: &str = "ROLLBACK TRANSACTION";
 // Migrations from several services at once serialise on an application lock.
-pub(super) const MIGRATION_LOCK: &str = "EXEC sp_getapplock @Resource = N'orderflow-migrations', @LockMode = N'Exclusive', \
-     @LockOwner = N'Session', @LockTimeout = 120000";
+// When sp_getapplock did not get the lock (timeout, deadlock), nothing may
+// migrate: the batch fails unless the session now holds it.
+pub(super) const MIGRATION_LOCK: &str = "EXEC sp_getapplock @Resource = N'orderflow-migrations', \
+     @LockMode = N'Exclusive', @LockOwner = N'Session', @LockTimeout = 120000; \
+     IF APPLOCK_MODE(N'public', N'orderflow-migrations', N'Session') <> N'Exclusive' \
+     THROW 50001, N'the migration lock was not granted within 120 s', 1";
 pub(super) const MIGRATION_UNLOCK: &str =
     "EXEC sp_releaseapplock @Resource = N'orderflow-migrations', @LockOwner = N'Session'";
 

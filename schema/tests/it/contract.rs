@@ -614,6 +614,19 @@ contract_tests!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mssql_server_given), ignore = "TEST_MSSQL_URL is not set: no SQL Server to run against")]
+async fn mssql_a_database_that_applied_the_first_v3_still_starts() {
+    let url = std::env::var("TEST_MSSQL_URL").expect("TEST_MSSQL_URL names the SQL Server to test against");
+    let url = schema::testing::fresh_mssql_database(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    drop(schema::connect(&url).await.unwrap_or_else(|e| panic!("{e:#}")));
+    assert_eq!(schema::testing::record_superseded_migrations(&url).await.unwrap(), 1, "the first text recorded");
+    let store =
+        schema::connect(&url).await.unwrap_or_else(|e| panic!("a database migrated before V3 was replaced: {e:#}"));
+    assert_eq!(store.products().await.unwrap().len(), 6);
+    assert_eq!(schema::testing::record_superseded_migrations(&url).await.unwrap(), 1, "the replacement was recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_migrations_are_safe_to_run_concurrently_and_repeatedly() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("shared.db").display());
