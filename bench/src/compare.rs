@@ -125,6 +125,9 @@ async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, q
     })
 }
 
+/// One figure of a backend's round.
+type Figure = fn(&Backend) -> f64;
+
 /// The side-by-side table: the median of each figure on each backend.
 pub fn print(args: &Args, rounds: &[[Backend; 2]]) {
     let rate = args.compare_rate;
@@ -138,7 +141,7 @@ pub fn print(args: &Args, rounds: &[[Backend; 2]]) {
         "{:<58} {:>12} {:>12} {:>14}",
         "figure (median over rounds)", "SQLite", "SQL Server", "SQL Server / SQLite"
     );
-    let rows: Vec<(String, fn(&Backend) -> f64, bool)> = vec![
+    let rows: Vec<(String, Figure, bool)> = vec![
         ("relay + consumer: backlog -> processed, msg/s".into(), |b| b.drain, true),
         ("HTTP pipeline max, orders/s, all processed (target >= 25 %)".into(), |b| b.http_max, true),
         (format!("steady {rate}/s: HTTP p50, ms (target <= 10)"), |b| b.steady_ms[0], false),
