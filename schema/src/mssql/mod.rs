@@ -168,7 +168,7 @@ async fn migrate(client: &mut TdsClient) -> anyhow::Result<()> {
         };
         let version = first.version();
         let (from, to) = (first.checksum().to_string(), current.checksum().to_string());
-        exec(client, ACCEPT_SUPERSEDED, &[&to, &version, &from])
+        changed(client, ACCEPT_SUPERSEDED, &[&to, &version, &from])
             .await
             .with_context(|| format!("accepting the first text of {name}"))?;
     }
@@ -188,7 +188,7 @@ pub(crate) async fn record_superseded(url: &str) -> anyhow::Result<u64> {
         let current = runner.get_migrations().iter().find(|m| m.version() == first.version());
         let current = current.ok_or_else(|| anyhow::anyhow!("{name} has no replacement"))?;
         let (from, to) = (current.checksum().to_string(), first.checksum().to_string());
-        changed += exec(&mut client, ACCEPT_SUPERSEDED, &[&to, &first.version(), &from]).await?;
+        changed += self::changed(&mut client, ACCEPT_SUPERSEDED, &[&to, &first.version(), &from]).await?;
     }
     client.close().await?;
     Ok(changed)
@@ -368,6 +368,12 @@ async fn result_sets(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -
     check_params(sql, params)?;
     round_trip();
     client.query(sql, params).await?.into_results().await
+}
+
+/// How many rows a statement changed, counted from the rows its `OUTPUT`
+/// returns (see `sql.rs`: the server's own count is not to be trusted).
+async fn changed(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<u64> {
+    Ok(rows(client, sql, params).await?.len() as u64)
 }
 
 async fn exec(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<u64> {

@@ -20,7 +20,7 @@ use crate::{
 use super::orders::insert_outbox;
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, batch, conversion, count_moves, count_slot, exec, finish, millis, order_from_row,
+    TdsClient, TdsResult, batch, changed, conversion, count_moves, count_slot, exec, finish, millis, order_from_row,
     outbox_from_row, rows, seconds, utc,
 };
 
@@ -91,7 +91,7 @@ impl OutboxStore for MssqlStore {
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
         let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
-        let result = exec(&mut conn, RELEASE_LEASES, &[&owner]).await;
+        let result = changed(&mut conn, RELEASE_LEASES, &[&owner]).await;
         finish(conn, result)
     }
 
@@ -131,14 +131,14 @@ impl OutboxAdmin for MssqlStore {
     async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
         let ago = -seconds(older_than);
-        let result = exec(&mut conn, &with_limit(PURGE_PUBLISHED, limit), &[&ago]).await;
+        let result = changed(&mut conn, &with_limit(PURGE_PUBLISHED, limit), &[&ago]).await;
         finish(conn, result)
     }
 
     async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
         let ago = -seconds(older_than);
-        let result = exec(&mut conn, &with_limit(PURGE_INBOX, limit), &[&ago]).await;
+        let result = changed(&mut conn, &with_limit(PURGE_INBOX, limit), &[&ago]).await;
         finish(conn, result)
     }
 
@@ -249,7 +249,7 @@ async fn repair(
     for row in &stuck {
         let order_id = OrderId(row.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?);
         let outbox_id = match row.try_get::<Uuid, _>(1)? {
-            Some(id) if exec(client, RESEND_ROW, &[&id]).await? == 1 => OutboxId(id),
+            Some(id) if changed(client, RESEND_ROW, &[&id]).await? == 1 => OutboxId(id),
             Some(_) => continue,
             None => match rows(client, ORDER, &[&order_id.0]).await?.first() {
                 Some(order) => insert_outbox(client, &order_from_row(order)?, &None, &None, None).await?,

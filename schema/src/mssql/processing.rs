@@ -19,7 +19,9 @@ use crate::{
 };
 
 use super::sql::*;
-use super::{TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, order_at, rows, status_at, utc};
+use super::{
+    TdsClient, TdsResult, batch, changed, conversion, count_moves, exec, finish, order_at, rows, status_at, utc,
+};
 
 /// One message's effect inside the batch's transaction ([`decide`]).
 async fn process_one(
@@ -39,7 +41,7 @@ async fn process_one(
         list_price: row.try_get::<Decimal, _>(3)?,
     };
     let first_delivery = match outbox_id {
-        Some(id) => exec(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 1,
+        Some(id) => changed(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 1,
         None => true,
     };
     match decide(&facts, first_delivery) {
@@ -97,7 +99,7 @@ async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str, moves: &mut 
     if let (Some(outbox_id), Some(order_id)) = (d.outbox_id, d.order_id) {
         let own = rows(client, OWN_MESSAGE, &[&outbox_id.0, &order_id.0]).await?;
         if own.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) > 0 {
-            if exec(client, RECORD_INBOX, &[&outbox_id.0, &order_id.0]).await? == 0 {
+            if changed(client, RECORD_INBOX, &[&outbox_id.0, &order_id.0]).await? == 0 {
                 return Ok(Applied::Duplicate);
             }
             order_failed = mark_failed(client, order_id, reason, moves).await?;
@@ -316,7 +318,7 @@ impl ProcessingStore for MssqlStore {
         let result = async {
             let mut marked = 0;
             for id in ids {
-                marked += exec(&mut conn, MARK_DEAD_LETTER_SENT, &[id]).await?;
+                marked += changed(&mut conn, MARK_DEAD_LETTER_SENT, &[id]).await?;
             }
             Ok(marked)
         }

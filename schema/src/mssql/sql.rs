@@ -5,7 +5,10 @@
 //! no statement is ever sent with a NULL parameter (some TDS servers refuse the
 //! untyped NULLTYPE that tiberius sends for it), so optional values have a
 //! statement text of their own or an empty-string sentinel read with `NULLIF`;
-//! a statement with `TOP (@LIMIT)` gets its limit inlined as an integer literal
+//! a count of changed rows is read from the rows a statement's `OUTPUT`
+//! returns, never from the server's row count (Babelfish reports 0 rows for
+//! an `INSERT ... SELECT` or a `DELETE ... WHERE ... IN (SELECT ...)` that
+//! changed some); a statement with `TOP (@LIMIT)` gets its limit inlined as an integer literal
 //! by [`with_limit`], because Babelfish takes `TOP (1)` when a statement holds
 //! both `TOP (@Pn)` and a parameter inside `DATEADD`.
 
@@ -51,10 +54,10 @@ pub(super) const INSERT_AUDIT: &str =
     "INSERT INTO dbo.outbox_audit (outbox_id, order_id, action, requested_by) VALUES (@P1, @P2, @P3, @P4)";
 // Small batches under ROWLOCK + READPAST: retention never takes a big lock and
 // never waits on rows a relay or another cleaner holds.
-pub(super) const PURGE_PUBLISHED: &str = "DELETE FROM dbo.outbox WHERE outbox_id IN (SELECT TOP (@LIMIT) p.outbox_id \
+pub(super) const PURGE_PUBLISHED: &str = "DELETE FROM dbo.outbox OUTPUT deleted.outbox_id WHERE outbox_id IN (SELECT TOP (@LIMIT) p.outbox_id \
      FROM dbo.outbox p WITH (ROWLOCK, READPAST) \
      WHERE p.published_at IS NOT NULL AND p.published_at < DATEADD(second, @P1, SYSUTCDATETIME()))";
-pub(super) const PURGE_INBOX: &str = "DELETE FROM dbo.inbox WHERE outbox_id IN (SELECT TOP (@LIMIT) i.outbox_id \
+pub(super) const PURGE_INBOX: &str = "DELETE FROM dbo.inbox OUTPUT deleted.outbox_id WHERE outbox_id IN (SELECT TOP (@LIMIT) i.outbox_id \
      FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < DATEADD(second, @P1, SYSUTCDATETIME()))";
 pub(super) const PENDING_WITHOUT_OUTBOX: &str = "SELECT COUNT_BIG(*) FROM dbo.orders o WHERE o.status = N'pending' \
      AND NOT EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = o.order_id)";
@@ -79,7 +82,7 @@ pub(super) const STUCK_ORDERS: &str = concat!(
 );
 pub(super) const RESEND_ROW: &str = "UPDATE dbo.outbox SET published_at = NULL, attempts = 0, \
      next_attempt_at = SYSUTCDATETIME(), lease_owner = NULL, lease_until = NULL, dead_at = NULL \
-     WHERE outbox_id = @P1 AND published_at IS NOT NULL";
+     OUTPUT inserted.outbox_id WHERE outbox_id = @P1 AND published_at IS NOT NULL";
 pub(super) const RETRY_ORDER: &str = concat!(
     "UPDATE dbo.orders SET status = N'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, ",
     "total_price = NULL OUTPUT ",
@@ -151,14 +154,14 @@ pub(super) const RECORD_FAILURE: &str = "UPDATE dbo.outbox SET attempts = attemp
      lease_until = NULL, next_attempt_at = DATEADD(millisecond, @P3, SYSUTCDATETIME()), \
      dead_at = CASE WHEN attempts + 1 >= @P4 THEN SYSUTCDATETIME() ELSE NULL END \
      OUTPUT inserted.dead_at WHERE outbox_id = @P1 AND published_at IS NULL AND dead_at IS NULL AND lease_owner = @P5";
-pub(super) const RELEASE_LEASES: &str =
-    "UPDATE dbo.outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = @P1 AND published_at IS NULL";
+pub(super) const RELEASE_LEASES: &str = "UPDATE dbo.outbox SET lease_owner = NULL, lease_until = NULL OUTPUT inserted.outbox_id \
+     WHERE lease_owner = @P1 AND published_at IS NULL";
 pub(super) const PENDING_STATS: &str = "SELECT COUNT_BIG(*), DATEDIFF_BIG(millisecond, MIN(created_at), SYSUTCDATETIME()) \
      FROM dbo.outbox WHERE published_at IS NULL AND dead_at IS NULL";
 pub(super) const PARKED_COUNT: &str = "SELECT COUNT_BIG(*) FROM dbo.outbox WHERE dead_at IS NOT NULL";
 // Insert-if-absent under a key-range lock: a duplicate affects no row instead
 // of raising 2627 inside the transaction.
-pub(super) const RECORD_INBOX: &str = "INSERT INTO dbo.inbox (outbox_id, order_id) SELECT @P1, @P2 \
+pub(super) const RECORD_INBOX: &str = "INSERT INTO dbo.inbox (outbox_id, order_id) OUTPUT inserted.outbox_id SELECT @P1, @P2 \
      WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = @P1)";
 pub(super) const ORDER_FOR_PRICING: &str = "SELECT o.status, o.quantity, o.product_id, p.list_price \
      FROM dbo.orders o WITH (UPDLOCK) LEFT JOIN dbo.products p ON p.product_id = o.product_id WHERE o.order_id = @P1";
@@ -202,11 +205,12 @@ pub(super) const RECORD_DEAD_LETTER: &str = "INSERT INTO dbo.dead_letters (dead_
 pub(super) const OWN_MESSAGE: &str = "SELECT COUNT_BIG(*) FROM dbo.outbox WHERE outbox_id = @P1 AND order_id = @P2";
 pub(super) const UNSENT_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, reason, headers, body FROM dbo.dead_letters \
      WHERE sent_at IS NULL ORDER BY seq";
-pub(super) const MARK_DEAD_LETTER_SENT: &str =
-    "UPDATE dbo.dead_letters SET sent_at = SYSUTCDATETIME() WHERE dead_letter_id = @P1 AND sent_at IS NULL";
+pub(super) const MARK_DEAD_LETTER_SENT: &str = "UPDATE dbo.dead_letters SET sent_at = SYSUTCDATETIME() OUTPUT inserted.dead_letter_id \
+     WHERE dead_letter_id = @P1 AND sent_at IS NULL";
 pub(super) const ORDER_EXISTS: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE order_id = @P1";
 pub(super) const ACCEPT_SUPERSEDED: &str = "IF OBJECT_ID(N'dbo.refinery_schema_history') IS NOT NULL \
-     UPDATE dbo.refinery_schema_history SET checksum = @P1 WHERE version = @P2 AND checksum = @P3";
+     UPDATE dbo.refinery_schema_history SET checksum = @P1 OUTPUT inserted.version \
+     WHERE version = @P2 AND checksum = @P3";
 pub(super) const SESSION_SETUP: &str = "SET XACT_ABORT ON; SET LOCK_TIMEOUT 5000";
 pub(super) const RESET_SESSION: &str = "IF @@TRANCOUNT > 0 ROLLBACK";
 pub(super) const BEGIN: &str = "BEGIN TRANSACTION";
