@@ -130,6 +130,10 @@ impl MssqlStore {
         client.close().await?;
         let pool = Pool::builder(TdsManager { config })
             .max_size(16)
+            // The most recently used connection first: each Babelfish
+            // connection parses a statement slowly the first time it sees
+            // its text, so a few hot connections beat sixteen lukewarm ones.
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(1)))
@@ -437,7 +441,14 @@ fn mssql_config(url: &str) -> anyhow::Result<Config> {
 pub async fn fresh_database(url: &str) -> anyhow::Result<String> {
     let suffix = Uuid::new_v4().simple().to_string();
     let mut client = open_client(&mssql_config(url)?).await?;
-    batch(&mut client, &format!("{CREATE_DATABASE}{suffix}")).await?;
+    // Babelfish fails a CREATE DATABASE that runs beside another one ("tuple
+    // concurrently updated"); a moment later it succeeds.
+    let mut attempt = 0;
+    while let Err(error) = batch(&mut client, &format!("{CREATE_DATABASE}{suffix}")).await {
+        attempt += 1;
+        anyhow::ensure!(attempt < 10 && error.to_string().contains("concurrently"), error);
+        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+    }
     client.close().await?;
     Ok(with_database(url, &format!("orderflow_test_{suffix}")))
 }
