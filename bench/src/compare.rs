@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::Args;
 use crate::procs::ServiceProcess;
-use crate::rounds::{Spread, ready, wait_until};
+use crate::rounds::{Spread, load_options, ready, wait_until};
 
 const ROUND_TRIPS: &str = "orderflow_db_round_trips_total";
 
@@ -77,17 +77,7 @@ async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, q
     let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env)?;
     let base = format!("http://127.0.0.1:{http_port}");
     ready(&base).await?;
-    let options = |mode, all_final| loadtest::run::Options {
-        url: base.clone(),
-        mode,
-        duration: args.load_duration,
-        products: ["P123", "P200", "P300", "P400", "P500"].map(String::from).to_vec(),
-        idempotency_keys: false,
-        wait: Some(Duration::from_secs(300)),
-        request_timeout: Duration::from_secs(10),
-        progress: false,
-        all_final,
-    };
+    let options = |mode, all_final| load_options(args, &base, mode, all_final);
     // Read when every order is final, before the load tool reads each order
     // back: those reads are the tool's check, not the pipeline's work.
     let all_final = Arc::new(tokio::sync::Notify::new());

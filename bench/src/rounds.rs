@@ -165,17 +165,7 @@ async fn http_phases(
     let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env)?;
     let base = format!("http://127.0.0.1:{http_port}");
     ready(&base).await?;
-    let options = |mode, all_final| loadtest::run::Options {
-        url: base.clone(),
-        mode,
-        duration: args.load_duration,
-        products: ["P123", "P200", "P300", "P400", "P500"].map(String::from).to_vec(),
-        idempotency_keys: false,
-        wait: Some(Duration::from_secs(300)),
-        request_timeout: Duration::from_secs(10),
-        progress: false,
-        all_final,
-    };
+    let options = |mode, all_final| load_options(args, &base, mode, all_final);
     let cpu = || {
         let broker_cpu = broker.pid().map_or(0.0, |pid| procs::usage(pid).cpu_seconds);
         [producer.usage().cpu_seconds, relay.usage().cpu_seconds, consumer.usage().cpu_seconds, broker_cpu]
@@ -229,6 +219,27 @@ async fn http_phases(
         database_mb,
         purged_per_s,
     })
+}
+
+/// The load tool's settings of every HTTP phase: `mode` for `--load-duration`,
+/// waiting until every order is final; `all_final` is notified when it is.
+pub(crate) fn load_options(
+    args: &Args,
+    base: &str,
+    mode: loadtest::run::Mode,
+    all_final: Option<Arc<tokio::sync::Notify>>,
+) -> loadtest::run::Options {
+    loadtest::run::Options {
+        url: base.to_string(),
+        mode,
+        duration: args.load_duration,
+        products: ["P123", "P200", "P300", "P400", "P500"].map(String::from).to_vec(),
+        idempotency_keys: false,
+        wait: Some(Duration::from_secs(300)),
+        request_timeout: Duration::from_secs(10),
+        progress: false,
+        all_final,
+    }
 }
 
 /// `sqlite://PATH`, with `?OPTIONS` when given.

@@ -54,13 +54,7 @@ impl App {
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
-        let registry = observability::new_registry("consumer");
-        observability::register_counter_fn(
-            &registry,
-            "orderflow_db_round_trips_total",
-            "Round trips to SQL Server (statements and batches sent); 0 on SQLite",
-            schema::round_trips,
-        )?;
+        let registry = observability::new_registry("consumer", schema::round_trips);
         let metrics = Metrics::register(&registry)?;
         let readiness = Readiness::new(&["broker", "database"]);
         Ok(App { config, store, admin, registry, metrics, readiness, broker })

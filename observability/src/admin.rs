@@ -15,9 +15,10 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// A fresh registry with the process collector (memory, CPU, open fds) and
-/// `orderflow_build_info{service, version}` registered.
-pub fn new_registry(service: &str) -> Registry {
+/// A fresh registry with the process collector (memory, CPU, open fds),
+/// `orderflow_build_info{service, version}` and
+/// `orderflow_db_round_trips_total` (read from `db_round_trips`) registered.
+pub fn new_registry(service: &str, db_round_trips: fn() -> u64) -> Registry {
     let registry = Registry::new();
     let info = prometheus::IntGaugeVec::new(
         prometheus::Opts::new("orderflow_build_info", "Always 1; labels say which service and version run"),
@@ -27,6 +28,10 @@ pub fn new_registry(service: &str) -> Registry {
     info.with_label_values(&[service, env!("CARGO_PKG_VERSION")]).set(1);
     if let Err(error) = registry.register(Box::new(info)) {
         tracing::warn!(error = %Report::new(&error), "build info metric unavailable");
+    }
+    let help = "Round trips to SQL Server (statements and batches sent); 0 on SQLite";
+    if let Err(error) = register_counter_fn(&registry, "orderflow_db_round_trips_total", help, db_round_trips) {
+        tracing::warn!(error = %Report::new(&error), "round-trip metric unavailable");
     }
     #[cfg(target_os = "linux")]
     {
@@ -40,7 +45,7 @@ pub fn new_registry(service: &str) -> Registry {
 
 /// Registers a counter whose value is read from `read` at each scrape: for
 /// counts kept outside the registry, such as the store's database round trips.
-pub fn register_counter_fn(registry: &Registry, name: &str, help: &str, read: fn() -> u64) -> prometheus::Result<()> {
+fn register_counter_fn(registry: &Registry, name: &str, help: &str, read: fn() -> u64) -> prometheus::Result<()> {
     let desc = prometheus::core::Desc::new(name.into(), help.into(), vec![], Default::default())?;
     registry.register(Box::new(CounterFn { desc, read }))
 }

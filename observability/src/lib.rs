@@ -14,7 +14,7 @@ mod service;
 mod shutdown;
 mod telemetry;
 
-pub use admin::{Readiness, admin_router, new_registry, register_counter_fn, serve};
+pub use admin::{Readiness, admin_router, new_registry, serve};
 pub use backoff::Backoff;
 pub use doors::{AdminToken, require_admin};
 pub use service::{Essentials, Service, ServiceArgs, run_service};

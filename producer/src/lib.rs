@@ -142,13 +142,7 @@ impl App {
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
-        let registry = observability::new_registry("producer");
-        observability::register_counter_fn(
-            &registry,
-            "orderflow_db_round_trips_total",
-            "Round trips to SQL Server (statements and batches sent); 0 on SQLite",
-            schema::round_trips,
-        )?;
+        let registry = observability::new_registry("producer", schema::round_trips);
         let metrics = Metrics::register(&registry)?;
         let token = observability::AdminToken::new(config.service.admin_token.as_deref());
         let ops = ops::Ops {

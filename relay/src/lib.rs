@@ -59,13 +59,7 @@ impl App {
         let admin = TcpListener::bind(config.admin_addr)
             .await
             .with_context(|| format!("binding admin address {}", config.admin_addr))?;
-        let registry = observability::new_registry("relay");
-        observability::register_counter_fn(
-            &registry,
-            "orderflow_db_round_trips_total",
-            "Round trips to SQL Server (statements and batches sent); 0 on SQLite",
-            schema::round_trips,
-        )?;
+        let registry = observability::new_registry("relay", schema::round_trips);
         let metrics = Metrics::register(&registry)?;
         let owner = config.relay_id.clone().unwrap_or_else(default_relay_id);
         let relay = Arc::new(Relay {

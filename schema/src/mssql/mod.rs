@@ -163,20 +163,28 @@ impl MssqlStore {
 const SUPERSEDED: [(&str, &str); 1] =
     [("V3__binary_keys", include_str!("../../migrations/mssql-superseded/V3__binary_keys.sql"))];
 
-async fn migrate(client: &mut TdsClient) -> anyhow::Result<()> {
+/// Each superseded migration: its version, the first text's checksum and the
+/// replacement's, as refinery records them.
+fn superseded_checksums() -> anyhow::Result<Vec<(i32, String, String)>> {
     let runner = migrations::migrations::runner();
-    for (name, text) in SUPERSEDED {
-        let first = refinery::Migration::unapplied(name, text)?;
-        let Some(current) = runner.get_migrations().iter().find(|m| m.version() == first.version()) else {
-            anyhow::bail!("superseded migration {name} has no replacement");
-        };
-        let version = first.version();
-        let (from, to) = (first.checksum().to_string(), current.checksum().to_string());
-        changed(client, ACCEPT_SUPERSEDED, &[&to, &version, &from])
+    SUPERSEDED
+        .iter()
+        .map(|(name, text)| {
+            let first = refinery::Migration::unapplied(name, text)?;
+            let current = runner.get_migrations().iter().find(|m| m.version() == first.version());
+            let current = current.ok_or_else(|| anyhow::anyhow!("superseded migration {name} has no replacement"))?;
+            Ok((first.version(), first.checksum().to_string(), current.checksum().to_string()))
+        })
+        .collect()
+}
+
+async fn migrate(client: &mut TdsClient) -> anyhow::Result<()> {
+    for (version, first, current) in superseded_checksums()? {
+        changed(client, ACCEPT_SUPERSEDED, &[&current, &version, &first])
             .await
-            .with_context(|| format!("accepting the first text of {name}"))?;
+            .with_context(|| format!("accepting the first text of migration {version}"))?;
     }
-    runner.run_async(client).await.context("running the migrations")?;
+    migrations::migrations::runner().run_async(client).await.context("running the migrations")?;
     Ok(())
 }
 
@@ -185,17 +193,12 @@ async fn migrate(client: &mut TdsClient) -> anyhow::Result<()> {
 /// them; the number of records changed.
 pub(crate) async fn record_superseded(url: &str) -> anyhow::Result<u64> {
     let mut client = open_client(&mssql_config(url)?).await?;
-    let runner = migrations::migrations::runner();
-    let mut changed = 0;
-    for (name, text) in SUPERSEDED {
-        let first = refinery::Migration::unapplied(name, text)?;
-        let current = runner.get_migrations().iter().find(|m| m.version() == first.version());
-        let current = current.ok_or_else(|| anyhow::anyhow!("{name} has no replacement"))?;
-        let (from, to) = (current.checksum().to_string(), first.checksum().to_string());
-        changed += self::changed(&mut client, ACCEPT_SUPERSEDED, &[&to, &first.version(), &from]).await?;
+    let mut records = 0;
+    for (version, first, current) in superseded_checksums()? {
+        records += changed(&mut client, ACCEPT_SUPERSEDED, &[&first, &version, &current]).await?;
     }
     client.close().await?;
-    Ok(changed)
+    Ok(records)
 }
 
 /// What an SQL Server error number means for the caller (the table in ARCHITECTURE.md).

@@ -193,8 +193,9 @@ async fn apply_plain(
     let mut outcomes: Vec<Option<Applied>> = vec![None; deliveries.len()];
     let mut seen: HashMap<String, usize> = HashMap::new();
     for d in deliveries {
-        for key in [d.outbox_id.map(|id| format!("x{}", id.0)), order_of(d).ok().map(|o| format!("o{}", o.0))] {
-            *seen.entry(key.unwrap_or_default()).or_default() += 1;
+        let keys = [d.outbox_id.map(|id| format!("x{}", id.0)), order_of(d).ok().map(|o| format!("o{}", o.0))];
+        for key in keys.into_iter().flatten() {
+            *seen.entry(key).or_default() += 1;
         }
     }
     let alone = |key: String| seen.get(&key).is_some_and(|n| *n == 1);
