@@ -29,6 +29,9 @@ pub struct Accepted {
 /// Checks a delivery without touching the database.
 pub fn parse(frame: &Frame) -> Result<Accepted, Rejection> {
     let reject = |reason: String, order_id: Option<i64>| Rejection { reason, order_id };
+    if let Some(cut) = &frame.cut {
+        return Err(reject(cut_reason(cut), None));
+    }
     if frame.body.len() > MAX_BODY_BYTES {
         return Err(reject(
             format!("message body of {} bytes exceeds the {MAX_BODY_BYTES}-byte limit", frame.body.len()),
@@ -47,6 +50,11 @@ pub fn parse(frame: &Frame) -> Result<Accepted, Rejection> {
         ),
         None => None,
     };
+    if let (Some(header), Some(body)) = (header_id, message.outbox_id)
+        && header != body
+    {
+        return Err(reject(format!("{OUTBOX_ID_HEADER} header {header} and body outbox_id {body} disagree"), order_id));
+    }
     if !QUANTITY_RANGE.contains(&message.quantity) {
         return Err(reject(
             format!(
@@ -64,6 +72,26 @@ pub fn parse(frame: &Frame) -> Result<Accepted, Rejection> {
     Ok(Accepted { outbox_id: header_id.or(message.outbox_id), message })
 }
 
+/// Why a frame the client read only in part is refused.
+fn cut_reason(cut: &stomp::Cut) -> String {
+    let mut parts = Vec::new();
+    if let Some(bytes) = cut.body_bytes {
+        parts.push(format!(
+            "message body of {bytes} bytes exceeds the {}-byte limit (its first {} bytes are kept)",
+            stomp::MAX_BODY_BYTES,
+            stomp::BODY_PREFIX_BYTES
+        ));
+    }
+    if cut.headers_dropped > 0 {
+        parts.push(format!(
+            "{} headers dropped: over the {}-byte header limit",
+            cut.headers_dropped,
+            stomp::MAX_HEADER_BYTES
+        ));
+    }
+    parts.join("; ")
+}
+
 /// The store's view of a delivery: checked here, applied by the store.
 pub fn to_delivery(frame: &Frame) -> Delivery {
     let header_id = frame.get(OUTBOX_ID_HEADER).and_then(|h| OutboxId::from_str(h.trim()).ok());
@@ -74,7 +102,7 @@ pub fn to_delivery(frame: &Frame) -> Delivery {
     // The broker keeps a message's id across redeliveries: a repeat is recognised.
     let dead_letter_id = frame
         .get("message-id")
-        .map(str::to_string)
+        .map(schema::limits::dead_letter_key)
         .or_else(|| outbox_id.map(|id| id.to_string()))
         .unwrap_or_else(|| OutboxId::new().to_string());
     Delivery {
@@ -145,6 +173,16 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_the_client_cut_is_rejected_with_what_was_cut() {
+        let mut f = frame(r#"{"order_id": 1"#);
+        f.cut = Some(stomp::Cut { body_bytes: Some(17 << 20), headers_dropped: 3 });
+        let r = parse(&f).unwrap_err();
+        assert!(r.reason.contains("17825792 bytes exceeds the 65536-byte limit"), "{}", r.reason);
+        assert!(r.reason.contains("3 headers dropped"), "{}", r.reason);
+        assert_eq!(stomp::MAX_BODY_BYTES, MAX_BODY_BYTES, "the client keeps whole every body the consumer takes");
+    }
+
+    #[test]
     fn an_oversized_body_is_rejected() {
         let big = format!(r#"{{"order_id": 5, "pad": "{}"}}"#, "x".repeat(MAX_BODY_BYTES));
         assert!(reason(&big).reason.contains("exceeds"));
@@ -160,6 +198,16 @@ mod tests {
         assert!(d.rejection.unwrap().contains("invalid type"));
         assert_eq!(d.body, f.body.to_vec());
         assert_eq!(d.headers, f.headers);
+    }
+
+    #[test]
+    fn a_header_and_body_that_name_different_outbox_ids_are_rejected() {
+        let f = frame(
+            r#"{"order_id": 1, "customer_name": "A", "product_id": "P123", "quantity": 2,
+                "outbox_id": "0193a0b4-7c1e-7a2b-9c3d-4e5f60718293"}"#,
+        )
+        .header(OUTBOX_ID_HEADER, "0193a0b4-7c1e-7a2b-9c3d-4e5f60718294");
+        assert!(parse(&f).unwrap_err().reason.contains("disagree"));
     }
 
     #[test]

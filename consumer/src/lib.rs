@@ -75,7 +75,8 @@ impl App {
             "consumer started"
         );
         let mut essentials = observability::Essentials::new(&shutdown);
-        essentials.serve_admin(admin, observability::admin_router(registry, readiness.clone()));
+        let routes = observability::admin_router(registry, readiness.clone()).merge(ops_router(store.clone()));
+        essentials.serve_admin(admin, routes);
         let consumer = Consumer {
             store,
             metrics,
@@ -96,6 +97,34 @@ impl App {
 }
 
 observability::service!(App, Config, "consumer");
+
+/// The consumer's operator route on the admin port: the dead letters set aside.
+fn ops_router(store: Arc<dyn ProcessingStore>) -> axum::Router {
+    axum::Router::new()
+        .route("/consumer/dead-letters/undeliverable", axum::routing::get(undeliverable))
+        .with_state(store)
+}
+
+#[derive(serde::Deserialize)]
+struct Limit {
+    limit: Option<u32>,
+}
+
+async fn undeliverable(
+    axum::extract::State(store): axum::extract::State<Arc<dyn ProcessingStore>>,
+    axum::extract::Query(Limit { limit }): axum::extract::Query<Limit>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match store.undeliverable_dead_letters(limit.unwrap_or(100).min(1000)).await {
+        Ok(letters) => axum::Json(letters).into_response(),
+        Err(error) => {
+            let (code, message) = error.operator_answer();
+            let status =
+                axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+            (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+        }
+    }
+}
 
 struct Consumer {
     store: Arc<dyn ProcessingStore>,
@@ -212,9 +241,10 @@ impl Consumer {
     /// only logged (they wait there safely), a broker problem ends the connection.
     async fn publish_dead_letters(&self, client: &Client) -> Result<(), StompError> {
         match publish_dead_letters(self.store.as_ref(), client, &self.queue).await {
-            Ok(n) => {
-                self.metrics.messages.with_label_values(&["dead_lettered"]).inc_by(n);
-                Ok(())
+            Ok(published) => {
+                self.metrics.messages.with_label_values(&["dead_lettered"]).inc_by(published.sent);
+                self.metrics.undeliverable_dead_letters.inc_by(published.undeliverable);
+                published.broker_error.map_or(Ok(()), Err)
             }
             Err(StepError::Broker(error) | StepError::NotAcked { error, .. }) => Err(error),
             Err(StepError::Store(error)) => {

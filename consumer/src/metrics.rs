@@ -18,6 +18,8 @@ pub struct Metrics {
     pub broker_connected: IntGauge,
     /// Seconds the batch in hand has been retrying the database (0 when flowing).
     pub stuck_seconds: prometheus::Gauge,
+    /// Dead letters the broker never took, set aside (listed on the admin port).
+    pub undeliverable_dead_letters: IntCounter,
 }
 
 impl Metrics {
@@ -54,6 +56,10 @@ impl Metrics {
                 "orderflow_consumer_stuck_seconds",
                 "Seconds the batch in hand has been retrying the database; 0 while messages flow",
             )?,
+            undeliverable_dead_letters: IntCounter::new(
+                "orderflow_dead_letters_undeliverable_total",
+                "Dead letters the broker refused until they were set aside (GET /consumer/dead-letters/undeliverable)",
+            )?,
         };
         for outcome in OUTCOMES {
             m.messages.with_label_values(&[outcome]);
@@ -65,6 +71,7 @@ impl Metrics {
         registry.register(Box::new(m.redeliveries.clone()))?;
         registry.register(Box::new(m.broker_connected.clone()))?;
         registry.register(Box::new(m.stuck_seconds.clone()))?;
+        registry.register(Box::new(m.undeliverable_dead_letters.clone()))?;
         Ok(m)
     }
 }

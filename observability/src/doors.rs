@@ -2,9 +2,11 @@
 //!
 //! Invariant: with `ADMIN_TOKEN` set, a mutating route answers 401 unless the
 //! request carries `Authorization: Bearer <token>` (compared in constant time);
-//! without one, the admin port must be bound to loopback (checked at start-up)
-//! and a request a browser sent from another origin is refused with 403, so a
-//! web page cannot drive the relay by cross-site POSTs. Read-only routes stay open.
+//! without one, the admin port must be bound to loopback (checked at start-up),
+//! a request must be addressed to a loopback name (`Host` 127.0.0.1, [::1] or
+//! localhost, so a DNS-rebinding page that reaches the port under its own name
+//! is refused) and a request a browser sent from another origin is refused, both
+//! with 403, so a web page cannot drive the relay. Read-only routes stay open.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,7 +71,16 @@ impl AdminToken {
             }
             None => {
                 let headers = request.headers();
-                let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let host = headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .or_else(|| request.uri().authority().map(|a| a.as_str()))
+                    .filter(|host| is_loopback_host(host))
+                    .ok_or((
+                        StatusCode::FORBIDDEN,
+                        "without ADMIN_TOKEN, admin actions answer only requests addressed to 127.0.0.1, [::1] or \
+                         localhost",
+                    ))?;
                 match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
                     Some(origin) if origin != format!("http://{host}") => {
                         Err((StatusCode::FORBIDDEN, "cross-origin admin actions need ADMIN_TOKEN"))
@@ -79,6 +90,15 @@ impl AdminToken {
             }
         }
     }
+}
+
+/// True for `127.0.0.1`, `[::1]` and `localhost`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    ["127.0.0.1", "[::1]", "localhost"].iter().any(|loopback| name.eq_ignore_ascii_case(loopback))
 }
 
 /// Middleware for mutating admin routes (`route_layer` it with the token as state).
@@ -121,6 +141,28 @@ mod tests {
         assert!(none.admits(&request(&[("origin", "http://127.0.0.1:9101")])).is_ok());
         let csrf = none.admits(&request(&[("origin", "https://evil.example")])).unwrap_err();
         assert_eq!(csrf.0, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_names_pass() {
+        let none = AdminToken::new(None);
+        let host = |host: &str| {
+            let mut r = request(&[]);
+            r.headers_mut().insert("host", host.parse().unwrap());
+            none.admits(&r).map_err(|e| e.0)
+        };
+        for ok in ["127.0.0.1:9101", "localhost:8080", "LOCALHOST", "[::1]:9101", "[::1]", "127.0.0.1"] {
+            assert_eq!(host(ok), Ok(()), "{ok}");
+        }
+        for rebound in ["evil.example:9101", "127.0.0.1.evil.example", "localhost.evil:80", "10.0.0.1:9101", ""] {
+            assert_eq!(host(rebound), Err(StatusCode::FORBIDDEN), "{rebound}");
+        }
+        let mut rebinding = request(&[("origin", "http://evil.example:9101")]);
+        rebinding.headers_mut().insert("host", "evil.example:9101".parse().unwrap());
+        assert_eq!(none.admits(&rebinding).unwrap_err().0, StatusCode::FORBIDDEN);
+        let mut with_token = rebinding;
+        with_token.headers_mut().insert("authorization", "Bearer t".parse().unwrap());
+        assert!(AdminToken::new(Some("t")).admits(&with_token).is_ok(), "a token is the door once set");
     }
 
     #[test]

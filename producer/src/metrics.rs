@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
@@ -56,7 +57,7 @@ pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next
     let started = Instant::now();
     let route =
         request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let class = match response.status().as_u16() {
         100..=199 => "1xx",
@@ -65,7 +66,38 @@ pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next
         400..=499 => "4xx",
         _ => "5xx",
     };
-    metrics.http_requests.with_label_values(&[route.as_str(), method.as_str(), class]).inc();
-    metrics.http_seconds.with_label_values(&[route.as_str(), method.as_str()]).observe(started.elapsed().as_secs_f64());
+    metrics.http_requests.with_label_values(&[route.as_str(), method, class]).inc();
+    metrics.http_seconds.with_label_values(&[route.as_str(), method]).observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The method as a label: one of HTTP's own methods, or `other` for any
+/// made-up one, so that no client can add series.
+fn method_label(method: &Method) -> &'static str {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ]
+    .iter()
+    .find(|known| *known == method)
+    .map_or("other", Method::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"get").unwrap()), "other");
+    }
 }

@@ -47,34 +47,52 @@ const REPAIRS_PER_SWEEP: u32 = 1_000;
 /// Upper bound on delete batches per run, so one run always ends.
 const MAX_BATCHES_PER_RUN: usize = 10_000;
 
+/// Rows one retention run deleted, per table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    /// Outbox rows published more than `OUTBOX_RETENTION_SECS` ago.
+    pub outbox: u64,
+    /// Inbox rows recorded more than `INBOX_RETENTION_SECS` ago.
+    pub inbox: u64,
+    /// Dead letters sent to the DLQ more than `OUTBOX_RETENTION_SECS` ago
+    /// (unsent and undeliverable ones stay).
+    pub dead_letters: u64,
+}
+
 /// One retention run: deletes old rows batch by batch until none is left.
-/// Returns (outbox rows, inbox rows) deleted.
 pub async fn retention_once(
     store: &dyn OutboxAdmin,
     settings: &Settings,
     metrics: &Metrics,
-) -> Result<(u64, u64), StoreError> {
-    let mut outbox = 0;
+) -> Result<Purged, StoreError> {
+    let batch = settings.purge_batch;
+    Ok(Purged {
+        outbox: purge(settings, metrics, "outbox", || store.purge_published(settings.outbox_retention, batch)).await?,
+        inbox: purge(settings, metrics, "inbox", || store.purge_inbox(settings.inbox_retention, batch)).await?,
+        dead_letters: purge(settings, metrics, "dead_letters", || {
+            store.purge_dead_letters(settings.outbox_retention, batch)
+        })
+        .await?,
+    })
+}
+
+/// Runs one table's delete until a batch comes back short.
+async fn purge<F, Fut>(settings: &Settings, metrics: &Metrics, table: &str, mut delete: F) -> Result<u64, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, StoreError>>,
+{
+    let mut total = 0;
     for _ in 0..MAX_BATCHES_PER_RUN {
-        let n = store.purge_published(settings.outbox_retention, settings.purge_batch).await?;
-        outbox += n;
-        metrics.purged.with_label_values(&["outbox"]).inc_by(n);
+        let n = delete().await?;
+        total += n;
+        metrics.purged.with_label_values(&[table]).inc_by(n);
         if n < u64::from(settings.purge_batch) {
             break;
         }
         tokio::time::sleep(settings.purge_pause).await;
     }
-    let mut inbox = 0;
-    for _ in 0..MAX_BATCHES_PER_RUN {
-        let n = store.purge_inbox(settings.inbox_retention, settings.purge_batch).await?;
-        inbox += n;
-        metrics.purged.with_label_values(&["inbox"]).inc_by(n);
-        if n < u64::from(settings.purge_batch) {
-            break;
-        }
-        tokio::time::sleep(settings.purge_pause).await;
-    }
-    Ok((outbox, inbox))
+    Ok(total)
 }
 
 /// One reconciliation sweep: sends stuck orders again when repairs are on,
@@ -135,9 +153,9 @@ pub async fn start(store: Arc<dyn OutboxAdmin>, settings: Settings, metrics: Met
                         return;
                     };
                     match retention_once(store.as_ref(), &s, &m).await {
-                        Ok((outbox, inbox)) => {
+                        Ok(Purged { outbox, inbox, dead_letters }) => {
                             m.job_runs.with_label_values(&["retention", "ok"]).inc();
-                            tracing::info!(outbox, inbox, "retention deleted old rows");
+                            tracing::info!(outbox, inbox, dead_letters, "retention deleted old rows");
                         }
                         Err(error) => {
                             m.job_runs.with_label_values(&["retention", "error"]).inc();

@@ -82,7 +82,7 @@ impl Metrics {
                 "Stuck orders whose outbox row the sweep made due again",
             )?,
         };
-        for table in ["outbox", "inbox"] {
+        for table in ["outbox", "inbox", "dead_letters"] {
             m.purged.with_label_values(&[table]);
         }
         for job in ["retention", "reconcile"] {

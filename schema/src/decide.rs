@@ -2,7 +2,10 @@
 //! reads the facts inside its transaction and does what these functions say.
 //!
 //! Sequence for one valid message: order missing → nothing (no inbox row, so
-//! a later delivery still counts); outbox id already in the inbox → duplicate;
+//! a later delivery still counts); an outbox id that is no outbox row of that
+//! order → nothing (a dead letter: only an order's own id may enter the inbox,
+//! so a spoofed id can never make another order's message a duplicate);
+//! outbox id already in the inbox → duplicate;
 //! order already final → duplicate; unknown product → order failed; else the
 //! order is priced ([`crate::pricing::price`]) and processed.
 
@@ -65,6 +68,9 @@ pub(crate) fn settle(outcome: ProcessOutcome, order_id: OrderId) -> Result<Appli
         ProcessOutcome::Duplicate => Ok(Applied::Duplicate),
         ProcessOutcome::OrderNotFound => Err((format!("order {order_id} not found"), false)),
         ProcessOutcome::Failed(reason) => Err((reason, true)),
+        ProcessOutcome::NotItsOutboxId(id) => {
+            Err((format!("outbox-id {id} is not an outbox message of order {order_id}"), false))
+        }
     }
 }
 

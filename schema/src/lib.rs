@@ -28,7 +28,7 @@ pub use sqlite::SqliteStore;
 pub use store::{
     Applied, AuditEntry, Cause, DeadLetter, Delivery, FailureOutcome, OrderCounts, OrderStore, OutboxAdmin,
     OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, Store,
-    StoreError,
+    StoreError, UndeliverableLetter,
 };
 
 /// Every SQL Server statement this crate sends, for the T-SQL parser test.

@@ -31,6 +31,19 @@ pub const QUANTITY_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
 
 const _: () = assert!(CUSTOMER_NAME_CHARS * 2 <= CUSTOMER_NAME_UNITS, "every valid name fits its column");
 
+/// The key of a dead letter: the broker's message id when it fits
+/// [`DEAD_LETTER_ID_UNITS`], else `sha256:` and the hash of the whole id, so
+/// that two long ids alike in their first units are still two letters.
+pub fn dead_letter_key(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    if utf16_len(id) <= DEAD_LETTER_ID_UNITS && !id.starts_with("sha256:") {
+        return id.to_string();
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// An operator's name as given (`requested_by`): trimmed, 1-200 UTF-16
 /// units, no control characters; `None` otherwise.
 pub fn requester(raw: &str) -> Option<String> {
@@ -60,6 +73,17 @@ pub fn truncate_utf16(s: &str, max_units: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_dead_letter_ids_alike_at_the_start_are_two_keys() {
+        assert_eq!(dead_letter_key("ID:broker-1:1:1:1:9"), "ID:broker-1:1:1:1:9");
+        let (a, b) = (format!("{}a", "x".repeat(300)), format!("{}b", "x".repeat(300)));
+        let (ka, kb) = (dead_letter_key(&a), dead_letter_key(&b));
+        assert_ne!(ka, kb);
+        assert!(ka.starts_with("sha256:") && utf16_len(&ka) <= DEAD_LETTER_ID_UNITS, "{ka}");
+        assert_eq!(ka, dead_letter_key(&a), "the same id, the same key");
+        assert_ne!(dead_letter_key(&ka), ka, "a short id that looks like a key is hashed too");
+    }
 
     #[test]
     fn emoji_count_two_units() {

@@ -115,6 +115,9 @@ pub enum ProcessOutcome {
     OrderNotFound,
     /// The order was marked `failed` with this reason (e.g. unknown product).
     Failed(String),
+    /// The outbox id is no outbox row of this order (a stray or spoofed
+    /// message): nothing changed, and the id did not enter the inbox.
+    NotItsOutboxId(OutboxId),
 }
 
 /// Result of recording a failed publish.
@@ -316,6 +319,8 @@ pub trait OutboxAdmin: Send + Sync {
     async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
     /// Deletes up to `limit` inbox rows recorded more than `older_than` ago; returns how many.
     async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
+    /// Deletes up to `limit` dead letters sent more than `older_than` ago; returns how many.
+    async fn purge_dead_letters(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
     /// Counts orders that look stuck.
     async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError>;
     /// Self-healing: for up to `limit` orders counted in
@@ -384,6 +389,28 @@ pub struct DeadLetter {
     pub headers: Vec<(String, String)>,
     /// The original body.
     pub body: Vec<u8>,
+    /// Times the broker refused it or its send ended without a receipt.
+    pub attempts: u32,
+}
+
+/// A dead letter the broker refused until it was set aside: kept, listed for
+/// operators, never again sent ahead of the others.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UndeliverableLetter {
+    /// Its key, the `dlq-id` it would have carried.
+    pub dead_letter_id: String,
+    /// The order the message named, if any.
+    pub order_id: Option<OrderId>,
+    /// Why the message was parked.
+    pub reason: String,
+    /// The broker's answer to the last send.
+    pub last_error: Option<String>,
+    /// Sends that ended without a receipt.
+    pub attempts: u32,
+    /// When the message was parked.
+    pub created_at: DateTime<Utc>,
+    /// When it was set aside.
+    pub undeliverable_at: DateTime<Utc>,
 }
 
 /// The consumer's unit of work: dedupe, price, finalise, record dead letters.
@@ -409,6 +436,11 @@ pub trait ProcessingStore: Send + Sync {
     async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError>;
     /// Records that the broker confirmed these dead letters; returns how many were marked.
     async fn mark_dead_letters_sent(&self, ids: &[String]) -> Result<u64, StoreError>;
+    /// Counts a refused send of an unsent letter, with the broker's error; at
+    /// `give_up_at` attempts it is set aside as undeliverable. True when it is now.
+    async fn refuse_dead_letter(&self, id: &str, error: &str, give_up_at: u32) -> Result<bool, StoreError>;
+    /// The letters set aside, newest first.
+    async fn undeliverable_dead_letters(&self, limit: u32) -> Result<Vec<UndeliverableLetter>, StoreError>;
 }
 
 /// Everything a backend offers; each service takes the role it needs.

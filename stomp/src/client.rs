@@ -160,8 +160,8 @@ impl Client {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let (read, write) = tcp.into_split();
-        let mut reader = FramedRead::new(read, StompCodec);
-        let mut writer = FramedWrite::new(write, StompCodec);
+        let mut reader = FramedRead::new(read, StompCodec::default());
+        let mut writer = FramedWrite::new(write, StompCodec::default());
         let hb = config.heartbeat.as_millis();
         let host = addr.rsplit_once(':').map_or("localhost", |(h, _)| h);
         let mut connect = Frame::new("CONNECT")
@@ -422,8 +422,8 @@ mod tests {
         tokio::spawn(async move {
             let (socket, _) = live.accept().await.unwrap();
             let (read, write) = socket.into_split();
-            let mut reader = FramedRead::new(read, StompCodec);
-            let mut writer = FramedWrite::new(write, StompCodec);
+            let mut reader = FramedRead::new(read, StompCodec::default());
+            let mut writer = FramedWrite::new(write, StompCodec::default());
             let Some(Ok(Item::Frame(connect))) = futures::StreamExt::next(&mut reader).await else {
                 panic!("a CONNECT frame")
             };

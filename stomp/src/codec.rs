@@ -7,8 +7,17 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-/// Largest frame accepted from the broker.
-const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Largest body kept whole. A larger one is read and dropped as it streams
+/// in, all but its first [`BODY_PREFIX_BYTES`], and its size noted in
+/// [`Frame::cut`], so a frame of any size costs a bounded amount of memory.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// What is kept of a body over [`MAX_BODY_BYTES`].
+pub const BODY_PREFIX_BYTES: usize = 4 * 1024;
+/// Header bytes kept per frame besides the protocol's own headers (the first
+/// of each of [`PROTOCOL_HEADERS`]); further headers are dropped and counted.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest header line kept (ActiveMQ refuses lines over 10 KiB).
+pub const MAX_HEADER_LINE: usize = 16 * 1024;
 
 /// One STOMP frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,12 +28,24 @@ pub struct Frame {
     pub headers: Vec<(String, String)>,
     /// The body, possibly empty.
     pub body: Bytes,
+    /// What the decoder dropped of a frame over its limits; `None` when the
+    /// frame is whole.
+    pub cut: Option<Cut>,
+}
+
+/// What the decoder dropped of an oversized frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cut {
+    /// The body's whole length, when only its first [`BODY_PREFIX_BYTES`] were kept.
+    pub body_bytes: Option<usize>,
+    /// Headers dropped: over [`MAX_HEADER_BYTES`], or a line over [`MAX_HEADER_LINE`].
+    pub headers_dropped: usize,
 }
 
 impl Frame {
     /// A frame with no headers and no body.
     pub fn new(command: &str) -> Self {
-        Self { command: command.to_string(), headers: Vec::new(), body: Bytes::new() }
+        Self { command: command.to_string(), headers: Vec::new(), body: Bytes::new(), cut: None }
     }
 
     /// Adds a header.
@@ -65,9 +86,12 @@ pub enum CodecError {
     Malformed(String),
 }
 
-/// STOMP 1.2 codec.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StompCodec;
+/// STOMP 1.2 codec: one per connection direction (the decoder keeps the state
+/// of the frame it is reading).
+#[derive(Debug, Default)]
+pub struct StompCodec {
+    state: State,
+}
 
 fn escape(value: &str, out: &mut BytesMut) {
     for b in value.bytes() {
@@ -145,78 +169,201 @@ impl Decoder for StompCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Item>, CodecError> {
-        let eols = src.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
-        if eols > 0 {
-            src.advance(eols);
-            return Ok(Some(Item::Heartbeat));
-        }
-        let Some(head_end) = find_head_end(src) else {
-            if src.len() > MAX_FRAME_BYTES {
-                return Err(CodecError::Malformed("header section too large".into()));
+        loop {
+            match &mut self.state {
+                State::Idle => {
+                    let eols = src.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
+                    if eols > 0 {
+                        src.advance(eols);
+                        return Ok(Some(Item::Heartbeat));
+                    }
+                    if src.is_empty() {
+                        return Ok(None);
+                    }
+                    self.state = State::Head(Head::default());
+                }
+                State::Head(head) => {
+                    let Some(pos) = src.iter().position(|b| *b == b'\n') else {
+                        if src.len() > MAX_HEADER_LINE {
+                            if head.command.is_none() {
+                                return Err(CodecError::Malformed("command line too long".into()));
+                            }
+                            // A header line over the limit: dropped as it streams in.
+                            if !head.skipping_line {
+                                head.skipping_line = true;
+                                head.cut.headers_dropped += 1;
+                            }
+                            src.clear();
+                        }
+                        return Ok(None);
+                    };
+                    let line = src.split_to(pos + 1);
+                    if std::mem::take(&mut head.skipping_line) {
+                        continue;
+                    }
+                    let line = line[..pos].strip_suffix(b"\r").unwrap_or(&line[..pos]);
+                    let text =
+                        std::str::from_utf8(line).map_err(|_| CodecError::Malformed("headers are not UTF-8".into()))?;
+                    if head.command.is_none() {
+                        head.command = Some(text.to_string());
+                    } else if text.is_empty() {
+                        let head = std::mem::take(head);
+                        self.state = State::Body(Body::after(head)?);
+                    } else {
+                        head.add(text)?;
+                    }
+                }
+                State::Body(body) => {
+                    if !body.read(src)? {
+                        return Ok(None);
+                    }
+                    let State::Body(body) = std::mem::replace(&mut self.state, State::Idle) else { unreachable!() };
+                    return Ok(Some(Item::Frame(body.into_frame())));
+                }
             }
-            return Ok(None);
-        };
-        let head = std::str::from_utf8(&src[..head_end.0])
-            .map_err(|_| CodecError::Malformed("headers are not UTF-8".into()))?;
-        let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-        let command = lines.next().unwrap_or_default().to_string();
-        let mut headers = Vec::new();
-        for line in lines.filter(|l| !l.is_empty()) {
-            let (k, v) =
-                line.split_once(':').ok_or_else(|| CodecError::Malformed(format!("header without colon: {line:?}")))?;
-            headers.push((unescape(k)?, unescape(v)?));
         }
-        let body_start = head_end.1;
-        let length = headers
+    }
+}
+
+/// Where the decoder is in the frame it is reading.
+#[derive(Debug, Default)]
+enum State {
+    /// Between frames: end-of-lines here are heart-beats.
+    #[default]
+    Idle,
+    /// Reading the command and header lines.
+    Head(Head),
+    /// Reading (and past the limit, skipping) the body.
+    Body(Body),
+}
+
+#[derive(Debug, Default)]
+struct Head {
+    command: Option<String>,
+    headers: Vec<(String, String)>,
+    /// Header bytes kept so far, besides the protocol's own headers.
+    kept: usize,
+    /// Inside a header line over [`MAX_HEADER_LINE`].
+    skipping_line: bool,
+    cut: Cut,
+}
+
+/// Headers always kept (the first of each): what routes, acknowledges and
+/// checks a message, whatever else it carries.
+const PROTOCOL_HEADERS: [&str; 16] = [
+    "message-id",
+    "ack",
+    "subscription",
+    "destination",
+    "content-length",
+    "content-type",
+    "receipt-id",
+    "message",
+    "version",
+    "heart-beat",
+    "session",
+    "server",
+    "outbox-id",
+    "order-id",
+    "traceparent",
+    "tracestate",
+];
+
+impl Head {
+    fn add(&mut self, line: &str) -> Result<(), CodecError> {
+        let (k, v) =
+            line.split_once(':').ok_or_else(|| CodecError::Malformed(format!("header without colon: {line:?}")))?;
+        let name = unescape(k)?;
+        let protocol = PROTOCOL_HEADERS.contains(&name.as_str()) && !self.headers.iter().any(|(n, _)| *n == name);
+        if !protocol && self.kept + line.len() > MAX_HEADER_BYTES {
+            self.cut.headers_dropped += 1;
+            return Ok(());
+        }
+        if !protocol {
+            self.kept += line.len();
+        }
+        self.headers.push((name, unescape(v)?));
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Body {
+    command: String,
+    headers: Vec<(String, String)>,
+    cut: Cut,
+    /// The body's length when given; else it ends at the first NUL.
+    length: Option<usize>,
+    /// Bytes kept: all of a body within [`MAX_BODY_BYTES`], else its prefix.
+    kept: BytesMut,
+    /// Body bytes read so far, kept or not.
+    seen: usize,
+}
+
+impl Body {
+    fn after(head: Head) -> Result<Self, CodecError> {
+        let length = head
+            .headers
             .iter()
             .find(|(k, _)| k == "content-length")
             .map(|(_, v)| v.trim().parse::<usize>())
             .transpose()
             .map_err(|_| CodecError::Malformed("bad content-length".into()))?;
-        let body_end = match length {
-            Some(len) => {
-                if len > MAX_FRAME_BYTES {
-                    return Err(CodecError::Malformed("frame too large".into()));
-                }
-                if src.len() < body_start + len + 1 {
-                    src.reserve(body_start + len + 1 - src.len());
-                    return Ok(None);
-                }
-                if src[body_start + len] != 0 {
+        let mut cut = head.cut;
+        if length.is_some_and(|len| len > MAX_BODY_BYTES) {
+            cut.body_bytes = length;
+        }
+        Ok(Self {
+            command: head.command.unwrap_or_default(),
+            headers: head.headers,
+            cut,
+            length,
+            kept: BytesMut::new(),
+            seen: 0,
+        })
+    }
+
+    /// Takes what `src` holds of the body; true once the frame's NUL is read.
+    fn read(&mut self, src: &mut BytesMut) -> Result<bool, CodecError> {
+        let keep_up_to = if self.cut.body_bytes.is_some() { BODY_PREFIX_BYTES } else { MAX_BODY_BYTES };
+        let (take, done) = match self.length {
+            Some(len) if src.len() > len - self.seen => {
+                if src[len - self.seen] != 0 {
                     return Err(CodecError::Malformed("body not followed by NUL".into()));
                 }
-                body_start + len
+                (len - self.seen, true)
             }
-            None => match src[body_start..].iter().position(|b| *b == 0) {
-                Some(pos) => body_start + pos,
-                None if src.len() > MAX_FRAME_BYTES => {
-                    return Err(CodecError::Malformed("frame too large".into()));
-                }
-                None => return Ok(None),
+            Some(_) => (src.len(), false),
+            None => match src.iter().position(|b| *b == 0) {
+                Some(pos) => (pos, true),
+                None => (src.len(), false),
             },
         };
-        let mut frame_bytes = src.split_to(body_end + 1);
-        frame_bytes.truncate(body_end);
-        let body = frame_bytes.split_off(body_start).freeze();
-        Ok(Some(Item::Frame(Frame { command, headers, body })))
-    }
-}
-
-/// Finds the blank line ending the headers: (end of header text, start of body).
-fn find_head_end(src: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < src.len() {
-        if src[i] == b'\n' {
-            if src.get(i + 1) == Some(&b'\n') {
-                return Some((i, i + 2));
-            }
-            if src.get(i + 1) == Some(&b'\r') && src.get(i + 2) == Some(&b'\n') {
-                return Some((i, i + 3));
-            }
+        let room = keep_up_to.saturating_sub(self.kept.len()).min(take);
+        self.kept.extend_from_slice(&src[..room]);
+        self.seen += take;
+        src.advance(take + usize::from(done));
+        if self.length.is_none() && self.seen > MAX_BODY_BYTES && self.cut.body_bytes.is_none() {
+            // No length given and past the limit: keep the prefix, skip to the NUL.
+            self.cut.body_bytes = Some(self.seen);
+            self.kept.truncate(BODY_PREFIX_BYTES);
         }
-        i += 1;
+        if done && self.length.is_none() && self.cut.body_bytes.is_some() {
+            self.cut.body_bytes = Some(self.seen);
+        }
+        if let (false, Some(len)) = (done, self.length)
+            && len - self.seen < MAX_BODY_BYTES
+            && self.cut.body_bytes.is_none()
+        {
+            src.reserve(len - self.seen + 1);
+        }
+        Ok(done)
     }
-    None
+
+    fn into_frame(self) -> Frame {
+        let cut = (self.cut != Cut::default()).then_some(self.cut);
+        Frame { command: self.command, headers: self.headers, body: self.kept.freeze(), cut }
+    }
 }
 
 #[cfg(test)]
@@ -226,7 +373,7 @@ mod tests {
     fn decode_all(bytes: &[u8]) -> Vec<Item> {
         let mut buf = BytesMut::from(bytes);
         let mut out = Vec::new();
-        while let Some(item) = StompCodec.decode(&mut buf).unwrap() {
+        while let Some(item) = StompCodec::default().decode(&mut buf).unwrap() {
             out.push(item);
         }
         out
@@ -236,7 +383,7 @@ mod tests {
     fn a_frame_round_trips_with_escaped_headers() {
         let frame = Frame::new("SEND").header("destination", "/queue/a").header("odd:key", "line\nbreak\\").body("{}");
         let mut buf = BytesMut::new();
-        StompCodec.encode(Item::Frame(frame.clone()), &mut buf).unwrap();
+        StompCodec::default().encode(Item::Frame(frame.clone()), &mut buf).unwrap();
         let items = decode_all(&buf);
         let Item::Frame(back) = &items[0] else { panic!("frame expected") };
         assert_eq!(back.command, "SEND");
@@ -254,10 +401,11 @@ mod tests {
 
     #[test]
     fn partial_frames_wait_for_more_bytes() {
+        let mut codec = StompCodec::default();
         let mut buf = BytesMut::from(&b"MESSAGE\ncontent-length:5\n\nhel"[..]);
-        assert!(StompCodec.decode(&mut buf).unwrap().is_none());
+        assert!(codec.decode(&mut buf).unwrap().is_none());
         buf.extend_from_slice(b"lo\0");
-        let Some(Item::Frame(f)) = StompCodec.decode(&mut buf).unwrap() else { panic!("frame expected") };
+        let Some(Item::Frame(f)) = codec.decode(&mut buf).unwrap() else { panic!("frame expected") };
         assert_eq!(f.body, Bytes::from("hello"));
     }
 
@@ -276,6 +424,74 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         let mut buf = BytesMut::from(&b"MESSAGE\nno-colon\n\n\0"[..]);
-        assert!(StompCodec.decode(&mut buf).is_err());
+        assert!(StompCodec::default().decode(&mut buf).is_err());
+    }
+
+    /// Feeds `bytes` in chunks as a socket would; the frames, and the largest
+    /// the buffer ever grew.
+    fn decode_streamed(bytes: &[u8], chunk: usize) -> (Vec<Frame>, usize) {
+        let mut codec = StompCodec::default();
+        let mut buf = BytesMut::new();
+        let (mut frames, mut peak) = (Vec::new(), 0);
+        for piece in bytes.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            peak = peak.max(buf.len());
+            while let Some(item) = codec.decode(&mut buf).unwrap() {
+                if let Item::Frame(f) = item {
+                    frames.push(f);
+                }
+            }
+        }
+        (frames, peak)
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_cut_to_its_prefix_without_being_buffered() {
+        let big = 17 << 20;
+        for with_length in [true, false] {
+            let mut bytes = b"MESSAGE\nmessage-id:ID:1\nack:a-1\n".to_vec();
+            if with_length {
+                bytes.extend_from_slice(format!("content-length:{big}\n").as_bytes());
+            }
+            bytes.extend_from_slice(b"\n");
+            bytes.extend(std::iter::repeat_n(b'x', big));
+            bytes.extend_from_slice(b"\0\nRECEIPT\nreceipt-id:9\n\n\0");
+            let (frames, peak) = decode_streamed(&bytes, 8192);
+            assert_eq!(frames.len(), 2, "the frame after it is read too");
+            let cut = frames[0].cut.clone().expect("cut");
+            assert_eq!((cut.body_bytes, cut.headers_dropped), (Some(big), 0));
+            assert_eq!(frames[0].body.len(), BODY_PREFIX_BYTES);
+            assert_eq!((frames[0].get("message-id"), frames[0].get("ack")), (Some("ID:1"), Some("a-1")));
+            assert!(peak <= 2 * 8192, "never buffered: {peak}");
+            assert_eq!((frames[1].get("receipt-id"), &frames[1].cut), (Some("9"), &None));
+        }
+    }
+
+    #[test]
+    fn headers_over_the_limit_are_dropped_and_the_protocols_own_kept() {
+        let mut bytes = b"MESSAGE\n".to_vec();
+        for i in 0..1000 {
+            bytes.extend_from_slice(format!("h{i}:{}\n", "v".repeat(10_000)).as_bytes());
+        }
+        bytes.extend_from_slice(format!("long:{}\n", "w".repeat(MAX_HEADER_LINE + 5)).as_bytes());
+        bytes.extend_from_slice(b"message-id:ID:7\nack:a-7\nmessage-id:ID:spoof\ncontent-length:2\n\n{}\0");
+        let (frames, peak) = decode_streamed(&bytes, 4096);
+        let f = &frames[0];
+        assert_eq!((f.get("message-id"), f.get("ack"), &f.body[..]), (Some("ID:7"), Some("a-7"), &b"{}"[..]));
+        let cut = f.cut.clone().expect("cut");
+        assert_eq!(cut.body_bytes, None);
+        assert_eq!(cut.headers_dropped, 999 + 1, "all but the first of the 10 kB ones, and the long line");
+        assert!(f.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() <= MAX_HEADER_BYTES + 64);
+        assert!(peak <= MAX_HEADER_LINE + 4096, "{peak}");
+    }
+
+    #[test]
+    fn frames_within_the_limits_are_whole() {
+        let body = "é".repeat(MAX_BODY_BYTES / 2);
+        let frame = Frame::new("MESSAGE").header("k", "v".repeat(MAX_HEADER_LINE - 8)).body(body.clone());
+        let mut buf = BytesMut::new();
+        StompCodec::default().encode(Item::Frame(frame), &mut buf).unwrap();
+        let (frames, _) = decode_streamed(&buf, 1000);
+        assert_eq!((frames[0].cut.clone(), frames[0].body.len()), (None, MAX_BODY_BYTES));
     }
 }

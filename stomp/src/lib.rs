@@ -14,4 +14,4 @@ pub use args::{BrokerArgs, ORDER_QUEUE};
 pub use broker_url::{BrokerUrl, UrlError};
 
 pub use client::{Client, Config, Receipt, StompError};
-pub use codec::{CodecError, Frame, Item, StompCodec};
+pub use codec::{BODY_PREFIX_BYTES, CodecError, Cut, Frame, Item, MAX_BODY_BYTES, MAX_HEADER_BYTES, StompCodec};

@@ -5,30 +5,42 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use consumer::step::{Acker, StepError, handle_delivery, publish_dead_letters};
+use consumer::step::{Acker, DEAD_LETTER_ATTEMPTS, StepError, Unconfirmed, handle_delivery, publish_dead_letters};
 use schema::{
     Applied, Cause, DeadLetter, Delivery, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome,
-    ProcessingStore, Store, StoreError,
+    ProcessingStore, Store, StoreError, UndeliverableLetter,
 };
 use stomp::{Frame, StompError};
 
 /// Records ACKs and confirmed sends; fails sends while `drop_sends` is set,
-/// and ACKs while `drop_acks` is.
+/// ACKs while `drop_acks` is, and drops the connection over any frame whose
+/// `dlq-id` is `refused` (as ActiveMQ does over a header it cannot read).
 #[derive(Default)]
 struct FakeBroker {
     acked: Mutex<Vec<String>>,
     sent: Mutex<Vec<Frame>>,
     drop_sends: AtomicBool,
     drop_acks: AtomicBool,
+    refused: Mutex<Option<String>>,
+    offered: Mutex<Vec<String>>,
 }
 
 #[async_trait]
 impl Acker for FakeBroker {
-    async fn send_confirmed(&self, frames: Vec<Frame>) -> Result<(), StompError> {
+    async fn send_confirmed(&self, frames: Vec<Frame>) -> Result<(), Unconfirmed> {
         if self.drop_sends.load(Ordering::SeqCst) {
-            return Err(StompError::Closed("connection dropped before the receipt".into()));
+            let error = StompError::Closed("connection dropped before the receipt".into());
+            return Err(Unconfirmed { confirmed: 0, error });
         }
-        self.sent.lock().unwrap().extend(frames);
+        let refused = self.refused.lock().unwrap().clone();
+        for (confirmed, frame) in frames.into_iter().enumerate() {
+            self.offered.lock().unwrap().push(frame.get("dlq-id").unwrap_or_default().to_string());
+            if refused.as_deref().is_some_and(|id| frame.get("dlq-id") == Some(id)) {
+                let error = StompError::Closed("broker error: The maximum header length was exceeded".into());
+                return Err(Unconfirmed { confirmed, error });
+            }
+            self.sent.lock().unwrap().push(frame);
+        }
         Ok(())
     }
 
@@ -48,13 +60,23 @@ impl FakeBroker {
     }
 }
 
-/// The real store, except that it refuses (permanently, or transiently) any
-/// batch holding a valid delivery whose body contains `marker`, as SQL Server
-/// refuses a text too long for its column.
+/// How [`Refusing`] refuses.
+#[derive(Clone, Copy, PartialEq)]
+enum Refusal {
+    /// A value of the message breaks a rule (SQL Server's 2628 truncation).
+    Invalid,
+    /// The database is unavailable (locked, disk or log full).
+    Transient,
+    /// Something the code does not know (an unmapped error number).
+    Unknown,
+}
+
+/// The real store, except that it refuses any batch holding a valid delivery
+/// whose body contains `marker` (any delivery, when transient).
 struct Refusing {
     inner: std::sync::Arc<dyn Store>,
     marker: &'static str,
-    transient: bool,
+    refusal: Refusal,
 }
 
 #[async_trait]
@@ -64,10 +86,11 @@ impl ProcessingStore for Refusing {
     }
     async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
         let marked = |d: &Delivery| String::from_utf8_lossy(&d.body).contains(self.marker);
-        if deliveries.iter().any(|d| marked(d) && (self.transient || d.rejection.is_none())) {
-            return Err(match self.transient {
-                true => StoreError::Unavailable(Cause::msg("database is locked")),
-                false => StoreError::Invalid(Cause::msg("String or binary data would be truncated (2628)")),
+        if deliveries.iter().any(|d| marked(d) && (self.refusal == Refusal::Transient || d.rejection.is_none())) {
+            return Err(match self.refusal {
+                Refusal::Transient => StoreError::Unavailable(Cause::msg("database is locked")),
+                Refusal::Invalid => StoreError::Invalid(Cause::msg("String or binary data would be truncated (2628)")),
+                Refusal::Unknown => StoreError::Other(Cause::msg("Invalid object name 'dbo.inbox' (208)")),
             });
         }
         self.inner.apply(deliveries).await
@@ -77,6 +100,12 @@ impl ProcessingStore for Refusing {
     }
     async fn mark_dead_letters_sent(&self, ids: &[String]) -> Result<u64, StoreError> {
         self.inner.mark_dead_letters_sent(ids).await
+    }
+    async fn refuse_dead_letter(&self, id: &str, error: &str, give_up_at: u32) -> Result<bool, StoreError> {
+        self.inner.refuse_dead_letter(id, error, give_up_at).await
+    }
+    async fn undeliverable_dead_letters(&self, limit: u32) -> Result<Vec<UndeliverableLetter>, StoreError> {
+        self.inner.undeliverable_dead_letters(limit).await
     }
 }
 
@@ -124,7 +153,7 @@ async fn a_permanent_error_mid_batch_parks_only_its_message() {
     let (a, a_id) = place(inner.as_ref(), "Ann", "P123").await;
     let (bad, bad_id) = place(inner.as_ref(), "Poison", "P123").await;
     let (c, c_id) = place(inner.as_ref(), "Cem", "P123").await;
-    let store = Refusing { inner: inner.clone(), marker: "Poison", transient: false };
+    let store = Refusing { inner: inner.clone(), marker: "Poison", refusal: Refusal::Invalid };
     let broker = FakeBroker::default();
     let frames = [
         message(1, &order_body(a, "Ann", "2"), Some(a_id)),
@@ -139,17 +168,33 @@ async fn a_permanent_error_mid_batch_parks_only_its_message() {
     let failed = inner.order(bad).await.unwrap();
     assert_eq!(failed.status, OrderStatus::Failed);
     assert!(failed.failure_reason.unwrap().starts_with("the database refused the message"));
-    assert_eq!(publish_dead_letters(&store, &broker, "/queue/orders").await.unwrap(), 1);
+    assert_eq!(publish_dead_letters(&store, &broker, "/queue/orders").await.unwrap().sent, 1);
     let letters = broker.dead_letters();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].0, "ID:broker-1:2");
 }
 
 #[tokio::test]
+async fn an_error_that_is_not_the_messages_fault_fails_no_order() {
+    let (inner, _dir) = store().await;
+    let (order, outbox_id) = place(inner.as_ref(), "Odd", "P123").await;
+    let store = Refusing { inner: inner.clone(), marker: "Odd", refusal: Refusal::Unknown };
+    let broker = FakeBroker::default();
+    let frames = [message(1, &order_body(order, "Odd", "2"), Some(outbox_id))];
+    let outcomes = handle_delivery(&store, &broker, &frames).await.unwrap();
+    assert!(matches!(&outcomes[0], Applied::DeadLettered { order_failed: false, reason } if reason.contains("208")));
+    assert_eq!(inner.order(order).await.unwrap().status, OrderStatus::Pending, "the order stays open");
+    assert_eq!(publish_dead_letters(&store, &broker, "/q").await.unwrap().sent, 1, "parked with its reason");
+    // Its message again, once the database is right: processed, not a duplicate.
+    let again = message(2, &order_body(order, "Odd", "2"), Some(outbox_id));
+    assert!(matches!(handle_delivery(inner.as_ref(), &broker, &[again]).await.unwrap()[0], Applied::Processed(_)));
+}
+
+#[tokio::test]
 async fn a_transient_error_acks_nothing_and_is_returned_for_retry() {
     let (inner, _dir) = store().await;
     let (a, a_id) = place(inner.as_ref(), "Locked", "P123").await;
-    let store = Refusing { inner: inner.clone(), marker: "Locked", transient: true };
+    let store = Refusing { inner: inner.clone(), marker: "Locked", refusal: Refusal::Transient };
     let broker = FakeBroker::default();
     let frames = [message(1, &order_body(a, "Locked", "2"), Some(a_id))];
     let result = handle_delivery(&store, &broker, &frames).await;
@@ -173,14 +218,19 @@ async fn a_crash_between_commit_and_dead_letter_send_loses_no_dead_letter() {
     );
     // The connection drops before the dead letter's receipt; the process dies.
     broker.drop_sends.store(true, Ordering::SeqCst);
-    assert!(matches!(publish_dead_letters(store.as_ref(), &broker, "/q").await, Err(StepError::Broker(_))));
+    let cut_short = publish_dead_letters(store.as_ref(), &broker, "/q").await.unwrap();
+    assert!(matches!((cut_short.sent, cut_short.broker_error), (0, Some(StompError::Closed(_)))));
     // The broker redelivers the original: a duplicate, ACKed, and still one dead letter.
     let again = FakeBroker::default();
     assert_eq!(handle_delivery(store.as_ref(), &again, &[frame]).await.unwrap(), vec![Applied::Duplicate]);
-    assert_eq!(publish_dead_letters(store.as_ref(), &again, "/q").await.unwrap(), 1, "published after the restart");
+    assert_eq!(
+        publish_dead_letters(store.as_ref(), &again, "/q").await.unwrap().sent,
+        1,
+        "published after the restart"
+    );
     assert_eq!(again.dead_letters(), [("ID:broker-1:7".to_string(), "unknown product P999".to_string())]);
     assert_eq!(again.sent.lock().unwrap()[0].get("destination"), Some("/q.DLQ"));
-    assert_eq!(publish_dead_letters(store.as_ref(), &again, "/q").await.unwrap(), 0, "sent once confirmed");
+    assert_eq!(publish_dead_letters(store.as_ref(), &again, "/q").await.unwrap().sent, 0, "sent once confirmed");
 }
 
 #[tokio::test]
@@ -216,7 +266,7 @@ async fn a_stray_malformed_message_harms_no_order() {
         assert!(matches!(outcome, Applied::DeadLettered { order_failed: false, .. }), "{outcome:?}");
     }
     assert_eq!(store.order(order).await.unwrap().status, OrderStatus::Pending, "the order is untouched");
-    assert_eq!(publish_dead_letters(store.as_ref(), &broker, "/q").await.unwrap(), 3, "each stray on the DLQ");
+    assert_eq!(publish_dead_letters(store.as_ref(), &broker, "/q").await.unwrap().sent, 3, "each stray on the DLQ");
     // Its own outbox message then arrives and prices it.
     let own = message(4, &order_body(order, "Eve", "2"), Some(outbox_id));
     assert!(matches!(handle_delivery(store.as_ref(), &broker, &[own]).await.unwrap()[0], Applied::Processed(_)));
@@ -224,4 +274,32 @@ async fn a_stray_malformed_message_harms_no_order() {
     let (seed, _) = place(store.as_ref(), "Seed", "P123").await;
     let seeded = message(5, &order_body(seed, "Seed", "2"), None);
     assert!(matches!(handle_delivery(store.as_ref(), &broker, &[seeded]).await.unwrap()[0], Applied::Processed(_)));
+}
+
+#[tokio::test]
+async fn a_dead_letter_the_broker_never_takes_is_set_aside_and_blocks_no_other() {
+    let (store, _dir) = store().await;
+    let broker = FakeBroker::default();
+    let strays: Vec<Frame> = (1..=3).map(|n| message(n, "not json", None)).collect();
+    handle_delivery(store.as_ref(), &broker, &strays).await.unwrap();
+    *broker.refused.lock().unwrap() = Some("ID:broker-1:2".into());
+    let mut rounds = 0;
+    let mut undeliverable = 0;
+    while broker.sent.lock().unwrap().len() < 2 {
+        rounds += 1;
+        assert!(rounds <= 10, "the letters behind the refused one go out");
+        let published = publish_dead_letters(store.as_ref(), &broker, "/q").await.unwrap();
+        undeliverable += published.undeliverable;
+    }
+    assert_eq!(undeliverable, 1);
+    let sent: Vec<String> = broker.dead_letters().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(sent, ["ID:broker-1:1", "ID:broker-1:3"]);
+    let offered = broker.offered.lock().unwrap().clone();
+    let tries = offered.iter().filter(|id| *id == "ID:broker-1:2").count();
+    assert_eq!(tries, DEAD_LETTER_ATTEMPTS as usize, "tried {DEAD_LETTER_ATTEMPTS} times, alone after the first");
+    let aside = store.undeliverable_dead_letters(10).await.unwrap();
+    assert_eq!(aside.len(), 1);
+    assert_eq!((aside[0].dead_letter_id.as_str(), aside[0].attempts), ("ID:broker-1:2", DEAD_LETTER_ATTEMPTS));
+    assert!(aside[0].last_error.as_deref().unwrap().contains("maximum header length"), "{aside:?}");
+    assert!(store.unsent_dead_letters(10).await.unwrap().is_empty(), "never again ahead of the others");
 }

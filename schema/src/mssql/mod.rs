@@ -216,11 +216,18 @@ enum ErrorClass {
 
 fn class_of(code: u32) -> ErrorClass {
     match code {
-        // 1205 deadlock victim, 1222 lock timeout, 701/8645 memory pressure,
+        // 1205 deadlock victim, 1222 lock timeout, 3960 snapshot update conflict;
         // 233/10053/10054/10060/10061/11001 transport, 4060 cannot open database,
-        // 18456 login failed, 40xxx/49xxx/10928/10929/4221 Azure throttling and failover.
-        1205 | 1222 | 701 | 8645 | 233 | 10053 | 10054 | 10060 | 10061 | 11001 | 4060 | 18456 | 4221 | 10928
-        | 10929 | 40143 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 => ErrorClass::Transient,
+        // 18456 login failed; 40xxx/49xxx/10928/10929/4221 Azure throttling and failover.
+        1205 | 1222 | 3960 | 233 | 10053 | 10054 | 10060 | 10061 | 11001 | 4060 | 18456 | 4221 | 10928 | 10929
+        | 40143 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 => ErrorClass::Transient,
+        // Resources and capacity, the state of the server and never of a message:
+        // 701/802/8628/8645/8651 memory, 1101/1105 filegroup full, 9002 log full,
+        // 1204 lock resources, 8623 query processor out of resources; Azure
+        // 40544 size quota, 40549 long transaction, 40550 too many locks,
+        // 40551 tempdb, 40552 log space, 40553 memory.
+        701 | 802 | 8628 | 8645 | 8651 | 1101 | 1105 | 9002 | 1204 | 8623 | 40544 | 40549 | 40550 | 40551 | 40552
+        | 40553 => ErrorClass::Transient,
         // 2627 unique constraint, 2601 unique index.
         2627 | 2601 => ErrorClass::Duplicate,
         // 2628/8152 truncation; 245/8114/8169 conversion; 220/8115 arithmetic overflow;
@@ -506,8 +513,8 @@ mod tests {
 
     #[test]
     fn error_numbers_map_to_what_the_caller_can_do() {
-        for code in [1205, 1222, 40613, 10054] {
-            assert_eq!(class_of(code), ErrorClass::Transient, "{code}");
+        for code in [1205, 1222, 40613, 10054, 9002, 1105, 1204, 8623, 701, 40549, 40550, 40552] {
+            assert_eq!(class_of(code), ErrorClass::Transient, "{code}: the server's state, never a message's");
         }
         for code in [2627, 2601] {
             assert_eq!(class_of(code), ErrorClass::Duplicate, "{code}");

@@ -142,6 +142,13 @@ impl OutboxAdmin for MssqlStore {
         finish(conn, result)
     }
 
+    async fn purge_dead_letters(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let ago = -seconds(older_than);
+        let result = changed(&mut conn, &with_limit(PURGE_DEAD_LETTERS, limit), &[&ago]).await;
+        finish(conn, result)
+    }
+
     async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError> {
         let mut conn = self.conn().await?;
         let ago = -seconds(published_for);

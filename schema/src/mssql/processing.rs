@@ -11,11 +11,13 @@ use tiberius::{Row, ToSql};
 use uuid::Uuid;
 
 use crate::decide::{Decision, OrderFacts, decide, order_of, settle};
-use crate::limits::{DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, truncate_utf16};
+use crate::limits::{
+    DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, LAST_ERROR_UNITS, truncate_utf16,
+};
 use crate::store::Moves;
 use crate::{
     Applied, DeadLetter, Delivery, MssqlStore, Order, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore,
-    StoreError,
+    StoreError, UndeliverableLetter,
 };
 
 use super::sql::*;
@@ -40,6 +42,11 @@ async fn process_one(
         product_id: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string(),
         list_price: row.try_get::<Decimal, _>(3)?,
     };
+    if let Some(id) = outbox_id
+        && !own_message(client, id, order_id).await?
+    {
+        return Ok(ProcessOutcome::NotItsOutboxId(id));
+    }
     let first_delivery = match outbox_id {
         Some(id) => changed(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 1,
         None => true,
@@ -92,18 +99,23 @@ async fn record_dead_letter(client: &mut TdsClient, d: &Delivery, reason: &str) 
     exec(client, RECORD_DEAD_LETTER, &[&id, &order_id, &reason, &headers, &d.body.as_slice()]).await.map(drop)
 }
 
+/// True when `outbox_id` names an outbox row of `order_id`: the order's own message.
+async fn own_message(client: &mut TdsClient, outbox_id: OutboxId, order_id: OrderId) -> TdsResult<bool> {
+    let own = rows(client, OWN_MESSAGE, &[&outbox_id.0, &order_id.0]).await?;
+    Ok(own.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) > 0)
+}
+
 /// A delivery that failed its checks: it may fail only its own order.
 async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str, moves: &mut Moves) -> TdsResult<Applied> {
     let reason = truncate_utf16(reason, FAILURE_REASON_UNITS);
     let mut order_failed = false;
-    if let (Some(outbox_id), Some(order_id)) = (d.outbox_id, d.order_id) {
-        let own = rows(client, OWN_MESSAGE, &[&outbox_id.0, &order_id.0]).await?;
-        if own.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) > 0 {
-            if changed(client, RECORD_INBOX, &[&outbox_id.0, &order_id.0]).await? == 0 {
-                return Ok(Applied::Duplicate);
-            }
-            order_failed = mark_failed(client, order_id, reason, moves).await?;
+    if let (Some(outbox_id), Some(order_id)) = (d.outbox_id, d.order_id)
+        && own_message(client, outbox_id, order_id).await?
+    {
+        if changed(client, RECORD_INBOX, &[&outbox_id.0, &order_id.0]).await? == 0 {
+            return Ok(Applied::Duplicate);
         }
+        order_failed = mark_failed(client, order_id, reason, moves).await?;
     }
     record_dead_letter(client, d, reason).await?;
     Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
@@ -147,6 +159,8 @@ async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResu
 struct Facts {
     facts: OrderFacts,
     order: Order,
+    /// The order's outbox rows: the only outbox ids its messages may carry.
+    outbox_ids: HashSet<Uuid>,
 }
 
 async fn read_facts(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResult<HashMap<i64, Facts>> {
@@ -163,8 +177,11 @@ async fn read_facts(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResul
                 product_id: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string(),
                 list_price: row.try_get::<Decimal, _>(3)?,
             };
-            let order = order_at(&row, 4)?;
-            found.insert(order.order_id.0, Facts { facts, order });
+            let outbox_id = row.try_get::<Uuid, _>(4)?;
+            let order = order_at(&row, 5)?;
+            let entry =
+                found.entry(order.order_id.0).or_insert_with(|| Facts { facts, order, outbox_ids: HashSet::new() });
+            entry.outbox_ids.extend(outbox_id);
         }
     }
     Ok(found)
@@ -207,7 +224,11 @@ async fn apply_plain(
             if !alone(format!("o{}", order_id.0)) || d.outbox_id.is_some_and(|id| !alone(format!("x{}", id.0))) {
                 return None;
             }
-            match decide(&facts.get(&order_id.0)?.facts, true) {
+            let facts = facts.get(&order_id.0)?;
+            if d.outbox_id.is_some_and(|id| !facts.outbox_ids.contains(&id.0)) {
+                return None;
+            }
+            match decide(&facts.facts, true) {
                 Decision::Process { priced, .. } => Some(Plain {
                     index,
                     outbox_id: d.outbox_id,
@@ -282,6 +303,7 @@ fn dead_letter_from_row(row: &Row) -> TdsResult<DeadLetter> {
         reason: text(1)?,
         headers,
         body: row.try_get::<&[u8], _>(3)?.unwrap_or_default().to_vec(),
+        attempts: row.try_get::<i32, _>(4)?.unwrap_or_default().max(0) as u32,
     })
 }
 
@@ -322,6 +344,48 @@ impl ProcessingStore for MssqlStore {
                 marked += changed(&mut conn, MARK_DEAD_LETTER_SENT, &[id]).await?;
             }
             Ok(marked)
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn refuse_dead_letter(&self, id: &str, error: &str, give_up_at: u32) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let error = truncate_utf16(error, LAST_ERROR_UNITS);
+        let give_up = i32::try_from(give_up_at).unwrap_or(i32::MAX);
+        let result = async {
+            let updated = rows(&mut conn, REFUSE_DEAD_LETTER, &[&id, &error, &give_up]).await?;
+            Ok(updated.first().and_then(|r| r.get::<i32, _>(0)).is_some_and(|n| n >= give_up))
+        }
+        .await;
+        finish(conn, result)
+    }
+
+    async fn undeliverable_dead_letters(&self, limit: u32) -> Result<Vec<UndeliverableLetter>, StoreError> {
+        let mut conn = self.conn().await?;
+        let limit = i64::from(limit);
+        let result = async {
+            let text = |row: &Row, i: usize| -> TdsResult<Option<String>> {
+                Ok(row.try_get::<&str, _>(i)?.map(str::to_string))
+            };
+            let time = |row: &Row, i: usize| -> TdsResult<_> {
+                Ok(utc(row.try_get::<NaiveDateTime, _>(i)?.ok_or_else(|| conversion("dead letter time"))?))
+            };
+            rows(&mut conn, UNDELIVERABLE_DEAD_LETTERS, &[&limit])
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(UndeliverableLetter {
+                        dead_letter_id: text(row, 0)?.ok_or_else(|| conversion("dead_letter_id"))?,
+                        order_id: row.try_get::<i64, _>(1)?.map(OrderId),
+                        reason: text(row, 2)?.unwrap_or_default(),
+                        last_error: text(row, 3)?,
+                        attempts: row.try_get::<i32, _>(4)?.unwrap_or_default().max(0) as u32,
+                        created_at: time(row, 5)?,
+                        undeliverable_at: time(row, 6)?,
+                    })
+                })
+                .collect()
         }
         .await;
         finish(conn, result)

@@ -65,6 +65,11 @@ pub(super) const PURGE_PUBLISHED: &str = "SET NOCOUNT ON; DECLARE @cutoff DATETI
 pub(super) const PURGE_INBOX: &str = "SET NOCOUNT ON; DECLARE @cutoff DATETIME2(3) = DATEADD(second, @P1, SYSUTCDATETIME()); \
      DELETE FROM dbo.inbox OUTPUT deleted.outbox_id WHERE outbox_id IN (SELECT TOP (@LIMIT) i.outbox_id \
      FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < @cutoff)";
+pub(super) const PURGE_DEAD_LETTERS: &str = concat!(
+    "SET NOCOUNT ON; DECLARE @cutoff DATETIME2(3) = DATEADD(second, @P1, SYSUTCDATETIME()); ",
+    "DELETE FROM dbo.dead_letters OUTPUT deleted.seq WHERE dead_letter_id IN (SELECT TOP (@LIMIT) d.dead_letter_id \
+     FROM dbo.dead_letters d WITH (ROWLOCK, READPAST) WHERE d.sent_at IS NOT NULL AND d.sent_at < @cutoff)"
+);
 pub(super) const PENDING_WITHOUT_OUTBOX: &str = "SELECT COUNT_BIG(*) FROM dbo.orders o WHERE o.status = N'pending' \
      AND NOT EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = o.order_id)";
 // Orders `published`, not processed, with no outbox row waiting and none
@@ -202,9 +207,10 @@ pub(super) const BUMP_COUNTS: &str = "UPDATE dbo.order_counts SET n = n + CASE s
      WHEN N'published' THEN @P2 WHEN N'processed' THEN @P3 WHEN N'failed' THEN @P4 ELSE 0 END WHERE slot = @P5";
 // The facts the consumer decides on, for every order of a batch (@IDS).
 pub(super) const ORDERS_FOR_PRICING: &str = concat!(
-    "SELECT o.status, o.quantity, o.product_id, p.list_price, ",
+    "SELECT o.status, o.quantity, o.product_id, p.list_price, x.outbox_id, ",
     order_columns!("o."),
-    " FROM dbo.orders o LEFT JOIN dbo.products p ON p.product_id = o.product_id WHERE o.order_id IN (@IDS)"
+    " FROM dbo.orders o LEFT JOIN dbo.products p ON p.product_id = o.product_id \
+     LEFT JOIN dbo.outbox x ON x.order_id = o.order_id WHERE o.order_id IN (@IDS)"
 );
 // The inbox rows of a batch, each once (@ROWS: (@Pa, @Pb) per message); the
 // ids it returns were new, the others already done.
@@ -224,8 +230,15 @@ pub(super) const RECORD_DEAD_LETTER: &str = "INSERT INTO dbo.dead_letters (dead_
      SELECT @P1, NULLIF(@P2, 0), @P3, @P4, @P5 \
      WHERE NOT EXISTS (SELECT 1 FROM dbo.dead_letters d WITH (UPDLOCK, HOLDLOCK) WHERE d.dead_letter_id = @P1)";
 pub(super) const OWN_MESSAGE: &str = "SELECT COUNT_BIG(*) FROM dbo.outbox WHERE outbox_id = @P1 AND order_id = @P2";
-pub(super) const UNSENT_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, reason, headers, body FROM dbo.dead_letters \
-     WHERE sent_at IS NULL ORDER BY seq";
+// The order of ix_dead_letters_unsent (seq), which also filters on both tests.
+pub(super) const UNSENT_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, reason, headers, body, attempts \
+     FROM dbo.dead_letters WHERE sent_at IS NULL AND undeliverable_at IS NULL ORDER BY seq";
+pub(super) const REFUSE_DEAD_LETTER: &str = "UPDATE dbo.dead_letters SET attempts = attempts + 1, last_error = @P2, \
+     undeliverable_at = CASE WHEN attempts + 1 >= @P3 THEN SYSUTCDATETIME() END OUTPUT inserted.attempts \
+     WHERE dead_letter_id = @P1 AND sent_at IS NULL AND undeliverable_at IS NULL";
+pub(super) const UNDELIVERABLE_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, order_id, reason, last_error, \
+     attempts, created_at, undeliverable_at FROM dbo.dead_letters WHERE undeliverable_at IS NOT NULL \
+     ORDER BY undeliverable_at DESC";
 pub(super) const MARK_DEAD_LETTER_SENT: &str = "UPDATE dbo.dead_letters SET sent_at = SYSUTCDATETIME() OUTPUT inserted.dead_letter_id \
      WHERE dead_letter_id = @P1 AND sent_at IS NULL";
 pub(super) const ORDER_EXISTS: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE order_id = @P1";
@@ -369,6 +382,9 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("OWN_MESSAGE", OWN_MESSAGE),
         ("UNSENT_DEAD_LETTERS", UNSENT_DEAD_LETTERS),
         ("MARK_DEAD_LETTER_SENT", MARK_DEAD_LETTER_SENT),
+        ("REFUSE_DEAD_LETTER", REFUSE_DEAD_LETTER),
+        ("UNDELIVERABLE_DEAD_LETTERS", UNDELIVERABLE_DEAD_LETTERS),
+        ("PURGE_DEAD_LETTERS", PURGE_DEAD_LETTERS),
         ("PARKED_ROWS", PARKED_ROWS),
         ("ORDER_COUNTS", ORDER_COUNTS),
         ("REQUEUE_ROW", REQUEUE_ROW),

@@ -218,10 +218,16 @@ impl From<rusqlite::Error> for StoreError {
         match &e {
             rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
             rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                // Busy, locked, I/O, and resources (disk full, out of memory, a
+                // file made read-only): the state of the machine, never of a message.
                 ErrorCode::DatabaseBusy
                 | ErrorCode::DatabaseLocked
                 | ErrorCode::CannotOpen
-                | ErrorCode::SystemIoFailure => StoreError::Unavailable(Cause::new(e)),
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DiskFull
+                | ErrorCode::OutOfMemory
+                | ErrorCode::ReadOnly
+                | ErrorCode::FileLockingProtocolFailed => StoreError::Unavailable(Cause::new(e)),
                 // 2067 UNIQUE, 1555 PRIMARY KEY: a duplicate; CHECK, NOT NULL and
                 // FOREIGN KEY are the data breaking a rule.
                 ErrorCode::ConstraintViolation if matches!(f.extended_code, 2067 | 1555) => {
@@ -344,6 +350,46 @@ mod tests {
             Report::new(&unavailable).to_string(),
             "database unavailable: sqlite pool: no free connection in 30 s"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_an_outage_not_a_bad_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("full.db").display().to_string()).await.unwrap();
+        let error = store
+            .write(|tx| {
+                // The file may grow no more: SQLITE_FULL, as on a full disk.
+                let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                tx.pragma_update(None, "max_page_count", pages)?;
+                let insert = tx.execute(
+                    "INSERT INTO dead_letters (dead_letter_id, reason, headers, body) \
+                     VALUES ('x', 'r', '[]', zeroblob(1000000))",
+                    [],
+                );
+                tx.pragma_update(None, "max_page_count", 1_073_741_823)?;
+                insert?;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(error.is_transient(), "retried, never a message's fault: {error:?}");
+        assert!(Report::new(&error).to_string().contains("full"), "{}", Report::new(&error));
+    }
+
+    #[tokio::test]
+    async fn the_dead_letters_to_send_are_read_through_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("plan.db").display().to_string()).await.unwrap();
+        let plan: Vec<String> = store
+            .with_conn(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {}", processing::UNSENT_DEAD_LETTERS))?;
+                let rows = stmt.query_map([100], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert!(plan.iter().any(|step| step.contains("USING INDEX dead_letters_unsent")), "{plan:?}");
+        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "no sort: {plan:?}");
     }
 
     async fn synchronous(url_path: &str) -> i64 {

@@ -195,28 +195,15 @@ impl OutboxAdmin for SqliteStore {
     }
 
     async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        self.write(move |tx| {
-            let n = tx.execute(
-                "DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox \
-                   WHERE published_at IS NOT NULL \
-                     AND published_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) LIMIT ?2)",
-                params![ago_modifier(older_than), limit],
-            )?;
-            Ok(n as u64)
-        })
-        .await
+        purge_older(self, "outbox", "published_at", older_than, limit).await
     }
 
     async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        self.write(move |tx| {
-            let n = tx.execute(
-                "DELETE FROM inbox WHERE outbox_id IN (SELECT outbox_id FROM inbox \
-                   WHERE processed_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) LIMIT ?2)",
-                params![ago_modifier(older_than), limit],
-            )?;
-            Ok(n as u64)
-        })
-        .await
+        purge_older(self, "inbox", "processed_at", older_than, limit).await
+    }
+
+    async fn purge_dead_letters(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        purge_older(self, "dead_letters", "sent_at", older_than, limit).await
     }
 
     async fn reconcile(&self, published_for: Duration) -> Result<Reconciliation, StoreError> {
@@ -339,4 +326,28 @@ impl OutboxAdmin for SqliteStore {
         })
         .await
     }
+}
+
+/// Deletes up to `limit` rows of `table` whose `column` is set and older than
+/// `older_than` (each table has an index on that column).
+async fn purge_older(
+    store: &SqliteStore,
+    table: &'static str,
+    column: &'static str,
+    older_than: Duration,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    store
+        .write(move |tx| {
+            let n = tx.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} \
+                       WHERE {column} IS NOT NULL \
+                         AND {column} < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) LIMIT ?2)"
+                ),
+                params![ago_modifier(older_than), limit],
+            )?;
+            Ok(n as u64)
+        })
+        .await
 }

@@ -8,14 +8,16 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::decide::{Decision, OrderFacts, decide, order_of, settle};
-use crate::limits::{DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, truncate_utf16};
+use crate::limits::{
+    DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, LAST_ERROR_UNITS, truncate_utf16,
+};
 use crate::store::{Cause, Moves};
 use crate::{
     Applied, DeadLetter, Delivery, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore, SqliteStore,
-    StoreError,
+    StoreError, UndeliverableLetter,
 };
 
-use super::{NOW, ORDER_COLUMNS, count_moves, order_from_row, parse_decimal};
+use super::{NOW, ORDER_COLUMNS, count_moves, order_from_row, parse_decimal, parse_time};
 
 /// Records an inbox row; false when the outbox id was seen before.
 fn record_inbox(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<bool, StoreError> {
@@ -38,6 +40,11 @@ fn process_one(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) 
     let Some((status, quantity, product_id, list_price)) = found else {
         return Ok(ProcessOutcome::OrderNotFound);
     };
+    if let Some(id) = outbox_id
+        && !own_message(tx, id, order_id)?
+    {
+        return Ok(ProcessOutcome::NotItsOutboxId(id));
+    }
     let status = OrderStatus::from_str(&status).map_err(|e| StoreError::Other(Cause::msg(e)))?;
     let facts = OrderFacts { status, quantity, product_id, list_price: parse_decimal(list_price)? };
     match decide(&facts, record_inbox(tx, outbox_id, order_id)?) {
@@ -150,17 +157,20 @@ impl ProcessingStore for SqliteStore {
 
     async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
         self.with_conn(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT dead_letter_id, reason, headers, body FROM dead_letters WHERE sent_at IS NULL \
-                 ORDER BY rowid LIMIT ?1",
-            )?;
+            let mut stmt = conn.prepare_cached(UNSENT_DEAD_LETTERS)?;
             let rows = stmt.query_map([limit], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, u32>(4)?,
+                ))
             })?;
             rows.map(|row| {
-                let (dead_letter_id, reason, headers, body) = row?;
+                let (dead_letter_id, reason, headers, body, attempts) = row?;
                 let headers = serde_json::from_str(&headers).map_err(|e| StoreError::Other(Cause::new(e)))?;
-                Ok(DeadLetter { dead_letter_id, reason, headers, body })
+                Ok(DeadLetter { dead_letter_id, reason, headers, body, attempts })
             })
             .collect()
         })
@@ -181,4 +191,47 @@ impl ProcessingStore for SqliteStore {
         })
         .await
     }
+
+    async fn refuse_dead_letter(&self, id: &str, error: &str, give_up_at: u32) -> Result<bool, StoreError> {
+        let (id, error) = (id.to_string(), truncate_utf16(error, LAST_ERROR_UNITS).to_string());
+        self.write(move |tx| {
+            let attempts: Option<u32> = tx
+                .prepare_cached(&format!(
+                    "UPDATE dead_letters SET attempts = attempts + 1, last_error = ?2, \
+                       undeliverable_at = CASE WHEN attempts + 1 >= ?3 THEN {NOW} END \
+                     WHERE dead_letter_id = ?1 AND sent_at IS NULL AND undeliverable_at IS NULL RETURNING attempts"
+                ))?
+                .query_row(params![id, error, give_up_at], |r| r.get(0))
+                .optional()?;
+            Ok(attempts.is_some_and(|n| n >= give_up_at))
+        })
+        .await
+    }
+
+    async fn undeliverable_dead_letters(&self, limit: u32) -> Result<Vec<UndeliverableLetter>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT dead_letter_id, order_id, reason, last_error, attempts, created_at, undeliverable_at \
+                 FROM dead_letters WHERE undeliverable_at IS NOT NULL ORDER BY undeliverable_at DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok(UndeliverableLetter {
+                    dead_letter_id: r.get(0)?,
+                    order_id: r.get::<_, Option<i64>>(1)?.map(OrderId),
+                    reason: r.get(2)?,
+                    last_error: r.get(3)?,
+                    attempts: r.get(4)?,
+                    created_at: parse_time(&r.get::<_, String>(5)?)?,
+                    undeliverable_at: parse_time(&r.get::<_, String>(6)?)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
 }
+
+/// The letters to publish, oldest first: the order of `dead_letters_unsent`
+/// (created_at, then rowid), so the query walks the index and never sorts.
+pub(super) const UNSENT_DEAD_LETTERS: &str = "SELECT dead_letter_id, reason, headers, body, attempts FROM dead_letters \
+     WHERE sent_at IS NULL AND undeliverable_at IS NULL ORDER BY created_at, rowid LIMIT ?1";

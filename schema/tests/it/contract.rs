@@ -30,6 +30,13 @@ async fn place(store: &Arc<dyn Store>, product: &str, quantity: i32) -> OrderId 
     }
 }
 
+/// The outbox id of an order's message (claimed and given back at once).
+async fn outbox_of(store: &Arc<dyn Store>, order: OrderId) -> OutboxId {
+    let rows = store.claim_batch("contract-probe", 1000, Duration::from_secs(30)).await.unwrap();
+    store.release_leases("contract-probe").await.unwrap();
+    rows.iter().find(|r| r.order_id == order).expect("the order's outbox row").outbox_id
+}
+
 /// One message through [`schema::ProcessingStore::process_orders`].
 async fn process_order(
     store: &Arc<dyn Store>,
@@ -143,7 +150,7 @@ pub async fn publishing_advances_pending_orders_only(store: Arc<dyn Store>) {
 
 pub async fn processing_prices_once_per_outbox_id(store: Arc<dyn Store>) {
     let id = place(&store, "P123", 2).await;
-    let outbox_id = OutboxId::new();
+    let outbox_id = outbox_of(&store, id).await;
     let ProcessOutcome::Processed(order) = process_order(&store, Some(outbox_id), id).await.unwrap() else {
         panic!("first delivery processes")
     };
@@ -153,14 +160,15 @@ pub async fn processing_prices_once_per_outbox_id(store: Arc<dyn Store>) {
     assert!(order.processed_at.is_some());
     assert_eq!(process_order(&store, Some(outbox_id), id).await.unwrap(), ProcessOutcome::Duplicate);
     assert_eq!(process_order(&store, None, id).await.unwrap(), ProcessOutcome::Duplicate);
-    assert_eq!(process_order(&store, Some(OutboxId::new()), id).await.unwrap(), ProcessOutcome::Duplicate);
+    let stray = OutboxId::new();
+    assert_eq!(process_order(&store, Some(stray), id).await.unwrap(), ProcessOutcome::NotItsOutboxId(stray));
     let again = store.order(id).await.unwrap();
     assert_eq!(again.processed_at, order.processed_at, "a duplicate changes nothing");
 }
 
 pub async fn an_unknown_product_fails_the_order_with_a_reason(store: Arc<dyn Store>) {
     let id = place(&store, "P999", 1).await;
-    let outcome = process_order(&store, Some(OutboxId::new()), id).await.unwrap();
+    let outcome = process_order(&store, Some(outbox_of(&store, id).await), id).await.unwrap();
     assert_eq!(outcome, ProcessOutcome::Failed("unknown product P999".into()));
     let order = store.order(id).await.unwrap();
     assert_eq!(order.status, OrderStatus::Failed);
@@ -176,6 +184,31 @@ pub async fn a_missing_order_changes_nothing(store: Arc<dyn Store>) {
     let applied = store.apply(&[stray]).await.unwrap();
     assert_eq!(applied, vec![Applied::DeadLettered { reason: "bad".into(), order_failed: false }]);
     assert!(matches!(store.order(OrderId(987_654)).await, Err(schema::StoreError::NotFound)));
+}
+
+pub async fn another_orders_outbox_id_blocks_neither_order(store: Arc<dyn Store>) {
+    let victim = place(&store, "P123", 1).await;
+    let body_of = place(&store, "P200", 2).await;
+    let victims_id = outbox_of(&store, victim).await;
+    // A valid message for one order carrying the other's outbox id, in a batch
+    // and alone: a dead letter each time, and neither order changes.
+    let spoofed = |n: u32| Delivery {
+        dead_letter_id: format!("ID:spoof-{n}"),
+        ..delivery(Some(victims_id), Some(body_of), None)
+    };
+    for batch in [vec![spoofed(1), delivery(None, None, Some("filler"))], vec![spoofed(2)]] {
+        let applied = store.apply(&batch).await.unwrap();
+        let Applied::DeadLettered { reason, order_failed: false } = &applied[0] else { panic!("{applied:?}") };
+        assert!(reason.contains("is not an outbox message of order"), "{reason}");
+    }
+    assert_eq!(store.order(body_of).await.unwrap().status, OrderStatus::Pending);
+    assert_eq!(store.order(victim).await.unwrap().status, OrderStatus::Pending);
+    // The victim's own message is then processed, not taken for a duplicate.
+    let applied = store.apply(&[delivery(Some(victims_id), Some(victim), None)]).await.unwrap();
+    assert!(matches!(&applied[0], Applied::Processed(o) if o.order_id == victim), "{applied:?}");
+    let own = outbox_of(&store, body_of).await;
+    let applied = store.apply(&[delivery(Some(own), Some(body_of), None)]).await.unwrap();
+    assert!(matches!(&applied[0], Applied::Processed(o) if o.order_id == body_of), "{applied:?}");
 }
 
 pub async fn a_rejected_message_fails_only_its_own_order(store: Arc<dyn Store>) {
@@ -224,6 +257,28 @@ pub async fn dead_letters_are_recorded_once_and_kept_until_confirmed(store: Arc<
     assert_eq!(store.mark_dead_letters_sent(&[garbage.dead_letter_id.clone()]).await.unwrap(), 1);
     assert_eq!(store.unsent_dead_letters(100).await.unwrap().len(), 2, "sent ones are done");
     assert_eq!(store.unsent_dead_letters(1).await.unwrap()[0].dead_letter_id, product.dead_letter_id);
+}
+
+pub async fn a_refused_dead_letter_is_set_aside_and_sent_ones_expire(store: Arc<dyn Store>) {
+    let [a, b, c] = ["a", "b", "c"].map(|r| delivery(None, None, Some(r)));
+    store.apply(&[a.clone(), b.clone(), c.clone()]).await.unwrap();
+    assert!(!store.refuse_dead_letter(&a.dead_letter_id, "connection closed", 2).await.unwrap());
+    assert_eq!(store.unsent_dead_letters(10).await.unwrap()[0].attempts, 1, "counted, still first");
+    assert!(store.refuse_dead_letter(&a.dead_letter_id, "header too long", 2).await.unwrap(), "set aside");
+    assert!(!store.refuse_dead_letter(&a.dead_letter_id, "again", 2).await.unwrap(), "set aside once");
+    let unsent: Vec<String> =
+        store.unsent_dead_letters(10).await.unwrap().into_iter().map(|l| l.dead_letter_id).collect();
+    assert_eq!(unsent, [b.dead_letter_id.clone(), c.dead_letter_id.clone()], "never again ahead of the others");
+    let aside = store.undeliverable_dead_letters(10).await.unwrap();
+    assert_eq!(aside.len(), 1);
+    assert_eq!((aside[0].dead_letter_id.as_str(), aside[0].attempts), (a.dead_letter_id.as_str(), 2));
+    assert_eq!((aside[0].reason.as_str(), aside[0].last_error.as_deref()), ("a", Some("header too long")));
+    assert_eq!(store.mark_dead_letters_sent(std::slice::from_ref(&b.dead_letter_id)).await.unwrap(), 1);
+    assert_eq!(store.purge_dead_letters(Duration::from_secs(3600), 100).await.unwrap(), 0, "nothing is an hour old");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge_dead_letters(Duration::ZERO, 100).await.unwrap(), 1, "only the sent one");
+    assert_eq!(store.unsent_dead_letters(10).await.unwrap().len(), 1, "the unsent one stays");
+    assert_eq!(store.undeliverable_dead_letters(10).await.unwrap().len(), 1, "the set-aside one stays");
 }
 
 pub async fn a_failing_row_is_retried_then_parked(store: Arc<dyn Store>) {
@@ -295,7 +350,7 @@ pub async fn retention_deletes_old_rows_in_small_batches(store: Arc<dyn Store>) 
     let mut ids = Vec::new();
     for _ in 0..5 {
         let order = place(&store, "P200", 1).await;
-        process_order(&store, Some(OutboxId::new()), order).await.unwrap();
+        process_order(&store, Some(outbox_of(&store, order).await), order).await.unwrap();
     }
     place(&store, "P200", 1).await; // stays unpublished
     let rows = store.claim_batch("relay-a", 5, Duration::from_secs(30)).await.unwrap();
@@ -438,13 +493,13 @@ pub async fn a_batch_is_one_transaction_with_an_outcome_per_message(store: Arc<d
     let good = place(&store, "P123", 2).await;
     let unknown = place(&store, "P999", 1).await;
     let seed = place(&store, "P200", 1).await;
-    let id = OutboxId::new();
+    let id = outbox_of(&store, good).await;
     let outcomes = store
         .process_orders(&[
             (Some(id), good),
             (Some(id), good),
             (None, OrderId(424_242)),
-            (Some(OutboxId::new()), unknown),
+            (Some(outbox_of(&store, unknown).await), unknown),
             (None, seed),
             (None, seed),
         ])
@@ -560,7 +615,9 @@ macro_rules! contract_tests {
                 an_unknown_product_fails_the_order_with_a_reason,
                 a_missing_order_changes_nothing,
                 a_rejected_message_fails_only_its_own_order,
+                another_orders_outbox_id_blocks_neither_order,
                 dead_letters_are_recorded_once_and_kept_until_confirmed,
+                a_refused_dead_letter_is_set_aside_and_sent_ones_expire,
                 a_failing_row_is_retried_then_parked,
                 released_leases_are_claimable_at_once,
                 recent_orders_are_newest_first,
