@@ -56,7 +56,12 @@ if [ ! -x "$compose_venv/bin/docker-compose" ]; then
     "$compose_venv/bin/pip" install -q --no-build-isolation "pyyaml==5.4.1"
     "$compose_venv/bin/pip" install -q "docker-compose==1.29.2"
 fi
-"$compose_venv/bin/docker-compose" config -q
+ADMIN_TOKEN=compose-check "$compose_venv/bin/docker-compose" config -q
+# No default admin token: without one, compose refuses to start.
+if env -u ADMIN_TOKEN "$compose_venv/bin/docker-compose" config -q 2>/dev/null; then
+    echo "docker-compose.yml starts without ADMIN_TOKEN: a well-known default would be no door" >&2
+    exit 1
+fi
 promtool check config observability/prometheus/prometheus.docker.yml >/dev/null
 
 echo "== schemathesis (PyPI), for the OpenAPI fuzzing test"

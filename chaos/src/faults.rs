@@ -57,17 +57,21 @@ pub fn hold_write_lock(path: &str) -> anyhow::Result<()> {
 }
 
 /// The kinds of hostile message, by name.
-pub const HOSTILE_KINDS: [&str; 6] = [
+pub const HOSTILE_KINDS: [&str; 9] = [
     "malformed JSON",
     "quantity as text",
     "stray outbox-id",
     "huge body",
     "non-BMP name, bad quantity",
     "missing order",
+    "17 MiB frame",
+    "another order's outbox-id",
+    "10,235-byte header",
 ];
 
-/// A hostile message for an existing `order`: (kind, body, extra headers).
-pub fn hostile_message(kind: &str, order: i64) -> (String, Vec<(String, String)>) {
+/// A hostile message for an existing `order`, `other` being another order's
+/// outbox id: (kind, body, extra headers).
+pub fn hostile_message(kind: &str, order: i64, other: OutboxId) -> (String, Vec<(String, String)>) {
     let emoji = "\u{1F600}".repeat(300);
     match kind {
         "malformed JSON" => (format!(r#"{{"order_id": {order}, "quantity": "#), vec![]),
@@ -86,6 +90,13 @@ pub fn hostile_message(kind: &str, order: i64) -> (String, Vec<(String, String)>
             ),
             vec![],
         ),
+        "17 MiB frame" => ("z".repeat(17 << 20), vec![]),
+        // Valid, and for a real order: only the outbox id is not its own.
+        "another order's outbox-id" => (
+            format!(r#"{{"order_id": {order}, "customer_name": "Mallory", "product_id": "P123", "quantity": 1}}"#),
+            vec![("outbox-id".into(), other.to_string())],
+        ),
+        "10,235-byte header" => (format!(r#"{{"order_id": {order}"#), vec![("note".into(), "n".repeat(10_235))]),
         "non-BMP name, bad quantity" => (
             format!(r#"{{"order_id": {order}, "customer_name": "{emoji}", "product_id": "P123", "quantity": -1}}"#),
             vec![],
@@ -97,13 +108,19 @@ pub fn hostile_message(kind: &str, order: i64) -> (String, Vec<(String, String)>
     }
 }
 
-/// Sends one of each hostile kind for `order`; returns (chaos-id, kind) per message.
-pub async fn send_hostile(broker_url: &str, queue: &str, order: i64) -> anyhow::Result<Vec<(String, String)>> {
+/// Sends one of each hostile kind for `order` (`other`: another order's
+/// outbox id); returns (chaos-id, kind) per message.
+pub async fn send_hostile(
+    broker_url: &str,
+    queue: &str,
+    order: i64,
+    other: OutboxId,
+) -> anyhow::Result<Vec<(String, String)>> {
     let config = stomp::Config::from_url(broker_url).map_err(anyhow::Error::msg)?;
     let client = stomp::Client::connect(&config).await?;
     let mut sent = Vec::new();
     for kind in HOSTILE_KINDS {
-        let (body, headers) = hostile_message(kind, order);
+        let (body, headers) = hostile_message(kind, order, other);
         let id = format!("chaos-{}", uuid::Uuid::new_v4().simple());
         let mut frame = stomp::Frame::new("SEND")
             .header("destination", queue)

@@ -231,8 +231,15 @@ impl Run {
                 tokio::task::spawn_blocking(move || faults::hold_write_lock(&path)).await??;
             }
             Fault::Hostile => {
-                let order = self.store.recent_orders(1).await?.first().map_or(1, |o| o.order_id.0);
-                let sent = faults::send_hostile(&self.broker.url(), &self.queue, order).await?;
+                let recent = self.store.recent_orders(2).await?;
+                let order = recent.first().map_or(1, |o| o.order_id.0);
+                // The spoofed outbox id is the previous order's, which must still be processed.
+                let other = match recent.get(1) {
+                    Some(o) => self.probe.outbox_ids(o.order_id).await?.first().copied(),
+                    None => None,
+                };
+                let sent =
+                    faults::send_hostile(&self.broker.url(), &self.queue, order, other.unwrap_or_default()).await?;
                 self.hostile.extend(sent);
             }
         }

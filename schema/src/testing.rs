@@ -56,6 +56,8 @@ pub trait Probe: Send + Sync {
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError>;
     /// Inbox rows for `outbox_id` (0 or 1).
     async fn inbox_rows(&self, outbox_id: OutboxId) -> Result<i64, StoreError>;
+    /// The outbox ids of one order's rows.
+    async fn outbox_ids(&self, order: OrderId) -> Result<Vec<OutboxId>, StoreError>;
     /// Adds a product to the catalogue.
     async fn add_product(&self, product: &Product) -> Result<(), StoreError>;
     /// Inserts `n` orders of `P123 × 2` with their outbox rows in one

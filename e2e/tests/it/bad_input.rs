@@ -187,9 +187,10 @@ async fn malformed_messages_are_parked_with_their_reason_and_the_consumer_keeps_
     send(&client, &q, &json!({"customer_name": "NoId"}).to_string(), &[]).await;
     let dup_body =
         json!({"order_id": dup_order, "customer_name": "Cem", "product_id": "P300", "quantity": 3}).to_string();
-    let dup_id = "0193a0b4-7c1e-7a2b-9c3d-4e5f60718293";
-    send(&client, &q, &dup_body, &[("outbox-id", dup_id)]).await;
-    send(&client, &q, &dup_body, &[("outbox-id", dup_id)]).await;
+    // Its own outbox id, twice: processed once.
+    let dup_id = stack.probe.outbox_ids(schema::OrderId(dup_order)).await.unwrap()[0].to_string();
+    send(&client, &q, &dup_body, &[("outbox-id", &dup_id)]).await;
+    send(&client, &q, &dup_body, &[("outbox-id", &dup_id)]).await;
 
     // Everything on the dead-letter queue, each with its reason.
     client.subscribe(&format!("{q}.DLQ"), "dlq", 100, Duration::from_secs(10)).await.unwrap();

@@ -3,6 +3,7 @@
 mod bad_input;
 mod browser;
 mod consumer;
+mod hostile;
 mod load_test;
 mod openapi;
 mod pipeline;

@@ -66,6 +66,16 @@ impl Probe for MssqlStore {
         finish(conn, result)
     }
 
+    async fn outbox_ids(&self, order: OrderId) -> Result<Vec<OutboxId>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = async {
+            let found = rows(&mut conn, TEST_OUTBOX_IDS, &[&order.0]).await?;
+            found.iter().map(|r| Ok(OutboxId(r.try_get::<uuid::Uuid, _>(0)?.unwrap_or_default()))).collect()
+        }
+        .await;
+        finish(conn, result)
+    }
+
     async fn add_product(&self, product: &Product) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         let result =

@@ -3,6 +3,8 @@
 //! Invariant: read-only figures come from one connection in one statement, so
 //! they are one consistent snapshot.
 
+use std::str::FromStr;
+
 use async_trait::async_trait;
 use rusqlite::params;
 
@@ -86,6 +88,15 @@ impl Probe for SqliteStore {
         self.with_conn(move |conn| {
             Ok(conn
                 .query_row("SELECT COUNT(*) FROM inbox WHERE outbox_id = ?1", [outbox_id.to_string()], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn outbox_ids(&self, order: OrderId) -> Result<Vec<OutboxId>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare("SELECT outbox_id FROM outbox WHERE order_id = ?1")?;
+            let ids = stmt.query_map([order.0], |r| r.get::<_, String>(0))?;
+            ids.map(|id| OutboxId::from_str(&id?).map_err(|e| StoreError::Other(crate::Cause::msg(e)))).collect()
         })
         .await
     }

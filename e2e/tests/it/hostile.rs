@@ -1,0 +1,138 @@
+//! Hostile input against the real broker: a message far over every limit, a
+//! valid message carrying another order's outbox id, a header too long to be
+//! copied as it is, made-up HTTP methods, and a DNS-rebinding page. None may
+//! halt a service, block an order or open an admin door.
+
+use std::time::Duration;
+
+use e2e::broker::shared_broker_url;
+use e2e::send_raw as send;
+use e2e::stack::Stack;
+use serde_json::json;
+use stomp::Client;
+
+async fn raw_client(stack: &Stack) -> Client {
+    Client::connect(&stomp::Config::from_url(&stack.broker_url).unwrap()).await.unwrap()
+}
+
+/// The `dlq-reason` of the next `n` dead letters on the stack's DLQ.
+async fn dead_letter_reasons(client: &Client, stack: &Stack, n: usize) -> Vec<stomp::Frame> {
+    client.subscribe(&format!("{}.DLQ", stack.queue), "dlq", 100, Duration::from_secs(10)).await.unwrap();
+    let mut messages = client.take_messages().unwrap();
+    let mut letters = Vec::new();
+    while letters.len() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(60), messages.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{n} dead letters, got {}", letters.len()))
+            .unwrap();
+        client.ack(&[frame.get("ack").unwrap()]).await.unwrap();
+        letters.push(frame);
+    }
+    letters
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_every_limit_is_dead_lettered_and_orders_keep_flowing() {
+    let mut stack = Stack::start_producer(&shared_broker_url()).await;
+    stack.relay = Some(stack.start_relay().await);
+    stack.consumer = Some(stack.start_consumer().await);
+    let client = raw_client(&stack).await;
+    let big = "x".repeat(17 << 20);
+    send(&client, &stack.queue, &big, &[]).await;
+    let long_header = "h".repeat(10_235);
+    send(&client, &stack.queue, "not json", &[("note", &long_header)]).await;
+    let order = stack.place_order("After", "P123", 2).await;
+    stack.wait_until_final(1, Duration::from_secs(60)).await;
+    assert_eq!(stack.store.order(schema::OrderId(order)).await.unwrap().status.to_string(), "processed");
+    let letters = dead_letter_reasons(&client, &stack, 2).await;
+    let reason = |i: usize| letters[i].get("dlq-reason").unwrap_or_default().to_string();
+    assert!(reason(0).contains(&format!("body of {} bytes exceeds the 65536-byte limit", 17 << 20)), "{}", reason(0));
+    assert_eq!(letters[0].body.len(), stomp::BODY_PREFIX_BYTES, "its first bytes are kept");
+    assert!(reason(1).contains("not valid JSON"), "{}", reason(1));
+    let copied = letters[1].get("original-note").unwrap();
+    assert_eq!(copied.len(), consumer::step::COPIED_VALUE_BYTES, "the long header is cut to fit");
+    assert_eq!(letters[1].get("dlq-headers-trimmed"), Some("1"));
+    let consumer = stack.consumer.as_ref().unwrap();
+    assert_eq!(consumer.admin_get("/readyz").await.0, 200, "the consumer is still ready");
+    let (status, aside) = consumer.admin_get("/consumer/dead-letters/undeliverable").await;
+    assert_eq!((status, aside), (200, json!([])), "nothing was set aside");
+    client.disconnect(Duration::from_secs(2)).await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_orders_outbox_id_blocks_no_order() {
+    let mut stack = Stack::start_producer(&shared_broker_url()).await;
+    stack.consumer = Some(stack.start_consumer().await);
+    let body_of = stack.place_order("Mallory", "P123", 1).await;
+    let victim = stack.place_order("Victim", "P200", 2).await;
+    let rows = stack.store.claim_batch("e2e-reader", 10, Duration::from_secs(30)).await.unwrap();
+    stack.store.release_leases("e2e-reader").await.unwrap();
+    let victims_id = rows.iter().find(|r| r.order_id.0 == victim).unwrap().outbox_id.to_string();
+    let client = raw_client(&stack).await;
+    let spoof = json!({"order_id": body_of, "customer_name": "Mallory", "product_id": "P123", "quantity": 1});
+    send(&client, &stack.queue, &spoof.to_string(), &[("outbox-id", &victims_id)]).await;
+    let letters = dead_letter_reasons(&client, &stack, 1).await;
+    let reason = letters[0].get("dlq-reason").unwrap();
+    assert!(
+        reason.contains(&format!("outbox-id {victims_id} is not an outbox message of order {body_of}")),
+        "{reason}"
+    );
+    let store = stack.store.clone();
+    let status = |id: i64| {
+        let store = store.clone();
+        async move { store.order(schema::OrderId(id)).await.unwrap().status.to_string() }
+    };
+    assert_eq!((status(body_of).await, status(victim).await), ("pending".into(), "pending".into()), "both untouched");
+    // The real messages then arrive: both orders are processed, neither taken for a duplicate.
+    stack.relay = Some(stack.start_relay().await);
+    stack.wait_until_final(2, Duration::from_secs(60)).await;
+    assert_eq!((status(body_of).await, status(victim).await), ("processed".into(), "processed".into()));
+    client.disconnect(Duration::from_secs(2)).await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_add_no_series_and_a_rebinding_page_opens_no_door() {
+    let stack = Stack::start_producer(&shared_broker_url()).await;
+    let http = reqwest::Client::new();
+    let lines = || async { stack.producer.metrics().await.lines().count() };
+    let before = lines().await;
+    for n in 0..300 {
+        let method = reqwest::Method::from_bytes(format!("BREW{n}").as_bytes()).unwrap();
+        http.request(method, format!("{}/api/orders", stack.base_url())).send().await.unwrap();
+    }
+    let after = lines().await;
+    assert!(after <= before + 40, "300 made-up methods took /metrics from {before} to {after} lines");
+    assert!(stack.producer.metrics().await.contains("method=\"other\""));
+
+    // No ADMIN_TOKEN: the relay's and the ops page's actions answer loopback names only.
+    let mut config = stack.relay_config();
+    config.service.admin_token = None;
+    let relay = e2e::service::Service::start(relay::App::build(config)).await.unwrap();
+    let port = relay.admin_addr.port();
+    let rebound = http
+        .post(format!("http://{}/relay/pause?requested_by=mallory", relay.admin_addr))
+        .header("host", format!("evil.example:{port}"))
+        .header("origin", format!("http://evil.example:{port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status().as_u16(), 403);
+    assert_eq!(relay.admin_get("/relay/status").await.1["paused"], false, "the relay did not pause");
+    assert_eq!(
+        relay.admin_post_as("/relay/pause?requested_by=ops-alice", None).await.0,
+        200,
+        "addressed to 127.0.0.1 it works"
+    );
+    let producer_port = stack.producer.http_addr.unwrap().port();
+    let ops = http
+        .post(format!("{}/ops/retry?order_id=1", stack.base_url()))
+        .header("host", format!("evil.example:{producer_port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ops.status().as_u16(), 403, "the ops page's actions too");
+    relay.stop().await.unwrap();
+    stack.shutdown().await;
+}
