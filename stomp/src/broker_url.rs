@@ -62,16 +62,28 @@ impl FromStr for BrokerUrl {
             None => trimmed,
         };
         let mut broker = BrokerUrl { addrs: Vec::new(), login: None, passcode: None };
-        for one in list.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        let has_credentials = list.contains('@');
+        for (n, one) in list.split(',').map(str::trim).filter(|a| !a.is_empty()).enumerate() {
             let with_scheme = match one.contains("://") {
                 true => one.to_string(),
                 false => format!("tcp://{one}"),
             };
-            let shown = one.rsplit_once('@').map_or(one, |(_, addr)| addr);
+            // Only what follows an `@` is surely no secret: with credentials in
+            // the URL, a part without one may be a piece of a passcode that
+            // held a comma, so it is named by its place, never shown.
+            let shown = match one.rsplit_once('@') {
+                Some((_, addr)) => format!("{addr:?}"),
+                None if has_credentials => format!(
+                    "address {} (not shown: it may hold part of a credential; write a comma in a login or \
+                     passcode as %2C)",
+                    n + 1
+                ),
+                None => format!("{one:?}"),
+            };
             let url = url::Url::parse(&with_scheme)
-                .map_err(|e| error(format!("{shown:?} is not a broker address"), Some(e)))?;
+                .map_err(|e| error(format!("{shown} is not a broker address"), Some(e)))?;
             let (Some(host), Some(port)) = (url.host_str().filter(|h| !h.is_empty()), url.port()) else {
-                return Err(error(format!("{shown:?} needs host:port"), None));
+                return Err(error(format!("{shown} needs host:port"), None));
             };
             if !url.username().is_empty() {
                 broker.login = Some(decoded(url.username()));
@@ -146,5 +158,17 @@ mod tests {
         assert_eq!(pair.to_string(), "failover:(tcp://app:***@a:61613,tcp://app:***@b:61613)");
         assert!(!format!("{pair:?}").contains("pw1"));
         assert_eq!("mq:61613".parse::<BrokerUrl>().unwrap().to_string(), "tcp://mq:61613");
+    }
+
+    #[test]
+    fn a_comma_in_a_passcode_leaks_no_part_of_it() {
+        for url in ["tcp://app:Pa55x,W0rdy@mq:61613", "failover:(tcp://app:Zq1,Zq2,Zq3@mq:61613)"] {
+            let error = url.parse::<BrokerUrl>().unwrap_err();
+            let shown = error_reporter::Report::new(&error).to_string();
+            for piece in ["Pa55x", "W0rdy", "Zq1", "Zq2", "Zq3"] {
+                assert!(!shown.contains(piece), "{shown}");
+            }
+            assert!(shown.contains("%2C"), "says how to write it: {shown}");
+        }
     }
 }

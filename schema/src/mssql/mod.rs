@@ -149,11 +149,13 @@ impl MssqlStore {
         Ok(Self { pool, orders })
     }
 
-    async fn conn(&self) -> Result<Object<TdsManager>, StoreError> {
-        self.pool
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let conn = self
+            .pool
             .get()
             .await
-            .map_err(|e| StoreError::Unavailable(Cause::new(anyhow::Error::new(e).context("sql server pool"))))
+            .map_err(|e| StoreError::Unavailable(Cause::new(anyhow::Error::new(e).context("sql server pool"))))?;
+        Ok(Conn(Some(conn)))
     }
 }
 
@@ -260,15 +262,45 @@ fn map_err(e: tiberius::error::Error) -> StoreError {
     }
 }
 
-/// Hands the result back, discarding the connection when it saw an error (it
-/// may be mid-transaction or desynchronised).
-fn finish<T>(conn: Object<TdsManager>, result: TdsResult<T>) -> Result<T, StoreError> {
-    match result {
-        Ok(v) => Ok(v),
-        Err(e) => {
+/// A pooled connection that returns to the pool only through [`finish`].
+/// Dropped anywhere else (a caller cancelled mid-call, say an HTTP client that
+/// hung up while its handler waited on the database) it is closed instead: a
+/// half-read answer or an open transaction never reaches the next caller, and
+/// the server rolls back whatever the closed session left open.
+struct Conn(Option<Object<TdsManager>>);
+
+impl std::ops::Deref for Conn {
+    type Target = TdsClient;
+
+    fn deref(&self) -> &TdsClient {
+        self.0.as_ref().expect("a connection until finished")
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut TdsClient {
+        self.0.as_mut().expect("a connection until finished")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
             drop(Object::take(conn));
-            Err(map_err(e))
         }
+    }
+}
+
+/// Hands the result back: the connection returns to the pool after a call
+/// that finished, and is closed after an error (it may be mid-transaction or
+/// desynchronised).
+fn finish<T>(mut conn: Conn, result: TdsResult<T>) -> Result<T, StoreError> {
+    match result {
+        Ok(v) => {
+            drop(conn.0.take());
+            Ok(v)
+        }
+        Err(e) => Err(map_err(e)),
     }
 }
 

@@ -118,7 +118,7 @@ pub(super) async fn place_orders(store: MssqlStore, queue: Arc<Mutex<mpsc::Recei
                 let result = place_group(&mut conn, &orders).await;
                 finish(conn, result)
             }
-            Ok(_) => Err(StoreError::Conflict(Cause::msg("placed one by one"))),
+            Ok(conn) => finish(conn, Ok(())).and(Err(StoreError::Conflict(Cause::msg("placed one by one")))),
             Err(error) => Err(error),
         };
         match placed {
