@@ -1,0 +1,163 @@
+//! What must hold, beyond "no panic", for each parser that takes outside
+//! bytes. The libFuzzer targets in `fuzz/fuzz_targets` call these; the test
+//! suite replays the kept corpus (`fuzz/corpus/<target>/`) through them, so a
+//! regression fails CI without any fuzzing.
+
+use std::str::FromStr;
+
+use bytes::BytesMut;
+use schema::limits::{CUSTOMER_NAME_CHARS, CUSTOMER_NAME_UNITS, DEAD_LETTER_ID_UNITS, QUANTITY_RANGE, utf16_len};
+use stomp::{Frame, Item, StompCodec};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// The targets, by the name of their corpus folder.
+pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+    ("stomp_codec", stomp_codec),
+    ("consumer_message", consumer_message),
+    ("order_validation", order_validation),
+    ("urls", urls),
+];
+
+/// Decodes `bytes` fed in pieces of `chunk` bytes: the items up to the first
+/// error, and whether there was one.
+fn decode(bytes: &[u8], chunk: usize) -> (Vec<Item>, bool) {
+    let mut codec = StompCodec::default();
+    let mut buf = BytesMut::new();
+    let mut items = Vec::new();
+    for piece in bytes.chunks(chunk.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => break,
+                Err(_) => return (items, true),
+            }
+        }
+    }
+    (items, false)
+}
+
+/// The STOMP codec: a stream decodes to the same frames however it is cut
+/// into reads; every frame keeps within the limits; a whole frame encodes and
+/// decodes back to itself.
+pub fn stomp_codec(data: &[u8]) {
+    let (whole, whole_failed) = decode(data, data.len());
+    let (pieces, pieces_failed) = decode(data, 7);
+    assert_eq!(whole_failed, pieces_failed, "an error does not depend on how the bytes arrive");
+    assert_eq!(whole, pieces, "the frames do not depend on how the bytes arrive");
+    for item in whole {
+        let Item::Frame(frame) = item else { continue };
+        assert!(frame.body.len() <= stomp::MAX_BODY_BYTES, "a kept body is within the limit");
+        if frame.cut.is_some() || frame.command.is_empty() || !frame.command.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            continue;
+        }
+        let mut encoded = BytesMut::new();
+        StompCodec::default().encode(Item::Frame(frame.clone()), &mut encoded).expect("encoding cannot fail");
+        let (again, failed) = decode(&encoded, encoded.len());
+        assert!(!failed, "an encoded frame decodes: {frame:?}");
+        let [Item::Frame(back)] = &again[..] else { panic!("one frame back, got {again:?}") };
+        let without_length = |f: &Frame| -> Vec<(String, String)> {
+            f.headers.iter().filter(|(k, _)| k != "content-length").cloned().collect()
+        };
+        assert_eq!((&back.command, &back.body), (&frame.command, &frame.body));
+        assert_eq!(without_length(back), without_length(&frame), "headers survive encode then decode");
+    }
+}
+
+/// The consumer's check: any frame gives a delivery whose dead-letter key fits
+/// its column; a rejection always has a reason; an accepted message names a
+/// real order id, a quantity in range, and at most one outbox id.
+pub fn consumer_message(data: &[u8]) {
+    let (items, _) = decode(data, data.len());
+    let mut frames: Vec<Frame> = items
+        .into_iter()
+        .filter_map(|i| match i {
+            Item::Frame(f) => Some(f),
+            Item::Heartbeat => None,
+        })
+        .collect();
+    // The same bytes as the body of a message, with the first line as an outbox-id.
+    let first_line = String::from_utf8_lossy(data.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
+    frames.push(Frame::new("MESSAGE").header("message-id", "ID:fuzz-1").body(data.to_vec()));
+    frames.push(Frame::new("MESSAGE").header("outbox-id", first_line).body(data.to_vec()));
+    for frame in frames {
+        let delivery = consumer::handler::to_delivery(&frame);
+        assert!(utf16_len(&delivery.dead_letter_id) <= DEAD_LETTER_ID_UNITS, "the key fits its column");
+        match consumer::handler::parse(&frame) {
+            Ok(accepted) => {
+                assert!(accepted.message.order_id > 0);
+                assert!(QUANTITY_RANGE.contains(&accepted.message.quantity));
+                assert!(delivery.rejection.is_none() && delivery.order_id.is_some());
+                if let (Some(header), Some(body)) = (delivery.outbox_id, accepted.message.outbox_id) {
+                    assert_eq!(header, body, "one outbox id, or a rejection");
+                }
+            }
+            Err(rejection) => {
+                assert!(!rejection.reason.trim().is_empty(), "a rejection says why");
+                assert_eq!(delivery.rejection.as_deref(), Some(rejection.reason.as_str()));
+                assert!(delivery.order_id.is_none_or(|o| o.0 > 0), "a rejection names a real order or none");
+            }
+        }
+    }
+}
+
+/// The API's and the form's validation: a valid order fits every column; an
+/// invalid one names each bad field with a message.
+pub fn order_validation(data: &[u8]) {
+    let known = |p: &str| ["P123", "P200"].contains(&p);
+    let mut raws = Vec::new();
+    if let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(data) {
+        raws.push(producer::validation::RawOrder::from_json(&object));
+    }
+    let text = String::from_utf8_lossy(data);
+    let mut fields = text.splitn(3, '&');
+    let (name, product, quantity) = (fields.next(), fields.next(), fields.next());
+    raws.push(producer::validation::RawOrder::from_form(name, product, quantity));
+    for raw in raws {
+        match producer::validation::validate(&raw, known) {
+            Ok(order) => {
+                let chars = order.customer_name.chars().count();
+                assert!((1..=CUSTOMER_NAME_CHARS).contains(&chars), "{chars} characters");
+                assert!(utf16_len(&order.customer_name) <= CUSTOMER_NAME_UNITS, "fits its column");
+                assert_eq!(order.customer_name.trim(), order.customer_name, "trimmed");
+                assert!(!order.customer_name.chars().any(char::is_control));
+                assert!(known(&order.product_id));
+                assert!(QUANTITY_RANGE.contains(&i64::from(order.quantity)));
+            }
+            Err(errors) => {
+                assert!(!errors.is_empty(), "a refusal names a field");
+                for e in errors {
+                    assert!(["customer_name", "product_id", "quantity"].contains(&e.field), "{}", e.field);
+                    assert!(!e.message.is_empty());
+                }
+            }
+        }
+    }
+}
+
+/// `DATABASE_URL` and `BROKER_URL`: whatever the text, parsing never panics,
+/// and a password put into each form never shows, in the URL as displayed
+/// nor in the error that refuses it.
+pub fn urls(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = schema::DatabaseUrl::from_str(&text).map(|u| u.to_string());
+    let _ = stomp::BrokerUrl::from_str(&text).map(|u| u.to_string());
+    let secret = format!("Zk{}", text.chars().filter(|c| !c.is_control()).take(40).collect::<String>());
+    let encoded = percent_encoding::utf8_percent_encode(&secret, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let shown = |outcome: Result<String, String>| outcome.unwrap_or_else(|e| e);
+    let database = [
+        format!("mssql://sa:{encoded}@db:1433/orders"),
+        format!("server=tcp:db,1433;user=sa;password={{{}}};TrustServerCertificate=true", secret.replace('}', "}}")),
+    ];
+    for url in database {
+        let outcome = schema::DatabaseUrl::from_str(&url).map(|u| format!("{u} {u:?}")).map_err(|e| format!("{e:#}"));
+        let shown = shown(outcome);
+        assert!(!shown.contains(&secret), "the password shows: {shown}");
+    }
+    let broker = stomp::BrokerUrl::from_str(&format!("tcp://app:{encoded}@mq:61613"))
+        .map(|u| format!("{u} {u:?}"))
+        .map_err(|e| error_reporter::Report::new(e).to_string());
+    let shown = shown(broker);
+    assert!(!shown.contains(&secret), "the passcode shows: {shown}");
+}
