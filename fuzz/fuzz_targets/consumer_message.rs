@@ -1,4 +1,8 @@
-//! Fuzz target: `fuzz_checks::consumer_message` (what must hold is written there).
+//! Fuzz target: `checks::consumer_message` (what must hold is written there).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_checks::consumer_message(data));
+#[path = "../checks/src/lib.rs"]
+#[allow(dead_code)]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::consumer_message(data));

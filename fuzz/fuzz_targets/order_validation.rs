@@ -1,4 +1,8 @@
-//! Fuzz target: `fuzz_checks::order_validation` (what must hold is written there).
+//! Fuzz target: `checks::order_validation` (what must hold is written there).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_checks::order_validation(data));
+#[path = "../checks/src/lib.rs"]
+#[allow(dead_code)]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::order_validation(data));

@@ -1,4 +1,8 @@
-//! Fuzz target: `fuzz_checks::urls` (what must hold is written there).
+//! Fuzz target: `checks::urls` (what must hold is written there).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_checks::urls(data));
+#[path = "../checks/src/lib.rs"]
+#[allow(dead_code)]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::urls(data));

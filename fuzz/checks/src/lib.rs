@@ -48,8 +48,7 @@ pub fn stomp_codec(data: &[u8]) {
     for item in whole {
         let Item::Frame(frame) = item else { continue };
         assert!(frame.body.len() <= stomp::MAX_BODY_BYTES, "a kept body is within the limit");
-        if frame.cut.is_some() || frame.command.is_empty() || !frame.command.bytes().all(|b| b.is_ascii_uppercase())
-        {
+        if frame.cut.is_some() || frame.command.is_empty() || !frame.command.bytes().all(|b| b.is_ascii_uppercase()) {
             continue;
         }
         let mut encoded = BytesMut::new();
