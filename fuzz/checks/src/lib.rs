@@ -10,8 +10,11 @@ use schema::limits::{CUSTOMER_NAME_CHARS, CUSTOMER_NAME_UNITS, DEAD_LETTER_ID_UN
 use stomp::{Frame, Item, StompCodec};
 use tokio_util::codec::{Decoder, Encoder};
 
+/// A target's checks, run on one input.
+pub type Check = fn(&[u8]);
+
 /// The targets, by the name of their corpus folder.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Check); 4] = [
     ("stomp_codec", stomp_codec),
     ("consumer_message", consumer_message),
     ("order_validation", order_validation),
