@@ -409,13 +409,6 @@ async fn rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsRe
     client.query(sql, params).await?.into_first_result().await
 }
 
-/// Every result set of a batch that holds several statements.
-async fn result_sets(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<Vec<Vec<Row>>> {
-    check_params(sql, params)?;
-    round_trip();
-    client.query(sql, params).await?.into_results().await
-}
-
 /// How many rows a statement changed, counted from the rows its `OUTPUT`
 /// returns (see `sql.rs`: the server's own count is not to be trusted).
 async fn changed(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<u64> {

@@ -514,6 +514,49 @@ pub async fn a_batch_is_one_transaction_with_an_outcome_per_message(store: Arc<d
     assert_eq!(outcomes.len(), 6);
 }
 
+pub async fn orders_placed_at_once_each_get_their_own_row(store: Arc<dyn Store>) {
+    // Sent at once, so that the writers commit them in groups.
+    let placing: Vec<_> = (1..=60)
+        .map(|i| {
+            let mut order = new_order(&format!("buyer {i}"), if i % 2 == 0 { "P123" } else { "P200" }, i);
+            order.idempotency_key = (i % 3 == 0).then(|| format!("key-{i}"));
+            let store = store.clone();
+            tokio::spawn(async move { (order.clone(), store.place_order(order).await) })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for placing in placing {
+        let (asked, placed) = placing.await.unwrap();
+        let Ok(Placed::Created(order)) = placed else { panic!("{asked:?}: {placed:?}") };
+        let kept = store.order(order.order_id).await.unwrap();
+        for o in [&order, &kept] {
+            assert_eq!(
+                (&o.customer_name, &o.product_id, o.quantity),
+                (&asked.customer_name, &asked.product_id, asked.quantity)
+            );
+        }
+        assert!(ids.insert(order.order_id), "one order each");
+        let body: serde_json::Value = serde_json::from_str(
+            &store
+                .claim_batch("contract-probe", 1000, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .iter()
+                .find(|r| r.order_id == order.order_id)
+                .expect("its outbox row")
+                .payload,
+        )
+        .unwrap();
+        store.release_leases("contract-probe").await.unwrap();
+        assert_eq!(body["customer_name"], asked.customer_name, "its message is its own");
+    }
+    assert_eq!(store.order_counts().await.unwrap().pending, 60);
+    let mut again = new_order("someone else", "P123", 1);
+    again.idempotency_key = Some("key-9".into());
+    let Placed::Existing(first) = store.place_order(again).await.unwrap() else { panic!("key-9 was used") };
+    assert_eq!((first.customer_name.as_str(), first.quantity), ("buyer 9", 9), "each key names its own order");
+}
+
 pub async fn keys_that_differ_only_in_case_are_different(store: Arc<dyn Store>) {
     let mut lower = new_order("Bea", "P200", 1);
     lower.idempotency_key = Some("abC".into());
@@ -630,6 +673,7 @@ macro_rules! contract_tests {
                 a_failed_order_can_be_retried_once_its_cause_is_fixed,
                 a_batch_is_one_transaction_with_an_outcome_per_message,
                 keys_that_differ_only_in_case_are_different,
+                orders_placed_at_once_each_get_their_own_row,
                 non_bmp_text_fits_at_every_limit,
                 a_lapsed_lease_cannot_touch_the_row_another_relay_holds,
                 a_parked_row_confirmed_late_is_published_not_parked
