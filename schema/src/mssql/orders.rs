@@ -154,6 +154,31 @@ fn keys_are_distinct(orders: &[&NewOrder]) -> bool {
 /// A group of orders and their outbox rows in one transaction: the orders
 /// their keys already name, then every new order (one batch of inserts, each
 /// answering with its row), their outbox rows (one insert), the counters.
+/// The inserted row of each new order, in the orders' order: the first unused
+/// row with its values, rows taken in id order. Orders that differ get their
+/// own row exactly; orders alike in every value are interchangeable, and get
+/// ids in their order wherever the engine inserts rows in the order given.
+fn match_inserted(new: &[&NewOrder], mut inserted: Vec<(Option<String>, Order)>) -> Option<Vec<Order>> {
+    if inserted.len() != new.len() {
+        return None;
+    }
+    inserted.sort_by_key(|(_, o)| o.order_id.0);
+    let mut taken = vec![false; inserted.len()];
+    new.iter()
+        .map(|want| {
+            let i = inserted.iter().enumerate().position(|(i, (key, o))| {
+                !taken[i]
+                    && *key == want.idempotency_key
+                    && o.customer_name == want.customer_name
+                    && o.product_id == want.product_id
+                    && o.quantity == want.quantity
+            })?;
+            taken[i] = true;
+            Some(inserted[i].1.clone())
+        })
+        .collect()
+}
+
 async fn place_group(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Placed>> {
     batch(client, BEGIN).await?;
     let keys: Vec<&String> = orders.iter().filter_map(|o| o.idempotency_key.as_ref()).collect();
@@ -172,20 +197,13 @@ async fn place_group(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<
         .collect();
     let mut stored = Vec::with_capacity(new.len());
     if !new.is_empty() {
-        let seqs: Vec<i64> = (0..new.len() as i64).collect();
-        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(5 * new.len());
-        for (seq, order) in seqs.iter().zip(&new) {
-            params.push(seq);
-            params.extend(insert_order_params(order));
-        }
-        for row in rows(client, &with_rows(INSERT_ORDERS, new.len(), 5), &params).await? {
-            stored.push(order_from_row(&row)?);
-        }
-        if stored.len() != new.len() {
-            return Err(conversion("one inserted order per new order"));
-        }
-        // Ids were given in the rows' order: the i-th smallest is the i-th order.
-        stored.sort_by_key(|o| o.order_id.0);
+        let params: Vec<&dyn ToSql> = new.iter().flat_map(|o| insert_order_params(o)).collect();
+        let inserted = rows(client, &with_rows(INSERT_ORDERS, new.len(), 4), &params).await?;
+        let inserted = inserted
+            .iter()
+            .map(|row| Ok((row.try_get::<&str, _>(0)?.map(str::to_string), super::order_at(row, 1)?)))
+            .collect::<TdsResult<Vec<_>>>()?;
+        stored = match_inserted(&new, inserted).ok_or_else(|| conversion("one inserted order per new order"))?;
         let rows_of: Vec<OutboxInsert> = stored
             .iter()
             .map(|order| OutboxInsert::of(order, Some(order.created_at.naive_utc())))

@@ -27,15 +27,15 @@ pub(super) const INSERT_ORDER: &str = concat!(
     order_columns!("inserted."),
     " VALUES (@P1, @P2, @P3, NULLIF(@P4, N''))"
 );
-// The new orders of a group in one statement (@ROWS: (seq, name, product,
-// quantity, key) per order). Identity values follow the ORDER BY (SQL Server
-// documents it for INSERT ... SELECT ... ORDER BY), so the inserted orders
-// sorted by id are the rows in seq order.
+// The new orders of a group in one statement (@ROWS: (name, product,
+// quantity, key) per order). Each inserted row is matched to its order by
+// its values (`orders::match_inserted`): Babelfish refuses both the ORDER BY
+// of INSERT ... SELECT and MERGE, which SQL Server would tie ids to rows with.
 pub(super) const INSERT_ORDERS: &str = concat!(
-    "INSERT INTO dbo.orders (customer_name, product_id, quantity, idempotency_key) OUTPUT ",
+    "INSERT INTO dbo.orders (customer_name, product_id, quantity, idempotency_key) OUTPUT inserted.idempotency_key, ",
     order_columns!("inserted."),
     " SELECT v.customer_name, v.product_id, v.quantity, NULLIF(v.idempotency_key, N'') \
-     FROM (VALUES @ROWS) AS v (seq, customer_name, product_id, quantity, idempotency_key) ORDER BY v.seq"
+     FROM (VALUES @ROWS) AS v (customer_name, product_id, quantity, idempotency_key)"
 );
 // The orders of a group that were placed before under their keys (@IDS).
 pub(super) const ORDERS_BY_KEYS: &str = concat!(
