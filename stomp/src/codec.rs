@@ -273,6 +273,9 @@ impl Head {
     fn add(&mut self, line: &str) -> Result<(), CodecError> {
         let (k, v) =
             line.split_once(':').ok_or_else(|| CodecError::Malformed(format!("header without colon: {line:?}")))?;
+        // CONNECT and CONNECTED headers are not escaped (STOMP 1.2 §"Value Encoding").
+        let raw = matches!(self.command.as_deref(), Some("CONNECT" | "CONNECTED"));
+        let unescape = |text: &str| if raw { Ok(text.to_string()) } else { unescape(text) };
         let name = unescape(k)?;
         let protocol = PROTOCOL_HEADERS.contains(&name.as_str()) && !self.headers.iter().any(|(n, _)| *n == name);
         if !protocol && self.kept + line.len() > MAX_HEADER_BYTES {
@@ -419,6 +422,17 @@ mod tests {
     fn crlf_line_endings_are_accepted() {
         let Item::Frame(f) = &decode_all(b"CONNECTED\r\nversion:1.2\r\n\r\n\0")[0] else { panic!() };
         assert_eq!(f.get("version"), Some("1.2"));
+    }
+
+    #[test]
+    fn connect_and_connected_headers_are_not_unescaped() {
+        let Item::Frame(f) = &decode_all(b"CONNECTED\nserver:ActiveMQ\\5.17\nversion:1.2\n\n\0")[0] else { panic!() };
+        assert_eq!(f.get("server"), Some("ActiveMQ\\5.17"), "a backslash is a backslash here");
+        let frame = Frame::new("CONNECT").header("login", "a\\b").header("passcode", "p\\c");
+        let mut buf = BytesMut::new();
+        StompCodec::default().encode(Item::Frame(frame.clone()), &mut buf).unwrap();
+        let Item::Frame(back) = &decode_all(&buf)[0] else { panic!() };
+        assert_eq!(back.headers, frame.headers, "encoded and decoded alike");
     }
 
     #[test]

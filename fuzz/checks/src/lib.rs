@@ -44,14 +44,25 @@ fn decode(bytes: &[u8], chunk: usize) -> (Vec<Item>, bool) {
 /// into reads; every frame keeps within the limits; a whole frame encodes and
 /// decodes back to itself.
 pub fn stomp_codec(data: &[u8]) {
+    // Heart-beats only say the peer is alive: how many a run of end-of-lines
+    // makes depends on the reads, so frames alone are compared.
+    let frames = |items: Vec<Item>| -> Vec<Item> { items.into_iter().filter(|i| *i != Item::Heartbeat).collect() };
     let (whole, whole_failed) = decode(data, data.len());
     let (pieces, pieces_failed) = decode(data, 7);
     assert_eq!(whole_failed, pieces_failed, "an error does not depend on how the bytes arrive");
+    let (whole, pieces) = (frames(whole), frames(pieces));
     assert_eq!(whole, pieces, "the frames do not depend on how the bytes arrive");
     for item in whole {
         let Item::Frame(frame) = item else { continue };
         assert!(frame.body.len() <= stomp::MAX_BODY_BYTES, "a kept body is within the limit");
         if frame.cut.is_some() || frame.command.is_empty() || !frame.command.bytes().all(|b| b.is_ascii_uppercase()) {
+            continue;
+        }
+        // CONNECT and CONNECTED headers go unescaped, so a colon in a name or
+        // an end-of-line anywhere cannot be written back as it was read.
+        let raw = matches!(frame.command.as_str(), "CONNECT" | "CONNECTED");
+        let unwritable = |t: &str| t.contains(['\n', '\r']);
+        if raw && frame.headers.iter().any(|(k, v)| k.contains(':') || unwritable(k) || unwritable(v)) {
             continue;
         }
         let mut encoded = BytesMut::new();
