@@ -136,9 +136,10 @@ async fn apply_one(client: &mut TdsClient, d: &Delivery, moves: &mut Moves) -> T
 }
 
 /// A batch in a few round trips whatever its size: the facts of every order
-/// it names (one read), then in one transaction the inbox rows and final
-/// states of the plain cases set-based ([`apply_plain`]), the rest message by
-/// message ([`apply_one`]), and the counters.
+/// it names (one read), then in one transaction the final states and inbox
+/// rows of the plain cases set-based ([`apply_plain`]), the rest (and any plain
+/// case the set-based update did not move) message by message ([`apply_one`]),
+/// and the counters. An inbox row is written only with its order's move.
 async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResult<Vec<Applied>> {
     let facts = read_facts(client, deliveries).await?;
     batch(client, BEGIN).await?;
@@ -240,28 +241,11 @@ async fn apply_plain(
             }
         })
         .collect();
-    let mut fresh = HashSet::new();
-    let keyed: Vec<&Plain> = plain.iter().filter(|p| p.outbox_id.is_some()).collect();
-    for chunk in keyed.chunks(ROWS_PER_STATEMENT) {
-        let ids: Vec<Uuid> = chunk.iter().filter_map(|p| p.outbox_id.map(|id| id.0)).collect();
-        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(2 * chunk.len());
-        for (p, id) in chunk.iter().zip(&ids) {
-            params.push(id);
-            params.push(&p.order_id);
-        }
-        for row in rows(client, &with_rows(RECORD_INBOXES, chunk.len(), 2), &params).await? {
-            fresh.insert(row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?);
-        }
-    }
-    let mut to_process = Vec::with_capacity(plain.len());
-    for p in &plain {
-        match p.outbox_id {
-            Some(id) if !fresh.contains(&id.0) => outcomes[p.index] = Some(Applied::Duplicate),
-            _ => to_process.push(p),
-        }
-    }
-    let mut done = HashMap::with_capacity(to_process.len());
-    for chunk in to_process.chunks(ROWS_PER_STATEMENT) {
+    // The orders first, one guarded update for all; what it did not move
+    // (final by now, or skipped: Babelfish's UPDATE ... FROM passes over a
+    // row another writer changed meanwhile) goes the slow way, row by row.
+    let mut done = HashMap::with_capacity(plain.len());
+    for chunk in plain.chunks(ROWS_PER_STATEMENT) {
         let mut params: Vec<&dyn ToSql> = Vec::with_capacity(3 * chunk.len());
         for p in chunk {
             params.extend([&p.order_id as &dyn ToSql, &p.unit_price, &p.total_price]);
@@ -272,12 +256,19 @@ async fn apply_plain(
             done.insert(order_id, (status_at(&row, 1)?, utc(processed_at)));
         }
     }
-    for p in to_process {
-        // Not updated: final by now through another message; the status guard held.
-        let Some((from, processed_at)) = done.get(&p.order_id) else {
-            outcomes[p.index] = Some(Applied::Duplicate);
-            continue;
-        };
+    // Then the inbox rows of exactly the orders moved, in the same transaction.
+    let keyed: Vec<&Plain> = plain.iter().filter(|p| p.outbox_id.is_some() && done.contains_key(&p.order_id)).collect();
+    for chunk in keyed.chunks(ROWS_PER_STATEMENT) {
+        let ids: Vec<Uuid> = chunk.iter().filter_map(|p| p.outbox_id.map(|id| id.0)).collect();
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(2 * chunk.len());
+        for (p, id) in chunk.iter().zip(&ids) {
+            params.push(id);
+            params.push(&p.order_id);
+        }
+        rows(client, &with_rows(RECORD_INBOXES, chunk.len(), 2), &params).await?;
+    }
+    for p in &plain {
+        let Some((from, processed_at)) = done.get(&p.order_id) else { continue };
         moves.moved(*from, OrderStatus::Processed, 1);
         let order = Order {
             status: OrderStatus::Processed,
