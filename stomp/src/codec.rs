@@ -126,8 +126,8 @@ fn unescape(raw: &str) -> Result<String, CodecError> {
 
 impl StompCodec {
     fn encode_frame(frame: Frame, dst: &mut BytesMut) {
-        // CONNECT headers are not escaped (STOMP 1.2 §"Value Encoding").
-        let raw = frame.command == "CONNECT";
+        // CONNECT and CONNECTED headers are not escaped (STOMP 1.2 §"Value Encoding").
+        let raw = matches!(frame.command.as_str(), "CONNECT" | "CONNECTED");
         dst.reserve(frame.command.len() + frame.body.len() + 64 * (frame.headers.len() + 1));
         dst.put_slice(frame.command.as_bytes());
         dst.put_u8(b'\n');
