@@ -20,7 +20,9 @@ use crate::handler::to_delivery;
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dead letters published per round.
-const DEAD_LETTER_BATCH: u32 = 100;
+/// Small, so that letters of the largest size cost little memory at a time
+/// (each holds a body of up to 64 KiB).
+const DEAD_LETTER_BATCH: u32 = 16;
 
 /// How far a run of confirmed sends got before it failed.
 #[derive(Debug)]
