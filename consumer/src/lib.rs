@@ -16,6 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use error_reporter::Report;
 use observability::{Backoff, Readiness};
 use prometheus::Registry;
@@ -99,10 +104,8 @@ impl App {
 observability::service!(App, Config, "consumer");
 
 /// The consumer's operator route on the admin port: the dead letters set aside.
-fn ops_router(store: Arc<dyn ProcessingStore>) -> axum::Router {
-    axum::Router::new()
-        .route("/consumer/dead-letters/undeliverable", axum::routing::get(undeliverable))
-        .with_state(store)
+fn ops_router(store: Arc<dyn ProcessingStore>) -> Router {
+    Router::new().route("/consumer/dead-letters/undeliverable", get(undeliverable)).with_state(store)
 }
 
 #[derive(serde::Deserialize)]
@@ -111,17 +114,15 @@ struct Limit {
 }
 
 async fn undeliverable(
-    axum::extract::State(store): axum::extract::State<Arc<dyn ProcessingStore>>,
-    axum::extract::Query(Limit { limit }): axum::extract::Query<Limit>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
+    State(store): State<Arc<dyn ProcessingStore>>,
+    Query(Limit { limit }): Query<Limit>,
+) -> Response {
     match store.undeliverable_dead_letters(limit.unwrap_or(100).min(1000)).await {
-        Ok(letters) => axum::Json(letters).into_response(),
+        Ok(letters) => Json(letters).into_response(),
         Err(error) => {
             let (code, message) = error.operator_answer();
-            let status =
-                axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-            (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Json(serde_json::json!({ "error": message }))).into_response()
         }
     }
 }

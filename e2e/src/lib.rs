@@ -57,6 +57,27 @@ pub async fn test_database_url(dir: &tempfile::TempDir) -> String {
     }
 }
 
+/// A plain STOMP client of the broker at `broker_url`, as any other client would be.
+pub async fn raw_client(broker_url: &str) -> stomp::Client {
+    stomp::Client::connect(&stomp::Config::from_url(broker_url).expect("broker url")).await.expect("broker connects")
+}
+
+/// The next `n` dead letters on `<queue>.DLQ`, each acknowledged, read with `client`.
+pub async fn next_dead_letters(client: &stomp::Client, queue: &str, n: usize) -> Vec<stomp::Frame> {
+    client.subscribe(&format!("{queue}.DLQ"), "dlq", 100, Duration::from_secs(10)).await.expect("subscribe to the DLQ");
+    let mut messages = client.take_messages().expect("message stream");
+    let mut letters = Vec::new();
+    while letters.len() < n {
+        let frame = tokio::time::timeout(Duration::from_secs(60), messages.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{n} dead letters, got {}", letters.len()))
+            .expect("stream open");
+        client.ack(&[frame.get("ack").expect("ack header")]).await.expect("ack");
+        letters.push(frame);
+    }
+    letters
+}
+
 /// Sends a persistent message with a plain STOMP client (as a seed-style
 /// producer would), waiting for the broker's receipt.
 pub async fn send_raw(client: &stomp::Client, queue: &str, body: &str, headers: &[(&str, &str)]) {

@@ -6,13 +6,8 @@ use std::time::Duration;
 use e2e::broker::shared_broker_url;
 use e2e::service::Service;
 use e2e::stack::Stack;
-use e2e::{send_raw as send, wait_for};
+use e2e::{raw_client, send_raw as send, wait_for};
 use serde_json::json;
-use stomp::Client;
-
-async fn raw_client(stack: &Stack) -> Client {
-    Client::connect(&stomp::Config::from_url(&stack.broker_url).unwrap()).await.unwrap()
-}
 
 /// Publishes a backlog of `n` orders with the relay, then stops the relay: the messages wait on the queue.
 async fn queued_backlog(stack: &Stack, n: usize) {
@@ -95,7 +90,7 @@ async fn a_locked_database_is_retried_and_nothing_is_dead_lettered() {
 
     // Another writer holds the database while the messages arrive.
     let lock = locker.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive).unwrap();
-    let client = raw_client(&stack).await;
+    let client = raw_client(&stack.broker_url).await;
     for id in &ids {
         let body = json!({"order_id": id, "customer_name": "Seed", "product_id": "P123", "quantity": 2}).to_string();
         send(&client, &stack.queue, &body, &[]).await;
@@ -137,7 +132,7 @@ async fn every_kind_of_bad_message_is_parked_with_its_reason() {
     let big = stack.place_order("Big", "P123", 1).await;
     let header = stack.place_order("Header", "P123", 1).await;
     let good = stack.place_order("Good", "P123", 2).await;
-    let client = raw_client(&stack).await;
+    let client = raw_client(&stack.broker_url).await;
     let q = stack.queue.clone();
     send(
         &client,

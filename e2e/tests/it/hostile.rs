@@ -6,37 +6,16 @@
 use std::time::Duration;
 
 use e2e::broker::shared_broker_url;
-use e2e::send_raw as send;
 use e2e::stack::Stack;
+use e2e::{next_dead_letters, raw_client, send_raw as send};
 use serde_json::json;
-use stomp::Client;
-
-async fn raw_client(stack: &Stack) -> Client {
-    Client::connect(&stomp::Config::from_url(&stack.broker_url).unwrap()).await.unwrap()
-}
-
-/// The `dlq-reason` of the next `n` dead letters on the stack's DLQ.
-async fn dead_letter_reasons(client: &Client, stack: &Stack, n: usize) -> Vec<stomp::Frame> {
-    client.subscribe(&format!("{}.DLQ", stack.queue), "dlq", 100, Duration::from_secs(10)).await.unwrap();
-    let mut messages = client.take_messages().unwrap();
-    let mut letters = Vec::new();
-    while letters.len() < n {
-        let frame = tokio::time::timeout(Duration::from_secs(60), messages.recv())
-            .await
-            .unwrap_or_else(|_| panic!("{n} dead letters, got {}", letters.len()))
-            .unwrap();
-        client.ack(&[frame.get("ack").unwrap()]).await.unwrap();
-        letters.push(frame);
-    }
-    letters
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_every_limit_is_dead_lettered_and_orders_keep_flowing() {
     let mut stack = Stack::start_producer(&shared_broker_url()).await;
     stack.relay = Some(stack.start_relay().await);
     stack.consumer = Some(stack.start_consumer().await);
-    let client = raw_client(&stack).await;
+    let client = raw_client(&stack.broker_url).await;
     let big = "x".repeat(17 << 20);
     send(&client, &stack.queue, &big, &[]).await;
     let long_header = "h".repeat(10_235);
@@ -44,7 +23,7 @@ async fn a_message_over_every_limit_is_dead_lettered_and_orders_keep_flowing() {
     let order = stack.place_order("After", "P123", 2).await;
     stack.wait_until_final(1, Duration::from_secs(60)).await;
     assert_eq!(stack.store.order(schema::OrderId(order)).await.unwrap().status.to_string(), "processed");
-    let letters = dead_letter_reasons(&client, &stack, 2).await;
+    let letters = next_dead_letters(&client, &stack.queue, 2).await;
     let reason = |i: usize| letters[i].get("dlq-reason").unwrap_or_default().to_string();
     assert!(reason(0).contains(&format!("body of {} bytes exceeds the 65536-byte limit", 17 << 20)), "{}", reason(0));
     assert_eq!(letters[0].body.len(), stomp::BODY_PREFIX_BYTES, "its first bytes are kept");
@@ -69,10 +48,10 @@ async fn another_orders_outbox_id_blocks_no_order() {
     let rows = stack.store.claim_batch("e2e-reader", 10, Duration::from_secs(30)).await.unwrap();
     stack.store.release_leases("e2e-reader").await.unwrap();
     let victims_id = rows.iter().find(|r| r.order_id.0 == victim).unwrap().outbox_id.to_string();
-    let client = raw_client(&stack).await;
+    let client = raw_client(&stack.broker_url).await;
     let spoof = json!({"order_id": body_of, "customer_name": "Mallory", "product_id": "P123", "quantity": 1});
     send(&client, &stack.queue, &spoof.to_string(), &[("outbox-id", &victims_id)]).await;
-    let letters = dead_letter_reasons(&client, &stack, 1).await;
+    let letters = next_dead_letters(&client, &stack.queue, 1).await;
     let reason = letters[0].get("dlq-reason").unwrap();
     assert!(
         reason.contains(&format!("outbox-id {victims_id} is not an outbox message of order {body_of}")),
