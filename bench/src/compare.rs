@@ -48,7 +48,6 @@ pub async fn run(args: &Args, broker: &e2e::broker::Broker, mssql: &str) -> anyh
 }
 
 async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, queue: &str) -> anyhow::Result<Backend> {
-    let http_port = e2e::free_port();
     let env = [
         ("RETENTION_CRON", String::new()),
         ("DATABASE_URL", database_url.to_string()),
@@ -56,15 +55,15 @@ async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, q
         ("ORDER_QUEUE", queue.to_string()),
         ("RELAY_BATCH_SIZE", args.batch.to_string()),
         ("CONSUMER_PREFETCH", args.prefetch.to_string()),
-        ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+        ("HTTP_ADDR", "127.0.0.1:0".to_string()),
         ("RUST_LOG", "warn".to_string()),
     ];
     let probe = schema::testing::probe(database_url).await?;
     let store = schema::connect(database_url).await?;
     let messages = args.compare_messages;
     probe.bulk_orders(messages, 0).await?;
-    let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env)?;
-    let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env)?;
+    let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env).await?;
+    let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env).await?;
     let started = Instant::now();
     let target = messages as i64;
     wait_until(Duration::from_secs(900), || async { store.order_counts().await.is_ok_and(|c| c.processed >= target) })
@@ -74,8 +73,8 @@ async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, q
     let relay_trips = relay.metric(ROUND_TRIPS).await;
     let consumer_trips = consumer.metric(ROUND_TRIPS).await;
 
-    let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env)?;
-    let base = format!("http://127.0.0.1:{http_port}");
+    let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env).await?;
+    let base = format!("http://{}", producer.addr("http"));
     ready(&base).await?;
     let options = |mode, all_final| load_options(args, &base, mode, all_final);
     // Read when every order is final, before the load tool reads each order
@@ -95,7 +94,7 @@ async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, q
     let producer_trips = after.unwrap_or(0.0) - before;
     let steady = loadtest::run::run(options(loadtest::run::Mode::Open { rate: args.compare_rate }, None)).await?;
     for service in [producer, relay, consumer] {
-        service.stop()?;
+        service.stop().await?;
     }
     Ok(Backend {
         drain,

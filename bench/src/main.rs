@@ -79,7 +79,18 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
+    let args = Args::parse();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // On a signal the bench's future is dropped, and with it every process it
+    // started: services (killed on drop), the broker and the busy loop.
+    tokio::select! {
+        result = bench(args) => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted (SIGINT); every process the bench started is stopped"),
+        _ = terminate.recv() => anyhow::bail!("terminated (SIGTERM); every process the bench started is stopped"),
+    }
+}
+
+async fn bench(mut args: Args) -> anyhow::Result<()> {
     if args.quick {
         args.messages = args.messages.min(20_000);
         args.load_duration = args.load_duration.min(Duration::from_secs(5));

@@ -71,27 +71,27 @@ pub async fn round(args: &Args, broker: &e2e::broker::Broker, n: usize, history:
     let base = processed().await;
     let target = base + args.messages as i64;
     let drain = env(q("pipeline"));
-    let relay_proc = ServiceProcess::start(&args.bin_dir.join("relay"), &drain)?;
+    let relay_proc = ServiceProcess::start(&args.bin_dir.join("relay"), &drain).await?;
     let started = Instant::now();
     wait_until(Duration::from_secs(600), || async { unpublished().await == 0 }).await?;
     let relay = args.messages as f64 / started.elapsed().as_secs_f64();
-    let relay_usage = relay_proc.stop()?;
-    let consumer_proc = ServiceProcess::start(&args.bin_dir.join("consumer"), &drain)?;
+    let relay_usage = relay_proc.stop().await?;
+    let consumer_proc = ServiceProcess::start(&args.bin_dir.join("consumer"), &drain).await?;
     let started = Instant::now();
     wait_until(Duration::from_secs(600), || async { processed().await >= target }).await?;
     let consumer = args.messages as f64 / started.elapsed().as_secs_f64();
-    let consumer_usage = consumer_proc.stop()?;
+    let consumer_usage = consumer_proc.stop().await?;
 
     probe.clear().await?;
     load_history(probe.as_ref(), history).await?;
     probe.bulk_orders(args.messages, 0).await?;
     let steady_env = env(q("steady"));
-    let relay_proc = ServiceProcess::start(&args.bin_dir.join("relay"), &steady_env)?;
-    let consumer_proc = ServiceProcess::start(&args.bin_dir.join("consumer"), &steady_env)?;
+    let relay_proc = ServiceProcess::start(&args.bin_dir.join("relay"), &steady_env).await?;
+    let consumer_proc = ServiceProcess::start(&args.bin_dir.join("consumer"), &steady_env).await?;
     let started = Instant::now();
     wait_until(Duration::from_secs(600), || async { processed().await >= target }).await?;
     let relay_and_consumer = args.messages as f64 / started.elapsed().as_secs_f64();
-    let both_usage = (relay_proc.stop()?, consumer_proc.stop()?);
+    let both_usage = (relay_proc.stop().await?, consumer_proc.stop().await?);
 
     let http = http_phases(args, broker, dir.path(), &q("http"), history).await?;
     let peak = |a: &[Usage]| a.iter().map(|u| u.peak_rss_mb).fold(0.0, f64::max);
@@ -149,7 +149,6 @@ async fn http_phases(
     let database_url = sqlite_url(&path, &args.sqlite_options);
     let probe = schema::testing::probe(&database_url).await?;
     load_history(probe.as_ref(), history).await?;
-    let http_port = e2e::free_port();
     let env = [
         ("RETENTION_CRON", String::new()),
         ("DATABASE_URL", database_url),
@@ -157,13 +156,13 @@ async fn http_phases(
         ("ORDER_QUEUE", queue.to_string()),
         ("RELAY_BATCH_SIZE", args.batch.to_string()),
         ("CONSUMER_PREFETCH", args.prefetch.to_string()),
-        ("HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+        ("HTTP_ADDR", "127.0.0.1:0".to_string()),
         ("RUST_LOG", "warn".to_string()),
     ];
-    let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env)?;
-    let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env)?;
-    let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env)?;
-    let base = format!("http://127.0.0.1:{http_port}");
+    let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env).await?;
+    let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env).await?;
+    let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env).await?;
+    let base = format!("http://{}", producer.addr("http"));
     ready(&base).await?;
     let options = |mode, all_final| load_options(args, &base, mode, all_final);
     let cpu = || {
@@ -194,7 +193,7 @@ async fn http_phases(
         _ => {
             let mut purging = env.to_vec();
             purging[0].1 = "*/2 * * * * *".into();
-            Some(ServiceProcess::start(&args.bin_dir.join("relay"), &purging)?)
+            Some(ServiceProcess::start(&args.bin_dir.join("relay"), &purging).await?)
         }
     };
     let outbox_before = probe.tally().await?.outbox;
@@ -203,9 +202,9 @@ async fn http_phases(
     let purged = (outbox_before + steady.accepted as i64 - probe.tally().await?.outbox).max(0) as f64;
     let purged_per_s = purged / started.elapsed().as_secs_f64();
     if let Some(purger) = purger {
-        purger.stop()?;
+        purger.stop().await?;
     }
-    let usage = [producer.stop()?, relay.stop()?, consumer.stop()?];
+    let usage = [producer.stop().await?, relay.stop().await?, consumer.stop().await?];
     let database_mb = ["", "-wal"]
         .iter()
         .filter_map(|suffix| std::fs::metadata(format!("{}{suffix}", path.display())).ok())

@@ -70,6 +70,11 @@ impl App {
         self.admin.local_addr().expect("bound listener has an address")
     }
 
+    /// What it has bound, for the `listening:` line it prints at start.
+    pub fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![("admin", self.admin_addr())]
+    }
+
     /// Consumes until `shutdown`; then finishes the message in hand, disconnects, and returns.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let App { config, store, admin, registry, metrics, readiness, broker } = self;

@@ -112,7 +112,7 @@ impl Broker {
 }
 
 /// True while the process exists and is not a zombie waiting to be reaped.
-fn alive(pid: &str) -> bool {
+pub fn alive(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
 }

@@ -3,6 +3,7 @@
 //! [`run_service`], which parses, sets up tracing, builds, runs until signalled
 //! and turns the outcome into the exit code.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -40,13 +41,16 @@ pub trait Service: Sized + Send {
     fn shared(config: &Self::Config) -> &ServiceArgs;
     /// Connects, migrates and binds: everything that can fail before serving.
     fn build(config: Self::Config) -> impl Future<Output = anyhow::Result<Self>> + Send;
+    /// The addresses it has bound, by name (`admin`, `http`).
+    fn listening(&self) -> Vec<(&'static str, SocketAddr)>;
     /// Serves until `shutdown`, then drains within the grace period.
     fn run(self, shutdown: CancellationToken) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// Implements [`Service`] for a service's `App` whose own `build(Config)` and
-/// `run(self, shutdown)` do the work and whose `Config` holds the shared flags
-/// in its `service` field: `observability::service!(App, Config, "relay");`.
+/// `run(self, shutdown)` do the work, whose `listening()` names its bound
+/// addresses, and whose `Config` holds the shared flags in its `service` field:
+/// `observability::service!(App, Config, "relay");`.
 #[macro_export]
 macro_rules! service {
     ($app:ty, $config:ty, $name:literal) => {
@@ -60,6 +64,10 @@ macro_rules! service {
 
             async fn build(config: $config) -> ::anyhow::Result<Self> {
                 <$app>::build(config).await
+            }
+
+            fn listening(&self) -> Vec<(&'static str, ::std::net::SocketAddr)> {
+                <$app>::listening(self)
             }
 
             async fn run(self, shutdown: $crate::CancellationToken) -> ::anyhow::Result<()> {
@@ -80,7 +88,7 @@ pub async fn run_service<S: Service>() -> ExitCode {
             tracing::error!(error = format!("{error:#}"), service = S::NAME, "failed to start");
             ExitCode::FAILURE
         }
-        Ok(service) => match service.run(shutdown).await {
+        Ok(service) => match announce(S::NAME, &service.listening(), service.run(shutdown)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), service = S::NAME, "stopped with an error");
@@ -90,6 +98,19 @@ pub async fn run_service<S: Service>() -> ExitCode {
     };
     telemetry.shutdown();
     code
+}
+
+/// Prints `NAME listening: admin=ADDR http=ADDR` as the first line on stdout
+/// (logs go to stderr), so a supervisor that binds port 0 can read back the
+/// ports it got; then runs `run`.
+async fn announce<F: Future>(name: &str, addresses: &[(&str, SocketAddr)], run: F) -> F::Output {
+    use std::io::Write;
+    let named: Vec<String> = addresses.iter().map(|(what, addr)| format!("{what}={addr}")).collect();
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (a supervisor that does not read it) is not a reason to stop.
+    let _ = writeln!(out, "{name} listening: {}", named.join(" ")).and_then(|()| out.flush());
+    drop(out);
+    run.await
 }
 
 /// The tasks a service cannot do without (its admin server, its watch loop).

@@ -174,6 +174,11 @@ impl App {
         self.admin.local_addr().expect("bound listener has an address")
     }
 
+    /// What it has bound, for the `listening:` line it prints at start.
+    pub fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![("http", self.http_addr()), ("admin", self.admin_addr())]
+    }
+
     /// Serves until `shutdown`, then lets requests in flight finish within the grace period.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let App { config, http, admin, registry, state, ops } = self;

@@ -81,6 +81,11 @@ impl App {
         self.admin.local_addr().expect("bound listener has an address")
     }
 
+    /// What it has bound, for the `listening:` line it prints at start.
+    pub fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![("admin", self.admin_addr())]
+    }
+
     /// Runs until `shutdown`: then stops claiming, finishes the batch in
     /// flight within the grace period, releases its leases and disconnects.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
