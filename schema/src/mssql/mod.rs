@@ -223,6 +223,8 @@ fn class_of(code: u32) -> ErrorClass {
         // 18456 login failed; 40xxx/49xxx/10928/10929/4221 Azure throttling and failover.
         1205 | 1222 | 3960 | 233 | 10053 | 10054 | 10060 | 10061 | 11001 | 4060 | 18456 | 4221 | 10928 | 10929
         | 40143 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 => ErrorClass::Transient,
+        // Our own THROW: an order moved under every pass of its move (sql.rs); done again.
+        50002 => ErrorClass::Transient,
         // Resources and capacity, the state of the server and never of a message:
         // 701/802/8628/8645/8651 memory, 1101/1105 filegroup full, 9002 log full,
         // 1204 lock resources, 8623 query processor out of resources; Azure
@@ -407,6 +409,14 @@ async fn rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsRe
     check_params(sql, params)?;
     round_trip();
     client.query(sql, params).await?.into_first_result().await
+}
+
+/// The rows of every result set a batch returns, in order (a move's passes,
+/// `sql.rs`, each return their own).
+async fn all_rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<Vec<Row>> {
+    check_params(sql, params)?;
+    round_trip();
+    Ok(client.query(sql, params).await?.into_results().await?.into_iter().flatten().collect())
 }
 
 /// How many rows a statement changed, counted from the rows its `OUTPUT`

@@ -22,7 +22,8 @@ use crate::{
 
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, batch, changed, conversion, count_moves, exec, finish, order_at, rows, status_at, utc,
+    TdsClient, TdsResult, all_rows, batch, changed, conversion, count_moves, exec, finish, order_at, rows, status_at,
+    utc,
 };
 
 /// One message's effect inside the batch's transaction ([`decide`]).
@@ -58,7 +59,8 @@ async fn process_one(
             Ok(ProcessOutcome::Failed(reason))
         }
         Decision::Process { priced, .. } => {
-            let updated = rows(client, MARK_PROCESSED, &[&order_id.0, &priced.unit_price, &priced.total_price]).await?;
+            let updated =
+                all_rows(client, MARK_PROCESSED, &[&order_id.0, &priced.unit_price, &priced.total_price]).await?;
             // Final by now through another message: the status guard held.
             let Some(row) = updated.first() else { return Ok(ProcessOutcome::Duplicate) };
             moves.moved(status_at(row, 0)?, OrderStatus::Processed, 1);
@@ -69,7 +71,7 @@ async fn process_one(
 
 /// Fails the order unless it is already final; true when it did.
 async fn mark_failed(client: &mut TdsClient, order_id: OrderId, reason: &str, moves: &mut Moves) -> TdsResult<bool> {
-    let updated = rows(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
+    let updated = all_rows(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
     let Some(row) = updated.first() else { return Ok(false) };
     moves.moved(status_at(row, 0)?, OrderStatus::Failed, 1);
     Ok(true)
@@ -246,14 +248,17 @@ async fn apply_plain(
     // row another writer changed meanwhile) goes the slow way, row by row.
     let mut done = HashMap::with_capacity(plain.len());
     for chunk in plain.chunks(ROWS_PER_STATEMENT) {
-        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(3 * chunk.len());
-        for p in chunk {
-            params.extend([&p.order_id as &dyn ToSql, &p.unit_price, &p.total_price]);
-        }
-        for row in rows(client, &with_rows(MARK_ALL_PROCESSED, chunk.len(), 3), &params).await? {
-            let order_id = row.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?;
+        let prices: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(
+                |p| serde_json::json!({"o": p.order_id, "u": p.unit_price.to_string(), "t": p.total_price.to_string()}),
+            )
+            .collect();
+        let prices = serde_json::Value::Array(prices).to_string();
+        for row in all_rows(client, MARK_ALL_PROCESSED, &[&prices]).await? {
+            let order_id = row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?;
             let processed_at = row.try_get::<NaiveDateTime, _>(2)?.ok_or_else(|| conversion("processed_at"))?;
-            done.insert(order_id, (status_at(&row, 1)?, utc(processed_at)));
+            done.insert(order_id, (status_at(&row, 0)?, utc(processed_at)));
         }
     }
     // Then the inbox rows of exactly the orders moved, in the same transaction.

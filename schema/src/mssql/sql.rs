@@ -10,9 +10,14 @@
 //! - a count of changed rows is read from the rows a statement's `OUTPUT`
 //!   returns, never from the server's row count (Babelfish reports 0 rows for an
 //!   `INSERT ... SELECT` or a `DELETE ... WHERE ... IN (SELECT ...)` that changed some);
-//! - the status an order leaves comes from the statement that moves it
-//!   (`OUTPUT deleted.status`), never from an earlier read: engines that ignore
-//!   lock hints (Babelfish) let another writer commit in between;
+//! - the status an order leaves comes from the statement that moves it, one
+//!   pass per status it can leave (`from_each_status!`), never from an earlier
+//!   read nor from `OUTPUT deleted.status`: engines that ignore lock hints
+//!   (Babelfish) let another writer commit in between, and Babelfish's
+//!   `deleted` is the row as first seen, before the statement waited on it;
+//! - values sent as JSON (`OPENJSON(@P1) WITH ...`, one parameter for a whole
+//!   batch) are numbers, ids and times only: Babelfish's OPENJSON returns a
+//!   string with its escapes (`\"`, `\\`, `\n`) left in;
 //! - a batch of rows is one statement whatever its size (`@IDS`, `@ROWS`), so
 //!   a round trip carries a batch, not a row (Babelfish spends milliseconds on
 //!   each statement of a batch, so n statements in one round trip are no batch);
@@ -201,17 +206,63 @@ pub(super) const RECORD_INBOX: &str = "INSERT INTO dbo.inbox (outbox_id, order_i
      WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = @P1)";
 pub(super) const ORDER_FOR_PRICING: &str = "SELECT o.status, o.quantity, o.product_id, p.list_price \
      FROM dbo.orders o WITH (UPDLOCK) LEFT JOIN dbo.products p ON p.product_id = o.product_id WHERE o.order_id = @P1";
-// The status the order leaves comes from this statement (deleted.status), never
-// from an earlier read: an engine that ignores UPDLOCK lets the relay's move to
-// `published` commit between that read and this update.
+// An order's move to a final status, made once from each status it can leave
+// (published, pending, published again), so that the status it left is the
+// one its pass names. Neither an earlier read nor `OUTPUT deleted.status`
+// can tell it: Babelfish's `deleted` is the row as the statement first saw it,
+// before it waited on the relay's `pending -> published` (seen: 926 of 11,870
+// orders counted as leaving `pending` twice); a pass whose WHERE names one
+// status re-checks it on the row it finally updates, on both engines.
+macro_rules! from_each_status {
+    ($update:literal, $output:expr, $target:literal) => {
+        concat!(
+            "SET NOCOUNT ON; ",
+            $update,
+            " OUTPUT N'published', ",
+            $output,
+            " ",
+            $target,
+            " AND dbo.orders.status = N'published'; ",
+            $update,
+            " OUTPUT N'pending', ",
+            $output,
+            " ",
+            $target,
+            " AND dbo.orders.status = N'pending'; ",
+            $update,
+            " OUTPUT N'published', ",
+            $output,
+            " ",
+            $target,
+            " AND dbo.orders.status = N'published'; "
+        )
+    };
+}
+// Still not final after the three passes: the order moved under each of them.
+// The transaction is done again (50002 is transient), never counted wrong.
+macro_rules! final_or_again {
+    () => {
+        "IF EXISTS (SELECT 1 FROM dbo.orders WHERE order_id = @P1 AND status IN (N'pending', N'published')) \
+         THROW 50002, N'the order changed status under each pass of its move', 1; "
+    };
+}
 pub(super) const MARK_PROCESSED: &str = concat!(
-    "UPDATE dbo.orders SET status = N'processed', unit_price = @P2, total_price = @P3, failure_reason = NULL, ",
-    "processed_at = SYSUTCDATETIME() OUTPUT deleted.status, ",
-    order_columns!("inserted."),
-    " WHERE order_id = @P1 AND status IN (N'pending', N'published')"
+    from_each_status!(
+        "UPDATE dbo.orders SET status = N'processed', unit_price = @P2, total_price = @P3, failure_reason = NULL, \
+         processed_at = SYSUTCDATETIME()",
+        order_columns!("inserted."),
+        "WHERE dbo.orders.order_id = @P1"
+    ),
+    final_or_again!()
 );
-pub(super) const MARK_FAILED: &str = "UPDATE dbo.orders SET status = N'failed', failure_reason = @P2, processed_at = SYSUTCDATETIME() \
-     OUTPUT deleted.status WHERE order_id = @P1 AND status IN (N'pending', N'published')";
+pub(super) const MARK_FAILED: &str = concat!(
+    from_each_status!(
+        "UPDATE dbo.orders SET status = N'failed', failure_reason = @P2, processed_at = SYSUTCDATETIME()",
+        "inserted.order_id",
+        "WHERE dbo.orders.order_id = @P1"
+    ),
+    final_or_again!()
+);
 // Every status's counter in one of its sixteen slots: pending, published,
 // processed, failed move by @P1 .. @P4.
 pub(super) const BUMP_COUNTS: &str = "UPDATE dbo.order_counts SET n = n + CASE status WHEN N'pending' THEN @P1 \
@@ -228,14 +279,19 @@ pub(super) const ORDERS_FOR_PRICING: &str = concat!(
 pub(super) const RECORD_INBOXES: &str = "INSERT INTO dbo.inbox (outbox_id, order_id) OUTPUT inserted.outbox_id \
      SELECT v.outbox_id, v.order_id FROM (VALUES @ROWS) AS v (outbox_id, order_id) \
      WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = v.outbox_id)";
-// The orders of a batch priced and final, each once (@ROWS: (@Pa, @Pb, @Pc)
-// per order); the status each leaves comes from this statement. The target is
+// The orders of a batch priced and final, each once (@P1: a JSON array of
+// {"o": order_id, "u": unit_price, "t": total_price}, numbers only: Babelfish's
+// OPENJSON returns strings with their JSON escapes left in). The target is
 // named plainly: Babelfish refuses `UPDATE o ... FROM dbo.orders o JOIN ...`.
-pub(super) const MARK_ALL_PROCESSED: &str = "UPDATE dbo.orders SET status = N'processed', unit_price = v.unit_price, \
-     total_price = v.total_price, failure_reason = NULL, processed_at = SYSUTCDATETIME() \
-     OUTPUT inserted.order_id, deleted.status, inserted.processed_at \
-     FROM (VALUES @ROWS) AS v (order_id, unit_price, total_price) \
-     WHERE dbo.orders.order_id = v.order_id AND dbo.orders.status IN (N'pending', N'published')";
+// An order no pass moved is final by now, or moved under every pass: the
+// caller takes it row by row.
+pub(super) const MARK_ALL_PROCESSED: &str = from_each_status!(
+    "UPDATE dbo.orders SET status = N'processed', unit_price = v.unit_price, total_price = v.total_price, \
+     failure_reason = NULL, processed_at = SYSUTCDATETIME()",
+    "inserted.order_id, inserted.processed_at",
+    "FROM OPENJSON(@P1) WITH (order_id BIGINT '$.o', unit_price DECIMAL(18, 2) '$.u', \
+     total_price DECIMAL(18, 2) '$.t') AS v WHERE dbo.orders.order_id = v.order_id"
+);
 // A dead letter is recorded once per id; order_id 0 means none (ids start at 1).
 pub(super) const RECORD_DEAD_LETTER: &str = "INSERT INTO dbo.dead_letters (dead_letter_id, order_id, reason, headers, body) \
      SELECT @P1, NULLIF(@P2, 0), @P3, @P4, @P5 \

@@ -554,6 +554,46 @@ pub async fn orders_placed_at_once_each_get_their_own_row(store: Arc<dyn Store>)
     assert_eq!((first.customer_name.as_str(), first.quantity), ("buyer 9", 9), "each key names its own order");
 }
 
+/// The relay's `pending -> published` and the consumer's move to `processed`
+/// racing on the same orders, many times over: every move is counted from
+/// the status it really left (on Babelfish, `OUTPUT deleted.status` named
+/// `pending` for orders the relay had moved meanwhile, and the counters drifted
+/// negative).
+pub async fn counts_stay_true_while_relay_and_consumer_race(store: Arc<dyn Store>) {
+    let mut orders = Vec::new();
+    for _ in 0..120 {
+        orders.push(place(&store, "P123", 1).await);
+    }
+    let rows = store.claim_batch("relay-a", 1000, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(rows.len(), orders.len());
+    // Each order's mark and its message at the same moment, a few orders at a time.
+    for chunk in rows.chunks(3) {
+        let ids: Vec<OutboxId> = chunk.iter().map(|r| r.outbox_id).collect();
+        let batch: Vec<Delivery> = chunk.iter().map(|r| delivery(Some(r.outbox_id), Some(r.order_id), None)).collect();
+        let relay = async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while let Err(error) = store.mark_published(&ids).await {
+                assert!(error.is_transient() && Instant::now() < deadline, "{}", Report::new(error));
+            }
+        };
+        // A deadlock with the relay is retried, as the consumer does.
+        let consumer = async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while let Err(error) = store.apply(&batch).await {
+                assert!(error.is_transient() && Instant::now() < deadline, "{}", Report::new(error));
+            }
+        };
+        tokio::join!(relay, consumer);
+    }
+    let counts = store.order_counts().await.unwrap();
+    let mut processed = 0;
+    for order in &orders {
+        processed += i64::from(store.order(*order).await.unwrap().status == OrderStatus::Processed);
+    }
+    assert_eq!(processed, orders.len() as i64, "every order processed");
+    assert_eq!((counts.pending, counts.published, counts.processed, counts.failed), (0, 0, processed, 0));
+}
+
 pub async fn keys_that_differ_only_in_case_are_different(store: Arc<dyn Store>) {
     let mut lower = new_order("Bea", "P200", 1);
     lower.idempotency_key = Some("abC".into());
@@ -673,7 +713,8 @@ macro_rules! contract_tests {
                 orders_placed_at_once_each_get_their_own_row,
                 non_bmp_text_fits_at_every_limit,
                 a_lapsed_lease_cannot_touch_the_row_another_relay_holds,
-                a_parked_row_confirmed_late_is_published_not_parked
+                a_parked_row_confirmed_late_is_published_not_parked,
+                counts_stay_true_while_relay_and_consumer_race
             );
         }
     };
