@@ -221,6 +221,12 @@ async fn an_operator_runs_the_pipeline_from_the_ops_page() {
     })
     .await;
     click_id(&page, &format!("requeue-{poison}")).await;
+    // Acted on before the next click, so that the audit's order is the clicks' order.
+    wait_for("the requeue recorded", Duration::from_secs(20), || async {
+        let audit = stack.probe.audit().await.ok()?;
+        audit.iter().any(|a| a.action == "requeue").then_some(())
+    })
+    .await;
     let lamp =
         schema::Product { product_id: "P777".into(), name: "Desk lamp".into(), list_price: "40.00".parse().unwrap() };
     stack.probe.add_product(&lamp).await.unwrap();

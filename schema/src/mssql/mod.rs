@@ -441,8 +441,14 @@ fn text_or_empty(value: &Option<String>) -> &dyn ToSql {
 }
 
 async fn batch(client: &mut TdsClient, sql: &str) -> TdsResult<()> {
+    batch_rows(client, sql).await.map(drop)
+}
+
+/// A SQL batch (no parameters: what it holds is inlined by `with_json` and
+/// `with_integers`), with the rows of every result set it returns.
+async fn batch_rows(client: &mut TdsClient, sql: &str) -> TdsResult<Vec<Row>> {
     round_trip();
-    client.simple_query(sql).await?.into_results().await.map(drop)
+    Ok(client.simple_query(sql).await?.into_results().await?.into_iter().flatten().collect())
 }
 
 /// The counter slot of one transaction: it varies from call to call, so that

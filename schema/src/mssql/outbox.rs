@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
-use tiberius::{Row, ToSql};
+use tiberius::Row;
 use uuid::Uuid;
 
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
@@ -24,19 +24,11 @@ use super::{
     outbox_from_row, rows, seconds, utc,
 };
 
-/// One round trip per chunk of ids (a chunk is one transaction, and the
-/// chunks are independent: marking is idempotent).
+/// One round trip, one transaction, whatever the number of ids.
 async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u64> {
-    let mut marked = 0;
-    for chunk in ids.chunks(MAX_PARAMS - 1) {
-        let sql = with_ids(MARK_PUBLISHED, 2, chunk.len());
-        let slot = count_slot();
-        let mut params: Vec<&dyn ToSql> = vec![&slot];
-        params.extend(chunk.iter().map(|id| &id.0 as &dyn ToSql));
-        let found = rows(client, &sql, &params).await?;
-        marked += found.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) as u64;
-    }
-    Ok(marked)
+    let json = serde_json::Value::from(ids.iter().map(|id| id.0.to_string()).collect::<Vec<_>>()).to_string();
+    let found = rows(client, MARK_PUBLISHED, &[&count_slot(), &json]).await?;
+    Ok(found.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) as u64)
 }
 
 #[async_trait]

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use rust_decimal::Decimal;
-use tiberius::{Row, ToSql};
+use tiberius::Row;
 use uuid::Uuid;
 
 use crate::decide::{Decision, OrderFacts, decide, order_of, settle};
@@ -22,8 +22,8 @@ use crate::{
 
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, all_rows, batch, changed, conversion, count_moves, exec, finish, order_at, rows, status_at,
-    utc,
+    TdsClient, TdsResult, all_rows, batch, batch_rows, changed, conversion, count_moves, count_slot, exec, finish,
+    order_at, rows, status_at, utc,
 };
 
 /// One message's effect inside the batch's transaction ([`decide`]).
@@ -137,23 +137,38 @@ async fn apply_one(client: &mut TdsClient, d: &Delivery, moves: &mut Moves) -> T
     }
 }
 
-/// A batch in a few round trips whatever its size: the facts of every order
-/// it names (one read), then in one transaction the final states and inbox
-/// rows of the plain cases set-based ([`apply_plain`]), the rest (and any plain
-/// case the set-based update did not move) message by message ([`apply_one`]),
-/// and the counters. An inbox row is written only with its order's move.
+/// A batch in three round trips whatever its size, when every message is a
+/// plain case: the facts of every order it names (one read), then the
+/// transaction opened with the final states of the plain cases set-based
+/// ([`apply_plain`]), then their inbox rows, the counters and the commit in
+/// one SQL batch. Any other message (and any plain case the set-based update
+/// did not move) goes message by message ([`apply_one`]) before the commit.
+/// An inbox row is written only with its order's move.
 async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResult<Vec<Applied>> {
     let facts = read_facts(client, deliveries).await?;
-    batch(client, BEGIN).await?;
     let mut moves = Moves::default();
-    let mut outcomes = apply_plain(client, deliveries, &facts, &mut moves).await?;
-    for (d, outcome) in deliveries.iter().zip(outcomes.iter_mut()) {
-        if outcome.is_none() {
-            *outcome = Some(apply_one(client, d, &mut moves).await?);
+    let (mut outcomes, inboxes) = apply_plain(client, deliveries, &facts, &mut moves).await?;
+    if outcomes.iter().all(Option::is_some) {
+        let [pending, published, processed, failed] = moves.deltas();
+        let counts = moves
+            .changes()
+            .next()
+            .map(|_| with_integers(BUMP_COUNTS, &[pending, published, processed, failed, i64::from(count_slot())]));
+        let statements: Vec<String> =
+            [inboxes, counts.unwrap_or_default(), COMMIT.to_string()].into_iter().filter(|s| !s.is_empty()).collect();
+        batch_rows(client, &statements.join("; ")).await?;
+    } else {
+        if !inboxes.is_empty() {
+            batch_rows(client, &inboxes).await?;
         }
+        for (d, outcome) in deliveries.iter().zip(outcomes.iter_mut()) {
+            if outcome.is_none() {
+                *outcome = Some(apply_one(client, d, &mut moves).await?);
+            }
+        }
+        count_moves(client, moves).await?;
+        batch(client, COMMIT).await?;
     }
-    count_moves(client, moves).await?;
-    batch(client, COMMIT).await?;
     Ok(outcomes.into_iter().map(|o| o.expect("every delivery has an outcome")).collect())
 }
 
@@ -171,9 +186,9 @@ async fn read_facts(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResul
     ids.sort_unstable();
     ids.dedup();
     let mut found = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(MAX_PARAMS) {
-        let params: Vec<&dyn ToSql> = chunk.iter().map(|id| id as &dyn ToSql).collect();
-        for row in rows(client, &with_ids(ORDERS_FOR_PRICING, 1, chunk.len()), &params).await? {
+    if !ids.is_empty() {
+        let json = serde_json::Value::from(ids).to_string();
+        for row in rows(client, ORDERS_FOR_PRICING, &[&json]).await? {
             let facts = OrderFacts {
                 status: status_at(&row, 0)?,
                 quantity: row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?,
@@ -200,16 +215,14 @@ struct Plain {
     total_price: Decimal,
 }
 
-/// Rows per set-based statement: well inside SQL Server's 1,000 rows per VALUES.
-const ROWS_PER_STATEMENT: usize = 300;
-
-/// Applies the plain cases set-based; `None` for every other delivery.
+/// Opens the transaction and applies the plain cases set-based; `None` for
+/// every other delivery, and the SQL that writes the inbox rows of those moved.
 async fn apply_plain(
     client: &mut TdsClient,
     deliveries: &[Delivery],
     facts: &HashMap<i64, Facts>,
     moves: &mut Moves,
-) -> TdsResult<Vec<Option<Applied>>> {
+) -> TdsResult<(Vec<Option<Applied>>, String)> {
     let mut outcomes: Vec<Option<Applied>> = vec![None; deliveries.len()];
     let mut seen: HashMap<String, usize> = HashMap::new();
     for d in deliveries {
@@ -243,35 +256,35 @@ async fn apply_plain(
             }
         })
         .collect();
-    // The orders first, one guarded update for all; what it did not move
-    // (final by now, or skipped: Babelfish's UPDATE ... FROM passes over a
-    // row another writer changed meanwhile) goes the slow way, row by row.
+    // The transaction opens with the orders' move, one guarded update for
+    // all; what it did not move (final by now, or skipped: Babelfish's UPDATE
+    // ... FROM passes over a row another writer changed meanwhile) goes the
+    // slow way, row by row.
+    if plain.is_empty() {
+        batch(client, BEGIN).await?;
+        return Ok((outcomes, String::new()));
+    }
+    let prices: Vec<serde_json::Value> = plain
+        .iter()
+        .map(|p| serde_json::json!({"o": p.order_id, "u": p.unit_price.to_string(), "t": p.total_price.to_string()}))
+        .collect();
+    let prices = serde_json::Value::Array(prices).to_string();
     let mut done = HashMap::with_capacity(plain.len());
-    for chunk in plain.chunks(ROWS_PER_STATEMENT) {
-        let prices: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(
-                |p| serde_json::json!({"o": p.order_id, "u": p.unit_price.to_string(), "t": p.total_price.to_string()}),
-            )
-            .collect();
-        let prices = serde_json::Value::Array(prices).to_string();
-        for row in all_rows(client, MARK_ALL_PROCESSED, &[&prices]).await? {
-            let order_id = row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?;
-            let processed_at = row.try_get::<NaiveDateTime, _>(2)?.ok_or_else(|| conversion("processed_at"))?;
-            done.insert(order_id, (status_at(&row, 0)?, utc(processed_at)));
-        }
+    for row in batch_rows(client, &with_json(BEGIN_AND_MARK_ALL_PROCESSED, &prices)).await? {
+        let order_id = row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?;
+        let processed_at = row.try_get::<NaiveDateTime, _>(2)?.ok_or_else(|| conversion("processed_at"))?;
+        done.insert(order_id, (status_at(&row, 0)?, utc(processed_at)));
     }
     // Then the inbox rows of exactly the orders moved, in the same transaction.
-    let keyed: Vec<&Plain> = plain.iter().filter(|p| p.outbox_id.is_some() && done.contains_key(&p.order_id)).collect();
-    for chunk in keyed.chunks(ROWS_PER_STATEMENT) {
-        let ids: Vec<Uuid> = chunk.iter().filter_map(|p| p.outbox_id.map(|id| id.0)).collect();
-        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(2 * chunk.len());
-        for (p, id) in chunk.iter().zip(&ids) {
-            params.push(id);
-            params.push(&p.order_id);
-        }
-        rows(client, &with_rows(RECORD_INBOXES, chunk.len(), 2), &params).await?;
-    }
+    let keyed: Vec<serde_json::Value> = plain
+        .iter()
+        .filter(|p| done.contains_key(&p.order_id))
+        .filter_map(|p| p.outbox_id.map(|id| serde_json::json!({"x": id.0.to_string(), "o": p.order_id})))
+        .collect();
+    let inboxes = match keyed.is_empty() {
+        true => String::new(),
+        false => with_json(RECORD_INBOXES, &serde_json::Value::Array(keyed).to_string()),
+    };
     for p in &plain {
         let Some((from, processed_at)) = done.get(&p.order_id) else { continue };
         moves.moved(*from, OrderStatus::Processed, 1);
@@ -285,7 +298,7 @@ async fn apply_plain(
         };
         outcomes[p.index] = Some(Applied::Processed(order));
     }
-    Ok(outcomes)
+    Ok((outcomes, inboxes))
 }
 
 fn dead_letter_from_row(row: &Row) -> TdsResult<DeadLetter> {

@@ -178,14 +178,15 @@ pub(super) const CLAIM: &str = concat!(
 // A whole batch in one round trip: the rows this call marks carry its @now, so
 // only their orders move on (guarded by `pending`, so a fast consumer's
 // `processed` is never overwritten), and the counters move in the same
-// transaction. @P1 is the counter slot, @IDS the rows' ids (@P2 ...).
+// transaction. @P1 is the counter slot, @P2 the rows' ids as a JSON array.
 pub(super) const MARK_PUBLISHED: &str = "SET NOCOUNT ON; BEGIN TRANSACTION; \
      DECLARE @now DATETIME2(3) = SYSUTCDATETIME(); \
      UPDATE dbo.outbox SET published_at = @now, lease_owner = NULL, lease_until = NULL, dead_at = NULL \
-     WHERE outbox_id IN (@IDS) AND published_at IS NULL; \
+     WHERE outbox_id IN (SELECT j.id FROM OPENJSON(@P2) WITH (id UNIQUEIDENTIFIER '$') AS j) AND published_at IS NULL; \
      DECLARE @marked BIGINT = @@ROWCOUNT; \
      UPDATE dbo.orders SET status = N'published' WHERE status = N'pending' AND order_id IN \
-     (SELECT x.order_id FROM dbo.outbox x WHERE x.outbox_id IN (@IDS) AND x.published_at = @now); \
+     (SELECT x.order_id FROM dbo.outbox x WHERE x.published_at = @now \
+       AND x.outbox_id IN (SELECT j.id FROM OPENJSON(@P2) WITH (id UNIQUEIDENTIFIER '$') AS j)); \
      DECLARE @advanced BIGINT = @@ROWCOUNT; \
      UPDATE dbo.order_counts SET n = n + CASE WHEN status = N'pending' THEN -@advanced ELSE @advanced END \
      WHERE status IN (N'pending', N'published') AND slot = @P1 AND @advanced > 0; \
@@ -267,30 +268,35 @@ pub(super) const MARK_FAILED: &str = concat!(
 // processed, failed move by @P1 .. @P4.
 pub(super) const BUMP_COUNTS: &str = "UPDATE dbo.order_counts SET n = n + CASE status WHEN N'pending' THEN @P1 \
      WHEN N'published' THEN @P2 WHEN N'processed' THEN @P3 WHEN N'failed' THEN @P4 ELSE 0 END WHERE slot = @P5";
-// The facts the consumer decides on, for every order of a batch (@IDS).
+// The facts the consumer decides on, for every order of a batch (@P1: a JSON array of ids).
 pub(super) const ORDERS_FOR_PRICING: &str = concat!(
     "SELECT o.status, o.quantity, o.product_id, p.list_price, x.outbox_id, ",
     order_columns!("o."),
     " FROM dbo.orders o LEFT JOIN dbo.products p ON p.product_id = o.product_id \
-     LEFT JOIN dbo.outbox x ON x.order_id = o.order_id WHERE o.order_id IN (@IDS)"
+     LEFT JOIN dbo.outbox x ON x.order_id = o.order_id \
+     WHERE o.order_id IN (SELECT j.id FROM OPENJSON(@P1) WITH (id BIGINT '$') AS j)"
 );
-// The inbox rows of a batch, each once (@ROWS: (@Pa, @Pb) per message); the
-// ids it returns were new, the others already done.
+// The inbox rows of a batch, each once (@JSON, inlined: an array of
+// {"x": outbox_id, "o": order_id}); the ids it returns were new.
 pub(super) const RECORD_INBOXES: &str = "INSERT INTO dbo.inbox (outbox_id, order_id) OUTPUT inserted.outbox_id \
-     SELECT v.outbox_id, v.order_id FROM (VALUES @ROWS) AS v (outbox_id, order_id) \
+     SELECT v.outbox_id, v.order_id FROM OPENJSON(@JSON) WITH (outbox_id UNIQUEIDENTIFIER '$.x', order_id BIGINT '$.o') AS v \
      WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = v.outbox_id)";
-// The orders of a batch priced and final, each once (@P1: a JSON array of
-// {"o": order_id, "u": unit_price, "t": total_price}, numbers only: Babelfish's
-// OPENJSON returns strings with their JSON escapes left in). The target is
-// named plainly: Babelfish refuses `UPDATE o ... FROM dbo.orders o JOIN ...`.
-// An order no pass moved is final by now, or moved under every pass: the
-// caller takes it row by row.
-pub(super) const MARK_ALL_PROCESSED: &str = from_each_status!(
-    "UPDATE dbo.orders SET status = N'processed', unit_price = v.unit_price, total_price = v.total_price, \
-     failure_reason = NULL, processed_at = SYSUTCDATETIME()",
-    "inserted.order_id, inserted.processed_at",
-    "FROM OPENJSON(@P1) WITH (order_id BIGINT '$.o', unit_price DECIMAL(18, 2) '$.u', \
-     total_price DECIMAL(18, 2) '$.t') AS v WHERE dbo.orders.order_id = v.order_id"
+// The consumer's transaction opened, and the orders of a batch priced and
+// final, each once: a SQL batch (not a call, so the transaction stays open
+// for the inbox rows and the counters) whose @JSON is an array of
+// {"o": order_id, "u": unit_price, "t": total_price} inlined by [`with_json`].
+// The target is named plainly: Babelfish refuses `UPDATE o ... FROM dbo.orders
+// o JOIN ...`. An order no pass moved is final by now, or moved under every
+// pass: the caller takes it row by row.
+pub(super) const BEGIN_AND_MARK_ALL_PROCESSED: &str = concat!(
+    "BEGIN TRANSACTION; ",
+    from_each_status!(
+        "UPDATE dbo.orders SET status = N'processed', unit_price = v.unit_price, total_price = v.total_price, \
+         failure_reason = NULL, processed_at = SYSUTCDATETIME()",
+        "inserted.order_id, inserted.processed_at",
+        "FROM OPENJSON(@JSON) WITH (order_id BIGINT '$.o', unit_price DECIMAL(18, 2) '$.u', \
+         total_price DECIMAL(18, 2) '$.t') AS v WHERE dbo.orders.order_id = v.order_id"
+    )
 );
 // A dead letter is recorded once per id; order_id 0 means none (ids start at 1).
 pub(super) const RECORD_DEAD_LETTER: &str = "INSERT INTO dbo.dead_letters (dead_letter_id, order_id, reason, headers, body) \
@@ -368,6 +374,23 @@ pub(super) const TEST_HISTORY_INBOX: &str = "INSERT INTO dbo.inbox (outbox_id, o
 pub(super) const TEST_CLEAR: &str = "DELETE FROM dbo.inbox; DELETE FROM dbo.outbox_audit; DELETE FROM dbo.outbox; DELETE FROM dbo.orders; \
      UPDATE dbo.order_counts SET n = 0";
 
+/// `sql` with its `@JSON` replaced by `json` as a literal. For a SQL batch,
+/// which takes no parameters: `json` is built here of ids, numbers and times
+/// only, and any `'` in it is doubled all the same.
+pub(super) fn with_json(sql: &str, json: &str) -> String {
+    sql.replace("@JSON", &format!("N'{}'", json.replace('\'', "''")))
+}
+
+/// `sql` with `@P1`, `@P2`, ... replaced by the integers `values`, for a SQL batch.
+pub(super) fn with_integers(sql: &str, values: &[i64]) -> String {
+    // The highest first, so that @P1 never eats the start of @P10.
+    values
+        .iter()
+        .enumerate()
+        .rev()
+        .fold(sql.to_string(), |sql, (i, v)| sql.replace(&format!("@P{}", i + 1), &v.to_string()))
+}
+
 /// `sql` with its `@LIMIT` replaced by the integer `limit` (see the module header).
 pub(super) fn with_limit(sql: &str, limit: u32) -> String {
     sql.replacen("@LIMIT", &limit.to_string(), 1)
@@ -392,12 +415,9 @@ pub(super) fn with_rows(sql: &str, n: usize, width: usize) -> String {
     sql.replacen("@ROWS", &rows.join(", "), 1)
 }
 
-/// Most values in one statement: SQL Server takes 2,100 parameters per call.
-pub(super) const MAX_PARAMS: usize = 2_000;
-
 /// Every statement, as sent: templates expanded for a few values.
 pub(crate) fn statements() -> Vec<(&'static str, String)> {
-    let expand = |sql: &str| with_rows(&with_ids(&with_limit(sql, 10), 2, 3), 3, 2);
+    let expand = |sql: &str| with_json(&with_rows(&with_ids(&with_limit(sql, 10), 2, 3), 3, 2), "[]");
     table().into_iter().map(|(name, sql)| (name, expand(sql))).collect()
 }
 
@@ -430,7 +450,7 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("BUMP_COUNTS", BUMP_COUNTS),
         ("ORDERS_FOR_PRICING", ORDERS_FOR_PRICING),
         ("RECORD_INBOXES", RECORD_INBOXES),
-        ("MARK_ALL_PROCESSED", MARK_ALL_PROCESSED),
+        ("BEGIN_AND_MARK_ALL_PROCESSED", BEGIN_AND_MARK_ALL_PROCESSED),
         ("ORDER_EXISTS", ORDER_EXISTS),
         ("RECORD_DEAD_LETTER", RECORD_DEAD_LETTER),
         ("OWN_MESSAGE", OWN_MESSAGE),
@@ -474,4 +494,19 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("TEST_HISTORY_OUTBOX", TEST_HISTORY_OUTBOX),
         ("TEST_HISTORY_INBOX", TEST_HISTORY_INBOX),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inlined_values_are_literals_and_nothing_else() {
+        assert_eq!(
+            with_json("SELECT * FROM OPENJSON(@JSON)", r#"[{"a":"it's"}]"#),
+            r#"SELECT * FROM OPENJSON(N'[{"a":"it''s"}]')"#
+        );
+        let sql = with_integers("@P1 @P2 @P10 @P11", &[1, 2, 3, 4, 5, 6, 7, 8, 9, -10, 11]);
+        assert_eq!(sql, "1 2 -10 11", "@P1 never eats the start of @P10");
+    }
 }
