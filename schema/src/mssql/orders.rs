@@ -21,8 +21,8 @@ use crate::{
 
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, batch, conversion, count_moves, exec, finish, order_from_row, product_from_row, rows,
-    text_or_empty, utc,
+    TdsClient, TdsResult, batch, conversion, count_moves, count_slot, exec, finish, order_from_row, product_from_row,
+    rows, text_or_empty, utc,
 };
 
 /// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
@@ -213,10 +213,11 @@ async fn place_group(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<
             let (_, values) = row.statement(&order.traceparent, &order.tracestate);
             params.extend(values);
         }
-        exec(client, &with_rows(INSERT_OUTBOXES, new.len(), 7), &params).await?;
-        let mut moves = Moves::default();
-        moves.add(OrderStatus::Pending, new.len() as i64);
-        count_moves(client, moves).await?;
+        // The outbox rows and the counters in one call; the counters' values
+        // are integers inlined, after the rows' parameters.
+        let pending = new.len() as i64;
+        let counts = with_integers(BUMP_COUNTS, &[pending, 0, 0, 0, i64::from(count_slot())]);
+        exec(client, &format!("{}; {counts}", with_rows(INSERT_OUTBOXES, new.len(), 7)), &params).await?;
     }
     batch(client, COMMIT).await?;
     let mut stored = stored.into_iter();
