@@ -42,6 +42,26 @@ pub struct Tally {
 
 pub use crate::store::AuditEntry;
 
+/// A write lock another session holds (for fault tests) until [`Held::release`].
+pub struct Held {
+    release: tokio::sync::oneshot::Sender<()>,
+    released: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Held {
+    /// Holds a lock until released: `release` ends it, and the holder answers
+    /// on `released` once the lock is gone.
+    pub(crate) fn new(release: tokio::sync::oneshot::Sender<()>, released: tokio::sync::oneshot::Receiver<()>) -> Self {
+        Self { release, released }
+    }
+
+    /// Gives the lock up, and returns once it is gone.
+    pub async fn release(self) {
+        let _ = self.release.send(());
+        let _ = self.released.await;
+    }
+}
+
 /// Orders per transaction of [`Probe::bulk_history`].
 pub const HISTORY_CHUNK: usize = 100_000;
 
@@ -68,6 +88,10 @@ pub trait Probe: Send + Sync {
     /// row and its inbox row (years of history, for the bench), set-based in
     /// transactions of [`HISTORY_CHUNK`] orders.
     async fn bulk_history(&self, n: usize) -> Result<(), StoreError>;
+    /// Holds a write lock on `order`'s row from another session (on SQLite,
+    /// which locks files, the whole database) until released: an outage as a
+    /// writer sees it, which must wait, then fail as transient.
+    async fn hold_order(&self, order: OrderId) -> Result<Held, StoreError>;
     /// Deletes every order, outbox, inbox and audit row.
     async fn clear(&self) -> Result<(), StoreError>;
 }

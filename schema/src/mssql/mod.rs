@@ -256,9 +256,46 @@ fn class_of(code: u32) -> ErrorClass {
     }
 }
 
+/// Babelfish reports a PostgreSQL error that it maps to no SQL Server number
+/// as this one, with PostgreSQL's message (seen: a lock timeout, which SQL
+/// Server reports as 1222). Its "not currently supported" refusals share it.
+const BABELFISH_UNMAPPED: u32 = 33557097;
+
+/// PostgreSQL's messages for the state of a busy, full or failing server,
+/// for errors reported as [`BABELFISH_UNMAPPED`]: transient, as the SQL
+/// Server numbers for the same conditions are.
+const BABELFISH_TRANSIENT: [&str; 12] = [
+    "lock timeout",
+    "deadlock detected",
+    "could not serialize access",
+    "could not obtain lock",
+    "out of memory",
+    "out of shared memory",
+    "no space left on device",
+    "could not extend file",
+    "could not write",
+    "too many connections",
+    "terminating connection",
+    "the database system is",
+];
+
+/// The class of a server error from its number and, for Babelfish's
+/// [`BABELFISH_UNMAPPED`], its message.
+fn class_of_error(code: u32, message: &str) -> ErrorClass {
+    let message = message.to_ascii_lowercase();
+    match code {
+        BABELFISH_UNMAPPED if BABELFISH_TRANSIENT.iter().any(|m| message.contains(m)) => ErrorClass::Transient,
+        code => class_of(code),
+    }
+}
+
 fn map_err(e: tiberius::error::Error) -> StoreError {
+    let message = match &e {
+        tiberius::error::Error::Server(token) => token.message().to_string(),
+        _ => String::new(),
+    };
     match e.code() {
-        Some(code) => match class_of(code) {
+        Some(code) => match class_of_error(code, &message) {
             ErrorClass::Transient => StoreError::Unavailable(Cause::new(e)),
             ErrorClass::Duplicate => StoreError::Conflict(Cause::new(e)),
             ErrorClass::Invalid => StoreError::Invalid(Cause::new(e)),
@@ -576,6 +613,21 @@ mod tests {
             assert_eq!(class_of(code), ErrorClass::Invalid, "{code}");
         }
         assert_eq!(class_of(208), ErrorClass::Other, "invalid object name");
+    }
+
+    #[test]
+    fn babelfish_reports_an_outage_by_its_message() {
+        for message in [
+            "canceling statement due to lock timeout",
+            "deadlock detected",
+            "could not extend file \"base/16384/16385\": No space left on device",
+            "out of shared memory",
+        ] {
+            assert_eq!(class_of_error(BABELFISH_UNMAPPED, message), ErrorClass::Transient, "{message}");
+        }
+        let refused = "'COLLATE in ALTER TABLE ALTER COLUMN' is not currently supported in Babelfish";
+        assert_eq!(class_of_error(BABELFISH_UNMAPPED, refused), ErrorClass::Other);
+        assert_eq!(class_of_error(2627, "lock timeout"), ErrorClass::Duplicate, "a number SQL Server defines decides");
     }
 
     #[test]

@@ -346,6 +346,8 @@ pub(super) const TEST_TRACEPARENTS: &str =
     "SELECT traceparent FROM dbo.outbox WHERE order_id = @P1 ORDER BY created_at";
 pub(super) const TEST_INBOX_ROWS: &str = "SELECT COUNT_BIG(*) FROM dbo.inbox WHERE outbox_id = @P1";
 pub(super) const TEST_OUTBOX_IDS: &str = "SELECT outbox_id FROM dbo.outbox WHERE order_id = @P1";
+// A write lock on one order's row, held by the probe's open transaction.
+pub(super) const TEST_LOCK_ORDER: &str = "UPDATE dbo.orders SET quantity = quantity WHERE order_id = @P1";
 pub(super) const TEST_ADD_PRODUCT: &str =
     "INSERT INTO dbo.products (product_id, name, list_price) VALUES (@P1, @P2, @P3)";
 pub(super) const TEST_BULK_ORDER: &str =
@@ -459,6 +461,7 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("TEST_INBOX_ROWS", TEST_INBOX_ROWS),
         ("TEST_OUTBOX_IDS", TEST_OUTBOX_IDS),
         ("TEST_ADD_PRODUCT", TEST_ADD_PRODUCT),
+        ("TEST_LOCK_ORDER", TEST_LOCK_ORDER),
         ("TEST_BULK_ORDER", TEST_BULK_ORDER),
         ("TEST_BULK_OUTBOX", TEST_BULK_OUTBOX),
         ("TEST_CLEAR", TEST_CLEAR),

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tiberius::Row;
 
 use crate::store::{Moves, OutboxAdmin};
-use crate::testing::{AuditEntry, Probe, Tally, bulk_payload};
+use crate::testing::{AuditEntry, Held, Probe, Tally, bulk_payload};
 use crate::{MssqlStore, OrderId, OrderStatus, OutboxId, Product, StoreError};
 
 use super::sql::*;
@@ -74,6 +74,27 @@ impl Probe for MssqlStore {
         }
         .await;
         finish(conn, result)
+    }
+
+    async fn hold_order(&self, order: OrderId) -> Result<Held, StoreError> {
+        let mut conn = self.conn().await?;
+        let locked = async {
+            batch(&mut conn, BEGIN).await?;
+            exec(&mut conn, TEST_LOCK_ORDER, &[&order.0]).await
+        }
+        .await;
+        if let Err(error) = locked {
+            return finish(conn, Err(error));
+        }
+        let (release, on_release) = tokio::sync::oneshot::channel();
+        let (released, on_released) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = on_release.await;
+            let result = batch(&mut conn, ROLLBACK).await;
+            let _ = finish(conn, result);
+            let _ = released.send(());
+        });
+        Ok(Held::new(release, on_released))
     }
 
     async fn add_product(&self, product: &Product) -> Result<(), StoreError> {

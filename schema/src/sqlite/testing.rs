@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 
 use crate::store::{Moves, OutboxAdmin};
-use crate::testing::{AuditEntry, Probe, Tally, bulk_payload};
+use crate::testing::{AuditEntry, Held, Probe, Tally, bulk_payload};
 use crate::{OrderId, OrderStatus, OutboxId, Product, SqliteStore, StoreError};
 
 use super::count_moves;
@@ -99,6 +99,28 @@ impl Probe for SqliteStore {
             ids.map(|id| OutboxId::from_str(&id?).map_err(|e| StoreError::Other(crate::Cause::msg(e)))).collect()
         })
         .await
+    }
+
+    async fn hold_order(&self, _order: OrderId) -> Result<Held, StoreError> {
+        let (release, on_release) = tokio::sync::oneshot::channel::<()>();
+        let (released, on_released) = tokio::sync::oneshot::channel();
+        let (locked, on_locked) = tokio::sync::oneshot::channel();
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _ = store
+                .with_conn(move |c| {
+                    c.execute_batch("BEGIN IMMEDIATE")?;
+                    let _ = locked.send(());
+                    let _ = on_release.blocking_recv();
+                    Ok(c.execute_batch("ROLLBACK")?)
+                })
+                .await;
+            let _ = released.send(());
+        });
+        match on_locked.await {
+            Ok(()) => Ok(Held::new(release, on_released)),
+            Err(_) => Err(StoreError::Unavailable(crate::store::Cause::msg("the lock holder ended before it locked"))),
+        }
     }
 
     async fn add_product(&self, product: &Product) -> Result<(), StoreError> {

@@ -756,6 +756,49 @@ contract_tests!(
     #[cfg_attr(not(mssql_server_given), ignore = "TEST_MSSQL_URL is not set: no SQL Server to run against")]
 );
 
+/// An outage as the consumer meets it, injected: another session holds the
+/// order's row (on SQLite the database), so the batch's write waits out its
+/// lock timeout. That is the database's state, never the message's fault: the
+/// batch fails as transient (retried in place, never parked), the order stays
+/// open, and once the lock is gone the same message is applied.
+async fn a_locked_order_is_an_outage_never_a_failed_order(url: &str) {
+    let store = schema::connect(url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let probe = schema::testing::probe(url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let id = place(&store, "P123", 2).await;
+    let outbox_id = outbox_of(&store, id).await;
+    let message = delivery(Some(outbox_id), Some(id), None);
+    let held = probe.hold_order(id).await.unwrap();
+    let refused = store.apply(std::slice::from_ref(&message)).await;
+    held.release().await;
+    let error = refused.expect_err("no write gets past the lock");
+    assert!(error.is_transient(), "an outage is retried, never parked: {}", Report::new(&error));
+    let order = store.order(id).await.unwrap();
+    assert_eq!((order.status, order.failure_reason), (OrderStatus::Pending, None), "the order is untouched");
+    assert_eq!(probe.inbox_rows(outbox_id).await.unwrap(), 0, "nothing of the batch was kept");
+    let applied = store.apply(&[message]).await.unwrap();
+    assert!(matches!(applied[..], [Applied::Processed(_)]), "{applied:?}");
+    assert_eq!(store.order(id).await.unwrap().status, OrderStatus::Processed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_locked_order_is_an_outage_never_a_failed_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // A writer gives up after 300 ms instead of the default 10 s.
+    a_locked_order_is_an_outage_never_a_failed_order(&format!(
+        "sqlite://{}?busy_timeout_ms=300",
+        dir.path().join("locked.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mssql_server_given), ignore = "TEST_MSSQL_URL is not set: no SQL Server to run against")]
+async fn mssql_a_locked_order_is_an_outage_never_a_failed_order() {
+    let url = std::env::var("TEST_MSSQL_URL").expect("TEST_MSSQL_URL names the SQL Server to test against");
+    let url = schema::testing::fresh_mssql_database(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    a_locked_order_is_an_outage_never_a_failed_order(&url).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(not(mssql_server_given), ignore = "TEST_MSSQL_URL is not set: no SQL Server to run against")]
 async fn mssql_a_database_that_applied_the_first_v3_still_starts() {
