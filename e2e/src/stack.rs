@@ -124,15 +124,6 @@ impl Stack {
         self.probe.tally().await.expect("tally the test database")
     }
 
-    /// A raw connection to the stack's SQLite file, for the tests that hold
-    /// SQLite's own write lock; `None` on SQL Server.
-    pub fn sqlite(&self) -> Option<rusqlite::Connection> {
-        let path = self.database_url.strip_prefix("sqlite://")?;
-        let conn = rusqlite::Connection::open(path).expect("open the test database");
-        conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
-        Some(conn)
-    }
-
     /// Waits until `n` orders are final (processed or failed).
     pub async fn wait_until_final(&self, n: i64, timeout: Duration) {
         wait_for(&format!("{n} final orders"), timeout, || async {
