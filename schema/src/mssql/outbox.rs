@@ -38,7 +38,15 @@ impl OutboxStore for MssqlStore {
         let lease_ms = millis(lease);
         let result = async {
             let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
-            let mut out = rows(&mut conn, &with_limit(CLAIM, limit), &[&owner, &lease_ms])
+            let due = rows(&mut conn, &with_limit(CLAIM_IDS, limit), &[])
+                .await?
+                .iter()
+                .map(|r| r.try_get::<uuid::Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id")))
+                .collect::<TdsResult<Vec<_>>>()?;
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut out = rows(&mut conn, &with_uuids(CLAIM, &due), &[&owner, &lease_ms])
                 .await?
                 .iter()
                 .map(outbox_from_row)
