@@ -26,8 +26,11 @@ use super::{
 
 /// One round trip, one transaction, whatever the number of ids.
 async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u64> {
-    let json = serde_json::Value::from(ids.iter().map(|id| id.0.to_string()).collect::<Vec<_>>()).to_string();
-    let found = rows(client, MARK_PUBLISHED, &[&count_slot(), &json]).await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+    let found = rows(client, &with_uuids(MARK_PUBLISHED, &ids), &[&count_slot()]).await?;
     Ok(found.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) as u64)
 }
 

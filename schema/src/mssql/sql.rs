@@ -183,15 +183,16 @@ pub(super) const CLAIM: &str = concat!(
 // A whole batch in one round trip: the rows this call marks carry its @now, so
 // only their orders move on (guarded by `pending`, so a fast consumer's
 // `processed` is never overwritten), and the counters move in the same
-// transaction. @P1 is the counter slot, @P2 the rows' ids as a JSON array.
+// transaction. @P1 is the counter slot; @IDS the rows' ids, inlined as
+// literals that the primary key finds (`with_uuids`): joined with OPENJSON
+// instead, Babelfish scanned the whole outbox for every batch.
 pub(super) const MARK_PUBLISHED: &str = "SET NOCOUNT ON; BEGIN TRANSACTION; \
      DECLARE @now DATETIME2(3) = SYSUTCDATETIME(); \
      UPDATE dbo.outbox SET published_at = @now, lease_owner = NULL, lease_until = NULL, dead_at = NULL \
-     WHERE outbox_id IN (SELECT j.id FROM OPENJSON(@P2) WITH (id UNIQUEIDENTIFIER '$') AS j) AND published_at IS NULL; \
+     WHERE outbox_id IN (@IDS) AND published_at IS NULL; \
      DECLARE @marked BIGINT = @@ROWCOUNT; \
      UPDATE dbo.orders SET status = N'published' WHERE status = N'pending' AND order_id IN \
-     (SELECT x.order_id FROM dbo.outbox x WHERE x.published_at = @now \
-       AND x.outbox_id IN (SELECT j.id FROM OPENJSON(@P2) WITH (id UNIQUEIDENTIFIER '$') AS j)); \
+     (SELECT x.order_id FROM dbo.outbox x WHERE x.published_at = @now AND x.outbox_id IN (@IDS)); \
      DECLARE @advanced BIGINT = @@ROWCOUNT; \
      UPDATE dbo.order_counts SET n = n + CASE WHEN status = N'pending' THEN -@advanced ELSE @advanced END \
      WHERE status IN (N'pending', N'published') AND slot = @P1 AND @advanced > 0; \
@@ -388,12 +389,12 @@ pub(super) fn with_json(sql: &str, json: &str) -> String {
     sql.replace("@JSON", &format!("N'{}'", json.replace('\'', "''")))
 }
 
-/// `sql` with its `@IDS` replaced by `ids` as literals (never empty: an empty
-/// list is no statement). The ids are UUIDs formatted here, never text from
-/// outside.
+/// `sql` with every `@IDS` replaced by `ids` as literals (never empty: an
+/// empty list is no statement). The ids are UUIDs formatted here, never text
+/// from outside.
 pub(super) fn with_uuids(sql: &str, ids: &[uuid::Uuid]) -> String {
     let ids: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
-    sql.replacen("@IDS", &ids.join(", "), 1)
+    sql.replace("@IDS", &ids.join(", "))
 }
 
 /// `sql` with `@P1`, `@P2`, ... replaced by the integers `values`, for a SQL batch.
