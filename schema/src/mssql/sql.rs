@@ -37,12 +37,12 @@ pub(super) const PLACE_ORDER: &str = "EXEC dbo.place_order @P1, @P2, @P3, @P4, @
 
 /// [`PLACE_ORDER`] for `n` orders, each with its own nine parameters.
 pub(super) fn place_orders_sql(n: usize) -> String {
-    let each = (0..n).map(|i| {
-        (1..=9)
-            .rev()
-            .fold(PLACE_ORDER.to_string(), |sql, p| sql.replace(&format!("@P{p}"), &format!("@Q{}", i * 9 + p)))
-    });
-    let calls: Vec<String> = each.map(|call| call.replace("@Q", "@P")).collect();
+    let calls: Vec<String> = (0..n)
+        .map(|i| {
+            let params: Vec<String> = (1..=9).map(|p| format!("@P{}", i * 9 + p)).collect();
+            format!("EXEC dbo.place_order {}", params.join(", "))
+        })
+        .collect();
     match n {
         1 => calls.concat(),
         _ => format!("BEGIN TRANSACTION; {}; COMMIT TRANSACTION", calls.join("; ")),
