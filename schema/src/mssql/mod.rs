@@ -5,7 +5,6 @@
 //! never returned to the pool; time comes from `SYSUTCDATETIME()`.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -151,12 +150,12 @@ impl MssqlStore {
             .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(1)))
             .build()?;
         let (orders, queue) = mpsc::channel(1024);
-        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let writers = orders::Writers::new(queue);
         // The writers get a store whose sender is closed: holding the real one
         // would keep them alive forever.
         let (closed, _) = mpsc::channel(1);
         for _ in 0..ORDER_WRITERS {
-            tokio::spawn(orders::place_orders(Self { pool: pool.clone(), orders: closed.clone() }, queue.clone()));
+            tokio::spawn(orders::place_orders(Self { pool: pool.clone(), orders: closed.clone() }, writers.clone()));
         }
         Ok(Self { pool, orders })
     }

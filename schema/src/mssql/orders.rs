@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tiberius::ToSql;
-use tokio::sync::{Mutex, mpsc, oneshot};
+
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
@@ -86,49 +88,106 @@ pub(super) struct PlaceRequest {
     pub(super) reply: oneshot::Sender<Result<Placed, StoreError>>,
 }
 
-/// One group-commit writer: it takes the orders waiting at that moment and
-/// places them in one call and one transaction ([`place`]). Several writers
-/// share the queue, so one group is collected while another commits. When a
-/// group fails, each of its orders is placed on its own, so one bad order
-/// fails no other.
-pub(super) async fn place_orders(store: MssqlStore, queue: Arc<Mutex<mpsc::Receiver<PlaceRequest>>>) {
-    loop {
-        let group = {
-            let mut queue = queue.lock().await;
-            let Some(first) = queue.recv().await else { return };
-            let mut group = vec![first];
+/// What the group-commit writers share: the queue of orders, and how many
+/// groups are committing now.
+pub(super) struct Writers {
+    queue: Mutex<mpsc::Receiver<PlaceRequest>>,
+    committing: AtomicUsize,
+    committed: Notify,
+}
+
+impl Writers {
+    pub(super) fn new(queue: mpsc::Receiver<PlaceRequest>) -> Arc<Self> {
+        Arc::new(Self { queue: Mutex::new(queue), committing: AtomicUsize::new(0), committed: Notify::new() })
+    }
+
+    /// The orders waiting now, at least one, counted as committing until
+    /// [`Writers::done`]; `None` once the store is gone.
+    /// While [`BUSY`] groups commit, another starts only with
+    /// [`WORTH_A_COMMIT`] orders or when one of them ends: a commit's fixed
+    /// cost is spread over a bigger group when the database is busy, and an
+    /// order still starts at once when it is not.
+    async fn next_group(&self) -> Option<Vec<PlaceRequest>> {
+        let mut queue = self.queue.lock().await;
+        let mut group = vec![queue.recv().await?];
+        loop {
             while group.len() < MAX_ORDERS_PER_COMMIT {
                 match queue.try_recv() {
                     Ok(next) => group.push(next),
                     Err(_) => break,
                 }
             }
-            group
-        };
-        let orders: Vec<&NewOrder> = group.iter().map(|r| &r.order).collect();
-        let placed = match store.conn().await {
-            Ok(mut conn) => {
-                let result = place(&mut conn, &orders).await;
-                finish(conn, result)
+            let committed = self.committed.notified();
+            tokio::pin!(committed);
+            committed.as_mut().enable();
+            if group.len() >= WORTH_A_COMMIT || self.committing.load(Ordering::Acquire) < BUSY {
+                // Counted before the next writer can look.
+                self.committing.fetch_add(1, Ordering::AcqRel);
+                return Some(group);
             }
-            Err(error) => Err(error),
-        };
-        match placed {
-            Ok(placed) => {
-                for (request, placed) in group.into_iter().zip(placed) {
-                    let _ = request.reply.send(Ok(placed));
-                }
+            tokio::select! {
+                next = queue.recv() => match next {
+                    Some(next) => group.push(next),
+                    None => {
+                        self.committing.fetch_add(1, Ordering::AcqRel);
+                        return Some(group);
+                    }
+                },
+                _ = committed => {}
             }
-            Err(error) if error.is_transient() || group.len() == 1 && !matches!(error, StoreError::Conflict(_)) => {
-                for request in group {
-                    let _ = request.reply.send(Err(error.clone()));
-                }
+        }
+    }
+
+    /// A group from [`Writers::next_group`] has been answered.
+    fn done(&self) {
+        self.committing.fetch_sub(1, Ordering::AcqRel);
+        self.committed.notify_waiters();
+    }
+}
+
+/// Groups committing at once beyond which a new group waits to grow.
+const BUSY: usize = 2;
+/// The size of a group that starts whatever else is committing.
+const WORTH_A_COMMIT: usize = 8;
+
+/// One group-commit writer: it takes the orders waiting at that moment
+/// ([`Writers::next_group`]) and places them in one call and one transaction
+/// ([`place`]). Several writers share the queue, so one group is collected
+/// while another commits. When a group fails, each of its orders is placed
+/// on its own, so one bad order fails no other.
+pub(super) async fn place_orders(store: MssqlStore, writers: Arc<Writers>) {
+    while let Some(group) = writers.next_group().await {
+        place_group(&store, group).await;
+        writers.done();
+    }
+}
+
+/// Places `group` together, or each of its orders alone when that fails for
+/// a reason of one of them, and answers each order.
+async fn place_group(store: &MssqlStore, group: Vec<PlaceRequest>) {
+    let orders: Vec<&NewOrder> = group.iter().map(|r| &r.order).collect();
+    let placed = match store.conn().await {
+        Ok(mut conn) => {
+            let result = place(&mut conn, &orders).await;
+            finish(conn, result)
+        }
+        Err(error) => Err(error),
+    };
+    match placed {
+        Ok(placed) => {
+            for (request, placed) in group.into_iter().zip(placed) {
+                let _ = request.reply.send(Ok(placed));
             }
-            Err(_) => {
-                for request in group {
-                    let placed = store.place_alone(&request.order).await;
-                    let _ = request.reply.send(placed);
-                }
+        }
+        Err(error) if error.is_transient() || group.len() == 1 && !matches!(error, StoreError::Conflict(_)) => {
+            for request in group {
+                let _ = request.reply.send(Err(error.clone()));
+            }
+        }
+        Err(_) => {
+            for request in group {
+                let placed = store.place_alone(&request.order).await;
+                let _ = request.reply.send(placed);
             }
         }
     }
