@@ -187,8 +187,7 @@ async fn read_facts(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResul
     ids.dedup();
     let mut found = HashMap::with_capacity(ids.len());
     if !ids.is_empty() {
-        let json = serde_json::Value::from(ids).to_string();
-        for row in rows(client, ORDERS_FOR_PRICING, &[&json]).await? {
+        for row in rows(client, &with_order_ids(ORDERS_FOR_PRICING, &ids), &[]).await? {
             let facts = OrderFacts {
                 status: status_at(&row, 0)?,
                 quantity: row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?,
@@ -269,8 +268,10 @@ async fn apply_plain(
         .map(|p| serde_json::json!({"o": p.order_id, "u": p.unit_price.to_string(), "t": p.total_price.to_string()}))
         .collect();
     let prices = serde_json::Value::Array(prices).to_string();
+    let ids: Vec<i64> = plain.iter().map(|p| p.order_id).collect();
+    let mark = with_order_ids(&with_json(BEGIN_AND_MARK_ALL_PROCESSED, &prices), &ids);
     let mut done = HashMap::with_capacity(plain.len());
-    for row in batch_rows(client, &with_json(BEGIN_AND_MARK_ALL_PROCESSED, &prices)).await? {
+    for row in batch_rows(client, &mark).await? {
         let order_id = row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?;
         let processed_at = row.try_get::<NaiveDateTime, _>(2)?.ok_or_else(|| conversion("processed_at"))?;
         done.insert(order_id, (status_at(&row, 0)?, utc(processed_at)));

@@ -274,13 +274,16 @@ pub(super) const MARK_FAILED: &str = concat!(
 // processed, failed move by @P1 .. @P4.
 pub(super) const BUMP_COUNTS: &str = "UPDATE dbo.order_counts SET n = n + CASE status WHEN N'pending' THEN @P1 \
      WHEN N'published' THEN @P2 WHEN N'processed' THEN @P3 WHEN N'failed' THEN @P4 ELSE 0 END WHERE slot = @P5";
-// The facts the consumer decides on, for every order of a batch (@P1: a JSON array of ids).
+// The facts the consumer decides on, for every order of a batch (@ORDER_IDS,
+// inlined by `with_order_ids`): joined with OPENJSON instead, Babelfish
+// scanned the whole orders table for every batch (6.4 ms against 1.8 ms for
+// 10 orders among 44,000).
 pub(super) const ORDERS_FOR_PRICING: &str = concat!(
     "SELECT o.status, o.quantity, o.product_id, p.list_price, x.outbox_id, ",
     order_columns!("o."),
     " FROM dbo.orders o LEFT JOIN dbo.products p ON p.product_id = o.product_id \
      LEFT JOIN dbo.outbox x ON x.order_id = o.order_id \
-     WHERE o.order_id IN (SELECT j.id FROM OPENJSON(@P1) WITH (id BIGINT '$') AS j)"
+     WHERE o.order_id IN (@ORDER_IDS)"
 );
 // The inbox rows of a batch, each once (@JSON, inlined: an array of
 // {"x": outbox_id, "o": order_id}); the ids it returns were new.
@@ -292,7 +295,9 @@ pub(super) const RECORD_INBOXES: &str = "INSERT INTO dbo.inbox (outbox_id, order
 // for the inbox rows and the counters) whose @JSON is an array of
 // {"o": order_id, "u": unit_price, "t": total_price} inlined by [`with_json`].
 // The target is named plainly: Babelfish refuses `UPDATE o ... FROM dbo.orders
-// o JOIN ...`. An order no pass moved is final by now, or moved under every
+// o JOIN ...`. The ids again as literals (@ORDER_IDS): without them Babelfish
+// read every order of the pass's status through ix_orders_status (15.7 ms
+// against 4.0 ms for 20 orders with 34,000 pending). An order no pass moved is final by now, or moved under every
 // pass: the caller takes it row by row.
 pub(super) const BEGIN_AND_MARK_ALL_PROCESSED: &str = concat!(
     "BEGIN TRANSACTION; ",
@@ -301,7 +306,8 @@ pub(super) const BEGIN_AND_MARK_ALL_PROCESSED: &str = concat!(
          failure_reason = NULL, processed_at = SYSUTCDATETIME()",
         "inserted.order_id, inserted.processed_at",
         "FROM OPENJSON(@JSON) WITH (order_id BIGINT '$.o', unit_price DECIMAL(18, 2) '$.u', \
-         total_price DECIMAL(18, 2) '$.t') AS v WHERE dbo.orders.order_id = v.order_id"
+         total_price DECIMAL(18, 2) '$.t') AS v WHERE dbo.orders.order_id = v.order_id \
+         AND dbo.orders.order_id IN (@ORDER_IDS)"
     )
 );
 // A dead letter is recorded once per id; order_id 0 means none (ids start at 1).
@@ -397,6 +403,13 @@ pub(super) fn with_uuids(sql: &str, ids: &[uuid::Uuid]) -> String {
     sql.replace("@IDS", &ids.join(", "))
 }
 
+/// `sql` with every `@ORDER_IDS` replaced by `ids` as integer literals (never
+/// empty: an empty list is no statement).
+pub(super) fn with_order_ids(sql: &str, ids: &[i64]) -> String {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    sql.replace("@ORDER_IDS", &ids.join(", "))
+}
+
 /// `sql` with `@P1`, `@P2`, ... replaced by the integers `values`, for a SQL batch.
 pub(super) fn with_integers(sql: &str, values: &[i64]) -> String {
     // The highest first, so that @P1 never eats the start of @P10.
@@ -415,7 +428,7 @@ pub(super) fn with_limit(sql: &str, limit: u32) -> String {
 /// Every statement, as sent: templates expanded for a few values.
 pub(crate) fn statements() -> Vec<(&'static str, String)> {
     let ids = [uuid::Uuid::nil(), uuid::Uuid::max()];
-    let expand = |sql: &str| with_uuids(&with_json(&with_limit(sql, 10), "[]"), &ids);
+    let expand = |sql: &str| with_order_ids(&with_uuids(&with_json(&with_limit(sql, 10), "[]"), &ids), &[1, 2]);
     let mut all: Vec<(&'static str, String)> = table().into_iter().map(|(name, sql)| (name, expand(sql))).collect();
     all.push(("PLACE_ORDER (a group of 3)", place_orders_sql(3)));
     all
