@@ -23,6 +23,8 @@ pub struct Round {
     pub steady_p50_ms: f64,
     pub steady_p99_ms: f64,
     pub steady_final: f64,
+    /// Open loop at half of this round's HTTP max: its rate, then end-to-end p50, p99, p99.9 (ms).
+    pub half: [f64; 4],
     /// CPU microseconds per order in the HTTP max phase: producer, relay, consumer, broker.
     pub cpu_us_per_order: [f64; 4],
     /// Peak RSS, MB: producer, relay, consumer.
@@ -36,7 +38,7 @@ pub struct Round {
 }
 
 /// Runs one round: raw send, consume, both; then relay drain, consumer drain,
-/// relay + consumer, HTTP max, steady 2,000/s.
+/// relay + consumer, HTTP max, steady at half of it, steady 2,000/s.
 pub async fn round(args: &Args, broker: &e2e::broker::Broker, n: usize, history: usize) -> anyhow::Result<Round> {
     let url = broker.url();
     let payload = raw::sample_payload();
@@ -106,6 +108,10 @@ pub async fn round(args: &Args, broker: &e2e::broker::Broker, n: usize, history:
         steady_p50_ms: http.steady.end_to_end_latency.p50_ms,
         steady_p99_ms: http.steady.end_to_end_latency.p99_ms,
         steady_final: http.steady.completion_rate,
+        half: {
+            let e2e = http.half.end_to_end_latency;
+            [http.max_per_s / 2.0, e2e.p50_ms, e2e.p99_ms, e2e.p999_ms]
+        },
         cpu_us_per_order: http.cpu_us_per_order,
         peak_rss_mb: [
             http.peak_rss_mb[0],
@@ -130,14 +136,16 @@ async fn load_history(probe: &dyn schema::testing::Probe, n: usize) -> anyhow::R
 struct HttpFigures {
     max_per_s: f64,
     steady: loadtest::stats::Summary,
+    half: loadtest::stats::Summary,
     cpu_us_per_order: [f64; 4],
     peak_rss_mb: [f64; 3],
     database_mb: f64,
     purged_per_s: f64,
 }
 
-/// Pipeline max (closed loop, every order processed) and latency at a steady
-/// 2,000 orders/s, on a fresh database with all three services.
+/// Pipeline max (closed loop, every order processed), then latency at a
+/// steady half of that max (a load that scales with the machine) and at a
+/// steady 2,000 orders/s, on a fresh database with all three services.
 async fn http_phases(
     args: &Args,
     broker: &e2e::broker::Broker,
@@ -186,6 +194,8 @@ async fn http_phases(
     let after = after.ok_or_else(|| anyhow::anyhow!("the HTTP max phase's orders did not all become final"))?;
     let orders = max.accepted.max(1) as f64;
     let cpu_us_per_order = [0, 1, 2, 3].map(|i| ((after[i] - before[i]) * 1e6 / orders).round());
+    let max_per_s = max.sustained_per_s.unwrap_or(0.0);
+    let half = loadtest::run::run(options(loadtest::run::Mode::Open { rate: (max_per_s / 2.0).max(1.0) }, None)).await?;
     // On a history, a second relay runs retention every two seconds while the
     // steady load runs: the history is 30 days old, so it purges as it goes.
     let purger = match history {
@@ -211,8 +221,9 @@ async fn http_phases(
         .map(|m| m.len() as f64 / 1e6)
         .sum();
     Ok(HttpFigures {
-        max_per_s: max.sustained_per_s.unwrap_or(0.0),
+        max_per_s,
         steady,
+        half,
         cpu_us_per_order,
         peak_rss_mb: usage.map(|u| u.peak_rss_mb),
         database_mb,
@@ -333,8 +344,12 @@ impl Report {
             ratio("  relay + consumer / raw send + consume", |r| r.relay_and_consumer / r.raw_both),
             rate("HTTP pipeline max, orders/s (all processed)", |r| r.http_max),
             ratio(HTTP_RATIO, |r| r.http_max / r.raw_both),
+            rate("steady at half of HTTP max: orders/s", |r| r.half[0]),
+            rate("  end-to-end p50, ms", |r| r.half[1]),
+            rate("  end-to-end p99, ms (target <= 25)", |r| r.half[2]),
+            rate("  end-to-end p99.9, ms", |r| r.half[3]),
             rate("steady 2,000/s: end-to-end p50, ms", |r| r.steady_p50_ms),
-            rate("steady 2,000/s: end-to-end p99, ms (target <= 25)", |r| r.steady_p99_ms),
+            rate("steady 2,000/s: end-to-end p99, ms", |r| r.steady_p99_ms),
             rate("CPU us per order (HTTP max): producer", |r| r.cpu_us_per_order[0]),
             rate("CPU us per order (HTTP max): relay", |r| r.cpu_us_per_order[1]),
             rate("CPU us per order (HTTP max): consumer", |r| r.cpu_us_per_order[2]),
