@@ -195,7 +195,8 @@ async fn http_phases(
     let orders = max.accepted.max(1) as f64;
     let cpu_us_per_order = [0, 1, 2, 3].map(|i| ((after[i] - before[i]) * 1e6 / orders).round());
     let max_per_s = max.sustained_per_s.unwrap_or(0.0);
-    let half = loadtest::run::run(options(loadtest::run::Mode::Open { rate: (max_per_s / 2.0).max(1.0) }, None)).await?;
+    let half =
+        loadtest::run::run(options(loadtest::run::Mode::Open { rate: (max_per_s / 2.0).max(1.0) }, None)).await?;
     // On a history, a second relay runs retention every two seconds while the
     // steady load runs: the history is 30 days old, so it purges as it goes.
     let purger = match history {

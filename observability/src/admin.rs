@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -77,19 +78,33 @@ impl prometheus::core::Collector for CounterFn {
 /// Named readiness components (`database`, `broker`, ...), each up or down with a note.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    components: Arc<Mutex<BTreeMap<&'static str, (bool, String)>>>,
+    components: Arc<Mutex<BTreeMap<&'static str, Component>>>,
+}
+
+/// One component's state, and since when it has been up (or down).
+struct Component {
+    ok: bool,
+    note: String,
+    since: Instant,
 }
 
 impl Readiness {
     /// Readiness with the given components, all down until reported.
     pub fn new(components: &[&'static str]) -> Self {
-        let map = components.iter().map(|c| (*c, (false, "not checked yet".to_string()))).collect();
+        let now = Instant::now();
+        let map = components
+            .iter()
+            .map(|c| (*c, Component { ok: false, note: "not checked yet".into(), since: now }))
+            .collect();
         Self { components: Arc::new(Mutex::new(map)) }
     }
 
-    /// Reports a component up (`ok = true`) or down, with a short note.
+    /// Reports a component up (`ok = true`) or down, with a short note; its
+    /// time in that state starts again only when it flips.
     pub fn set(&self, component: &'static str, ok: bool, note: impl Into<String>) {
-        self.components.lock().expect("readiness lock").insert(component, (ok, note.into()));
+        let mut map = self.components.lock().expect("readiness lock");
+        let since = map.get(component).filter(|c| c.ok == ok).map_or_else(Instant::now, |c| c.since);
+        map.insert(component, Component { ok, note: note.into(), since });
     }
 
     /// Reports a component from the outcome of its check: up with `up_note`,
@@ -103,17 +118,22 @@ impl Readiness {
 
     /// True when every component is up.
     pub fn is_ready(&self) -> bool {
-        self.components.lock().expect("readiness lock").values().all(|(ok, _)| *ok)
+        self.components.lock().expect("readiness lock").values().all(|c| c.ok)
     }
 
-    /// `{"ready", "components": {name: {"ok", "note"}}}`, as `/readyz` answers.
+    /// `{"ready", "components": {name: {"ok", "note", "for_seconds"}}}`, as
+    /// `/readyz` answers: `for_seconds` is how long it has been up, or down.
     pub fn report(&self) -> serde_json::Value {
         let map = self.components.lock().expect("readiness lock");
         let components: serde_json::Map<String, serde_json::Value> = map
             .iter()
-            .map(|(k, (ok, note))| ((*k).to_string(), serde_json::json!({ "ok": ok, "note": note })))
+            .map(|(k, c)| {
+                let json =
+                    serde_json::json!({ "ok": c.ok, "note": c.note, "for_seconds": c.since.elapsed().as_secs() });
+                ((*k).to_string(), json)
+            })
             .collect();
-        serde_json::json!({ "ready": map.values().all(|(ok, _)| *ok), "components": components })
+        serde_json::json!({ "ready": map.values().all(|c| c.ok), "components": components })
     }
 }
 
@@ -168,7 +188,22 @@ mod tests {
         readiness.record("broker", &Ok::<_, std::io::Error>(()), "connected");
         let report = readiness.report();
         assert_eq!(report["ready"], false);
-        assert_eq!(report["components"]["broker"], serde_json::json!({ "ok": true, "note": "connected" }));
+        assert_eq!(report["components"]["broker"]["ok"], true);
+        assert_eq!(report["components"]["broker"]["note"], "connected");
         assert_eq!(report["components"]["database"]["note"], "sqlite pool: connection refused");
+    }
+
+    #[test]
+    fn a_component_keeps_its_since_until_it_flips() {
+        let readiness = Readiness::new(&["broker"]);
+        let since = |r: &Readiness| r.components.lock().unwrap()["broker"].since;
+        readiness.set("broker", false, "connection refused");
+        let down = since(&readiness);
+        readiness.set("broker", false, "connection reset");
+        assert_eq!(since(&readiness), down, "still down: the same outage");
+        let flipped = Instant::now();
+        readiness.set("broker", true, "connected");
+        assert!(since(&readiness) >= flipped && flipped >= down, "up again: a new state");
+        assert!(readiness.report()["components"]["broker"]["for_seconds"].is_u64());
     }
 }

@@ -154,6 +154,7 @@ impl App {
             actions_enabled: token.is_set() || config.http_addr.ip().is_loopback(),
             token,
             http: reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?,
+            unreachable_since: Default::default(),
         };
         let state = AppState {
             store,

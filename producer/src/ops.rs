@@ -11,9 +11,10 @@
 //! admin door (`ADMIN_TOKEN`; without one, only on a loopback producer) and is
 //! written to `outbox_audit`. Reads are open, like `/metrics`.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -39,6 +40,8 @@ pub(crate) struct Ops {
     /// False on a producer reachable from other machines without a token.
     pub actions_enabled: bool,
     pub http: reqwest::Client,
+    /// Since when each service the page could not reach has been unreachable.
+    pub unreachable_since: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// `/ops`, its state and its actions.
@@ -67,32 +70,88 @@ async fn page(State(ops): State<Ops>) -> Response {
     }
 }
 
-/// One service's readiness as its admin port reports it.
+/// One service's readiness as its admin port reports it, and in words.
 #[derive(Serialize)]
 struct ServiceState {
     name: String,
     url: String,
     ready: bool,
+    /// For people: what is wrong and for how long, e.g. "broker: connection refused, 12 s".
+    words: String,
     detail: Value,
+}
+
+impl ServiceState {
+    fn new(name: String, url: String, ready: bool, detail: Value) -> Self {
+        Self { words: in_words(&detail), name, url, ready, detail }
+    }
 }
 
 async fn probe(ops: &Ops, name: String, url: &str) -> ServiceState {
     let answer = ops.http.get(format!("{url}/readyz")).send().await;
     let (ready, detail) = match answer {
-        Ok(response) => (response.status().is_success(), response.json().await.unwrap_or(Value::Null)),
-        Err(error) => (false, json!({ "error": format!("unreachable: {}", Report::new(&error)) })),
+        Ok(response) => {
+            ops.unreachable_since.lock().expect("unreachable lock").remove(&name);
+            (response.status().is_success(), response.json().await.unwrap_or(Value::Null))
+        }
+        Err(error) => {
+            let since = *ops
+                .unreachable_since
+                .lock()
+                .expect("unreachable lock")
+                .entry(name.clone())
+                .or_insert_with(Instant::now);
+            let note = format!("unreachable: {}", Report::new(&error));
+            (
+                false,
+                json!({ "components": { "admin port": { "ok": false, "note": note, "for_seconds": since.elapsed().as_secs() } } }),
+            )
+        }
     };
-    ServiceState { name, url: url.to_string(), ready, detail }
+    ServiceState::new(name, url.to_string(), ready, detail)
+}
+
+/// A `/readyz` answer in words: the components that are down first, each
+/// with its note and how long it has been down, then those that are up.
+fn in_words(detail: &Value) -> String {
+    let Some(components) = detail.get("components").and_then(Value::as_object) else {
+        return "no readiness report".into();
+    };
+    let (mut down, mut up) = (Vec::new(), Vec::new());
+    for (name, c) in components {
+        let note = c.get("note").and_then(Value::as_str).unwrap_or("");
+        match c.get("ok").and_then(Value::as_bool).unwrap_or(false) {
+            true => up.push(format!("{name} {note}")),
+            false => {
+                let secs = c.get("for_seconds").and_then(Value::as_u64);
+                down.push(match secs {
+                    Some(secs) => format!("{name}: {note}, {}", duration_in_words(secs)),
+                    None => format!("{name}: {note}"),
+                });
+            }
+        }
+    }
+    down.extend(up);
+    down.join("; ")
+}
+
+/// `12 s`, `3 min 4 s`, `2 h 5 min`.
+fn duration_in_words(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min {} s", secs / 60, secs % 60),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
 }
 
 /// `GET /ops/state`: everything the page shows, in one answer.
 async fn state(State(ops): State<Ops>) -> Result<Json<Value>, OpsError> {
-    let mut services = vec![ServiceState {
-        name: "producer".into(),
-        url: "(this process)".into(),
-        ready: ops.readiness.is_ready(),
-        detail: ops.readiness.report(),
-    }];
+    let mut services = vec![ServiceState::new(
+        "producer".into(),
+        "(this process)".into(),
+        ops.readiness.is_ready(),
+        ops.readiness.report(),
+    )];
     let mut relays = Vec::new();
     for (i, url) in ops.relays.iter().enumerate() {
         services.push(probe(&ops, format!("relay {}", i + 1), url).await);
@@ -218,5 +277,25 @@ impl IntoResponse for OpsError {
             }
         };
         (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_readiness_report_reads_as_words_with_what_is_down_first() {
+        let detail = json!({ "ready": false, "components": {
+            "broker": { "ok": false, "note": "connection refused", "for_seconds": 12 },
+            "database": { "ok": true, "note": "ok", "for_seconds": 300 },
+            "loop": { "ok": false, "note": "no step for 95 s", "for_seconds": 3725 },
+        }});
+        assert_eq!(
+            in_words(&detail),
+            "broker: connection refused, 12 s; loop: no step for 95 s, 1 h 2 min; database ok"
+        );
+        assert_eq!(in_words(&Value::Null), "no readiness report");
+        assert_eq!(duration_in_words(125), "2 min 5 s");
     }
 }

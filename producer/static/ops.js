@@ -44,7 +44,7 @@
     } catch (e) { return; }
     const services = $("services"); services.replaceChildren();
     for (const v of s.services) {
-      const tr = row(services, [v.name, v.url, v.ready ? "ready" : "NOT READY", JSON.stringify(v.detail.components || v.detail)]);
+      const tr = row(services, [v.name, v.url, v.ready ? "ready" : "NOT READY", v.words]);
       tr.cells[2].className = v.ready ? "ready-yes" : "ready-no"; tr.cells[3].className = "detail";
       tr.dataset.service = v.name;
     }

@@ -185,6 +185,8 @@ async fn an_operator_runs_the_pipeline_from_the_ops_page() {
     })
     .await;
     assert!(ready[1].contains("relay 1") && ready[2].contains("consumer 1"), "{ready:?}");
+    // Services in words, not JSON.
+    assert!(ready[0].contains("database ok") && ready.iter().all(|t| !t.contains('{')), "{ready:?}");
     assert_eq!(text_of(&page, "#outbox-parked").await.as_deref(), Some("1"));
     let parked = text_of(&page, "#parked").await.unwrap();
     assert!(parked.contains(&poison.to_string()) && parked.contains("exceeds the 65536-byte limit"), "{parked}");
