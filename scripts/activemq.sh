@@ -17,10 +17,15 @@ ACTIVEMQ_HOME=/usr/share/activemq
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 install() {
-    if [ ! -f "$ACTIVEMQ_HOME/bin/activemq.jar" ]; then
+    # XStream and Jettison (recommended by libactivemq-java, named here so
+    # that a machine without recommends gets them too) turn the statistics
+    # plugin's map messages into JSON for STOMP clients (jms-map-json).
+    if [ ! -f "$ACTIVEMQ_HOME/bin/activemq.jar" ] || [ ! -f /usr/share/java/xstream.jar ] \
+        || [ ! -f /usr/share/java/jettison.jar ]; then
         echo "installing ActiveMQ from the OS packages..." >&2
         as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq >/dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq activemq libxstream-java \
+            libjettison-java >/dev/null
     fi
 }
 
@@ -47,6 +52,11 @@ start() {
                            http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" brokerName="orderflow" useJmx="false"
           dataDirectory="$dir/data" schedulePeriodForDestinationPurge="0">
+    <plugins>
+      <!-- Queue depth and counters on request: a message to
+           ActiveMQ.Statistics.Destination.<queue> with a reply-to. -->
+      <statisticsBrokerPlugin/>
+    </plugins>
     <persistenceAdapter>
       <kahaDB directory="$kahadb" concurrentStoreAndDispatchQueues="false">
         <locker><shared-file-locker lockAcquireSleepInterval="500"/></locker>
@@ -68,7 +78,7 @@ XML
     nohup java -Xms128M -Xmx384M -XX:+UseSerialGC \
         -Dactivemq.home="$ACTIVEMQ_HOME" -Dactivemq.base="$dir" -Dactivemq.conf="$dir/conf" \
         -Dactivemq.data="$dir/data" -Djava.io.tmpdir="$dir/tmp" \
-        -Dactivemq.classpath="/usr/share/java/slf4j-simple.jar" \
+        -Dactivemq.classpath="/usr/share/java/slf4j-simple.jar:/usr/share/java/xstream.jar:/usr/share/java/jettison.jar" \
         -jar "$ACTIVEMQ_HOME/bin/activemq.jar" start "xbean:file:$dir/conf/activemq.xml" \
         >"$dir/broker.log" 2>&1 </dev/null &
     echo $! >"$dir/broker.pid"

@@ -51,6 +51,20 @@
     $("outbox-pending").textContent = s.outbox.pending;
     $("outbox-oldest").textContent = s.outbox.oldest_pending_seconds.toFixed(1) + " s";
     $("outbox-parked").textContent = s.outbox.parked;
+    // The broker's own figures, as the first relay that reached it last saw them.
+    const seen = s.relays.map(r => (r.status || {}).broker).filter(b => b);
+    const broker = seen.find(b => b.age_seconds !== null && b.age_seconds !== undefined) || seen[0];
+    const brokerRows = $("broker"); brokerRows.replaceChildren();
+    if (!broker) {
+      $("broker-note").textContent = "No relay answered: the broker's figures are unknown.";
+    } else {
+      const age = broker.age_seconds === null ? "" : " (" + broker.age_seconds + " s ago)";
+      $("broker-note").textContent = broker.note === "ok" ? "As the broker counts them" + age + "." : broker.note + age;
+      for (const q of broker.queues) {
+        row(brokerRows, [q.queue, String(q.depth), String(q.consumers), String(q.enqueued), String(q.dequeued)]).dataset.queue = q.queue;
+      }
+      for (const q of broker.absent || []) row(brokerRows, [q, "not created yet", "", "", ""]).dataset.queue = q;
+    }
     const relays = $("relays"); relays.replaceChildren();
     for (const r of s.relays) {
       const st = r.status || {};

@@ -3,6 +3,7 @@
 //! Invariant: only the relay publishes order events, and it marks a row
 //! published only after the broker's RECEIPT (at-least-once; the consumer dedupes).
 
+pub mod broker_stats;
 mod config;
 pub mod maintenance;
 pub mod metrics;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+use crate::broker_stats::BrokerQueues;
 use crate::metrics::Metrics;
 use crate::publisher::{Publisher, StompPublisher};
 use crate::step::Relay;
@@ -99,14 +101,25 @@ impl App {
         );
         let mut essentials = observability::Essentials::new(&shutdown);
         let token = observability::AdminToken::new(config.service.admin_token.as_deref());
+        let broker_queues = BrokerQueues::default();
         essentials.serve_admin(
             admin,
             observability::admin_router(registry, readiness.clone()).merge(ops::router(
                 relay.clone(),
                 outbox_admin.clone(),
                 token,
+                broker_queues.clone(),
             )),
         );
+        let queue = config.broker.queue.clone();
+        let stats = broker_stats::watch(
+            config.broker.client_config(),
+            vec![queue.clone(), format!("{queue}.DLQ")],
+            broker_queues,
+            relay.metrics.clone(),
+            essentials.stop_token(),
+        );
+        tokio::spawn(stats);
         let mut scheduler =
             maintenance::start(outbox_admin, config.maintenance(&relay.owner), relay.metrics.clone()).await?;
         let watch = watch(relay.clone(), readiness, essentials.stop_token());

@@ -2,7 +2,7 @@
 //!
 //! Invariant: labels come from small fixed sets, never ids or error text.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// The relay's metrics, registered once per process.
 #[derive(Clone)]
@@ -26,6 +26,11 @@ pub struct Metrics {
     pub published_not_processed: IntGauge,
     /// Stuck orders sent again by the sweep.
     pub repaired: IntCounter,
+    /// The broker's own figures of the order queue and its `.DLQ` (`broker_stats`).
+    pub broker_queue_size: IntGaugeVec,
+    pub broker_queue_consumers: IntGaugeVec,
+    pub broker_queue_enqueued: IntGaugeVec,
+    pub broker_queue_dequeued: IntGaugeVec,
 }
 
 impl Metrics {
@@ -81,6 +86,25 @@ impl Metrics {
                 "orderflow_reconcile_repaired_total",
                 "Stuck orders whose outbox row the sweep made due again",
             )?,
+            broker_queue_size: IntGaugeVec::new(
+                Opts::new("orderflow_broker_queue_size", "Messages in the queue, as the broker counts them"),
+                &["queue"],
+            )?,
+            broker_queue_consumers: IntGaugeVec::new(
+                Opts::new("orderflow_broker_queue_consumers", "Consumers of the queue, as the broker counts them"),
+                &["queue"],
+            )?,
+            broker_queue_enqueued: IntGaugeVec::new(
+                Opts::new("orderflow_broker_queue_enqueued", "Messages sent to the queue since the broker started"),
+                &["queue"],
+            )?,
+            broker_queue_dequeued: IntGaugeVec::new(
+                Opts::new(
+                    "orderflow_broker_queue_dequeued",
+                    "Messages acknowledged from the queue since the broker started",
+                ),
+                &["queue"],
+            )?,
         };
         for table in ["outbox", "inbox", "dead_letters"] {
             m.purged.with_label_values(&[table]);
@@ -93,6 +117,10 @@ impl Metrics {
         for kind in ["rejected", "unknown", "database", "broker"] {
             m.publish_errors.with_label_values(&[kind]);
         }
+        registry.register(Box::new(m.broker_queue_size.clone()))?;
+        registry.register(Box::new(m.broker_queue_consumers.clone()))?;
+        registry.register(Box::new(m.broker_queue_enqueued.clone()))?;
+        registry.register(Box::new(m.broker_queue_dequeued.clone()))?;
         registry.register(Box::new(m.published.clone()))?;
         registry.register(Box::new(m.publish_errors.clone()))?;
         registry.register(Box::new(m.parked.clone()))?;

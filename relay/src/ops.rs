@@ -18,11 +18,12 @@ use schema::{OrderId, OutboxAdmin, OutboxId, RequeueTarget, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::broker_stats::BrokerQueues;
 use crate::step::Relay;
 
 /// The operator routes, to merge into the admin router: reads are open, every
 /// change passes the admin door (`ADMIN_TOKEN`).
-pub fn router(relay: Arc<Relay>, admin: Arc<dyn OutboxAdmin>, token: AdminToken) -> Router {
+pub fn router(relay: Arc<Relay>, admin: Arc<dyn OutboxAdmin>, token: AdminToken, broker: BrokerQueues) -> Router {
     let changes = Router::new()
         .route("/relay/pause", post(pause))
         .route("/relay/resume", post(resume))
@@ -34,7 +35,7 @@ pub fn router(relay: Arc<Relay>, admin: Arc<dyn OutboxAdmin>, token: AdminToken)
         .route("/relay/status", get(status))
         .route("/relay/parked", get(parked))
         .merge(changes)
-        .with_state(Ops { relay, admin })
+        .with_state(Ops { relay, admin, broker })
 }
 
 /// What the routes act on: the relay's loop, and the outbox's administration.
@@ -42,6 +43,7 @@ pub fn router(relay: Arc<Relay>, admin: Arc<dyn OutboxAdmin>, token: AdminToken)
 struct Ops {
     relay: Arc<Relay>,
     admin: Arc<dyn OutboxAdmin>,
+    broker: BrokerQueues,
 }
 
 /// What an operator request can fail with.
@@ -74,15 +76,20 @@ impl IntoResponse for OpsError {
 
 type Answer = Result<Json<serde_json::Value>, OpsError>;
 
-async fn status(State(Ops { relay, .. }): State<Ops>) -> Json<serde_json::Value> {
+async fn status(State(Ops { relay, broker, .. }): State<Ops>) -> Json<serde_json::Value> {
     Json(json!({
         "relay_id": relay.owner,
+        "broker": broker.report(),
         "paused": relay.control.is_paused(),
         "heartbeat_age_seconds": relay.control.heartbeat_age().as_secs_f64(),
     }))
 }
 
-async fn pause(State(Ops { relay, admin }): State<Ops>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+async fn pause(
+    State(Ops { relay, admin, .. }): State<Ops>,
+    headers: HeaderMap,
+    Query(q): Query<TargetQuery>,
+) -> Answer {
     let who = requested_by(&q, &headers)?;
     admin.record_action("pause", &who).await?;
     relay.pause();
@@ -90,7 +97,11 @@ async fn pause(State(Ops { relay, admin }): State<Ops>, headers: HeaderMap, Quer
     Ok(Json(json!({ "paused": true, "requested_by": who })))
 }
 
-async fn resume(State(Ops { relay, admin }): State<Ops>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+async fn resume(
+    State(Ops { relay, admin, .. }): State<Ops>,
+    headers: HeaderMap,
+    Query(q): Query<TargetQuery>,
+) -> Answer {
     let who = requested_by(&q, &headers)?;
     admin.record_action("resume", &who).await?;
     relay.resume();
@@ -98,7 +109,11 @@ async fn resume(State(Ops { relay, admin }): State<Ops>, headers: HeaderMap, Que
     Ok(Json(json!({ "paused": false, "requested_by": who })))
 }
 
-async fn drain(State(Ops { relay, admin }): State<Ops>, headers: HeaderMap, Query(q): Query<TargetQuery>) -> Answer {
+async fn drain(
+    State(Ops { relay, admin, .. }): State<Ops>,
+    headers: HeaderMap,
+    Query(q): Query<TargetQuery>,
+) -> Answer {
     let who = requested_by(&q, &headers)?;
     admin.record_action("drain", &who).await?;
     let released = relay.drain().await?;

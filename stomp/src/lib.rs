@@ -9,9 +9,11 @@ mod args;
 mod broker_url;
 mod client;
 mod codec;
+mod stats;
 
 pub use args::{BrokerArgs, ORDER_QUEUE};
 pub use broker_url::{BrokerUrl, UrlError};
 
 pub use client::{Client, Config, Receipt, StompError};
 pub use codec::{BODY_PREFIX_BYTES, CodecError, Cut, Frame, Item, MAX_BODY_BYTES, MAX_HEADER_BYTES, StompCodec};
+pub use stats::{QueueStats, queue_stats};

@@ -1,6 +1,7 @@
 //! End-to-end tests: the three services against a real ActiveMQ and real SQLite files.
 
 mod bad_input;
+mod broker_stats;
 mod browser;
 mod consumer;
 mod hostile;

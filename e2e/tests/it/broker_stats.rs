@@ -1,0 +1,28 @@
+//! The broker's own queue figures, asked of its statistics plugin over STOMP.
+
+use std::time::Duration;
+
+use e2e::broker::shared_broker_url;
+use stomp::{Client, Config, Frame};
+
+fn config() -> Config {
+    Config::from_url(&shared_broker_url()).expect("the test broker's URL")
+}
+
+#[tokio::test]
+async fn the_broker_counts_a_queue_and_says_nothing_of_one_that_does_not_exist() {
+    let queue = e2e::unique_queue();
+    let client = Client::connect(&config()).await.unwrap();
+    let three = (0..3).map(|i| Frame::new("SEND").header("destination", queue.as_str()).body(format!("m{i}")));
+    for receipt in client.send_with_receipts(three).await.unwrap() {
+        receipt.wait(Duration::from_secs(10)).await.unwrap();
+    }
+    client.disconnect(Duration::from_secs(1)).await;
+
+    let missing = format!("{queue}.DLQ");
+    let stats = stomp::queue_stats(&config(), &[&queue, &missing], Duration::from_secs(3)).await.unwrap();
+    let name = queue.strip_prefix("/queue/").unwrap();
+    assert_eq!(stats.len(), 1, "only the queue that exists: {stats:?}");
+    let s = &stats[0];
+    assert_eq!((s.queue.as_str(), s.depth, s.consumers, s.enqueued, s.dequeued), (name, 3, 0, 3, 0), "{s:?}");
+}
