@@ -38,6 +38,7 @@ impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let latency =
             vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let queue_gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["queue"]);
         let m = Self {
             published: IntCounter::new("orderflow_relay_published_total", "Messages confirmed by the broker")?,
             publish_errors: IntCounterVec::new(
@@ -86,24 +87,21 @@ impl Metrics {
                 "orderflow_reconcile_repaired_total",
                 "Stuck orders whose outbox row the sweep made due again",
             )?,
-            broker_queue_size: IntGaugeVec::new(
-                Opts::new("orderflow_broker_queue_size", "Messages in the queue, as the broker counts them"),
-                &["queue"],
+            broker_queue_size: queue_gauge(
+                "orderflow_broker_queue_size",
+                "Messages in the queue, as the broker counts them",
             )?,
-            broker_queue_consumers: IntGaugeVec::new(
-                Opts::new("orderflow_broker_queue_consumers", "Consumers of the queue, as the broker counts them"),
-                &["queue"],
+            broker_queue_consumers: queue_gauge(
+                "orderflow_broker_queue_consumers",
+                "Consumers of the queue, as the broker counts them",
             )?,
-            broker_queue_enqueued: IntGaugeVec::new(
-                Opts::new("orderflow_broker_queue_enqueued", "Messages sent to the queue since the broker started"),
-                &["queue"],
+            broker_queue_enqueued: queue_gauge(
+                "orderflow_broker_queue_enqueued",
+                "Messages sent to the queue since the broker started",
             )?,
-            broker_queue_dequeued: IntGaugeVec::new(
-                Opts::new(
-                    "orderflow_broker_queue_dequeued",
-                    "Messages acknowledged from the queue since the broker started",
-                ),
-                &["queue"],
+            broker_queue_dequeued: queue_gauge(
+                "orderflow_broker_queue_dequeued",
+                "Messages acknowledged from the queue since the broker started",
             )?,
         };
         for table in ["outbox", "inbox", "dead_letters"] {
