@@ -169,6 +169,7 @@ async fn state(State(ops): State<Ops>) -> Result<Json<Value>, OpsError> {
         "outbox": ops.store.outbox_stats().await?,
         "parked": ops.store.parked_rows(50).await?,
         "failed": ops.store.failed_orders(50).await?,
+        "dead_letters": ops.store.recent_dead_letters(50).await?,
         "reconciliation": ops.store.reconcile(ops.stale_after).await?,
         "stale_after_seconds": ops.stale_after.as_secs(),
         "relays": relays,

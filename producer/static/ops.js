@@ -79,6 +79,13 @@
       row(parked, [p.outbox_id, String(p.order_id), String(p.attempts), p.last_error, p.dead_at,
         button("Requeue", "requeue-" + p.outbox_id, "/ops/requeue?outbox_id=" + encodeURIComponent(p.outbox_id))]);
     }
+    const letters = $("dead-letters"); letters.replaceChildren();
+    for (const d of s.dead_letters) {
+      let order = "—";
+      if (d.order_id !== null) { order = document.createElement("a"); order.href = "/orders/" + d.order_id; order.textContent = d.order_id; }
+      const reached = d.sent_at ? d.sent_at : d.undeliverable_at ? "set aside at " + d.undeliverable_at + " (the broker refused it)" : "waiting";
+      row(letters, [d.created_at, order, d.reason, reached]).dataset.deadLetter = d.dead_letter_id;
+    }
     const failed = $("failed"); failed.replaceChildren();
     for (const o of s.failed) {
       const link = document.createElement("a"); link.href = "/orders/" + o.order_id; link.textContent = o.order_id;

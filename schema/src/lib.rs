@@ -26,9 +26,9 @@ pub use model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Prod
 pub use mssql::MssqlStore;
 pub use sqlite::SqliteStore;
 pub use store::{
-    Applied, AuditEntry, Cause, DeadLetter, Delivery, FailureOutcome, OrderCounts, OrderStore, OutboxAdmin,
-    OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation, RequeueTarget, Store,
-    StoreError, UndeliverableLetter,
+    Applied, AuditEntry, Cause, DeadLetter, DeadLetterEntry, Delivery, FailureOutcome, OrderCounts, OrderStore,
+    OutboxAdmin, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessOutcome, ProcessingStore, Reconciliation,
+    RequeueTarget, Store, StoreError, UndeliverableLetter,
 };
 
 /// Every SQL Server statement this crate sends, for the T-SQL parser test.

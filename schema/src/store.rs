@@ -336,6 +336,8 @@ pub trait OutboxAdmin: Send + Sync {
     ) -> Result<Vec<(OrderId, OutboxId)>, StoreError>;
     /// The most recent audit entries, newest first.
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The most recent dead letters, newest first, with whether each reached the dead-letter queue.
+    async fn recent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterEntry>, StoreError>;
     /// Records a relay-wide operator action (`pause`, `resume`, `drain`).
     async fn record_action(&self, action: &str, requested_by: &str) -> Result<(), StoreError>;
     /// Puts a `failed` order back to `pending` with a fresh outbox row (a new
@@ -391,6 +393,23 @@ pub struct DeadLetter {
     pub body: Vec<u8>,
     /// Times the broker refused it or its send ended without a receipt.
     pub attempts: u32,
+}
+
+/// A dead letter as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetterEntry {
+    /// Its key, the `dlq-id` it carries on the dead-letter queue.
+    pub dead_letter_id: String,
+    /// The order the message named, if any.
+    pub order_id: Option<OrderId>,
+    /// Why the message was parked.
+    pub reason: String,
+    /// When the message was parked.
+    pub created_at: DateTime<Utc>,
+    /// When it reached the dead-letter queue; `None` while it waits or once set aside.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// When the broker's refusals set it aside.
+    pub undeliverable_at: Option<DateTime<Utc>>,
 }
 
 /// A dead letter the broker refused until it was set aside: kept, listed for

@@ -199,6 +199,11 @@ async fn an_operator_runs_the_pipeline_from_the_ops_page() {
     assert!(parked.contains(&poison.to_string()) && parked.contains("exceeds the 65536-byte limit"), "{parked}");
     let failures = text_of(&page, "#failed").await.unwrap();
     assert!(failures.contains("unknown product P777"), "{failures}");
+    let letters = wait_for("the dead letter on the page, sent to the DLQ", Duration::from_secs(20), || async {
+        text_of(&page, "#dead-letters").await.filter(|t| t.contains("unknown product P777") && !t.contains("waiting"))
+    })
+    .await;
+    assert!(letters.contains(&failed.to_string()), "{letters}");
 
     // An action without a name is refused on the page; with the wrong token by the server.
     click_id(&page, "pause-0").await;

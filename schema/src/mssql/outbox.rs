@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
 use crate::store::{Cause, Moves, OrderStore};
 use crate::{
-    AuditEntry, FailureOutcome, MssqlStore, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow, OutboxStats,
-    OutboxStore, ParkedRow, Reconciliation, RequeueTarget, StoreError,
+    AuditEntry, DeadLetterEntry, FailureOutcome, MssqlStore, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow,
+    OutboxStats, OutboxStore, ParkedRow, Reconciliation, RequeueTarget, StoreError,
 };
 
 use super::orders::insert_outbox;
@@ -184,6 +184,30 @@ impl OutboxAdmin for MssqlStore {
         let limit = i64::from(limit);
         let result =
             async { rows(&mut conn, RECENT_AUDIT, &[&limit]).await?.iter().map(audit_from_row).collect() }.await;
+        finish(conn, result)
+    }
+
+    async fn recent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterEntry>, StoreError> {
+        let mut conn = self.conn().await?;
+        let limit = i64::from(limit);
+        let result = async {
+            let time = |row: &Row, i: usize| -> TdsResult<_> { Ok(row.try_get::<NaiveDateTime, _>(i)?.map(utc)) };
+            rows(&mut conn, RECENT_DEAD_LETTERS, &[&limit])
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(DeadLetterEntry {
+                        dead_letter_id: row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("dead_letter_id"))?.into(),
+                        order_id: row.try_get::<i64, _>(1)?.map(OrderId),
+                        reason: row.try_get::<&str, _>(2)?.unwrap_or_default().into(),
+                        created_at: time(row, 3)?.ok_or_else(|| conversion("created_at"))?,
+                        sent_at: time(row, 4)?,
+                        undeliverable_at: time(row, 5)?,
+                    })
+                })
+                .collect()
+        }
+        .await;
         finish(conn, result)
     }
 

@@ -324,6 +324,9 @@ pub(super) const REFUSE_DEAD_LETTER: &str = "UPDATE dbo.dead_letters SET attempt
 pub(super) const UNDELIVERABLE_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, order_id, reason, last_error, \
      attempts, created_at, undeliverable_at FROM dbo.dead_letters WHERE undeliverable_at IS NOT NULL \
      ORDER BY undeliverable_at DESC";
+// Newest first, by the identity; dead letters are few (retention purges the sent ones).
+pub(super) const RECENT_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, order_id, reason, created_at, sent_at, \
+     undeliverable_at FROM dbo.dead_letters ORDER BY seq DESC";
 pub(super) const MARK_DEAD_LETTER_SENT: &str = "UPDATE dbo.dead_letters SET sent_at = SYSUTCDATETIME() OUTPUT inserted.dead_letter_id \
      WHERE dead_letter_id = @P1 AND sent_at IS NULL";
 pub(super) const ORDER_EXISTS: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE order_id = @P1";
@@ -447,6 +450,7 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("FAILED_ORDERS", FAILED_ORDERS),
         ("PUBLISHED_AT", PUBLISHED_AT),
         ("RECENT_AUDIT", RECENT_AUDIT),
+        ("RECENT_DEAD_LETTERS", RECENT_DEAD_LETTERS),
         ("CLAIM_IDS", CLAIM_IDS),
         ("CLAIM", CLAIM),
         ("MARK_PUBLISHED", MARK_PUBLISHED),

@@ -11,8 +11,8 @@ use rusqlite::{OptionalExtension, params};
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
 use crate::store::{Cause, Moves};
 use crate::{
-    AuditEntry, FailureOutcome, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow, OutboxStats, OutboxStore,
-    ParkedRow, Reconciliation, RequeueTarget, SqliteStore, StoreError,
+    AuditEntry, DeadLetterEntry, FailureOutcome, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow, OutboxStats,
+    OutboxStore, ParkedRow, Reconciliation, RequeueTarget, SqliteStore, StoreError,
 };
 
 use super::orders::insert_outbox;
@@ -280,6 +280,28 @@ impl OutboxAdmin for SqliteStore {
                     action: r.get(2)?,
                     requested_by: r.get(3)?,
                     requested_at: parse_time(&r.get::<_, String>(4)?)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn recent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterEntry>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT dead_letter_id, order_id, reason, created_at, sent_at, undeliverable_at FROM dead_letters \
+                 ORDER BY created_at DESC, rowid DESC LIMIT ?1",
+            )?;
+            let time = |t: Option<String>| t.map(|t| parse_time(&t)).transpose();
+            let rows = stmt.query_map([limit], |r| {
+                Ok(DeadLetterEntry {
+                    dead_letter_id: r.get(0)?,
+                    order_id: r.get::<_, Option<i64>>(1)?.map(OrderId),
+                    reason: r.get(2)?,
+                    created_at: parse_time(&r.get::<_, String>(3)?)?,
+                    sent_at: time(r.get(4)?)?,
+                    undeliverable_at: time(r.get(5)?)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

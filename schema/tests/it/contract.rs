@@ -261,6 +261,20 @@ pub async fn dead_letters_are_recorded_once_and_kept_until_confirmed(store: Arc<
     assert_eq!(store.mark_dead_letters_sent(&[garbage.dead_letter_id.clone()]).await.unwrap(), 1);
     assert_eq!(store.unsent_dead_letters(100).await.unwrap().len(), 2, "sent ones are done");
     assert_eq!(store.unsent_dead_letters(1).await.unwrap()[0].dead_letter_id, product.dead_letter_id);
+    // As operators see them: newest first, with whether each reached the dead-letter queue.
+    let listed = store.recent_dead_letters(10).await.unwrap();
+    let seen: Vec<(&str, Option<OrderId>, bool)> =
+        listed.iter().map(|l| (l.dead_letter_id.as_str(), l.order_id, l.sent_at.is_some())).collect();
+    assert_eq!(
+        seen,
+        [
+            (missing.dead_letter_id.as_str(), Some(OrderId(777_777)), false),
+            (product.dead_letter_id.as_str(), Some(unknown), false),
+            (garbage.dead_letter_id.as_str(), None, true),
+        ]
+    );
+    assert_eq!(listed[1].reason, "unknown product P999");
+    assert_eq!(store.recent_dead_letters(1).await.unwrap().len(), 1, "the limit holds");
 }
 
 pub async fn a_refused_dead_letter_is_set_aside_and_sent_ones_expire(store: Arc<dyn Store>) {
