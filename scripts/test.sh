@@ -13,6 +13,9 @@ fi
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
 [ -f /usr/share/activemq/bin/activemq.jar ] || need+=(activemq)
+# The broker's statistics plugin answers STOMP clients in JSON through these two.
+[ -f /usr/share/java/xstream.jar ] || need+=(libxstream-java)
+[ -f /usr/share/java/jettison.jar ] || need+=(libjettison-java)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v promtool >/dev/null || need+=(prometheus)
