@@ -59,7 +59,7 @@ pub async fn watch(
     metrics: Metrics,
     stop: CancellationToken,
 ) {
-    let names: Vec<&str> = queues.iter().map(String::as_str).collect();
+    let names: Vec<&str> = queues.iter().map(|q| q.strip_prefix("/queue/").unwrap_or(q)).collect();
     let mut every = Every::new(EVERY, stop);
     while every.tick().await {
         let answer = stomp::queue_stats(&config, &names, WAIT).await;
@@ -72,12 +72,8 @@ pub async fn watch(
                     metrics.broker_queue_enqueued.with_label_values(&[&s.queue]).set(s.enqueued);
                     metrics.broker_queue_dequeued.with_label_values(&[&s.queue]).set(s.dequeued);
                 }
-                let missing: Vec<String> = names
-                    .iter()
-                    .map(|n| n.strip_prefix("/queue/").unwrap_or(n))
-                    .filter(|n| !found.iter().any(|s| s.queue == *n))
-                    .map(str::to_string)
-                    .collect();
+                let missing: Vec<String> =
+                    names.iter().filter(|n| !found.iter().any(|s| s.queue == **n)).map(|n| n.to_string()).collect();
                 // The plugin answers for every queue that exists: one answer
                 // shows it is there, and the others do not exist yet.
                 last.note = match found.is_empty() {

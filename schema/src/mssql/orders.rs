@@ -121,21 +121,19 @@ impl Writers {
             tokio::pin!(committed);
             committed.as_mut().enable();
             if group.len() >= WORTH_A_COMMIT || self.committing.load(Ordering::Acquire) < BUSY {
-                // Counted before the next writer can look.
-                self.committing.fetch_add(1, Ordering::AcqRel);
-                return Some(group);
+                break;
             }
             tokio::select! {
                 next = queue.recv() => match next {
                     Some(next) => group.push(next),
-                    None => {
-                        self.committing.fetch_add(1, Ordering::AcqRel);
-                        return Some(group);
-                    }
+                    None => break,
                 },
                 _ = committed => {}
             }
         }
+        // Counted while the queue is still held, before the next writer can look.
+        self.committing.fetch_add(1, Ordering::AcqRel);
+        Some(group)
     }
 
     /// A group from [`Writers::next_group`] has been answered.
