@@ -7,6 +7,7 @@
 
 mod database_url;
 mod decide;
+pub mod incidents;
 pub mod limits;
 pub mod messages;
 pub mod model;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub use database_url::{DatabaseArgs, DatabaseUrl};
+pub use incidents::{FailureGroup, IncidentAdmin, ReplayReport, Replayed, Skipped};
 pub use model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 pub use mssql::MssqlStore;
 pub use sqlite::SqliteStore;

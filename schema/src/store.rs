@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use error_reporter::Report;
 
+use crate::incidents::IncidentAdmin;
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 
 /// What went wrong in the store, phrased as what the caller can do about it.
@@ -410,6 +411,8 @@ pub struct DeadLetterEntry {
     pub sent_at: Option<DateTime<Utc>>,
     /// When the broker's refusals set it aside.
     pub undeliverable_at: Option<DateTime<Utc>>,
+    /// When an operator replayed it (its order sent again).
+    pub replayed_at: Option<DateTime<Utc>>,
 }
 
 /// A dead letter the broker refused until it was set aside: kept, listed for
@@ -463,6 +466,6 @@ pub trait ProcessingStore: Send + Sync {
 }
 
 /// Everything a backend offers; each service takes the role it needs.
-pub trait Store: OrderStore + OutboxStore + OutboxAdmin + ProcessingStore {}
+pub trait Store: OrderStore + OutboxStore + OutboxAdmin + ProcessingStore + IncidentAdmin {}
 
-impl<T: OrderStore + OutboxStore + OutboxAdmin + ProcessingStore> Store for T {}
+impl<T: OrderStore + OutboxStore + OutboxAdmin + ProcessingStore + IncidentAdmin> Store for T {}

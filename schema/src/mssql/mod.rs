@@ -55,6 +55,7 @@ macro_rules! order_columns {
     };
 }
 
+mod incidents;
 mod orders;
 mod outbox;
 mod processing;

@@ -203,6 +203,7 @@ impl OutboxAdmin for MssqlStore {
                         created_at: time(row, 3)?.ok_or_else(|| conversion("created_at"))?,
                         sent_at: time(row, 4)?,
                         undeliverable_at: time(row, 5)?,
+                        replayed_at: time(row, 6)?,
                     })
                 })
                 .collect()
@@ -299,9 +300,25 @@ async fn repair(
 
 async fn retry_order(client: &mut TdsClient, order_id: OrderId, requested_by: &str) -> TdsResult<Option<OutboxId>> {
     batch(client, BEGIN).await?;
+    let Some(outbox_id) = retry_in(client, order_id, "retry", requested_by).await? else {
+        batch(client, ROLLBACK).await?;
+        return Ok(None);
+    };
+    batch(client, COMMIT).await?;
+    Ok(Some(outbox_id))
+}
+
+/// Inside the caller's transaction: puts a `failed` order back to `pending`
+/// with a fresh outbox row, audited as `action`; `None` when it is not `failed`
+/// (the status it leaves is the one the guarded statement names).
+pub(super) async fn retry_in(
+    client: &mut TdsClient,
+    order_id: OrderId,
+    action: &str,
+    requested_by: &str,
+) -> TdsResult<Option<OutboxId>> {
     let updated = rows(client, RETRY_ORDER, &[&order_id.0]).await?;
     let Some(row) = updated.first() else {
-        batch(client, ROLLBACK).await?;
         return Ok(None);
     };
     let order = order_from_row(row)?;
@@ -309,7 +326,6 @@ async fn retry_order(client: &mut TdsClient, order_id: OrderId, requested_by: &s
     let mut moves = Moves::default();
     moves.moved(OrderStatus::Failed, OrderStatus::Pending, 1);
     count_moves(client, moves).await?;
-    exec(client, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &"retry", &requested_by]).await?;
-    batch(client, COMMIT).await?;
+    exec(client, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &action, &requested_by]).await?;
     Ok(Some(outbox_id))
 }

@@ -326,7 +326,19 @@ pub(super) const UNDELIVERABLE_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_lette
      ORDER BY undeliverable_at DESC";
 // Newest first, by the identity; dead letters are few (retention purges the sent ones).
 pub(super) const RECENT_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, order_id, reason, created_at, sent_at, \
-     undeliverable_at FROM dbo.dead_letters ORDER BY seq DESC";
+     undeliverable_at, replayed_at FROM dbo.dead_letters ORDER BY seq DESC";
+// Failure groups (`incidents.rs`): the newest failed orders and open dead
+// letters, whose reasons are grouped by `crate::incidents::fingerprint`.
+pub(super) const FAILED_REASONS: &str = "SELECT TOP (@P1) order_id, COALESCE(failure_reason, N''), \
+     COALESCE(processed_at, created_at) FROM dbo.orders WHERE status = N'failed' ORDER BY order_id DESC";
+pub(super) const OPEN_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, order_id, reason, created_at \
+     FROM dbo.dead_letters WHERE replayed_at IS NULL ORDER BY seq DESC";
+pub(super) const DEAD_LETTER_ORDER: &str =
+    "SELECT dead_letter_id, order_id FROM dbo.dead_letters WHERE dead_letter_id = @P1";
+// The letter is taken by the statement that marks it: a group replay takes
+// only a letter no other replay has marked meanwhile (@P2 = 1).
+pub(super) const MARK_REPLAYED: &str = "UPDATE dbo.dead_letters SET replayed_at = SYSUTCDATETIME() \
+     OUTPUT inserted.dead_letter_id WHERE dead_letter_id = @P1 AND (@P2 = 0 OR replayed_at IS NULL)";
 pub(super) const MARK_DEAD_LETTER_SENT: &str = "UPDATE dbo.dead_letters SET sent_at = SYSUTCDATETIME() OUTPUT inserted.dead_letter_id \
      WHERE dead_letter_id = @P1 AND sent_at IS NULL";
 pub(super) const ORDER_EXISTS: &str = "SELECT COUNT_BIG(*) FROM dbo.orders WHERE order_id = @P1";
@@ -474,6 +486,10 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("REFUSE_DEAD_LETTER", REFUSE_DEAD_LETTER),
         ("UNDELIVERABLE_DEAD_LETTERS", UNDELIVERABLE_DEAD_LETTERS),
         ("PURGE_DEAD_LETTERS", PURGE_DEAD_LETTERS),
+        ("FAILED_REASONS", FAILED_REASONS),
+        ("OPEN_DEAD_LETTERS", OPEN_DEAD_LETTERS),
+        ("DEAD_LETTER_ORDER", DEAD_LETTER_ORDER),
+        ("MARK_REPLAYED", MARK_REPLAYED),
         ("PARKED_ROWS", PARKED_ROWS),
         ("ORDER_COUNTS", ORDER_COUNTS),
         ("REQUEUE_ROW", REQUEUE_ROW),

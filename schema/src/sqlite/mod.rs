@@ -20,6 +20,7 @@ use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, P
 use crate::store::{Cause, Moves, Placed, StoreError};
 
 mod busy;
+mod incidents;
 mod orders;
 mod outbox;
 mod processing;

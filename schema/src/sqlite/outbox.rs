@@ -290,7 +290,7 @@ impl OutboxAdmin for SqliteStore {
     async fn recent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterEntry>, StoreError> {
         self.with_conn(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT dead_letter_id, order_id, reason, created_at, sent_at, undeliverable_at FROM dead_letters \
+                "SELECT dead_letter_id, order_id, reason, created_at, sent_at, undeliverable_at, replayed_at FROM dead_letters \
                  ORDER BY created_at DESC, rowid DESC LIMIT ?1",
             )?;
             let time = |t: Option<String>| t.map(|t| parse_time(&t)).transpose();
@@ -302,6 +302,7 @@ impl OutboxAdmin for SqliteStore {
                     created_at: parse_time(&r.get::<_, String>(3)?)?,
                     sent_at: time(r.get(4)?)?,
                     undeliverable_at: time(r.get(5)?)?,
+                    replayed_at: time(r.get(6)?)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -323,31 +324,53 @@ impl OutboxAdmin for SqliteStore {
 
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
         let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string();
-        self.write(move |tx| {
-            let sql = format!(
-                "UPDATE orders SET status = 'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, \
-                   total_price = NULL WHERE order_id = ?1 AND status = 'failed' RETURNING {ORDER_COLUMNS}"
-            );
-            let Some(order) = tx.query_row(&sql, [order_id.0], order_from_row).optional()? else {
-                return match load_order(tx, order_id)? {
-                    None => Err(StoreError::NotFound),
-                    Some(o) => {
-                        Err(StoreError::Conflict(Cause::msg(format!("order {order_id} is {}, not failed", o.status))))
-                    }
-                };
-            };
-            let outbox_id = insert_outbox(tx, &order, None, None, None)?;
-            let mut moves = Moves::default();
-            moves.moved(OrderStatus::Failed, OrderStatus::Pending, 1);
-            count_moves(tx, moves)?;
-            tx.execute(
-                "INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, 'retry', ?3)",
-                params![outbox_id.to_string(), order_id.0, requested_by],
-            )?;
-            Ok(outbox_id)
+        self.write(move |tx| match retry_order(tx, order_id, "retry", &requested_by)? {
+            Some(outbox_id) => Ok(outbox_id),
+            None => match load_order(tx, order_id)? {
+                None => Err(StoreError::NotFound),
+                Some(o) => {
+                    Err(StoreError::Conflict(Cause::msg(format!("order {order_id} is {}, not failed", o.status))))
+                }
+            },
         })
         .await
     }
+}
+
+/// Puts a `failed` order back to `pending` with a fresh outbox row, audited
+/// as `action` by `requested_by`; `None` when the order is not `failed`.
+pub(super) fn retry_order(
+    tx: &rusqlite::Transaction<'_>,
+    order_id: OrderId,
+    action: &str,
+    requested_by: &str,
+) -> Result<Option<OutboxId>, StoreError> {
+    let sql = format!(
+        "UPDATE orders SET status = 'pending', failure_reason = NULL, processed_at = NULL, unit_price = NULL, \
+           total_price = NULL WHERE order_id = ?1 AND status = 'failed' RETURNING {ORDER_COLUMNS}"
+    );
+    let Some(order) = tx.query_row(&sql, [order_id.0], order_from_row).optional()? else {
+        return Ok(None);
+    };
+    let outbox_id = insert_outbox(tx, &order, None, None, None)?;
+    let mut moves = Moves::default();
+    moves.moved(OrderStatus::Failed, OrderStatus::Pending, 1);
+    count_moves(tx, moves)?;
+    audit(tx, outbox_id, order_id, action, requested_by)?;
+    Ok(Some(outbox_id))
+}
+
+/// One `outbox_audit` row.
+pub(super) fn audit(
+    tx: &rusqlite::Transaction<'_>,
+    outbox_id: OutboxId,
+    order_id: OrderId,
+    action: &str,
+    requested_by: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO outbox_audit (outbox_id, order_id, action, requested_by) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![outbox_id.to_string(), order_id.0, action, requested_by])?;
+    Ok(())
 }
 
 /// Deletes up to `limit` rows of `table` whose `column` is set and older than

@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 use error_reporter::Report;
 use rust_decimal::Decimal;
 use schema::RequeueTarget;
+
+// The incident tools' contract lives in its own file and is expanded with the rest.
+use super::incidents::{
+    a_dead_letter_is_replayed_through_a_fresh_outbox_row_of_its_order,
+    a_failure_group_is_retried_in_one_action_each_audited,
+    a_group_replay_sends_each_order_once_and_says_what_it_skipped,
+    failures_are_grouped_by_the_fingerprint_of_their_reason,
+};
 use schema::{
     Applied, Delivery, FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, Store,
 };
@@ -23,7 +31,7 @@ fn new_order(name: &str, product: &str, quantity: i32) -> NewOrder {
     }
 }
 
-async fn place(store: &Arc<dyn Store>, product: &str, quantity: i32) -> OrderId {
+pub(crate) async fn place(store: &Arc<dyn Store>, product: &str, quantity: i32) -> OrderId {
     match store.place_order(new_order("Ajay", product, quantity)).await.unwrap() {
         Placed::Created(o) => o.order_id,
         Placed::Existing(_) => panic!("no idempotency key was given"),
@@ -732,7 +740,11 @@ macro_rules! contract_tests {
                 non_bmp_text_fits_at_every_limit,
                 a_lapsed_lease_cannot_touch_the_row_another_relay_holds,
                 a_parked_row_confirmed_late_is_published_not_parked,
-                counts_stay_true_while_relay_and_consumer_race
+                counts_stay_true_while_relay_and_consumer_race,
+                failures_are_grouped_by_the_fingerprint_of_their_reason,
+                a_failure_group_is_retried_in_one_action_each_audited,
+                a_dead_letter_is_replayed_through_a_fresh_outbox_row_of_its_order,
+                a_group_replay_sends_each_order_once_and_says_what_it_skipped
             );
         }
     };

@@ -2,4 +2,5 @@
 //! plus the T-SQL parser check of every SQL Server statement.
 
 mod contract;
+mod incidents;
 mod tsql;
