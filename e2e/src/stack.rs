@@ -95,6 +95,17 @@ impl Stack {
         Service::start(consumer::App::build(self.consumer_config())).await.expect("consumer starts")
     }
 
+    /// A second producer on this stack's database whose ops page shows and
+    /// drives the stack's relay and consumer and wants [`TEST_ADMIN_TOKEN`];
+    /// its base URL is `http://` and its `http_addr`.
+    pub async fn start_ops_producer(&self) -> Service {
+        let mut config = producer_config(&self.database_url);
+        config.ops_relays = self.relay.iter().map(|r| format!("http://{}", r.admin_addr)).collect();
+        config.ops_consumers = self.consumer.iter().map(|c| format!("http://{}", c.admin_addr)).collect();
+        config.service.admin_token = Some(TEST_ADMIN_TOKEN.into());
+        Service::start(producer::App::build(config)).await.expect("ops producer starts")
+    }
+
     /// `http://ADDR` of the producer.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.producer.http_addr.expect("producer has a public address"))

@@ -7,6 +7,7 @@ mod api;
 mod assets;
 mod config;
 pub mod error;
+mod incidents;
 pub mod metrics;
 mod ops;
 mod pages;
@@ -223,6 +224,7 @@ fn router(state: AppState, ops: ops::Ops) -> Router {
         .route("/api/openapi.json", get(api::openapi))
         .route("/static/{name}", get(assets::file))
         .with_state(state.clone())
+        .merge(incidents::router(ops.clone()))
         .merge(ops::router(ops))
         .layer(axum::extract::DefaultBodyLimit::max(assets::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(assets::security_headers))

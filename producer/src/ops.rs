@@ -179,7 +179,7 @@ async fn state(State(ops): State<Ops>) -> Result<Json<Value>, OpsError> {
 }
 
 /// Who acts: the `X-Requested-By` header (1-200 characters, no control characters).
-fn acting(ops: &Ops, headers: &HeaderMap) -> Result<String, OpsError> {
+pub(crate) fn acting(ops: &Ops, headers: &HeaderMap) -> Result<String, OpsError> {
     if !ops.actions_enabled {
         return Err(OpsError::Forbidden);
     }
@@ -248,7 +248,7 @@ async fn relay_action(
 
 /// What an ops action can fail with.
 #[derive(Debug)]
-enum OpsError {
+pub(crate) enum OpsError {
     BadRequest(String),
     NotFound(String),
     Forbidden,

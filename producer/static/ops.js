@@ -33,8 +33,42 @@
       const body = await res.json().catch(() => ({}));
       if (res.ok) say(label + ": done"); else say(label + ": " + res.status + " " + (body.error || ""), true);
     } catch (e) { say(label + ": " + e, true); }
-    refresh();
+    refresh(); refreshGroups();
   }
+
+  // Failure groups, dead-letter replays and the purge (GET /ops/groups, its own refresh).
+  function replayCell(d) {
+    if (d.replayed_at) return "replayed at " + d.replayed_at;
+    if (d.order_id === null) return "— (names no order)";
+    return button("Replay", "replay-" + d.dead_letter_id, "/ops/replay?dead_letter_id=" + encodeURIComponent(d.dead_letter_id));
+  }
+  function groupButton(label, cls, path) {
+    const b = button(label, "", path);
+    b.removeAttribute("id"); b.className = cls;
+    return b;
+  }
+  async function refreshGroups() {
+    let s;
+    try {
+      const res = await fetch("/ops/groups", { cache: "no-store" });
+      if (!res.ok) return;
+      s = await res.json();
+    } catch (e) { return; }
+    const groups = $("groups"); groups.replaceChildren();
+    for (const g of s.groups) {
+      const key = "?fingerprint=" + encodeURIComponent(g.fingerprint);
+      const actions = document.createElement("span");
+      if (g.failed_orders > 0) actions.appendChild(groupButton("Retry " + g.failed_orders + " failed", "group-retry", "/ops/groups/retry" + key));
+      if (g.dead_letters > 0) actions.appendChild(groupButton("Replay " + g.dead_letters + " dead letters", "group-replay", "/ops/groups/replay" + key));
+      const tr = row(groups, [g.example + " × " + (g.failed_orders + g.dead_letters), String(g.failed_orders), String(g.dead_letters), g.newest_at, actions]);
+      tr.dataset.fingerprint = g.fingerprint;
+    }
+    groups.dataset.refreshed = Date.now();
+  }
+  $("purge").addEventListener("click", () => act("/ops/dead-letters/purge?older_than=" + encodeURIComponent($("purge-age").value.trim()), "Purge"));
+  refreshGroups();
+  setInterval(refreshGroups, 2000);
+
   async function refresh() {
     let s;
     try {
@@ -84,7 +118,7 @@
       let order = "—";
       if (d.order_id !== null) { order = document.createElement("a"); order.href = "/orders/" + d.order_id; order.textContent = d.order_id; }
       const reached = d.sent_at ? d.sent_at : d.undeliverable_at ? "set aside at " + d.undeliverable_at + " (the broker refused it)" : "waiting";
-      row(letters, [d.created_at, order, d.reason, reached]).dataset.deadLetter = d.dead_letter_id;
+      row(letters, [d.created_at, order, d.reason, reached, replayCell(d)]).dataset.deadLetter = d.dead_letter_id;
     }
     const failed = $("failed"); failed.replaceChildren();
     for (const o of s.failed) {

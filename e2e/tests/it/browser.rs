@@ -10,7 +10,7 @@ use e2e::{free_port, wait_for};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-struct Driver(Child);
+pub(crate) struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -19,7 +19,7 @@ impl Drop for Driver {
     }
 }
 
-async fn browser() -> (Driver, Client) {
+pub(crate) async fn browser() -> (Driver, Client) {
     let port = free_port();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
@@ -120,7 +120,7 @@ async fn a_person_places_an_order_in_the_browser_and_sees_it_processed() {
 }
 
 /// Saves a screenshot as a test artifact and prints where.
-async fn screenshot(page: &Client, name: &str) {
+pub(crate) async fn screenshot(page: &Client, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.png"));
@@ -131,14 +131,14 @@ async fn screenshot(page: &Client, name: &str) {
 }
 
 /// Clicks the element with this id, waiting for it to be (re-)rendered first.
-async fn click_id(page: &Client, id: &str) {
+pub(crate) async fn click_id(page: &Client, id: &str) {
     wait_for(&format!("#{id} clickable"), Duration::from_secs(20), || async {
         page.find(Locator::Id(id)).await.ok()?.click().await.ok()
     })
     .await;
 }
 
-async fn text_of(page: &Client, css: &str) -> Option<String> {
+pub(crate) async fn text_of(page: &Client, css: &str) -> Option<String> {
     page.find(Locator::Css(css)).await.ok()?.text().await.ok()
 }
 

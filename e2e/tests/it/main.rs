@@ -5,6 +5,7 @@ mod broker_stats;
 mod browser;
 mod consumer;
 mod hostile;
+mod incidents;
 mod load_test;
 mod openapi;
 mod pipeline;

@@ -1,0 +1,284 @@
+//! `orderflowctl`: the ops page's reads and actions from a terminal, for incidents.
+//!
+//! Invariant: it only talks HTTP to the producer's `/ops/...` routes, so every
+//! action passes the same admin door and lands in the same audit trail as a
+//! click on the page; it never touches the database or the broker. Its exit
+//! code says what happened ([`Exit`]), so scripts can test it.
+
+mod render;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done (or read)
+  1  refused or not found: no or a wrong token (401), actions off (403), no such
+     row, order, dead letter or group (404), not in a state to act on (409, 422)
+  2  usage: bad arguments, or a value the producer calls malformed (400)
+  3  unreachable: no answer from the producer, or it failed (5xx)";
+
+/// Reads and drives a running orderflow pipeline through its producer's ops routes.
+#[derive(Debug, Parser)]
+#[command(name = "orderflowctl", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// The producer's base URL (the address of its ops page).
+    #[arg(long, env = "PRODUCER_URL", default_value = "http://127.0.0.1:8080")]
+    pub producer_url: url::Url,
+    /// Bearer token of the ops actions (the producer's ADMIN_TOKEN).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Who acts, written to the audit trail (default: the login name, $USER or $LOGNAME).
+    #[arg(long, env = "REQUESTED_BY")]
+    pub requested_by: Option<String>,
+    /// Print the producer's JSON answer (for scripts) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to wait for an answer (e.g. 30s; a drain waits for the batch in flight).
+    #[arg(long, global = true, default_value = "30s", value_parser = seconds)]
+    pub timeout: Duration,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Services in words, the outbox backlog, the relays, the reconciliation figures.
+    Status,
+    /// Pauses a relay: it stops claiming (the batch in flight finishes).
+    Pause(RelayArg),
+    /// Resumes a paused relay.
+    Resume(RelayArg),
+    /// Pauses a relay, waits for its batch in flight and releases every lease (before a restart).
+    Drain(RelayArg),
+    /// Outbox rows parked after the broker refused them.
+    Parked,
+    /// Puts a parked outbox row back in line.
+    Requeue {
+        /// The parked row's outbox id (a UUID).
+        outbox_id: uuid::Uuid,
+    },
+    /// Puts a failed order back to pending with a fresh message, or every failed order of a group.
+    Retry {
+        /// The failed order.
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        order_id: Option<i64>,
+        /// A failure group's fingerprint (see `groups`).
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Dead letters, newest first.
+    DeadLetters,
+    /// Sends the order a dead letter names again, or those of every open dead letter of a group.
+    Replay {
+        /// The dead letter's id (its `dlq-id`).
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        dead_letter_id: Option<String>,
+        /// A failure group's fingerprint (see `groups`).
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Failed orders and open dead letters grouped by the fingerprint of their reason.
+    Groups,
+    /// Deletes the dead letters sent to the .DLQ longer ago than an age.
+    Purge {
+        /// The age: seconds, or with a unit (90m, 12h, 7d).
+        #[arg(long)]
+        older_than: String,
+    },
+}
+
+/// Which relay (as the ops page numbers them, from 0).
+#[derive(Debug, clap::Args)]
+pub struct RelayArg {
+    /// The relay's index in the producer's OPS_RELAYS.
+    #[arg(long, default_value_t = 0)]
+    pub relay: usize,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs = s.strip_suffix('s').unwrap_or(s);
+    secs.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{s:?}: say a number of seconds, e.g. 30s"))
+}
+
+/// The exit code of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done.
+    Ok = 0,
+    /// Refused or not found.
+    Refused = 1,
+    /// Bad arguments or malformed values.
+    Usage = 2,
+    /// No answer, or the producer failed.
+    Unreachable = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Why a run stopped early: what to print and the exit code.
+struct Failed(Exit, String);
+
+/// Parses the arguments, runs the command and prints its outcome; the exit code says how it went.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli).await {
+        Ok(()) => Exit::Ok.into(),
+        Err(Failed(code, message)) => {
+            eprintln!("orderflowctl: {message}");
+            code.into()
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<(), Failed> {
+    let ops = Ops::new(cli)?;
+    let (answer, show): (Value, fn(&Value) -> String) = match &cli.command {
+        Command::Status => (ops.get("/ops/state").await?, render::status),
+        Command::Parked => (ops.get("/ops/state").await?["parked"].take(), render::parked),
+        Command::DeadLetters => (ops.get("/ops/state").await?["dead_letters"].take(), render::dead_letters),
+        Command::Groups => (ops.get("/ops/groups").await?["groups"].take(), render::groups),
+        Command::Pause(r) => (ops.relay(r.relay, "pause").await?, render::relay),
+        Command::Resume(r) => (ops.relay(r.relay, "resume").await?, render::relay),
+        Command::Drain(r) => (ops.relay(r.relay, "drain").await?, render::relay),
+        Command::Requeue { outbox_id } => {
+            (ops.post("/ops/requeue", &[("outbox_id", &outbox_id.to_string())]).await?, render::requeued)
+        }
+        Command::Retry { group: Some(group), .. } => {
+            (ops.post("/ops/groups/retry", &[("fingerprint", group)]).await?, render::retried)
+        }
+        Command::Retry { order_id, .. } => {
+            let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
+            (ops.post("/ops/retry", &[("order_id", &order_id)]).await?, render::retried)
+        }
+        Command::Replay { group: Some(group), .. } => {
+            (ops.post("/ops/groups/replay", &[("fingerprint", group)]).await?, render::replayed)
+        }
+        Command::Replay { dead_letter_id, .. } => {
+            let id = dead_letter_id.clone().unwrap_or_default();
+            (ops.post("/ops/replay", &[("dead_letter_id", &id)]).await?, render::replayed)
+        }
+        Command::Purge { older_than } => {
+            (ops.post("/ops/dead-letters/purge", &[("older_than", older_than)]).await?, render::purged)
+        }
+    };
+    match cli.json {
+        true => println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default()),
+        false => print!("{}", show(&answer)),
+    }
+    Ok(())
+}
+
+/// The producer's ops routes, with the caller's token and name.
+struct Ops<'a> {
+    cli: &'a Cli,
+    http: reqwest::Client,
+}
+
+impl<'a> Ops<'a> {
+    fn new(cli: &'a Cli) -> Result<Self, Failed> {
+        let http = reqwest::Client::builder()
+            .timeout(cli.timeout)
+            .build()
+            .map_err(|e| Failed(Exit::Unreachable, format!("http client: {e}")))?;
+        Ok(Self { cli, http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cli.producer_url.as_str().trim_end_matches('/'))
+    }
+
+    /// Who acts: `--requested-by`, else the login name.
+    fn who(&self) -> Result<String, Failed> {
+        let login = || std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).ok();
+        self.cli
+            .requested_by
+            .clone()
+            .or_else(login)
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| Failed(Exit::Usage, "say who acts: --requested-by NAME (no login name found)".into()))
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, Failed> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    async fn post(&self, path: &str, query: &[(&str, &String)]) -> Result<Value, Failed> {
+        let mut request = self.http.post(self.url(path)).query(query).header("x-requested-by", self.who()?);
+        if let Some(token) = self.cli.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    async fn relay(&self, relay: usize, action: &str) -> Result<Value, Failed> {
+        self.post("/ops/relay", &[("relay", &relay.to_string()), ("action", &action.to_string())]).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failed> {
+        let producer = &self.cli.producer_url;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Failed(Exit::Unreachable, format!("no answer from {producer}: {}", error_chain(&e))))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let said = body["error"].as_str().map_or_else(|| body.to_string(), str::to_string);
+        let code = match status.as_u16() {
+            400 => Exit::Usage,
+            500.. => Exit::Unreachable,
+            _ => Exit::Refused,
+        };
+        Err(Failed(code, format!("{status}: {said}")))
+    }
+}
+
+/// An error with its causes, `a: b: c`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_arguments_say_what_scripts_need() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["orderflowctl"], args].concat());
+        let cli = parse(&["--requested-by", "ann", "replay", "ID:x-1:1"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Replay { dead_letter_id: Some(ref id), group: None } if id == "ID:x-1:1")
+        );
+        assert!(matches!(
+            parse(&["retry", "--group", "order # not found"]).unwrap().command,
+            Command::Retry { group: Some(_), .. }
+        ));
+        assert!(parse(&["retry"]).is_err(), "an order or a group");
+        assert!(parse(&["retry", "12", "--group", "g"]).is_err(), "not both");
+        assert!(parse(&["retry", "twelve"]).is_err(), "an order id is a number");
+        assert!(parse(&["requeue", "not-a-uuid"]).is_err());
+        assert!(parse(&["--producer-url", "not a url", "status"]).is_err());
+        assert_eq!(parse(&["drain", "--relay", "1", "--json"]).map(|c| c.json).ok(), Some(true));
+        assert_eq!(parse(&["status", "--timeout", "5s"]).unwrap().timeout, Duration::from_secs(5));
+        let usage = parse(&["frobnicate"]).unwrap_err();
+        assert_eq!(usage.exit_code(), Exit::Usage as i32, "clap's usage errors exit 2, as documented");
+    }
+}
