@@ -111,7 +111,8 @@ pub struct FailureGroup {
     pub example: String,
     /// Failed orders in the group.
     pub failed_orders: u64,
-    /// Dead letters in the group not yet replayed.
+    /// Open dead letters in the group: not yet replayed, and their order (if
+    /// they name one) not processed since.
     pub dead_letters: u64,
     /// When its newest failure happened.
     pub newest_at: DateTime<Utc>,
@@ -216,7 +217,8 @@ pub struct ReplayReport {
 /// writes who asked to `outbox_audit` (`retry`, `replay`).
 #[async_trait]
 pub trait IncidentAdmin: Send + Sync {
-    /// Failed orders and dead letters not yet replayed, grouped by the
+    /// Failed orders and open dead letters (not replayed, their order not
+    /// processed), grouped by the
     /// [`fingerprint`] of their reason, newest group first (the newest
     /// [`GROUP_SCAN`] of each are read).
     async fn failure_groups(&self) -> Result<Vec<FailureGroup>, StoreError>;

@@ -94,8 +94,8 @@ async fn an_operator_replays_a_dead_letter_and_retries_a_failure_group_from_the_
     })
     .await;
     wait_processed(&stack, &group).await;
-    wait_for("the P777 group gone from the page", Duration::from_secs(20), || async {
-        text_of(&page, "#groups").await.filter(|t| !t.contains("P777"))
+    wait_for("both groups gone from the page once their orders are processed", Duration::from_secs(20), || async {
+        text_of(&page, "#groups").await.filter(|t| !t.contains("P777") && !t.contains("P888"))
     })
     .await;
     let actions: Vec<(String, String)> =

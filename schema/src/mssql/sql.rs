@@ -331,8 +331,11 @@ pub(super) const RECENT_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, o
 // letters, whose reasons are grouped by `crate::incidents::fingerprint`.
 pub(super) const FAILED_REASONS: &str = "SELECT TOP (@P1) order_id, COALESCE(failure_reason, N''), \
      COALESCE(processed_at, created_at) FROM dbo.orders WHERE status = N'failed' ORDER BY order_id DESC";
-pub(super) const OPEN_DEAD_LETTERS: &str = "SELECT TOP (@P1) dead_letter_id, order_id, reason, created_at \
-     FROM dbo.dead_letters WHERE replayed_at IS NULL ORDER BY seq DESC";
+// A letter is open until it is replayed or its order is processed (nothing
+// left to send); one naming no order stays open.
+pub(super) const OPEN_DEAD_LETTERS: &str = "SELECT TOP (@P1) d.dead_letter_id, d.order_id, d.reason, d.created_at \
+     FROM dbo.dead_letters d WHERE d.replayed_at IS NULL AND NOT EXISTS (SELECT 1 FROM dbo.orders o \
+     WHERE o.order_id = d.order_id AND o.status = N'processed') ORDER BY d.seq DESC";
 pub(super) const DEAD_LETTER_ORDER: &str =
     "SELECT dead_letter_id, order_id FROM dbo.dead_letters WHERE dead_letter_id = @P1";
 // The letter is taken by the statement that marks it: a group replay takes

@@ -23,8 +23,11 @@ use super::{NOW, load_order, parse_time};
 /// The newest failed orders (id, reason, when) and open dead letters (id, order, reason, when).
 const FAILED_ORDERS: &str = "SELECT order_id, COALESCE(failure_reason, ''), COALESCE(processed_at, created_at) \
      FROM orders WHERE status = 'failed' ORDER BY order_id DESC LIMIT ?1";
-const OPEN_DEAD_LETTERS: &str = "SELECT dead_letter_id, order_id, reason, created_at FROM dead_letters \
-     WHERE replayed_at IS NULL ORDER BY created_at DESC LIMIT ?1";
+/// A letter is open until it is replayed or its order is processed (then
+/// there is nothing left to send); a letter naming no order stays open.
+const OPEN_DEAD_LETTERS: &str = "SELECT d.dead_letter_id, d.order_id, d.reason, d.created_at FROM dead_letters d \
+     WHERE d.replayed_at IS NULL AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = d.order_id \
+       AND o.status = 'processed') ORDER BY d.created_at DESC LIMIT ?1";
 
 type FailedOrder = (OrderId, String, String);
 type OpenLetter = (String, Option<OrderId>, String, String);

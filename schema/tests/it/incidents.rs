@@ -122,6 +122,10 @@ pub async fn a_dead_letter_is_replayed_through_a_fresh_outbox_row_of_its_order(s
     assert_eq!(body["outbox_id"], rows[0].outbox_id.to_string(), "the order's own message, with its new id");
     let applied = store.apply(&[letter("ID:again", Some(resent.outbox_id), Some(open), None)]).await.unwrap();
     assert!(matches!(&applied[0], Applied::Processed(o) if o.order_id == open), "{applied:?}");
+    let other = letter("ID:other", None, Some(open), Some("quantity \"many\" is not a number"));
+    store.apply(&[other]).await.unwrap();
+    let groups = store.failure_groups().await.unwrap();
+    assert!(groups.iter().all(|g| !g.fingerprint.starts_with("quantity")), "a processed order's letters are settled");
 
     let listed = store.recent_dead_letters(10).await.unwrap();
     let replayed: Vec<&str> =
