@@ -176,6 +176,22 @@ async fn the_incident_routes_refuse_strays_malformed_input_and_strangers() {
         let (status, body) = post(&base, path, name, token).await;
         assert_eq!(status, expected, "{path} (name {name:?}, token {token:?}): {body}");
     }
+    // Without a token (the stack's own producer), a DNS-rebinding page is refused at the loopback door.
+    let port = stack.producer.http_addr.unwrap().port();
+    for path in [
+        "/ops/replay?dead_letter_id=ID:no-order",
+        "/ops/groups/replay?fingerprint=x",
+        "/ops/dead-letters/purge?older_than=0",
+    ] {
+        let rebound = reqwest::Client::new()
+            .post(format!("{}{path}", stack.base_url()))
+            .header("host", format!("evil.example:{port}"))
+            .header("x-requested-by", "Hal Hostile")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rebound.status().as_u16(), 403, "{path}");
+    }
     assert!(stack.probe.audit().await.unwrap().is_empty(), "nothing refused was done or recorded");
     assert!(stack.store.recent_dead_letters(10).await.unwrap()[0].replayed_at.is_none());
 
