@@ -62,6 +62,16 @@ async fn an_operator_replays_a_dead_letter_and_retries_a_failure_group_from_the_
     })
     .await;
     let letter = letters.iter().find(|l| l.order_id == Some(lone)).unwrap().dead_letter_id.clone();
+    // A hostile reason: shown as text, in its group and its row, never as HTML.
+    let hostile = schema::Delivery {
+        dead_letter_id: "ID:hostile".into(),
+        outbox_id: None,
+        order_id: None,
+        rejection: Some("<img src=x id=injected> bad".into()),
+        headers: vec![],
+        body: b"<".to_vec(),
+    };
+    stack.store.apply(&[hostile]).await.unwrap();
     let ops = stack.start_ops_producer().await;
     let base = format!("http://{}", ops.http_addr.unwrap());
 
@@ -76,6 +86,8 @@ async fn an_operator_replays_a_dead_letter_and_retries_a_failure_group_from_the_
     })
     .await;
     assert!(groups.contains("Retry 3 failed") && groups.contains("Replay 3 dead letters"), "{groups}");
+    assert!(groups.contains("<img src=x id=injected> bad × 1"), "{groups}");
+    assert!(page.find(Locator::Id("injected")).await.is_err(), "no element was made of data");
 
     // The products arrive; one dead letter is replayed, and its order is processed.
     add_product(&stack, "P777").await;
@@ -109,8 +121,9 @@ async fn an_operator_replays_a_dead_letter_and_retries_a_failure_group_from_the_
     age.clear().await.unwrap();
     age.send_keys("0").await.unwrap();
     click_id(&page, "purge").await;
-    wait_for("the dead letters purged", Duration::from_secs(20), || async {
-        stack.store.recent_dead_letters(10).await.ok()?.is_empty().then_some(())
+    wait_for("the sent dead letters purged", Duration::from_secs(20), || async {
+        let left = stack.store.recent_dead_letters(10).await.ok()?;
+        left.iter().all(|l| l.dead_letter_id == "ID:hostile").then_some(())
     })
     .await;
     assert!(stack.probe.audit().await.unwrap().iter().any(|a| a.action == "purge-dead-letters"));
