@@ -30,6 +30,19 @@ async fn place_unchecked(stack: &Stack, product: &str) -> OrderId {
     }
 }
 
+/// A dead letter naming no order, recorded as the consumer records one.
+async fn record_stray_letter(stack: &Stack, id: &str, reason: &str) {
+    let letter = schema::Delivery {
+        dead_letter_id: id.into(),
+        outbox_id: None,
+        order_id: None,
+        rejection: Some(reason.into()),
+        headers: vec![],
+        body: b"{".to_vec(),
+    };
+    stack.store.apply(&[letter]).await.unwrap();
+}
+
 async fn add_product(stack: &Stack, id: &str) {
     let product =
         schema::Product { product_id: id.into(), name: format!("Product {id}"), list_price: "40.00".parse().unwrap() };
@@ -63,15 +76,7 @@ async fn an_operator_replays_a_dead_letter_and_retries_a_failure_group_from_the_
     .await;
     let letter = letters.iter().find(|l| l.order_id == Some(lone)).unwrap().dead_letter_id.clone();
     // A hostile reason: shown as text, in its group and its row, never as HTML.
-    let hostile = schema::Delivery {
-        dead_letter_id: "ID:hostile".into(),
-        outbox_id: None,
-        order_id: None,
-        rejection: Some("<img src=x id=injected> bad".into()),
-        headers: vec![],
-        body: b"<".to_vec(),
-    };
-    stack.store.apply(&[hostile]).await.unwrap();
+    record_stray_letter(&stack, "ID:hostile", "<img src=x id=injected> bad").await;
     let ops = stack.start_ops_producer().await;
     let base = format!("http://{}", ops.http_addr.unwrap());
 
@@ -152,15 +157,7 @@ async fn post(base: &str, path: &str, name: Option<&str>, token: Option<&str>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_incident_routes_refuse_strays_malformed_input_and_strangers() {
     let stack = Stack::start_producer(&shared_broker_url()).await;
-    let stray = schema::Delivery {
-        dead_letter_id: "ID:no-order".into(),
-        outbox_id: None,
-        order_id: None,
-        rejection: Some("message body is not valid JSON".into()),
-        headers: vec![],
-        body: b"{".to_vec(),
-    };
-    stack.store.apply(&[stray]).await.unwrap();
+    record_stray_letter(&stack, "ID:no-order", "message body is not valid JSON").await;
     let ops = stack.start_ops_producer().await;
     let base = format!("http://{}", ops.http_addr.unwrap());
     let (ok, token) = (Some("Hal Hostile"), Some(TEST_ADMIN_TOKEN));
