@@ -74,8 +74,13 @@ pub(crate) struct Sampler {
 /// Samples every interval until `stop`: the producer's essential task "chart sampler".
 pub(crate) async fn run(sampler: Sampler, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
     let mut every = observability::Every::new(sampler.charts.interval, stop);
-    let mut before = None;
+    let mut before: Option<Snapshot> = None;
     while every.tick().await {
+        // After a slow sample the clock turns again at once to catch up; such
+        // a turn is skipped, so that points stay about one interval apart.
+        if before.as_ref().is_some_and(|b| b.taken.elapsed() < sampler.charts.interval / 2) {
+            continue;
+        }
         let now = sample_once(&sampler).await;
         let point = point_between(before.as_ref(), &now);
         sampler.charts.ring.lock().expect("chart ring lock").push(point);

@@ -32,6 +32,14 @@
     },
   ];
   const charts = new Map();
+  // The x axis ends at the latest sample and spans at least `span` seconds, so
+  // that a few samples are not stretched over the whole width (uPlot's own
+  // range makes a lone sample's axis years wide).
+  let span = 100, first = null, last = null;
+  function xRange() {
+    const end = last === null ? Date.now() / 1000 : last;
+    return [Math.min(first === null ? end : first, end - span), end];
+  }
 
   function width(el) { return Math.max(300, el.clientWidth || 600); }
 
@@ -39,7 +47,7 @@
     const el = $(spec.id);
     const opts = {
       title: spec.title, width: width(el), height: 220,
-      scales: { x: { time: true } },
+      scales: { x: { time: true, range: xRange } },
       series: [{}].concat(spec.series.map((s) => ({ label: s.label, stroke: s.stroke, width: 2, scale: s.scale || "y", value: s.value }))),
       axes: [{}].concat(spec.axes.map((a) => Object.assign({ scale: "y" }, a))),
     };
@@ -66,7 +74,9 @@
 
   function draw(answer) {
     every = Math.max(1000, answer.interval_seconds * 1000);
+    span = Math.min(answer.window_seconds, 20 * answer.interval_seconds);
     const series = answer.series;
+    [first, last] = series.t.length ? [series.t[0], series.t[series.t.length - 1]] : [null, null];
     const section = $("charts");
     for (const spec of specs) {
       const data = columns(spec, series);
@@ -80,7 +90,8 @@
     $("charts-note").textContent = series.t.length === 0
       ? "No sample yet."
       : "Sampled every " + answer.interval_seconds + " s; the last " + (minutes >= 1 ? minutes + " min" : answer.window_seconds + " s") +
-        " (" + series.t.length + " samples). A gap is a figure nobody could read: a consumer or the database did not answer.";
+        " (" + series.t.length + (series.t.length === 1 ? " sample" : " samples") +
+        "). A gap is a figure nobody could read: a consumer or the database did not answer.";
     section.dataset.samples = series.t.length;
   }
 
