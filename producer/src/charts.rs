@@ -172,6 +172,47 @@ mod tests {
         assert_eq!(read_consumer(relay), None);
     }
 
+    #[tokio::test]
+    async fn a_sample_reads_the_database_and_each_consumer_and_leaves_out_one_that_does_not_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("charts.db").display());
+        let store = schema::connect(&url).await.unwrap();
+        // A consumer's admin port: its real metrics behind the real admin router, on port 0.
+        let registry = prometheus::Registry::new();
+        let metrics = consumer::metrics::Metrics::register(&registry).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let consumer = format!("http://{}", listener.local_addr().unwrap());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let router = observability::admin_router(registry, observability::Readiness::new(&[]));
+        tokio::spawn(observability::serve(listener, router, stop.clone()));
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let sampler = Sampler {
+            charts: Charts::new(Duration::from_millis(500)),
+            store,
+            placed: IntCounter::new("placed", "orders placed").unwrap(),
+            consumers: vec![consumer.clone(), format!("http://{closed}")],
+            http: reqwest::Client::new(),
+        };
+
+        let first = sample_once(&sampler).await;
+        assert_eq!(first.backlog, Some((0.0, 0.0)));
+        assert_eq!(first.consumers.keys().collect::<Vec<_>>(), [&consumer], "the closed port is left out");
+        schema::testing::probe(&url).await.unwrap().bulk_orders(1, 0).await.unwrap();
+        sampler.placed.inc();
+        metrics.messages.with_label_values(&["processed"]).inc_by(3);
+        for seconds in [0.02, 0.02, 0.02] {
+            metrics.end_to_end_seconds.observe(seconds);
+        }
+        let second = sample_once(&sampler).await;
+        assert_eq!(second.backlog.map(|(rows, _)| rows), Some(1.0), "the order's outbox row waits");
+        let point = point_between(Some(&first), &second);
+        assert!(point.placed_per_second.is_some_and(|r| r > 0.0), "{point:?}");
+        assert!(point.processed_per_second.is_some_and(|r| r > 0.0), "{point:?}");
+        // All three in the 10-25 ms bucket: the median is halfway through it.
+        assert!(point.p50_seconds.is_some_and(|p| (p - 0.0175).abs() < 1e-9), "{point:?}");
+        stop.cancel();
+    }
+
     #[test]
     fn the_ring_holds_fifteen_minutes_up_to_its_bound() {
         let capacity = |ms| Charts::new(Duration::from_millis(ms)).ring.lock().unwrap().capacity();
