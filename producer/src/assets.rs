@@ -22,6 +22,11 @@ pub(crate) async fn file(Path(name): Path<String>) -> Response {
         "orders.js" => (include_str!("../static/orders.js"), "text/javascript; charset=utf-8"),
         "order.js" => (include_str!("../static/order.js"), "text/javascript; charset=utf-8"),
         "ops.js" => (include_str!("../static/ops.js"), "text/javascript; charset=utf-8"),
+        // The ops page's charts, and uPlot (vendored from npm, MIT: see static/uPlot.LICENSE).
+        "charts.js" => (include_str!("../static/charts.js"), "text/javascript; charset=utf-8"),
+        "charts.css" => (include_str!("../static/charts.css"), "text/css; charset=utf-8"),
+        "uPlot.iife.min.js" => (include_str!("../static/uPlot.iife.min.js"), "text/javascript; charset=utf-8"),
+        "uPlot.min.css" => (include_str!("../static/uPlot.min.css"), "text/css; charset=utf-8"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "public, max-age=300")], body).into_response()

@@ -26,6 +26,9 @@ pub struct Config {
     /// The consumers' admin ports the ops page shows (comma-separated base URLs).
     #[arg(long, env = "OPS_CONSUMERS", value_delimiter = ',', default_value = "http://127.0.0.1:9102")]
     pub ops_consumers: Vec<String>,
+    /// How often the ops page's live charts sample the pipeline, in milliseconds (they keep 15 minutes, at most 900 points).
+    #[arg(long, env = "CHARTS_SAMPLE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub charts_sample_ms: u64,
     /// The ops page counts an order published this many seconds ago and not processed as stuck (as the relay does).
     #[arg(long, env = "STALE_PUBLISHED_SECS", default_value_t = 300)]
     pub stale_published_secs: u64,

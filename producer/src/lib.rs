@@ -5,12 +5,14 @@
 
 mod api;
 mod assets;
+mod charts;
 mod config;
 pub mod error;
 mod incidents;
 pub mod metrics;
 mod ops;
 mod pages;
+mod series;
 pub mod validation;
 
 use std::net::SocketAddr;
@@ -198,7 +200,16 @@ impl App {
             Ok(())
         });
         essentials.serve_admin(admin, observability::admin_router(registry, readiness));
-        let server = observability::serve(http, router(state, ops), shutdown.clone());
+        let charts = charts::Charts::new(Duration::from_millis(config.charts_sample_ms));
+        let sampler = charts::Sampler {
+            charts: charts.clone(),
+            store: ops.store.clone(),
+            placed: state.metrics.orders_placed.clone(),
+            consumers: ops.consumers.clone(),
+            http: ops.http.clone(),
+        };
+        essentials.spawn("chart sampler", charts::run(sampler, essentials.stop_token()));
+        let server = observability::serve(http, router(state, ops, charts), shutdown.clone());
         let grace = config.service.grace();
         match observability::within_grace(server, &shutdown, grace).await {
             Some(result) => result.context("http server")?,
@@ -212,7 +223,7 @@ impl App {
 
 observability::service!(App, Config, "producer");
 
-fn router(state: AppState, ops: ops::Ops) -> Router {
+fn router(state: AppState, ops: ops::Ops, charts: charts::Charts) -> Router {
     Router::new()
         .route("/", get(pages::index))
         .route("/orders", post(pages::submit))
@@ -226,6 +237,7 @@ fn router(state: AppState, ops: ops::Ops) -> Router {
         .with_state(state.clone())
         .merge(incidents::router(ops.clone()))
         .merge(ops::router(ops))
+        .merge(charts::router(charts))
         .layer(axum::extract::DefaultBodyLimit::max(assets::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(assets::security_headers))
         .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record))

@@ -10,7 +10,8 @@ use e2e::{free_port, wait_for};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-pub(crate) struct Driver(Child);
+/// A chromedriver process, ended on drop, and the port it serves.
+pub(crate) struct Driver(Child, u16);
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -27,7 +28,7 @@ pub(crate) async fn browser() -> (Driver, Client) {
         .stderr(Stdio::null())
         .spawn()
         .expect("chromedriver is installed (the test command installs chromium-driver)");
-    let driver = Driver(child);
+    let driver = Driver(child, port);
     let profile = tempfile::tempdir().unwrap().keep();
     let mut caps = serde_json::Map::new();
     caps.insert(
@@ -39,6 +40,8 @@ pub(crate) async fn browser() -> (Driver, Client) {
                      format!("--user-data-dir={}", profile.display())]
         }),
     );
+    // The console, so a test can see what the page's scripts and the CSP reported (`console`).
+    caps.insert("goog:loggingPrefs".into(), serde_json::json!({ "browser": "ALL" }));
     let url = format!("http://127.0.0.1:{port}");
     let client = wait_for("chromedriver to accept a session", Duration::from_secs(30), || {
         let (url, caps) = (url.clone(), caps.clone());
@@ -121,13 +124,40 @@ async fn a_person_places_an_order_in_the_browser_and_sees_it_processed() {
 
 /// Saves a screenshot as a test artifact and prints where.
 pub(crate) async fn screenshot(page: &Client, name: &str) {
+    page.set_window_size(1280, 1600).await.unwrap();
+    page.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
+    save_screenshot(name, &page.screenshot().await.unwrap());
+}
+
+/// Saves a PNG (of a page or of one element) as the test artifact `name` and prints where.
+pub(crate) fn save_screenshot(name: &str, png: &[u8]) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.png"));
-    page.set_window_size(1280, 1600).await.unwrap();
-    page.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
-    std::fs::write(&path, page.screenshot().await.unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
     println!("screenshot: {}", path.canonicalize().unwrap().display());
+}
+
+/// The browser console's messages since the last call (chromedriver's log
+/// endpoint), e.g. a content security policy violation, as `LEVEL message`.
+pub(crate) async fn console(driver: &Driver, page: &Client) -> Vec<String> {
+    let session = page.session_id().await.unwrap().expect("a session");
+    let url = format!("http://127.0.0.1:{}/session/{session}/se/log", driver.1);
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(url)
+        .json(&serde_json::json!({ "type": "browser" }))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("chromedriver gives the browser log")
+        .json()
+        .await
+        .expect("the log as JSON");
+    let entries = answer["value"].as_array().cloned().unwrap_or_default();
+    entries
+        .iter()
+        .map(|e| format!("{} {}", e["level"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("")))
+        .collect()
 }
 
 /// Clicks the element with this id, waiting for it to be (re-)rendered first.

@@ -3,6 +3,7 @@
 mod bad_input;
 mod broker_stats;
 mod browser;
+mod charts;
 mod consumer;
 mod hostile;
 mod incidents;

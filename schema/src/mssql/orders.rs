@@ -11,17 +11,20 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tiberius::ToSql;
 
+use serde_json::{Value, json};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
 use crate::store::{Cause, add_count};
-use crate::{MssqlStore, NewOrder, Order, OrderCounts, OrderId, OrderStore, OutboxId, Placed, Product, StoreError};
+use crate::{
+    MssqlStore, NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, StoreError,
+};
 
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, all_rows, conversion, exec, finish, order_from_row, product_from_row, rows, text_or_empty,
-    utc,
+    TdsClient, TdsResult, all_rows, batch, batch_rows, conversion, exec, finish, order_from_row, product_from_row,
+    rows, text_or_empty, utc,
 };
 
 /// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
@@ -143,8 +146,10 @@ impl Writers {
     }
 }
 
-/// Groups committing at once beyond which a new group waits to grow.
-const BUSY: usize = 2;
+/// Groups committing at once beyond which a new group waits to grow. With 1,
+/// at 500 orders/s on Babelfish the producer's share of the server fell from
+/// 80 % of a core to 43-46 % (bigger groups), against 2.
+const BUSY: usize = 1;
 /// The size of a group that starts whatever else is committing.
 const WORTH_A_COMMIT: usize = 8;
 
@@ -240,24 +245,126 @@ impl<'a> PlaceArgs<'a> {
     }
 }
 
-/// Places `orders` in one call: one `dbo.place_order` each, in one
-/// transaction when there are several. Each answers with one row: whether
-/// the order is new, then the order (its key's first order for a replay).
+/// Places `orders` in one transaction, answered in their order. When at least
+/// [`TOGETHER`] of them have no idempotency key and plain texts
+/// ([`goes_as_json`]), those go together: one `dbo.insert_orders` for all,
+/// then one `dbo.insert_outbox` (migrations V9, V10), each with its JSON
+/// inlined in a SQL batch, since the transaction spans the calls and SQL
+/// Server refuses one that an `sp_executesql` call leaves open or finds open
+/// and closes (266). Each of the others is one `dbo.place_order`: in a call
+/// between the two, or all in one call of their own.
 async fn place(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Placed>> {
-    let args = orders.iter().map(|o| PlaceArgs::of(o)).collect::<TdsResult<Vec<_>>>()?;
-    let params: Vec<&dyn ToSql> = args.iter().flat_map(PlaceArgs::params).collect();
-    let answers = all_rows(client, &place_orders_sql(orders.len()), &params).await?;
-    if answers.len() != orders.len() {
+    let (mut plain, mut others): (Vec<usize>, Vec<usize>) = (0..orders.len()).partition(|&i| goes_as_json(orders[i]));
+    if plain.len() < TOGETHER {
+        (plain, others) = (Vec::new(), (0..orders.len()).collect());
+    }
+    let others_args = others.iter().map(|&i| PlaceArgs::of(orders[i])).collect::<TdsResult<Vec<_>>>()?;
+    let others_params: Vec<&dyn ToSql> = others_args.iter().flat_map(PlaceArgs::params).collect();
+    let (inserted, answers) = if plain.is_empty() {
+        (Vec::new(), all_rows(client, &place_orders_sql(others.len()), &others_params).await?)
+    } else {
+        let plain_orders: Vec<&NewOrder> = plain.iter().map(|&i| orders[i]).collect();
+        let inserted = insert_orders(client, &plain_orders).await?;
+        let answers = match others.is_empty() {
+            true => Vec::new(),
+            false => all_rows(client, &place_calls_sql(others.len()), &others_params).await?,
+        };
+        batch(client, &with_json(INSERT_OUTBOX_AND_COMMIT, &outbox_json(&inserted, &plain_orders))).await?;
+        (inserted, answers)
+    };
+    if answers.len() != others.len() {
         return Err(conversion("one answer per order placed"));
     }
-    answers
+    let mut placed: Vec<Option<Placed>> = (0..orders.len()).map(|_| None).collect();
+    for (i, order) in plain.into_iter().zip(inserted) {
+        placed[i] = Some(Placed::Created(order));
+    }
+    for (i, row) in others.into_iter().zip(&answers) {
+        let created = row.try_get::<i32, _>(0)?.ok_or_else(|| conversion("created"))? == 1;
+        let order = super::order_at(row, 1)?;
+        placed[i] = Some(if created { Placed::Created(order) } else { Placed::Existing(order) });
+    }
+    placed.into_iter().map(|p| p.ok_or_else(|| conversion("one answer per order placed"))).collect()
+}
+
+/// The fewest plain orders placed together. Babelfish's time per order, on a
+/// warm connection: 1.32 ms alone by `dbo.place_order` against 2.18 ms in two
+/// calls; for 2, 1.05 against 1.09; for 4, 0.79 against 0.60; for 16, 0.89
+/// against 0.24.
+const TOGETHER: usize = 3;
+
+/// Whether `order` can be placed with others through JSON: no idempotency key
+/// (its check is `dbo.place_order`'s), and no text that JSON escapes (`"`,
+/// `\`, a control character), since Babelfish's OPENJSON keeps the escapes.
+fn goes_as_json(order: &NewOrder) -> bool {
+    let plain = |text: &str| !text.chars().any(|c| c == '"' || c == '\\' || c.is_control());
+    order.idempotency_key.is_none()
+        && plain(&order.customer_name)
+        && plain(&order.product_id)
+        && order.traceparent.as_deref().is_none_or(plain)
+        && order.tracestate.as_deref().is_none_or(plain)
+}
+
+/// Opens the transaction and inserts `orders`, answering each with its row.
+/// The server answers the rows in any order: each is told its order by its
+/// fields, the lowest id to the first of equal orders (the order in which
+/// both engines number an `INSERT ... SELECT` over a JSON array). Equal
+/// orders differ only in their trace context and outbox id, which follow the
+/// id each is given.
+async fn insert_orders(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Order>> {
+    let json: Vec<Value> =
+        orders.iter().map(|o| json!({"c": o.customer_name, "p": o.product_id, "q": o.quantity})).collect();
+    let mut rows = batch_rows(client, &with_json(BEGIN_AND_INSERT_ORDERS, &Value::Array(json).to_string())).await?;
+    if rows.len() != orders.len() {
+        return Err(conversion("one row per order inserted"));
+    }
+    let mut inserted: Vec<Option<Order>> = (0..orders.len()).map(|_| None).collect();
+    rows.sort_by_key(|row| row.try_get::<i64, _>(0).ok().flatten());
+    for row in &rows {
+        let order = Order {
+            order_id: OrderId(row.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?),
+            customer_name: row.try_get::<&str, _>(1)?.ok_or_else(|| conversion("customer_name"))?.to_string(),
+            product_id: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string(),
+            quantity: row.try_get::<i32, _>(3)?.ok_or_else(|| conversion("quantity"))?,
+            status: OrderStatus::Pending,
+            unit_price: None,
+            total_price: None,
+            failure_reason: None,
+            created_at: utc(row.try_get::<NaiveDateTime, _>(4)?.ok_or_else(|| conversion("created_at"))?),
+            processed_at: None,
+        };
+        let asked = |i: usize| {
+            let o = orders[i];
+            inserted[i].is_none()
+                && (o.customer_name.as_str(), o.product_id.as_str(), o.quantity)
+                    == (order.customer_name.as_str(), order.product_id.as_str(), order.quantity)
+        };
+        let i = (0..orders.len()).find(|&i| asked(i)).ok_or_else(|| conversion("an order inserted as asked"))?;
+        inserted[i] = Some(order);
+    }
+    inserted.into_iter().map(|o| o.ok_or_else(|| conversion("one row per order inserted"))).collect()
+}
+
+/// What `dbo.insert_outbox` takes for `inserted`, the rows of `orders`: their
+/// outbox rows' ids, the fields of their events and their trace context.
+fn outbox_json(inserted: &[Order], orders: &[&NewOrder]) -> String {
+    let rows: Vec<Value> = inserted
         .iter()
-        .map(|row| {
-            let created = row.try_get::<i32, _>(0)?.ok_or_else(|| conversion("created"))? == 1;
-            let order = super::order_at(row, 1)?;
-            Ok(if created { Placed::Created(order) } else { Placed::Existing(order) })
+        .zip(orders)
+        .map(|(order, asked)| {
+            json!({
+                "x": OutboxId::new().0,
+                "o": order.order_id.0,
+                "c": order.customer_name,
+                "p": order.product_id,
+                "q": order.quantity,
+                "at": order.created_at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+                "tp": asked.traceparent,
+                "ts": asked.tracestate,
+            })
         })
-        .collect()
+        .collect();
+    Value::Array(rows).to_string()
 }
 
 impl MssqlStore {

@@ -16,8 +16,9 @@
 //!   (Babelfish) let another writer commit in between, and Babelfish's
 //!   `deleted` is the row as first seen, before the statement waited on it;
 //! - values sent as JSON (`OPENJSON(@P1) WITH ...`, one parameter for a whole
-//!   batch) are numbers, ids and times only: Babelfish's OPENJSON returns a
-//!   string with its escapes (`\"`, `\\`, `\n`) left in;
+//!   batch) are numbers, ids, times and texts that JSON does not escape:
+//!   Babelfish's OPENJSON returns a string with its escapes (`\"`, `\\`, `\n`)
+//!   left in;
 //! - a batch of rows is one statement whatever its size (ids as JSON, or as
 //!   literals by [`with_uuids`] where the plan must look them up by key), so
 //!   a round trip carries a batch, not a row: Babelfish parses and plans each
@@ -37,17 +38,32 @@ pub(super) const PLACE_ORDER: &str = "EXEC dbo.place_order @P1, @P2, @P3, @P4, @
 
 /// [`PLACE_ORDER`] for `n` orders, each with its own nine parameters.
 pub(super) fn place_orders_sql(n: usize) -> String {
-    let calls: Vec<String> = (0..n)
-        .map(|i| {
-            let params: Vec<String> = (1..=9).map(|p| format!("@P{}", i * 9 + p)).collect();
-            format!("EXEC dbo.place_order {}", params.join(", "))
-        })
-        .collect();
     match n {
-        1 => calls.concat(),
-        _ => format!("BEGIN TRANSACTION; {}; COMMIT TRANSACTION", calls.join("; ")),
+        1 => place_calls(1, 1).concat(),
+        _ => format!("BEGIN TRANSACTION; {}; COMMIT TRANSACTION", place_calls(n, 1).join("; ")),
     }
 }
+
+/// `n` calls of `dbo.place_order`, their parameters numbered from `@P{first}`.
+fn place_calls(n: usize, first: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let params: Vec<String> = (0..9).map(|p| format!("@P{}", first + i * 9 + p)).collect();
+            format!("EXEC dbo.place_order {}", params.join(", "))
+        })
+        .collect()
+}
+/// `n` calls of [`PLACE_ORDER`] inside a transaction the caller holds open.
+pub(super) fn place_calls_sql(n: usize) -> String {
+    place_calls(n, 1).join("; ")
+}
+// A group's plain orders (see `orders.rs`), in two SQL batches around any
+// calls for its other orders: the first opens the transaction and inserts
+// them, the second writes their outbox rows and commits. @JSON is inlined
+// by `with_json`, quotes doubled.
+pub(super) const BEGIN_AND_INSERT_ORDERS: &str = "BEGIN TRANSACTION; EXEC dbo.insert_orders @JSON";
+pub(super) const INSERT_OUTBOX_AND_COMMIT: &str = "EXEC dbo.insert_outbox @JSON; COMMIT TRANSACTION";
+
 // Empty trace context means none: a valid traceparent is never empty.
 pub(super) const INSERT_OUTBOX: &str = "INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, \
      created_at) VALUES (@P1, @P2, @P3, @P4, NULLIF(@P5, N''), NULLIF(@P6, N''), @P7)";
@@ -407,8 +423,9 @@ pub(super) const TEST_CLEAR: &str = "DELETE FROM dbo.inbox; DELETE FROM dbo.outb
      UPDATE dbo.order_counts SET n = 0";
 
 /// `sql` with its `@JSON` replaced by `json` as a literal. For a SQL batch,
-/// which takes no parameters: `json` is built here of ids, numbers and times
-/// only, and any `'` in it is doubled all the same.
+/// which takes no parameters: `json` is built here of ids, numbers, times and
+/// the plain texts of orders placed together, and each `'` in it is doubled,
+/// the one character that ends an `N'...'` literal.
 pub(super) fn with_json(sql: &str, json: &str) -> String {
     sql.replace("@JSON", &format!("N'{}'", json.replace('\'', "''")))
 }
@@ -449,6 +466,7 @@ pub(crate) fn statements() -> Vec<(&'static str, String)> {
     let expand = |sql: &str| with_order_ids(&with_uuids(&with_json(&with_limit(sql, 10), "[]"), &ids), &[1, 2]);
     let mut all: Vec<(&'static str, String)> = table().into_iter().map(|(name, sql)| (name, expand(sql))).collect();
     all.push(("PLACE_ORDER (a group of 3)", place_orders_sql(3)));
+    all.push(("PLACE_ORDER (2 calls in a transaction)", place_calls_sql(2)));
     all
 }
 
@@ -458,6 +476,8 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("PRODUCT", PRODUCT),
         ("ORDER_BY_KEY", ORDER_BY_KEY),
         ("PLACE_ORDER", PLACE_ORDER),
+        ("BEGIN_AND_INSERT_ORDERS", BEGIN_AND_INSERT_ORDERS),
+        ("INSERT_OUTBOX_AND_COMMIT", INSERT_OUTBOX_AND_COMMIT),
         ("INSERT_OUTBOX", INSERT_OUTBOX),
         ("INSERT_OUTBOX_NOW", INSERT_OUTBOX_NOW),
         ("ORDER", ORDER),

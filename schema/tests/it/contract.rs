@@ -541,13 +541,21 @@ pub async fn a_batch_is_one_transaction_with_an_outcome_per_message(store: Arc<d
 }
 
 pub async fn orders_placed_at_once_each_get_their_own_row(store: Arc<dyn Store>) {
-    // Sent at once, so that the writers commit them in groups; some alike in every value.
+    // Sent at once, so that the writers commit them in groups; some alike in
+    // every value but their trace, some with texts JSON escapes, some not in the BMP.
     let round_trips = schema::round_trips();
     let placing: Vec<_> = (1..=60)
         .map(|i| {
-            let (name, quantity) = if i % 4 == 0 { ("twin".to_string(), 7) } else { (format!("buyer {i}"), i) };
+            let (name, quantity) = match i {
+                _ if i % 4 == 0 => ("twin".to_string(), 7),
+                _ if i % 5 == 0 => (format!("a \"quoted\" \\ buyer {i}"), i),
+                _ if i % 7 == 0 => (format!("\u{1F600} buyer {i}"), i),
+                _ if i % 11 == 0 => (format!("O'Brien'); DELETE FROM orders; -- {i}"), i),
+                _ => (format!("buyer {i}"), i),
+            };
             let mut order = new_order(&name, if i % 2 == 0 { "P123" } else { "P200" }, quantity);
             order.idempotency_key = (i % 3 == 0).then(|| format!("key-{i}"));
+            order.traceparent = Some(format!("00-{i:032x}-{i:016x}-01"));
             let store = store.clone();
             tokio::spawn(async move { (order.clone(), store.place_order(order).await) })
         })
@@ -570,8 +578,9 @@ pub async fn orders_placed_at_once_each_get_their_own_row(store: Arc<dyn Store>)
         }
         assert!(ids.insert(order.order_id), "one order each");
         let row = rows.iter().find(|r| r.order_id == order.order_id).expect("its outbox row");
-        let body: serde_json::Value = serde_json::from_str(&row.payload).unwrap();
-        assert_eq!(body["customer_name"], asked.customer_name, "its message is its own");
+        let event: schema::messages::OrderPlacedV1 = serde_json::from_str(&row.payload).unwrap();
+        assert_eq!(event, schema::messages::OrderPlacedV1::for_order(&kept, row.outbox_id), "its message is its own");
+        assert_eq!(row.traceparent, asked.traceparent, "its trace is its own");
     }
     assert_eq!(store.order_counts().await.unwrap().pending, 60);
     let mut again = new_order("someone else", "P123", 1);
