@@ -303,3 +303,46 @@ async fn an_operator_runs_the_pipeline_from_the_ops_page() {
     relay.stop().await.unwrap();
     stack.shutdown().await;
 }
+
+/// The Broker panel follows the queue as the broker counts it: what the relay
+/// sends while no consumer listens raises the depth on the page, and a
+/// consumer takes it back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_panel_shows_the_queue_depth_moving() {
+    let mut stack = Stack::start_producer(&shared_broker_url()).await;
+    stack.relay = Some(stack.start_relay().await);
+    let ops = stack.start_ops_producer().await;
+    for i in 0..5 {
+        stack.place_order(&format!("depth {i}"), "P123", 1).await;
+    }
+    let (_driver, page) = browser().await;
+    page.goto(&format!("http://{}/ops", ops.http_addr.unwrap())).await.unwrap();
+    let queue = stack.queue.strip_prefix("/queue/").unwrap().to_string();
+    // The relay asks the broker every 5 s.
+    let figures = |queue: String| {
+        let page = page.clone();
+        async move {
+            let mut cells = Vec::new();
+            for n in 2..=5 {
+                let css = format!("#broker tr[data-queue='{queue}'] td:nth-child({n})");
+                cells.push(text_of(&page, &css).await?.parse::<u64>().ok()?);
+            }
+            Some(cells)
+        }
+    };
+    let waiting = wait_for("five messages waiting on the page", Duration::from_secs(40), || async {
+        figures(queue.clone()).await.filter(|f| f[0] == 5)
+    })
+    .await;
+    assert_eq!((waiting[1], waiting[2]), (0, 5), "depth, consumers, enqueued, dequeued: {waiting:?}");
+    stack.consumer = Some(stack.start_consumer().await);
+    let drained = wait_for("the depth back to 0 on the page", Duration::from_secs(40), || async {
+        figures(queue.clone()).await.filter(|f| f[0] == 0 && f[3] == 5)
+    })
+    .await;
+    assert_eq!(drained[1], 1, "one consumer: {drained:?}");
+    stack.wait_until_final(5, Duration::from_secs(30)).await;
+    stack.assert_all_processed_exactly_once(5).await;
+    drop(ops);
+    stack.shutdown().await;
+}
