@@ -1,7 +1,8 @@
 //! SQL Server: the relay's side of the outbox: claims, confirmations, failures,
 //! operator requeues, retention and reconciliation.
 //!
-//! Invariant: claims use UPDLOCK + READPAST so several relays never take the same row.
+//! Invariant: a claim (`dbo.claim_outbox`) takes due rows under UPDLOCK + READPAST
+//! and leases only those still unleased, so several relays never take the same row.
 
 use std::time::Duration;
 
@@ -29,8 +30,8 @@ async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u
     if ids.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
-    let found = rows(client, &with_uuids(MARK_PUBLISHED, &ids), &[&count_slot()]).await?;
+    let ids: Vec<String> = ids.iter().map(|id| id.0.to_string()).collect();
+    let found = rows(client, MARK_PUBLISHED, &[&ids.join(","), &count_slot()]).await?;
     Ok(found.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) as u64)
 }
 
@@ -39,17 +40,10 @@ impl OutboxStore for MssqlStore {
     async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
         let mut conn = self.conn().await?;
         let lease_ms = millis(lease);
+        let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
         let result = async {
-            let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
-            let due = rows(&mut conn, &with_limit(CLAIM_IDS, limit), &[])
-                .await?
-                .iter()
-                .map(|r| r.try_get::<uuid::Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id")))
-                .collect::<TdsResult<Vec<_>>>()?;
-            if due.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut out = rows(&mut conn, &with_uuids(CLAIM, &due), &[&owner, &lease_ms])
+            let mut out = rows(&mut conn, CLAIM_OUTBOX, &[&owner, &lease_ms, &limit])
                 .await?
                 .iter()
                 .map(outbox_from_row)

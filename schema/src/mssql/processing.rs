@@ -268,8 +268,9 @@ async fn apply_plain(
         .map(|p| serde_json::json!({"o": p.order_id, "u": p.unit_price.to_string(), "t": p.total_price.to_string()}))
         .collect();
     let prices = serde_json::Value::Array(prices).to_string();
-    let ids: Vec<i64> = plain.iter().map(|p| p.order_id).collect();
-    let mark = with_order_ids(&with_json(BEGIN_AND_MARK_ALL_PROCESSED, &prices), &ids);
+    let lo = plain.iter().map(|p| p.order_id).min().unwrap_or_default();
+    let hi = plain.iter().map(|p| p.order_id).max().unwrap_or_default();
+    let mark = with_json(&with_integers(BEGIN_AND_MARK_PROCESSED, &[lo, hi]), &prices);
     let mut done = HashMap::with_capacity(plain.len());
     for row in batch_rows(client, &mark).await? {
         let order_id = row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?;

@@ -19,13 +19,15 @@
 //!   batch) are numbers, ids, times and texts that JSON does not escape:
 //!   Babelfish's OPENJSON returns a string with its escapes (`\"`, `\\`, `\n`)
 //!   left in;
-//! - a batch of rows is one statement whatever its size (ids as JSON, or as
-//!   literals by [`with_uuids`] where the plan must look them up by key), so
-//!   a round trip carries a batch, not a row: Babelfish parses and plans each
-//!   statement of a batch on every call (an order placed as an sp_executesql
-//!   batch of five statements cost 2.9 ms of server time); work done per row,
-//!   placing an order, is a procedure, parsed once per session (1.1 ms, and
-//!   0.4 ms an order in groups of 16 in one transaction);
+//! - a batch of rows is one statement whatever its size, so a round trip
+//!   carries a batch, not a row; and work done on every batch or order is a
+//!   procedure (migrations V8-V15), parsed once per session: Babelfish parses
+//!   and plans each statement sent as text on every call (an order placed as
+//!   an sp_executesql batch of five statements cost 2.9 ms of server time, a
+//!   27-row confirmation with its ids inlined 5.9 ms against 2.4 ms as a call);
+//!   ids go to a procedure as one list parameter, which its statements join
+//!   by key (their plans checked on Babelfish: nested loops on the primary
+//!   key, or a range on order_id);
 //! - a `TOP (@LIMIT)` gets its limit inlined as an integer literal by [`with_limit`].
 
 pub(super) const PRODUCTS: &str = "SELECT product_id, name, list_price FROM dbo.products ORDER BY product_id";
@@ -147,73 +149,13 @@ pub(super) const RECENT_AUDIT: &str = "SELECT TOP (@P1) outbox_id, order_id, act
      FROM dbo.outbox_audit ORDER BY audit_id DESC";
 pub(super) const RECENT_ORDERS: &str =
     concat!("SELECT TOP (@P1) ", order_columns!(""), " FROM dbo.orders ORDER BY order_id DESC");
-// The portable claim: the ids come from a TOP subquery, and the outer WHERE
-// repeats its predicates. READPAST skips rows another relay is claiming and
-// UPDLOCK keeps two claimers from reading the same row, on SQL Server. An
-// engine that ignores the hints (Babelfish, under PostgreSQL's row locks) makes
-// the second claimer wait and then re-check the outer WHERE on the rows it
-// waited for, which the first claim's lease now fails. Babelfish takes one row
-// per call from `UPDATE TOP (n) o ... FROM t o WHERE <a date test> AND ...`,
-// and the alias form `UPDATE o ... FROM t o` made it join the table to itself
-// (2.7 s against 0.03 s for 200 of 10,000 rows), so the target is named
-// plainly. The clock is read once (`@now`, see `cutoff!`).
-macro_rules! claimable {
-    ($a:literal) => {
-        concat!(
-            $a,
-            "published_at IS NULL AND ",
-            $a,
-            "dead_at IS NULL AND ",
-            $a,
-            "next_attempt_at <= @now \
-             AND (",
-            $a,
-            "lease_until IS NULL OR ",
-            $a,
-            "lease_until < @now)"
-        )
-    };
-}
-// The claim in two steps: the ids of the due rows (a plain read, planned on
-// its own), then the update of exactly those rows (@IDS: their ids inlined as
-// literals, which the server looks up in the primary key), with the
-// predicates again, so a claimer that waited on another's rows leaves them.
-// One statement (`WHERE outbox_id IN (SELECT TOP (n) ...) AND ...`) was
-// planned by Babelfish, on statistics nothing had refreshed, as a nested loop
-// that ran the subquery again for every due row: a backlog of 10,000 drained
-// at 300 msg/s, the relay's claim on the CPU in 59 of 60 samples.
-pub(super) const CLAIM_IDS: &str = concat!(
-    "SET NOCOUNT ON; DECLARE @now DATETIME2(3) = SYSUTCDATETIME(); \
-     SELECT TOP (@LIMIT) x.outbox_id FROM dbo.outbox x WITH (UPDLOCK, READPAST, ROWLOCK) WHERE ",
-    claimable!("x."),
-    " ORDER BY x.next_attempt_at"
-);
-pub(super) const CLAIM: &str = concat!(
-    "SET NOCOUNT ON; DECLARE @now DATETIME2(3) = SYSUTCDATETIME(); \
-     UPDATE dbo.outbox SET lease_owner = @P1, lease_until = DATEADD(millisecond, @P2, @now) \
-     OUTPUT inserted.outbox_id, inserted.order_id, inserted.event_type, inserted.payload, inserted.traceparent, \
-     inserted.tracestate, inserted.created_at, inserted.attempts \
-     WHERE outbox_id IN (@IDS) AND ",
-    claimable!("")
-);
-// A whole batch in one round trip: the rows this call marks carry its @now, so
-// only their orders move on (guarded by `pending`, so a fast consumer's
-// `processed` is never overwritten), and the counters move in the same
-// transaction. @P1 is the counter slot; @IDS the rows' ids, inlined as
-// literals that the primary key finds (`with_uuids`): joined with OPENJSON
-// instead, Babelfish scanned the whole outbox for every batch.
-pub(super) const MARK_PUBLISHED: &str = "SET NOCOUNT ON; BEGIN TRANSACTION; \
-     DECLARE @now DATETIME2(3) = SYSUTCDATETIME(); \
-     UPDATE dbo.outbox SET published_at = @now, lease_owner = NULL, lease_until = NULL, dead_at = NULL \
-     WHERE outbox_id IN (@IDS) AND published_at IS NULL; \
-     DECLARE @marked BIGINT = @@ROWCOUNT; \
-     UPDATE dbo.orders SET status = N'published' WHERE status = N'pending' AND order_id IN \
-     (SELECT x.order_id FROM dbo.outbox x WHERE x.published_at = @now AND x.outbox_id IN (@IDS)); \
-     DECLARE @advanced BIGINT = @@ROWCOUNT; \
-     UPDATE dbo.order_counts SET n = n + CASE WHEN status = N'pending' THEN -@advanced ELSE @advanced END \
-     WHERE status IN (N'pending', N'published') AND slot = @P1 AND @advanced > 0; \
-     COMMIT TRANSACTION; \
-     SELECT @marked";
+// The relay's claim and confirmation of a whole batch, one call each:
+// procedures (migrations V12, V13), parsed once per session. The claim takes
+// the owner, the lease in milliseconds and the limit, and answers the rows it
+// leased; the confirmation takes the ids as one comma-separated list and a
+// counter slot, and answers how many rows it marked.
+pub(super) const CLAIM_OUTBOX: &str = "EXEC dbo.claim_outbox @P1, @P2, @P3";
+pub(super) const MARK_PUBLISHED: &str = "EXEC dbo.mark_published @P1, @P2";
 pub(super) const RECORD_FAILURE: &str = "UPDATE dbo.outbox SET attempts = attempts + 1, last_error = @P2, lease_owner = NULL, \
      lease_until = NULL, next_attempt_at = DATEADD(millisecond, @P3, SYSUTCDATETIME()), \
      dead_at = CASE WHEN attempts + 1 >= @P4 THEN SYSUTCDATETIME() ELSE NULL END \
@@ -301,31 +243,15 @@ pub(super) const ORDERS_FOR_PRICING: &str = concat!(
      LEFT JOIN dbo.outbox x ON x.order_id = o.order_id \
      WHERE o.order_id IN (@ORDER_IDS)"
 );
-// The inbox rows of a batch, each once (@JSON, inlined: an array of
-// {"x": outbox_id, "o": order_id}); the ids it returns were new.
-pub(super) const RECORD_INBOXES: &str = "INSERT INTO dbo.inbox (outbox_id, order_id) OUTPUT inserted.outbox_id \
-     SELECT v.outbox_id, v.order_id FROM OPENJSON(@JSON) WITH (outbox_id UNIQUEIDENTIFIER '$.x', order_id BIGINT '$.o') AS v \
-     WHERE NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = v.outbox_id)";
-// The consumer's transaction opened, and the orders of a batch priced and
-// final, each once: a SQL batch (not a call, so the transaction stays open
-// for the inbox rows and the counters) whose @JSON is an array of
-// {"o": order_id, "u": unit_price, "t": total_price} inlined by [`with_json`].
-// The target is named plainly: Babelfish refuses `UPDATE o ... FROM dbo.orders
-// o JOIN ...`. The ids again as literals (@ORDER_IDS): without them Babelfish
-// read every order of the pass's status through ix_orders_status (15.7 ms
-// against 4.0 ms for 20 orders with 34,000 pending). An order no pass moved is final by now, or moved under every
-// pass: the caller takes it row by row.
-pub(super) const BEGIN_AND_MARK_ALL_PROCESSED: &str = concat!(
-    "BEGIN TRANSACTION; ",
-    from_each_status!(
-        "UPDATE dbo.orders SET status = N'processed', unit_price = v.unit_price, total_price = v.total_price, \
-         failure_reason = NULL, processed_at = SYSUTCDATETIME()",
-        "inserted.order_id, inserted.processed_at",
-        "FROM OPENJSON(@JSON) WITH (order_id BIGINT '$.o', unit_price DECIMAL(18, 2) '$.u', \
-         total_price DECIMAL(18, 2) '$.t') AS v WHERE dbo.orders.order_id = v.order_id \
-         AND dbo.orders.order_id IN (@ORDER_IDS)"
-    )
-);
+// The consumer's plain cases (`processing.rs`), in procedures (migrations
+// V14, V15) called inside the batch's transaction, so they go in SQL batches
+// with @JSON inlined by [`with_json`] and @P1, @P2 by [`with_integers`]: the
+// orders moved to processed (a JSON array of {"o": order_id, "u":
+// unit_price, "t": total_price}, every id between @P1 and @P2), each pass
+// answering the status it moved from; then the inbox rows of those moved
+// (an array of {"x": outbox_id, "o": order_id}), answering the ids that were new.
+pub(super) const BEGIN_AND_MARK_PROCESSED: &str = "BEGIN TRANSACTION; EXEC dbo.mark_processed @JSON, @P1, @P2";
+pub(super) const RECORD_INBOXES: &str = "EXEC dbo.record_inboxes @JSON";
 // A dead letter is recorded once per id; order_id 0 means none (ids start at 1).
 pub(super) const RECORD_DEAD_LETTER: &str = "INSERT INTO dbo.dead_letters (dead_letter_id, order_id, reason, headers, body) \
      SELECT @P1, NULLIF(@P2, 0), @P3, @P4, @P5 \
@@ -430,14 +356,6 @@ pub(super) fn with_json(sql: &str, json: &str) -> String {
     sql.replace("@JSON", &format!("N'{}'", json.replace('\'', "''")))
 }
 
-/// `sql` with every `@IDS` replaced by `ids` as literals (never empty: an
-/// empty list is no statement). The ids are UUIDs formatted here, never text
-/// from outside.
-pub(super) fn with_uuids(sql: &str, ids: &[uuid::Uuid]) -> String {
-    let ids: Vec<String> = ids.iter().map(|id| format!("'{id}'")).collect();
-    sql.replace("@IDS", &ids.join(", "))
-}
-
 /// `sql` with every `@ORDER_IDS` replaced by `ids` as integer literals (never
 /// empty: an empty list is no statement).
 pub(super) fn with_order_ids(sql: &str, ids: &[i64]) -> String {
@@ -462,8 +380,7 @@ pub(super) fn with_limit(sql: &str, limit: u32) -> String {
 
 /// Every statement, as sent: templates expanded for a few values.
 pub(crate) fn statements() -> Vec<(&'static str, String)> {
-    let ids = [uuid::Uuid::nil(), uuid::Uuid::max()];
-    let expand = |sql: &str| with_order_ids(&with_uuids(&with_json(&with_limit(sql, 10), "[]"), &ids), &[1, 2]);
+    let expand = |sql: &str| with_order_ids(&with_json(&with_limit(sql, 10), "[]"), &[1, 2]);
     let mut all: Vec<(&'static str, String)> = table().into_iter().map(|(name, sql)| (name, expand(sql))).collect();
     all.push(("PLACE_ORDER (a group of 3)", place_orders_sql(3)));
     all.push(("PLACE_ORDER (2 calls in a transaction)", place_calls_sql(2)));
@@ -486,8 +403,7 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("PUBLISHED_AT", PUBLISHED_AT),
         ("RECENT_AUDIT", RECENT_AUDIT),
         ("RECENT_DEAD_LETTERS", RECENT_DEAD_LETTERS),
-        ("CLAIM_IDS", CLAIM_IDS),
-        ("CLAIM", CLAIM),
+        ("CLAIM_OUTBOX", CLAIM_OUTBOX),
         ("MARK_PUBLISHED", MARK_PUBLISHED),
         ("RECORD_FAILURE", RECORD_FAILURE),
         ("RELEASE_LEASES", RELEASE_LEASES),
@@ -500,7 +416,7 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("BUMP_COUNTS", BUMP_COUNTS),
         ("ORDERS_FOR_PRICING", ORDERS_FOR_PRICING),
         ("RECORD_INBOXES", RECORD_INBOXES),
-        ("BEGIN_AND_MARK_ALL_PROCESSED", BEGIN_AND_MARK_ALL_PROCESSED),
+        ("BEGIN_AND_MARK_PROCESSED", BEGIN_AND_MARK_PROCESSED),
         ("ORDER_EXISTS", ORDER_EXISTS),
         ("RECORD_DEAD_LETTER", RECORD_DEAD_LETTER),
         ("OWN_MESSAGE", OWN_MESSAGE),
