@@ -1,4 +1,4 @@
--- One of the batch procedures of V12-V15 (see V12).
+-- One of the batch procedures of V12-V16 (see V12).
 -- A whole batch confirmed in one call: the rows this call marks carry its
 -- @now, so only their orders move on (guarded by `pending`, so a fast
 -- consumer's `processed` is never overwritten), and the counters move in the

@@ -1,4 +1,4 @@
--- One of the batch procedures of V12-V15 (see V12).
+-- One of the batch procedures of V12-V16 (see V12).
 -- The consumer's plain cases, inside the transaction its caller opened: each
 -- order of @rows (a JSON array of {"o": order_id, "u": unit_price,
 -- "t": total_price}, every order_id between @lo and @hi) moved to processed,

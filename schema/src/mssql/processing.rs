@@ -150,16 +150,12 @@ async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResu
     let (mut outcomes, inboxes) = apply_plain(client, deliveries, &facts, &mut moves).await?;
     if outcomes.iter().all(Option::is_some) {
         let [pending, published, processed, failed] = moves.deltas();
-        let counts = moves
-            .changes()
-            .next()
-            .map(|_| with_integers(BUMP_COUNTS, &[pending, published, processed, failed, i64::from(count_slot())]));
-        let statements: Vec<String> =
-            [inboxes, counts.unwrap_or_default(), COMMIT.to_string()].into_iter().filter(|s| !s.is_empty()).collect();
-        batch_rows(client, &statements.join("; ")).await?;
+        let counts = [pending, published, processed, failed, i64::from(count_slot())];
+        let record = with_json(&with_integers(RECORD_BATCH, &counts), &inboxes.to_string());
+        batch(client, &format!("{record}; {COMMIT}")).await?;
     } else {
-        if !inboxes.is_empty() {
-            batch_rows(client, &inboxes).await?;
+        if inboxes.as_array().is_some_and(|rows| !rows.is_empty()) {
+            batch(client, &with_json(&with_integers(RECORD_BATCH, &[0; 5]), &inboxes.to_string())).await?;
         }
         for (d, outcome) in deliveries.iter().zip(outcomes.iter_mut()) {
             if outcome.is_none() {
@@ -187,7 +183,9 @@ async fn read_facts(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResul
     ids.dedup();
     let mut found = HashMap::with_capacity(ids.len());
     if !ids.is_empty() {
-        for row in rows(client, &with_order_ids(ORDERS_FOR_PRICING, &ids), &[]).await? {
+        let (lo, hi) = (ids[0], ids[ids.len() - 1]);
+        let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+        for row in rows(client, ORDER_FACTS, &[&list.join(","), &lo, &hi]).await? {
             let facts = OrderFacts {
                 status: status_at(&row, 0)?,
                 quantity: row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?,
@@ -215,13 +213,13 @@ struct Plain {
 }
 
 /// Opens the transaction and applies the plain cases set-based; `None` for
-/// every other delivery, and the SQL that writes the inbox rows of those moved.
+/// every other delivery, and the inbox rows of those moved as a JSON array.
 async fn apply_plain(
     client: &mut TdsClient,
     deliveries: &[Delivery],
     facts: &HashMap<i64, Facts>,
     moves: &mut Moves,
-) -> TdsResult<(Vec<Option<Applied>>, String)> {
+) -> TdsResult<(Vec<Option<Applied>>, serde_json::Value)> {
     let mut outcomes: Vec<Option<Applied>> = vec![None; deliveries.len()];
     let mut seen: HashMap<String, usize> = HashMap::new();
     for d in deliveries {
@@ -261,7 +259,7 @@ async fn apply_plain(
     // slow way, row by row.
     if plain.is_empty() {
         batch(client, BEGIN).await?;
-        return Ok((outcomes, String::new()));
+        return Ok((outcomes, serde_json::Value::Array(Vec::new())));
     }
     let prices: Vec<serde_json::Value> = plain
         .iter()
@@ -278,15 +276,11 @@ async fn apply_plain(
         done.insert(order_id, (status_at(&row, 0)?, utc(processed_at)));
     }
     // Then the inbox rows of exactly the orders moved, in the same transaction.
-    let keyed: Vec<serde_json::Value> = plain
+    let inboxes: serde_json::Value = plain
         .iter()
         .filter(|p| done.contains_key(&p.order_id))
         .filter_map(|p| p.outbox_id.map(|id| serde_json::json!({"x": id.0.to_string(), "o": p.order_id})))
         .collect();
-    let inboxes = match keyed.is_empty() {
-        true => String::new(),
-        false => with_json(RECORD_INBOXES, &serde_json::Value::Array(keyed).to_string()),
-    };
     for p in &plain {
         let Some((from, processed_at)) = done.get(&p.order_id) else { continue };
         moves.moved(*from, OrderStatus::Processed, 1);

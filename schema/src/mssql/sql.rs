@@ -232,26 +232,20 @@ pub(super) const MARK_FAILED: &str = concat!(
 // processed, failed move by @P1 .. @P4.
 pub(super) const BUMP_COUNTS: &str = "UPDATE dbo.order_counts SET n = n + CASE status WHEN N'pending' THEN @P1 \
      WHEN N'published' THEN @P2 WHEN N'processed' THEN @P3 WHEN N'failed' THEN @P4 ELSE 0 END WHERE slot = @P5";
-// The facts the consumer decides on, for every order of a batch (@ORDER_IDS,
-// inlined by `with_order_ids`): joined with OPENJSON instead, Babelfish
-// scanned the whole orders table for every batch (6.4 ms against 1.8 ms for
-// 10 orders among 44,000).
-pub(super) const ORDERS_FOR_PRICING: &str = concat!(
-    "SELECT o.status, o.quantity, o.product_id, p.list_price, x.outbox_id, ",
-    order_columns!("o."),
-    " FROM dbo.orders o LEFT JOIN dbo.products p ON p.product_id = o.product_id \
-     LEFT JOIN dbo.outbox x ON x.order_id = o.order_id \
-     WHERE o.order_id IN (@ORDER_IDS)"
-);
-// The consumer's plain cases (`processing.rs`), in procedures (migrations
-// V14, V15) called inside the batch's transaction, so they go in SQL batches
-// with @JSON inlined by [`with_json`] and @P1, @P2 by [`with_integers`]: the
-// orders moved to processed (a JSON array of {"o": order_id, "u":
-// unit_price, "t": total_price}, every id between @P1 and @P2), each pass
-// answering the status it moved from; then the inbox rows of those moved
-// (an array of {"x": outbox_id, "o": order_id}), answering the ids that were new.
+// The consumer's batch (`processing.rs`) in procedures (migrations V14-V16):
+// - the facts of every order it names (@P1, their ids comma-separated, all
+//   between @P2 and @P3), a call of its own, with the columns of
+//   `order_columns!` from the sixth on;
+// - inside the batch's transaction, so in SQL batches (@JSON inlined by
+//   [`with_json`], @P1.. by [`with_integers`]): the orders moved to processed
+//   (a JSON array of {"o": order_id, "u": unit_price, "t": total_price},
+//   every id between @P1 and @P2), each pass answering the status it moved
+//   from; then the inbox rows of those moved (an array of {"x": outbox_id,
+//   "o": order_id}) and the counters (pending, published, processed and
+//   failed move by @P1 .. @P4 in slot @P5).
+pub(super) const ORDER_FACTS: &str = "EXEC dbo.order_facts @P1, @P2, @P3";
 pub(super) const BEGIN_AND_MARK_PROCESSED: &str = "BEGIN TRANSACTION; EXEC dbo.mark_processed @JSON, @P1, @P2";
-pub(super) const RECORD_INBOXES: &str = "EXEC dbo.record_inboxes @JSON";
+pub(super) const RECORD_BATCH: &str = "EXEC dbo.record_batch @JSON, @P1, @P2, @P3, @P4, @P5";
 // A dead letter is recorded once per id; order_id 0 means none (ids start at 1).
 pub(super) const RECORD_DEAD_LETTER: &str = "INSERT INTO dbo.dead_letters (dead_letter_id, order_id, reason, headers, body) \
      SELECT @P1, NULLIF(@P2, 0), @P3, @P4, @P5 \
@@ -356,13 +350,6 @@ pub(super) fn with_json(sql: &str, json: &str) -> String {
     sql.replace("@JSON", &format!("N'{}'", json.replace('\'', "''")))
 }
 
-/// `sql` with every `@ORDER_IDS` replaced by `ids` as integer literals (never
-/// empty: an empty list is no statement).
-pub(super) fn with_order_ids(sql: &str, ids: &[i64]) -> String {
-    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-    sql.replace("@ORDER_IDS", &ids.join(", "))
-}
-
 /// `sql` with `@P1`, `@P2`, ... replaced by the integers `values`, for a SQL batch.
 pub(super) fn with_integers(sql: &str, values: &[i64]) -> String {
     // The highest first, so that @P1 never eats the start of @P10.
@@ -380,7 +367,7 @@ pub(super) fn with_limit(sql: &str, limit: u32) -> String {
 
 /// Every statement, as sent: templates expanded for a few values.
 pub(crate) fn statements() -> Vec<(&'static str, String)> {
-    let expand = |sql: &str| with_order_ids(&with_json(&with_limit(sql, 10), "[]"), &[1, 2]);
+    let expand = |sql: &str| with_json(&with_limit(sql, 10), "[]");
     let mut all: Vec<(&'static str, String)> = table().into_iter().map(|(name, sql)| (name, expand(sql))).collect();
     all.push(("PLACE_ORDER (a group of 3)", place_orders_sql(3)));
     all.push(("PLACE_ORDER (2 calls in a transaction)", place_calls_sql(2)));
@@ -414,8 +401,8 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("MARK_PROCESSED", MARK_PROCESSED),
         ("MARK_FAILED", MARK_FAILED),
         ("BUMP_COUNTS", BUMP_COUNTS),
-        ("ORDERS_FOR_PRICING", ORDERS_FOR_PRICING),
-        ("RECORD_INBOXES", RECORD_INBOXES),
+        ("ORDER_FACTS", ORDER_FACTS),
+        ("RECORD_BATCH", RECORD_BATCH),
         ("BEGIN_AND_MARK_PROCESSED", BEGIN_AND_MARK_PROCESSED),
         ("ORDER_EXISTS", ORDER_EXISTS),
         ("RECORD_DEAD_LETTER", RECORD_DEAD_LETTER),
