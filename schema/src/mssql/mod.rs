@@ -123,6 +123,13 @@ async fn open_client(config: &Config) -> TdsResult<TdsClient> {
 #[derive(Clone)]
 pub struct MssqlStore {
     pool: Pool<TdsManager>,
+    /// The connections that call the per-batch procedures (placing, the
+    /// relay's claim and confirmation, the consumer's batch): at most
+    /// [`ORDER_WRITERS`], so each compiles them once. Babelfish compiles a
+    /// procedure on each connection's first call (0.3-0.8 s of its CPU); from
+    /// the shared pool, sixteen connections met them for the first time one
+    /// by one, for minutes (a quarter of the producer's server time at 500/s).
+    hot: Pool<TdsManager>,
     /// Orders to place, committed in groups by [`orders::place_orders`].
     orders: mpsc::Sender<orders::PlaceRequest>,
 }
@@ -140,35 +147,50 @@ impl MssqlStore {
         client.simple_query(MIGRATION_UNLOCK).await?.into_results().await?;
         migrated?;
         client.close().await?;
-        let pool = Pool::builder(TdsManager { config })
-            .max_size(16)
-            // The most recently used connection first: each Babelfish
-            // connection parses a statement slowly the first time it sees
-            // its text, so a few hot connections beat sixteen lukewarm ones.
-            .queue_mode(deadpool::managed::QueueMode::Lifo)
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(1)))
-            .build()?;
+        let pool = pool_of(&config, 16)?;
+        let hot = pool_of(&config, ORDER_WRITERS)?;
         let (orders, queue) = mpsc::channel(1024);
         let writers = orders::Writers::new(queue);
         // The writers get a store whose sender is closed: holding the real one
         // would keep them alive forever.
         let (closed, _) = mpsc::channel(1);
         for _ in 0..ORDER_WRITERS {
-            tokio::spawn(orders::place_orders(Self { pool: pool.clone(), orders: closed.clone() }, writers.clone()));
+            let store = Self { pool: pool.clone(), hot: hot.clone(), orders: closed.clone() };
+            tokio::spawn(orders::place_orders(store, writers.clone()));
         }
-        Ok(Self { pool, orders })
+        Ok(Self { pool, hot, orders })
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(Cause::new(anyhow::Error::new(e).context("sql server pool"))))?;
-        Ok(Conn(Some(conn)))
+        conn_from(&self.pool).await
     }
+
+    /// A connection of the [`MssqlStore::hot`] pool, for the per-batch procedures.
+    async fn hot_conn(&self) -> Result<Conn, StoreError> {
+        conn_from(&self.hot).await
+    }
+}
+
+/// A pool of at most `size` connections, the most recently used handed out
+/// first (each Babelfish connection parses a statement or compiles a
+/// procedure slowly the first time it meets it, so a few hot connections
+/// beat many lukewarm ones).
+fn pool_of(config: &Config, size: usize) -> anyhow::Result<Pool<TdsManager>> {
+    Ok(Pool::builder(TdsManager { config: config.clone() })
+        .max_size(size)
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(1)))
+        .build()?)
+}
+
+async fn conn_from(pool: &Pool<TdsManager>) -> Result<Conn, StoreError> {
+    let conn = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(Cause::new(anyhow::Error::new(e).context("sql server pool"))))?;
+    Ok(Conn(Some(conn)))
 }
 
 /// Texts of migrations that SQL Server applied before they were replaced:

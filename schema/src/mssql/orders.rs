@@ -169,7 +169,7 @@ pub(super) async fn place_orders(store: MssqlStore, writers: Arc<Writers>) {
 /// a reason of one of them, and answers each order.
 async fn place_group(store: &MssqlStore, group: Vec<PlaceRequest>) {
     let orders: Vec<&NewOrder> = group.iter().map(|r| &r.order).collect();
-    let placed = match store.conn().await {
+    let placed = match store.hot_conn().await {
         Ok(mut conn) => {
             let result = place(&mut conn, &orders).await;
             finish(conn, result)

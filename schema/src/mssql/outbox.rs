@@ -38,7 +38,7 @@ async fn mark_published(client: &mut TdsClient, ids: &[OutboxId]) -> TdsResult<u
 #[async_trait]
 impl OutboxStore for MssqlStore {
     async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.hot_conn().await?;
         let lease_ms = millis(lease);
         let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
@@ -56,7 +56,7 @@ impl OutboxStore for MssqlStore {
     }
 
     async fn mark_published(&self, ids: &[OutboxId]) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.hot_conn().await?;
         let result = mark_published(&mut conn, ids).await;
         finish(conn, result)
     }

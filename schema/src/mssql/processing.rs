@@ -321,7 +321,7 @@ impl ProcessingStore for MssqlStore {
     }
 
     async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.hot_conn().await?;
         let result = apply_batch(&mut conn, deliveries).await;
         match finish(conn, result) {
             // A duplicate key here is another consumer's commit of the same
