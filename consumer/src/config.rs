@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 #[command(name = "consumer", version, about)]
 pub struct Config {
     #[command(flatten)]
-    pub service: observability::ServiceArgs,
+    pub service: service::ServiceArgs,
     #[command(flatten)]
     pub database: schema::DatabaseArgs,
     #[command(flatten)]

@@ -22,11 +22,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use error_reporter::Report;
-use observability::{Backoff, Readiness};
-use prometheus::Registry;
+use observability::Readiness;
 use schema::{Applied, ProcessingStore};
+use service::{AdminPort, Backoff, Service, Supervisor};
 use stomp::{Client, Frame, StompError};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -40,53 +39,49 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct App {
     config: Config,
     store: Arc<dyn ProcessingStore>,
-    admin: TcpListener,
-    registry: Registry,
+    admin: AdminPort,
     metrics: Metrics,
     readiness: Readiness,
     broker: stomp::Config,
 }
 
-impl App {
-    /// Connects to the database (running migrations) and binds the admin port.
-    /// The broker is connected in `run`, with retries, so the consumer starts during an outage.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
-        observability::AdminToken::new(config.service.admin_token.as_deref()).check_bind(config.admin_addr)?;
+impl Service for App {
+    const NAME: &'static str = "consumer";
+    type Config = Config;
+
+    fn shared(config: &Config) -> &service::ServiceArgs {
+        &config.service
+    }
+
+    /// Checks the admin bind, connects to the database (running migrations)
+    /// and binds the admin port. The broker is connected in `run`, with
+    /// retries, so the consumer starts during an outage.
+    async fn build(config: Config) -> anyhow::Result<App> {
+        let admin = AdminPort::bind(Self::NAME, &config.service, config.admin_addr, schema::round_trips).await?;
         let store = schema::connect_to(&config.database.database_url, schema::Durability::Full)
             .await
             .with_context(|| format!("connecting to {}", config.database.database_url))?;
         let broker = config.broker.client_config();
-        let admin = TcpListener::bind(config.admin_addr)
-            .await
-            .with_context(|| format!("binding admin address {}", config.admin_addr))?;
-        let registry = observability::new_registry("consumer", schema::round_trips);
-        let metrics = Metrics::register(&registry)?;
+        let metrics = Metrics::register(&admin.registry)?;
         let readiness = Readiness::new(&["broker", "database"]);
-        Ok(App { config, store, admin, registry, metrics, readiness, broker })
+        Ok(App { config, store, admin, metrics, readiness, broker })
     }
 
-    /// The bound admin address (tests bind port 0).
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("bound listener has an address")
-    }
-
-    /// What it has bound, for the `listening:` line it prints at start.
-    pub fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
-        vec![("admin", self.admin_addr())]
+    fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![("admin", self.admin.local_addr())]
     }
 
     /// Consumes until `shutdown`; then finishes the message in hand, disconnects, and returns.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { config, store, admin, registry, metrics, readiness, broker } = self;
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App { config, store, admin, metrics, readiness, broker } = self;
         tracing::info!(
-            admin = %admin.local_addr()?,
+            admin = %admin.local_addr(),
             database = %config.database.database_url,
             broker = %config.broker.broker_url,
             "consumer started"
         );
-        let mut essentials = observability::Essentials::new(&shutdown);
-        let routes = observability::admin_router(registry, readiness.clone()).merge(ops_router(store.clone()));
-        essentials.serve_admin(admin, routes);
+        let mut supervisor = Supervisor::new(&shutdown);
+        supervisor.serve_admin(admin, readiness.clone(), ops_router(store.clone()));
         let consumer = Consumer {
             store,
             metrics,
@@ -97,16 +92,14 @@ impl App {
             queue: config.broker.queue.clone(),
         };
         let grace = config.service.grace();
-        if observability::within_grace(consumer.run(shutdown.clone()), &shutdown, grace).await.is_none() {
+        if service::within_grace(consumer.run(shutdown.clone()), &shutdown, grace).await.is_none() {
             tracing::warn!("grace period over with a message still in hand; it will be redelivered");
         }
-        essentials.stop().await?;
+        supervisor.stop().await?;
         tracing::info!("consumer stopped");
         Ok(())
     }
 }
-
-observability::service!(App, Config, "consumer");
 
 /// The consumer's operator route on the admin port: the dead letters set aside.
 fn ops_router(store: Arc<dyn ProcessingStore>) -> Router {

@@ -3,46 +3,10 @@
 
 use std::net::SocketAddr;
 
-use futures::future::BoxFuture;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// A built service app: its addresses and how to run it.
-pub trait Runnable: Send + 'static {
-    /// Public (producer only) and admin addresses.
-    fn addrs(&self) -> (Option<SocketAddr>, SocketAddr);
-    /// Runs until the token fires.
-    fn run(self, shutdown: CancellationToken) -> BoxFuture<'static, anyhow::Result<()>>;
-}
-
-impl Runnable for producer::App {
-    fn addrs(&self) -> (Option<SocketAddr>, SocketAddr) {
-        (Some(self.http_addr()), self.admin_addr())
-    }
-    fn run(self, shutdown: CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> {
-        Box::pin(producer::App::run(self, shutdown))
-    }
-}
-
-impl Runnable for relay::App {
-    fn addrs(&self) -> (Option<SocketAddr>, SocketAddr) {
-        (None, self.admin_addr())
-    }
-    fn run(self, shutdown: CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> {
-        Box::pin(relay::App::run(self, shutdown))
-    }
-}
-
-impl Runnable for consumer::App {
-    fn addrs(&self) -> (Option<SocketAddr>, SocketAddr) {
-        (None, self.admin_addr())
-    }
-    fn run(self, shutdown: CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> {
-        Box::pin(consumer::App::run(self, shutdown))
-    }
-}
 
 /// A running service.
 pub struct Service {
@@ -59,7 +23,7 @@ impl Service {
     /// Builds the app inside a fresh runtime and starts running it.
     pub async fn start<A, F>(build: F) -> anyhow::Result<Service>
     where
-        A: Runnable,
+        A: ::service::Service + 'static,
         F: Future<Output = anyhow::Result<A>> + Send + 'static,
     {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -68,11 +32,11 @@ impl Service {
         let (tx, rx) = oneshot::channel();
         let task = runtime.spawn(async move {
             let app = build.await?;
-            let _ = tx.send(app.addrs());
+            let _ = tx.send(app.listening());
             app.run(token).await
         });
-        let (http_addr, admin_addr) = match rx.await {
-            Ok(addrs) => addrs,
+        let listening = match rx.await {
+            Ok(listening) => listening,
             Err(_) => {
                 let error = task
                     .await
@@ -82,7 +46,9 @@ impl Service {
                 return Err(error.unwrap_or_else(|e| e));
             }
         };
-        Ok(Service { runtime: Some(runtime), shutdown, task: Some(task), http_addr, admin_addr })
+        let address = |name| listening.iter().find(|(what, _)| *what == name).map(|(_, addr)| *addr);
+        let admin_addr = address("admin").expect("every service binds an admin port");
+        Ok(Service { runtime: Some(runtime), shutdown, task: Some(task), http_addr: address("http"), admin_addr })
     }
 
     /// Graceful stop (as on SIGTERM): returns the service's own result.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::service::Service as _;
 use clap::Parser;
 use schema::testing::{Probe, Tally};
 use serde_json::{Value, json};

@@ -2,7 +2,6 @@
 //! readiness (per component) at `/readyz`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,8 +12,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use error_reporter::Report;
 use prometheus::{Encoder, Registry, TextEncoder};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// A fresh registry with the process collector (memory, CPU, open fds),
 /// `orderflow_build_info{service, version}` and
@@ -167,13 +164,6 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let code = if state.readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(state.readiness.report()))
-}
-
-/// Serves `router` on an already bound listener until `shutdown` fires.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 #[cfg(test)]

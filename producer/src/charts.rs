@@ -73,7 +73,7 @@ pub(crate) struct Sampler {
 
 /// Samples every interval until `stop`: the producer's essential task "chart sampler".
 pub(crate) async fn run(sampler: Sampler, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
-    let mut every = observability::Every::new(sampler.charts.interval, stop);
+    let mut every = service::Every::new(sampler.charts.interval, stop);
     let mut before: Option<Snapshot> = None;
     while every.tick().await {
         // After a slow sample the clock turns again at once to catch up; such
@@ -184,7 +184,7 @@ mod tests {
         let consumer = format!("http://{}", listener.local_addr().unwrap());
         let stop = tokio_util::sync::CancellationToken::new();
         let router = observability::admin_router(registry, observability::Readiness::new(&[]));
-        tokio::spawn(observability::serve(listener, router, stop.clone()));
+        tokio::spawn(service::serve(listener, router, stop.clone()));
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let sampler = Sampler {
             charts: Charts::new(Duration::from_millis(500)),

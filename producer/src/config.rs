@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 #[command(name = "producer", version, about)]
 pub struct Config {
     #[command(flatten)]
-    pub service: observability::ServiceArgs,
+    pub service: service::ServiceArgs,
     #[command(flatten)]
     pub database: schema::DatabaseArgs,
     /// Public address: the browser form and the JSON API.

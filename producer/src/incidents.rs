@@ -32,7 +32,7 @@ pub(crate) fn router(ops: Ops) -> Router {
         .route("/ops/groups/retry", post(retry_group))
         .route("/ops/groups/replay", post(replay_group))
         .route("/ops/dead-letters/purge", post(purge))
-        .route_layer(axum::middleware::from_fn_with_state(ops.token.clone(), observability::require_admin));
+        .route_layer(axum::middleware::from_fn_with_state(ops.token.clone(), service::require_admin));
     Router::new().route("/ops/groups", get(groups)).merge(actions).with_state(ops)
 }
 

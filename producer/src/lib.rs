@@ -22,9 +22,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
-use observability::{Every, Readiness};
-use prometheus::Registry;
+use observability::Readiness;
 use schema::{NewOrder, OrderStore, Placed, Product, StoreError};
+use service::{AdminPort, Every, Service, Supervisor};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -125,16 +125,23 @@ impl AppState {
 pub struct App {
     config: Config,
     http: TcpListener,
-    admin: TcpListener,
-    registry: Registry,
+    admin: AdminPort,
     state: AppState,
     ops: ops::Ops,
 }
 
-impl App {
-    /// Connects to the database (running migrations), loads the catalogue, binds both ports.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
-        observability::AdminToken::new(config.service.admin_token.as_deref()).check_bind(config.admin_addr)?;
+impl Service for App {
+    const NAME: &'static str = "producer";
+    type Config = Config;
+
+    fn shared(config: &Config) -> &service::ServiceArgs {
+        &config.service
+    }
+
+    /// Checks the admin bind, connects to the database (running migrations),
+    /// loads the catalogue, binds both ports.
+    async fn build(config: Config) -> anyhow::Result<App> {
+        let admin = AdminPort::bind(Self::NAME, &config.service, config.admin_addr, schema::round_trips).await?;
         let store = schema::connect_to(&config.database.database_url, schema::Durability::Full)
             .await
             .with_context(|| format!("connecting to {}", config.database.database_url))?;
@@ -142,12 +149,8 @@ impl App {
         let http = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding http address {}", config.http_addr))?;
-        let admin = TcpListener::bind(config.admin_addr)
-            .await
-            .with_context(|| format!("binding admin address {}", config.admin_addr))?;
-        let registry = observability::new_registry("producer", schema::round_trips);
-        let metrics = Metrics::register(&registry)?;
-        let token = observability::AdminToken::new(config.service.admin_token.as_deref());
+        let metrics = Metrics::register(&admin.registry)?;
+        let token = admin.token.clone();
         let ops = ops::Ops {
             store: store.clone(),
             readiness: Readiness::new(&["database"]),
@@ -165,41 +168,31 @@ impl App {
             catalogue: Arc::new(RwLock::new(products)),
             recent_orders: config.recent_orders,
         };
-        Ok(App { config, http, admin, registry, state, ops })
+        Ok(App { config, http, admin, state, ops })
     }
 
-    /// The bound public address (tests bind port 0).
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("bound listener has an address")
-    }
-
-    /// The bound admin address (tests bind port 0).
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("bound listener has an address")
-    }
-
-    /// What it has bound, for the `listening:` line it prints at start.
-    pub fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
-        vec![("http", self.http_addr()), ("admin", self.admin_addr())]
+    fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
+        let http = self.http.local_addr().expect("bound listener has an address");
+        vec![("http", http), ("admin", self.admin.local_addr())]
     }
 
     /// Serves until `shutdown`, then lets requests in flight finish within the grace period.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { config, http, admin, registry, state, ops } = self;
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App { config, http, admin, state, ops } = self;
         tracing::info!(
             url = %format!("http://{}/", http.local_addr()?),
-            admin = %admin.local_addr()?,
+            admin = %admin.local_addr(),
             database = %config.database.database_url,
             "producer started"
         );
         let readiness = ops.readiness.clone();
-        let mut essentials = observability::Essentials::new(&shutdown);
-        let watch = watch_database(state.store.clone(), readiness.clone(), essentials.stop_token());
-        essentials.spawn("database watch", async move {
+        let mut supervisor = Supervisor::new(&shutdown);
+        let watch = watch_database(state.store.clone(), readiness.clone(), supervisor.stop_token());
+        supervisor.spawn("database watch", async move {
             watch.await;
             Ok(())
         });
-        essentials.serve_admin(admin, observability::admin_router(registry, readiness));
+        supervisor.serve_admin(admin, readiness, Router::new());
         let charts = charts::Charts::new(Duration::from_millis(config.charts_sample_ms));
         let sampler = charts::Sampler {
             charts: charts.clone(),
@@ -208,20 +201,18 @@ impl App {
             consumers: ops.consumers.clone(),
             http: ops.http.clone(),
         };
-        essentials.spawn("chart sampler", charts::run(sampler, essentials.stop_token()));
-        let server = observability::serve(http, router(state, ops, charts), shutdown.clone());
+        supervisor.spawn("chart sampler", charts::run(sampler, supervisor.stop_token()));
+        let server = service::serve(http, router(state, ops, charts), shutdown.clone());
         let grace = config.service.grace();
-        match observability::within_grace(server, &shutdown, grace).await {
+        match service::within_grace(server, &shutdown, grace).await {
             Some(result) => result.context("http server")?,
             None => tracing::warn!("grace period over with requests in flight"),
         }
-        essentials.stop().await?;
+        supervisor.stop().await?;
         tracing::info!("producer stopped");
         Ok(())
     }
 }
-
-observability::service!(App, Config, "producer");
 
 fn router(state: AppState, ops: ops::Ops, charts: charts::Charts) -> Router {
     Router::new()

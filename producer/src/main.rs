@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    observability::run_service::<producer::App>().await
+    service::run_service::<producer::App>().await
 }

@@ -23,10 +23,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use error_reporter::Report;
-use observability::{AdminToken, Readiness};
+use observability::Readiness;
 use schema::{OrderId, OutboxId, RequeueTarget, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use service::AdminToken;
 
 /// What the ops page needs.
 #[derive(Clone)]
@@ -50,7 +51,7 @@ pub(crate) fn router(ops: Ops) -> Router {
         .route("/ops/requeue", post(requeue))
         .route("/ops/retry", post(retry))
         .route("/ops/relay", post(relay_action))
-        .route_layer(axum::middleware::from_fn_with_state(ops.token.clone(), observability::require_admin));
+        .route_layer(axum::middleware::from_fn_with_state(ops.token.clone(), service::require_admin));
     Router::new().route("/ops", get(page)).route("/ops/state", get(state)).merge(actions).with_state(ops)
 }
 

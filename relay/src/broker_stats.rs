@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use error_reporter::Report;
-use observability::Every;
 use serde_json::{Value, json};
+use service::Every;
 use stomp::QueueStats;
 use tokio_util::sync::CancellationToken;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 #[command(name = "relay", version, about)]
 pub struct Config {
     #[command(flatten)]
-    pub service: observability::ServiceArgs,
+    pub service: service::ServiceArgs,
     #[command(flatten)]
     pub database: schema::DatabaseArgs,
     #[command(flatten)]

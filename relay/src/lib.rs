@@ -18,10 +18,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use error_reporter::Report;
-use observability::{Every, Readiness};
-use prometheus::Registry;
+use observability::Readiness;
 use schema::OutboxAdmin;
-use tokio::net::TcpListener;
+use service::{AdminPort, Every, Service, Supervisor};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -35,18 +34,25 @@ use crate::step::Relay;
 pub struct App {
     config: Config,
     outbox_admin: Arc<dyn OutboxAdmin>,
-    admin: TcpListener,
-    registry: Registry,
+    admin: AdminPort,
     readiness: Readiness,
     relay: Arc<Relay>,
 }
 
-impl App {
-    /// Connects to the database (running migrations) and binds the admin port.
-    /// The broker is connected lazily, so the relay starts during a broker outage.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
-        observability::AdminToken::new(config.service.admin_token.as_deref()).check_bind(config.admin_addr)?;
+impl Service for App {
+    const NAME: &'static str = "relay";
+    type Config = Config;
+
+    fn shared(config: &Config) -> &service::ServiceArgs {
+        &config.service
+    }
+
+    /// Checks the settings and the admin bind, connects to the database
+    /// (running migrations) and binds the admin port. The broker is connected
+    /// lazily, so the relay starts during a broker outage.
+    async fn build(config: Config) -> anyhow::Result<App> {
         config.check()?;
+        let admin = AdminPort::bind(Self::NAME, &config.service, config.admin_addr, schema::round_trips).await?;
         // Its writes are redone anyway (a lost lease lapses, a lost mark resends).
         let store = schema::connect_to(&config.database.database_url, schema::Durability::Relaxed)
             .await
@@ -58,11 +64,7 @@ impl App {
             config.receipt_timeout(),
             config.max_message_bytes,
         ));
-        let admin = TcpListener::bind(config.admin_addr)
-            .await
-            .with_context(|| format!("binding admin address {}", config.admin_addr))?;
-        let registry = observability::new_registry("relay", schema::round_trips);
-        let metrics = Metrics::register(&registry)?;
+        let metrics = Metrics::register(&admin.registry)?;
         let owner = config.relay_id.clone().unwrap_or_else(default_relay_id);
         let relay = Arc::new(Relay {
             store: store.clone(),
@@ -75,55 +77,41 @@ impl App {
             control: step::Control::default(),
         });
         let readiness = Readiness::new(&["database", "broker", "loop"]);
-        Ok(App { config, outbox_admin: store, admin, registry, readiness, relay })
+        Ok(App { config, outbox_admin: store, admin, readiness, relay })
     }
 
-    /// The bound admin address (tests bind port 0).
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin.local_addr().expect("bound listener has an address")
-    }
-
-    /// What it has bound, for the `listening:` line it prints at start.
-    pub fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
-        vec![("admin", self.admin_addr())]
+    fn listening(&self) -> Vec<(&'static str, SocketAddr)> {
+        vec![("admin", self.admin.local_addr())]
     }
 
     /// Runs until `shutdown`: then stops claiming, finishes the batch in
     /// flight within the grace period, releases its leases and disconnects.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let App { config, outbox_admin, admin, registry, readiness, relay } = self;
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App { config, outbox_admin, admin, readiness, relay } = self;
         tracing::info!(
             relay_id = %relay.owner,
-            admin = %admin.local_addr()?,
+            admin = %admin.local_addr(),
             database = %config.database.database_url,
             broker = %config.broker.broker_url,
             "relay started"
         );
-        let mut essentials = observability::Essentials::new(&shutdown);
-        let token = observability::AdminToken::new(config.service.admin_token.as_deref());
+        let mut supervisor = Supervisor::new(&shutdown);
         let broker_queues = BrokerQueues::default();
-        essentials.serve_admin(
-            admin,
-            observability::admin_router(registry, readiness.clone()).merge(ops::router(
-                relay.clone(),
-                outbox_admin.clone(),
-                token,
-                broker_queues.clone(),
-            )),
-        );
+        let routes = ops::router(relay.clone(), outbox_admin.clone(), admin.token.clone(), broker_queues.clone());
+        supervisor.serve_admin(admin, readiness.clone(), routes);
         let queue = config.broker.queue.clone();
         let stats = broker_stats::watch(
             config.broker.client_config(),
             vec![queue.clone(), format!("{queue}.DLQ")],
             broker_queues,
             relay.metrics.clone(),
-            essentials.stop_token(),
+            supervisor.stop_token(),
         );
         tokio::spawn(stats);
         let mut scheduler =
             maintenance::start(outbox_admin, config.maintenance(&relay.owner), relay.metrics.clone()).await?;
-        let watch = watch(relay.clone(), readiness, essentials.stop_token());
-        essentials.spawn("watch loop", async move {
+        let watch = watch(relay.clone(), readiness, supervisor.stop_token());
+        supervisor.spawn("watch loop", async move {
             watch.await;
             Ok(())
         });
@@ -131,10 +119,7 @@ impl App {
         let poll_min = Duration::from_millis(config.poll_min_ms);
         let poll_max = Duration::from_millis(config.poll_max_ms.max(config.poll_min_ms));
         let grace = config.service.grace();
-        if observability::within_grace(relay.run(poll_min, poll_max, shutdown.clone()), &shutdown, grace)
-            .await
-            .is_none()
-        {
+        if service::within_grace(relay.run(poll_min, poll_max, shutdown.clone()), &shutdown, grace).await.is_none() {
             tracing::warn!("grace period over with a batch still in flight");
         }
         match relay.store.release_leases(&relay.owner).await {
@@ -147,13 +132,11 @@ impl App {
         if let Err(error) = scheduler.shutdown().await {
             tracing::warn!(error = %Report::new(&error), "maintenance scheduler did not stop cleanly");
         }
-        essentials.stop().await?;
+        supervisor.stop().await?;
         tracing::info!("relay stopped");
         Ok(())
     }
 }
-
-observability::service!(App, Config, "relay");
 
 /// Refreshes backlog gauges and readiness every second; reconnects an idle broker link.
 async fn watch(relay: Arc<Relay>, readiness: Readiness, stop: CancellationToken) {

@@ -13,10 +13,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use observability::AdminToken;
 use schema::{OrderId, OutboxAdmin, OutboxId, RequeueTarget, StoreError};
 use serde::Deserialize;
 use serde_json::json;
+use service::AdminToken;
 
 use crate::broker_stats::BrokerQueues;
 use crate::step::Relay;
@@ -30,7 +30,7 @@ pub fn router(relay: Arc<Relay>, admin: Arc<dyn OutboxAdmin>, token: AdminToken,
         .route("/relay/drain", post(drain))
         .route("/relay/requeue", post(requeue))
         .route("/relay/retry-order", post(retry_order))
-        .route_layer(axum::middleware::from_fn_with_state(token, observability::require_admin));
+        .route_layer(axum::middleware::from_fn_with_state(token, service::require_admin));
     Router::new()
         .route("/relay/status", get(status))
         .route("/relay/parked", get(parked))

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use error_reporter::Report;
-use observability::Backoff;
 use schema::{FailureOutcome, OutboxId, OutboxStore, StoreError};
+use service::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;

@@ -10,6 +10,7 @@ use e2e::stack::Stack;
 use e2e::{send_raw as send, wait_for};
 use schema::NewOrder;
 use serde_json::json;
+use service::Service as _;
 use stomp::{Client, Frame};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

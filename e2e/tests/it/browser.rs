@@ -9,6 +9,7 @@ use e2e::stack::Stack;
 use e2e::{free_port, wait_for};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use service::Service as _;
 
 /// A chromedriver process, ended on drop, and the port it serves.
 pub(crate) struct Driver(Child, u16);

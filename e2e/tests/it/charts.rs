@@ -11,6 +11,7 @@ use e2e::stack::{Stack, producer_config};
 use e2e::wait_for;
 use fantoccini::Locator;
 use serde_json::{Value, json};
+use service::Service as _;
 
 use crate::browser::{browser, console, save_screenshot};
 

@@ -8,6 +8,7 @@ use e2e::service::Service;
 use e2e::stack::Stack;
 use e2e::{raw_client, send_raw as send, wait_for};
 use serde_json::json;
+use service::Service as _;
 
 /// Publishes a backlog of `n` orders with the relay, then stops the relay: the messages wait on the queue.
 async fn queued_backlog(stack: &Stack, n: usize) {

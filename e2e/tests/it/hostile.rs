@@ -9,6 +9,7 @@ use e2e::broker::shared_broker_url;
 use e2e::stack::Stack;
 use e2e::{next_dead_letters, raw_client, send_raw as send};
 use serde_json::json;
+use service::Service as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_every_limit_is_dead_lettered_and_orders_keep_flowing() {

@@ -8,6 +8,7 @@ use e2e::broker::shared_broker_url;
 use e2e::service::Service;
 use e2e::stack::Stack;
 use e2e::wait_for;
+use service::Service as _;
 
 const PUBLISHED: &str = "orderflow_relay_published_total";
 

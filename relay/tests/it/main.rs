@@ -9,6 +9,7 @@ use relay::metrics::Metrics;
 use relay::publisher::{Outcome, Publisher};
 use relay::step::{Control, Relay, RelayError};
 use schema::{NewOrder, OrderId, OrderStatus, OutboxRow, Store};
+use service::Service as _;
 
 /// How the fake broker answers one row.
 type Answer = Box<dyn Fn(&OutboxRow) -> Outcome + Send>;

@@ -1,4 +1,4 @@
-//! The admin doors: who may use an admin port's mutating routes.
+//! The admin door: who may use an admin port's mutating routes.
 //!
 //! Invariant: with `ADMIN_TOKEN` set, a mutating route answers 401 unless the
 //! request carries `Authorization: Bearer <token>` (compared in constant time);
@@ -44,7 +44,7 @@ impl AdminToken {
     }
 
     /// Refuses to expose an admin port beyond loopback without a token.
-    pub fn check_bind(&self, admin_addr: SocketAddr) -> anyhow::Result<()> {
+    pub(crate) fn check_bind(&self, admin_addr: SocketAddr) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.is_set() || admin_addr.ip().is_loopback(),
             "ADMIN_ADDR {admin_addr} is reachable from other machines but ADMIN_TOKEN is not set: set ADMIN_TOKEN \
