@@ -370,7 +370,7 @@ impl Run {
         let http = self.http.clone();
         let relays: Vec<usize> = (0..self.procs.len()).filter(|i| self.procs[*i].name.starts_with("relay")).collect();
         let series = |i: usize| match i {
-            PRODUCER => "orderflow_orders_placed_total",
+            PRODUCER => "orderflow_producer_orders_placed_total",
             CONSUMER => r#"orderflow_consumer_messages_total{outcome="processed"}"#,
             _ => "orderflow_relay_published_total",
         };
@@ -401,8 +401,8 @@ impl Run {
             }
             let mut gauges_ok = true;
             for &i in &relays {
-                let pending = self.procs[i].metric(&http, "orderflow_outbox_pending").await;
-                let parked = self.procs[i].metric(&http, "orderflow_outbox_parked").await;
+                let pending = self.procs[i].metric(&http, "orderflow_relay_outbox_pending").await;
+                let parked = self.procs[i].metric(&http, "orderflow_relay_outbox_parked").await;
                 gauges_ok &= pending == Some(0.0) && parked == Some(0.0);
             }
             let delta = |i: usize| after[i].zip(before[i]).map(|(a, b)| a - b);

@@ -1,6 +1,7 @@
 //! Every metric the consumer emits.
 //!
-//! Invariant: labels come from small fixed sets, never ids or error text.
+//! Invariants: every name is `orderflow_consumer_*`; labels come from small
+//! fixed sets, never ids or error text.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -44,7 +45,7 @@ impl Metrics {
                     .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0]),
             )?,
             end_to_end_seconds: Histogram::with_opts(
-                HistogramOpts::new("orderflow_order_end_to_end_seconds", "Order created_at to processed_at")
+                HistogramOpts::new("orderflow_consumer_end_to_end_seconds", "Order created_at to processed_at")
                     .buckets(latency),
             )?,
             redeliveries: IntCounter::new(
@@ -57,7 +58,7 @@ impl Metrics {
                 "Seconds the batch in hand has been retrying the database; 0 while messages flow",
             )?,
             undeliverable_dead_letters: IntCounter::new(
-                "orderflow_dead_letters_undeliverable_total",
+                "orderflow_consumer_dead_letters_undeliverable_total",
                 "Dead letters the broker refused until they were set aside (GET /consumer/dead-letters/undeliverable)",
             )?,
         };

@@ -64,7 +64,7 @@ async fn series(State(charts): State<Charts>) -> Json<Value> {
 pub(crate) struct Sampler {
     pub charts: Charts,
     pub store: Arc<dyn Store>,
-    /// This producer's `orderflow_orders_placed_total`.
+    /// This producer's `orderflow_producer_orders_placed_total`.
     pub placed: IntCounter,
     /// The consumers' admin base URLs.
     pub consumers: Vec<String>,
@@ -133,7 +133,7 @@ pub(crate) fn read_consumer(text: &str) -> Option<ConsumerReading> {
         _ => None,
     })?;
     let mut end_to_end: Vec<Bucket> = scrape.samples.iter().find_map(|s| match &s.value {
-        V::Histogram(counts) if s.metric == "orderflow_order_end_to_end_seconds" => {
+        V::Histogram(counts) if s.metric == "orderflow_consumer_end_to_end_seconds" => {
             Some(counts.iter().map(|c| Bucket { le: c.less_than, count: c.count }).collect())
         }
         _ => None,

@@ -1,7 +1,7 @@
 //! Every metric the producer emits, and the middleware that records requests.
 //!
-//! Invariant: labels come from small fixed sets (route templates, status
-//! classes, field names), never ids or raw paths.
+//! Invariants: every name is `orderflow_producer_*`; labels come from small
+//! fixed sets (route templates, status classes, field names), never ids or raw paths.
 
 use std::time::Instant;
 
@@ -25,19 +25,23 @@ impl Metrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = Self {
             http_requests: IntCounterVec::new(
-                Opts::new("orderflow_http_requests_total", "HTTP requests by route and status class"),
+                Opts::new("orderflow_producer_http_requests_total", "HTTP requests by route and status class"),
                 &["route", "method", "status"],
             )?,
             http_seconds: HistogramVec::new(
-                HistogramOpts::new("orderflow_http_request_duration_seconds", "HTTP request duration").buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ]),
+                HistogramOpts::new("orderflow_producer_http_request_duration_seconds", "HTTP request duration")
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ]),
                 &["route", "method"],
             )?,
-            orders_placed: IntCounter::new("orderflow_orders_placed_total", "Orders committed with their outbox row")?,
+            orders_placed: IntCounter::new(
+                "orderflow_producer_orders_placed_total",
+                "Orders committed with their outbox row",
+            )?,
             validation_rejections: IntCounterVec::new(
-                Opts::new("orderflow_validation_rejections_total", "Rejected order fields"),
+                Opts::new("orderflow_producer_validation_rejections_total", "Rejected order fields"),
                 &["field"],
             )?,
         };

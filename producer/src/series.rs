@@ -87,7 +87,7 @@ pub(crate) struct Bucket {
 pub(crate) struct ConsumerReading {
     /// `orderflow_consumer_messages_total{outcome="processed"}`.
     pub processed: f64,
-    /// `orderflow_order_end_to_end_seconds`, by upper bound, the last `+Inf`.
+    /// `orderflow_consumer_end_to_end_seconds`, by upper bound, the last `+Inf`.
     pub end_to_end: Vec<Bucket>,
 }
 
@@ -96,7 +96,7 @@ pub(crate) struct ConsumerReading {
 pub(crate) struct Snapshot {
     pub taken: Instant,
     pub at: f64,
-    /// This producer's `orderflow_orders_placed_total`.
+    /// This producer's `orderflow_producer_orders_placed_total`.
     pub placed: f64,
     /// Outbox rows waiting, and the age of the oldest in seconds; `None` when the database did not answer.
     pub backlog: Option<(f64, f64)>,

@@ -1,6 +1,7 @@
 //! Every metric the relay emits.
 //!
-//! Invariant: labels come from small fixed sets, never ids or error text.
+//! Invariants: every name is `orderflow_relay_*`; labels come from small
+//! fixed sets, never ids or error text.
 
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -57,50 +58,53 @@ impl Metrics {
             dwell_seconds: Histogram::with_opts(
                 HistogramOpts::new("orderflow_relay_dwell_seconds", "Outbox commit to broker receipt").buckets(latency),
             )?,
-            outbox_pending: IntGauge::new("orderflow_outbox_pending", "Outbox rows neither published nor parked")?,
+            outbox_pending: IntGauge::new(
+                "orderflow_relay_outbox_pending",
+                "Outbox rows neither published nor parked",
+            )?,
             outbox_oldest_pending_seconds: Gauge::new(
-                "orderflow_outbox_oldest_pending_age_seconds",
+                "orderflow_relay_outbox_oldest_pending_age_seconds",
                 "Age of the oldest unpublished outbox row",
             )?,
-            outbox_parked: IntGauge::new("orderflow_outbox_parked", "Parked outbox rows")?,
+            outbox_parked: IntGauge::new("orderflow_relay_outbox_parked", "Parked outbox rows")?,
             broker_connected: IntGauge::new("orderflow_relay_broker_connected", "1 while connected to the broker")?,
             paused: IntGauge::new("orderflow_relay_paused", "1 while claiming is paused by an operator")?,
             ready: IntGauge::new("orderflow_relay_ready", "1 while database, broker and loop are all healthy")?,
             leases_held: IntGauge::new("orderflow_relay_leases_held", "Outbox rows this relay holds leases on")?,
             purged: IntCounterVec::new(
-                Opts::new("orderflow_retention_deleted_rows_total", "Rows deleted by the retention job"),
+                Opts::new("orderflow_relay_retention_deleted_rows_total", "Rows deleted by the retention job"),
                 &["table"],
             )?,
             job_runs: IntCounterVec::new(
-                Opts::new("orderflow_maintenance_runs_total", "Maintenance job runs by outcome"),
+                Opts::new("orderflow_relay_maintenance_runs_total", "Maintenance job runs by outcome"),
                 &["job", "outcome"],
             )?,
             pending_without_outbox: IntGauge::new(
-                "orderflow_reconcile_pending_without_outbox",
+                "orderflow_relay_reconcile_pending_without_outbox",
                 "Orders pending with no outbox row (last reconciliation)",
             )?,
             published_not_processed: IntGauge::new(
-                "orderflow_reconcile_published_not_processed",
+                "orderflow_relay_reconcile_published_not_processed",
                 "Orders published but not processed after the threshold (last reconciliation)",
             )?,
             repaired: IntCounter::new(
-                "orderflow_reconcile_repaired_total",
+                "orderflow_relay_reconcile_repaired_total",
                 "Stuck orders whose outbox row the sweep made due again",
             )?,
             broker_queue_size: queue_gauge(
-                "orderflow_broker_queue_size",
+                "orderflow_relay_broker_queue_size",
                 "Messages in the queue, as the broker counts them",
             )?,
             broker_queue_consumers: queue_gauge(
-                "orderflow_broker_queue_consumers",
+                "orderflow_relay_broker_queue_consumers",
                 "Consumers of the queue, as the broker counts them",
             )?,
             broker_queue_enqueued: queue_gauge(
-                "orderflow_broker_queue_enqueued",
+                "orderflow_relay_broker_queue_enqueued",
                 "Messages sent to the queue since the broker started",
             )?,
             broker_queue_dequeued: queue_gauge(
-                "orderflow_broker_queue_dequeued",
+                "orderflow_relay_broker_queue_dequeued",
                 "Messages acknowledged from the queue since the broker started",
             )?,
         };

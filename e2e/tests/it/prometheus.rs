@@ -1,7 +1,7 @@
 //! A real Prometheus scrapes the three services during an end-to-end run;
 //! every PromQL expression of the dashboard and the alert rules is evaluated
 //! through its HTTP API and must return data, and every `/metrics` page must
-//! pass `promtool check metrics`.
+//! pass `promtool check metrics` and name its metrics for its service.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -114,6 +114,19 @@ fn promtool_check_metrics(service: &str, text: &str) {
     assert!(out.status.success(), "{service} /metrics fails promtool check metrics:\n{report}");
 }
 
+/// One prefix per service: every `orderflow_` metric a service exports is
+/// `orderflow_<service>_*`, but for those of the registry all services share.
+fn assert_named_for(service: &str, text: &str) {
+    const SHARED: [&str; 2] = ["orderflow_build_info", "orderflow_db_round_trips_total"];
+    let own = format!("orderflow_{service}_");
+    let strays: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .filter(|name| name.starts_with("orderflow_") && !name.starts_with(&own) && !SHARED.contains(name))
+        .collect();
+    assert!(strays.is_empty(), "{service} exports metrics outside {own}*: {strays:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_returns_data() {
     let stack = Arc::new(Stack::start(&shared_broker_url()).await);
@@ -167,6 +180,7 @@ async fn prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_ret
     let consumer = stack.consumer.as_ref().unwrap().metrics().await;
     for (service, text) in [("producer", &producer), ("relay", &relay), ("consumer", &consumer)] {
         promtool_check_metrics(service, text);
+        assert_named_for(service, text);
         assert_eq!(
             metric_value(text, &format!("orderflow_build_info{{service=\"{service}\",version=\"0.1.0\"}}")),
             Some(1.0)
@@ -176,7 +190,7 @@ async fn prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_ret
             "{service} reports its memory"
         );
     }
-    let placed_metric = metric_value(&producer, "orderflow_orders_placed_total").unwrap();
+    let placed_metric = metric_value(&producer, "orderflow_producer_orders_placed_total").unwrap();
     assert_eq!(placed_metric, placed as f64, "orders placed");
     assert_eq!(metric_value(&relay, "orderflow_relay_published_total"), Some(placed_metric), "placed = published");
     assert_eq!(
@@ -184,7 +198,10 @@ async fn prometheus_scrapes_the_pipeline_and_every_dashboard_and_alert_query_ret
         Some(placed_metric),
         "published = processed"
     );
-    assert!(metric_value(&producer, "orderflow_validation_rejections_total{field=\"customer_name\"}").unwrap() >= 1.0);
+    assert!(
+        metric_value(&producer, "orderflow_producer_validation_rejections_total{field=\"customer_name\"}").unwrap()
+            >= 1.0
+    );
     drop(prometheus);
     Arc::into_inner(stack).expect("no other owner").shutdown().await;
 }

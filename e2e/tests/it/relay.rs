@@ -88,7 +88,7 @@ async fn a_poison_row_is_parked_while_good_rows_flow_and_published_after_requeue
     assert_eq!(parked[0]["attempts"], 3);
     assert!(parked[0]["last_error"].as_str().unwrap().contains("exceeds the 65536-byte limit"), "{parked}");
     wait_for("the parked gauge", Duration::from_secs(10), || async {
-        (relay.metric("orderflow_outbox_parked").await == 1.0).then_some(())
+        (relay.metric("orderflow_relay_outbox_parked").await == 1.0).then_some(())
     })
     .await;
     relay.stop().await.unwrap();
@@ -167,15 +167,15 @@ async fn maintenance_jobs_purge_old_rows_and_report_stuck_orders() {
     }
     // No consumer: the orders stay `published`, which the sweep reports.
     wait_for("the sweep to report 20 stuck orders", Duration::from_secs(30), || async {
-        (relay.metric("orderflow_reconcile_published_not_processed").await == 20.0).then_some(())
+        (relay.metric("orderflow_relay_reconcile_published_not_processed").await == 20.0).then_some(())
     })
     .await;
     wait_for("retention to delete the published rows", Duration::from_secs(30), || async {
         (stack.tally().await.outbox == 0).then_some(())
     })
     .await;
-    assert_eq!(relay.metric("orderflow_retention_deleted_rows_total{table=\"outbox\"}").await, 20.0);
-    assert!(relay.metric("orderflow_maintenance_runs_total{job=\"retention\",outcome=\"ok\"}").await >= 1.0);
+    assert_eq!(relay.metric("orderflow_relay_retention_deleted_rows_total{table=\"outbox\"}").await, 20.0);
+    assert!(relay.metric("orderflow_relay_maintenance_runs_total{job=\"retention\",outcome=\"ok\"}").await >= 1.0);
     assert_eq!(stack.tally().await.published, 20, "orders are never deleted");
     relay.stop().await.unwrap();
     stack.shutdown().await;
@@ -205,7 +205,7 @@ async fn orders_whose_messages_were_lost_are_sent_again_and_processed_once() {
     let repairs: Vec<_> = stack.probe.audit().await.unwrap().into_iter().filter(|a| a.action == "repair").collect();
     assert!(repairs.len() >= 5, "every repair is audited: {repairs:?}");
     assert!(repairs.iter().all(|a| a.requested_by.starts_with("reconciler:")), "{repairs:?}");
-    assert_eq!(relay.metric("orderflow_reconcile_repaired_total").await, repairs.len() as f64);
+    assert_eq!(relay.metric("orderflow_relay_reconcile_repaired_total").await, repairs.len() as f64);
     relay.stop().await.unwrap();
     stack.shutdown().await;
 }
