@@ -15,6 +15,7 @@ mod compare;
 mod procs;
 mod raw;
 mod rounds;
+mod sizing;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::procs::{self, ServiceProcess, Usage, wait_until};
-use crate::{Args, raw};
+use crate::{Args, raw, sizing};
 
 /// Everything one round measured.
 #[derive(Debug, Clone, Serialize)]
@@ -367,6 +367,18 @@ impl Report {
         self.figures.iter().find(|(n, _)| n.starts_with(key)).map_or(0.0, |(_, s)| s.median)
     }
 
+    /// Each service's CPU per order and what one instance did alone, for the sizing table.
+    fn sizing(&self) -> [sizing::Service; 4] {
+        let cpu = |service: &str| self.median(&format!("CPU us per order (HTTP max): {service}"));
+        let service = |name, one_instance| sizing::Service { name, us_per_order: cpu(name), one_instance };
+        [
+            service("producer", Some((self.median("HTTP pipeline max, orders/s"), "HTTP max, whole pipeline"))),
+            service("relay", Some((self.median("relay: drain outbox -> broker, msg/s"), "drain, alone"))),
+            service("consumer", Some((self.median("consumer: drain queue -> processed, msg/s"), "drain, alone"))),
+            service("broker", None),
+        ]
+    }
+
     /// The table: median, range and spread of each figure.
     pub fn print(&self) {
         println!(
@@ -398,6 +410,10 @@ impl Report {
         }
         let final_min = self.rounds.iter().map(|r| r.steady_final).fold(1.0, f64::min);
         println!("(steady 2,000/s: at least {:.2} % of orders final in every round)", final_min * 100.0);
+        println!();
+        for line in sizing::lines(&self.sizing()) {
+            println!("{line}");
+        }
         let Some(h) = &self.history else { return };
         println!(
             "\non a history of {} processed orders (database {:.0} MB; retention purging {:.0} rows/s during the steady phase):",
