@@ -3,7 +3,9 @@
 # plain process: its own folder, its own STOMP port, its own heap.
 #
 #   scripts/activemq.sh install            # apt-get install activemq if missing
-#   scripts/activemq.sh start DIR PORT [PID] # start (if not running) and wait for the port;
+#   scripts/activemq.sh start DIR PORT [PID] # start (if not running), wait until it listens and
+#                                           # write its port to DIR/broker.port; PORT 0 lets the
+#                                           # kernel choose a free one (nothing can take it first);
 #                                           # with PID, stop the broker when that process ends
 #   scripts/activemq.sh stop DIR           # stop it and wait for the process to end
 #
@@ -33,6 +35,14 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# The port in the broker's own "Listening for connections at: stomp://HOST:PORT"
+# line (empty until it has bound): unlike a connect, which any process on the
+# port would answer, this names the port the broker itself holds.
+logged_port() {
+    sed -n 's|.*Listening for connections at: stomp://[^:/]*:\([0-9][0-9]*\).*|\1|p' "$1/broker.log" 2>/dev/null \
+        | tail -n 1
+}
+
 start() {
     local dir port
     dir=$(realpath -m "$1")
@@ -41,8 +51,11 @@ start() {
     mkdir -p "$dir/conf" "$dir/data" "$dir/tmp"
     local kahadb=${ACTIVEMQ_KAHADB:-$dir/data/kahadb}
     if [ -f "$dir/broker.pid" ] && kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
-        port_open "$port" && return 0
+        local running=$port
+        [ "$port" != 0 ] || running=$(cat "$dir/broker.port" 2>/dev/null || echo 0)
+        [ "$running" != 0 ] && port_open "$running" && return 0
     fi
+    rm -f "$dir/broker.port"
     # Absolute paths everywhere; memory limit well below the heap so a large
     # backlog pages to disk instead of exhausting the JVM.
     cat >"$dir/conf/activemq.xml" <<XML
@@ -86,18 +99,31 @@ XML
         # Watchdog: a test run that dies must not leave its broker behind.
         setsid nohup "$0" watch "$dir" "$3" >/dev/null 2>&1 </dev/null &
     fi
-    [ "${ACTIVEMQ_WAIT_FOR_PORT:-1}" = 0 ] && return 0
+    if [ "${ACTIVEMQ_WAIT_FOR_PORT:-1}" = 0 ]; then
+        # A standby listens only once it holds the store's lock, on the port it was given.
+        echo "$port" >"$dir/broker.port"
+        return 0
+    fi
+    local bound
     for _ in $(seq 1 600); do
-        if port_open "$port"; then return 0; fi
-        if ! kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
-            echo "ActiveMQ exited during start-up; its log:" >&2
-            tail -n 40 "$dir/broker.log" >&2
+        bound=$(logged_port "$dir")
+        if [ -n "$bound" ]; then
+            echo "$bound" >"$dir/broker.port"
+            return 0
+        fi
+        # A broker whose start failed (its port taken, say) keeps its JVM running: stop it.
+        if ! kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null \
+            || grep -q "Failed to execute start task" "$dir/broker.log"; then
+            echo "ActiveMQ failed to start; its log without stack frames:" >&2
+            grep -v '^[[:space:]]*at ' "$dir/broker.log" | tail -n 20 >&2
+            stop "$dir"
             return 1
         fi
         sleep 0.1
     done
-    echo "ActiveMQ did not listen on port $port within 60 s; its log:" >&2
+    echo "ActiveMQ did not listen within 60 s; its log:" >&2
     tail -n 40 "$dir/broker.log" >&2
+    stop "$dir"
     return 1
 }
 

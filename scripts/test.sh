@@ -25,11 +25,6 @@ if [ ${#need[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null \
-        || echo $((20000 + RANDOM % 30000))
-}
-
 echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -80,11 +75,13 @@ echo "== build"
 cargo build --workspace --all-targets --quiet
 
 broker_dir=$(mktemp -d -t orderflow-test-broker-XXXXXX)
-broker_port=$(free_port)
 cleanup() { scripts/activemq.sh stop "$broker_dir"; rm -rf "$broker_dir"; }
 trap cleanup EXIT
-echo "== starting ActiveMQ on 127.0.0.1:$broker_port"
-scripts/activemq.sh start "$broker_dir" "$broker_port" $$
+echo "== starting ActiveMQ"
+# Port 0: the broker binds a port of the kernel's choosing, which no other process can take first.
+scripts/activemq.sh start "$broker_dir" 0 $$
+broker_port=$(cat "$broker_dir/broker.port")
+echo "   on 127.0.0.1:$broker_port"
 export TEST_BROKER_URL="tcp://127.0.0.1:$broker_port"
 
 # One SQL Server for everything: the end-to-end tests' database also runs the contract suite.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::Args;
-use crate::procs::ServiceProcess;
-use crate::rounds::{Spread, load_options, ready, wait_until};
+use crate::procs::{ServiceProcess, wait_until};
+use crate::rounds::{Spread, load_options, ready};
 
 const ROUND_TRIPS: &str = "orderflow_db_round_trips_total";
 /// The unmeasured load before each backend's HTTP phases.
@@ -68,8 +68,10 @@ async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, q
     let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env).await?;
     let started = Instant::now();
     let target = messages as i64;
-    wait_until(Duration::from_secs(900), || async { store.order_counts().await.is_ok_and(|c| c.processed >= target) })
-        .await?;
+    wait_until(Duration::from_secs(900), &[&relay, &consumer], || async {
+        store.order_counts().await.is_ok_and(|c| c.processed >= target)
+    })
+    .await?;
     let drain = messages as f64 / started.elapsed().as_secs_f64();
     let per_order = |trips: f64, orders: f64| (trips / orders.max(1.0) * 100.0).round() / 100.0;
     let relay_trips = relay.metric(ROUND_TRIPS).await;

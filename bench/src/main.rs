@@ -15,6 +15,7 @@ mod compare;
 mod procs;
 mod raw;
 mod rounds;
+mod sizing;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,6 +53,10 @@ struct Args {
     /// last round run on a database that holds them, with retention purging; 0 skips it.
     #[arg(long, default_value_t = 2_000_000)]
     history: usize,
+    /// How long a drain phase may take before the bench fails (a phase whose
+    /// service exits fails at once).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    phase_timeout: Duration,
     /// Runs one busy-looping process at normal priority beside the bench (CPU contention).
     #[arg(long)]
     busy_loop: bool,
@@ -103,8 +108,9 @@ async fn bench(mut args: Args) -> anyhow::Result<()> {
     };
     let broker = e2e::broker::Broker::start();
     eprintln!(
-        "broker at {}; {} rounds of {} messages per phase, batch {}",
+        "broker at {} (pid {}); {} rounds of {} messages per phase, batch {}",
         broker.url(),
+        broker.pid().unwrap_or(0),
         args.rounds,
         args.messages,
         args.batch

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -29,6 +29,8 @@ pub struct Usage {
 pub struct ServiceProcess {
     child: Child,
     pid: u32,
+    /// Its binary's file name, for errors.
+    name: String,
     /// What it printed on its `listening:` line, e.g. `[("http", "127.0.0.1:41234")]`.
     listening: Vec<(String, String)>,
 }
@@ -63,7 +65,8 @@ impl ServiceProcess {
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let listening =
             parse_listening(&line).with_context(|| format!("{}: unexpected first line {line:?}", bin.display()))?;
-        Ok(Self { child, pid, listening })
+        let name = bin.file_name().map_or_else(|| bin.display().to_string(), |n| n.to_string_lossy().into_owned());
+        Ok(Self { child, pid, name, listening })
     }
 
     /// The address it bound as `name` (`admin`, `http`).
@@ -93,6 +96,30 @@ impl ServiceProcess {
         anyhow::ensure!(status.success(), "service exited with {status}");
         Ok(usage)
     }
+}
+
+/// Polls `done` every 20 ms until it is true. Fails when `timeout` has passed,
+/// and at once when one of the phase's `services` has exited: a phase whose
+/// relay died would otherwise wait out its whole timeout.
+pub async fn wait_until<F, Fut>(timeout: Duration, services: &[&ServiceProcess], mut done: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        for service in services {
+            // Our child stays a zombie until it is waited for, which `alive` counts as ended.
+            anyhow::ensure!(
+                e2e::broker::alive(&service.pid.to_string()),
+                "{} exited during the phase; its log is above",
+                service.name
+            );
+        }
+        anyhow::ensure!(Instant::now() < deadline, "phase did not finish within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// `NAME listening: admin=ADDR http=ADDR` as pairs.
@@ -170,6 +197,31 @@ mod tests {
         assert!(format!("{error:#}").contains("exited before it listened"), "{error:#}");
         assert_ne!(started, 0);
         until_ended(started).await;
+    }
+
+    #[tokio::test]
+    async fn a_phase_that_panics_leaves_no_process_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let serving = fake(dir.path(), "serving", SERVES);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let phase = tokio::spawn(async move {
+            let relay = ServiceProcess::start(&serving, &[]).await.unwrap();
+            tx.send(relay.pid).unwrap();
+            panic!("a phase that panics with its relay running");
+        });
+        let started = rx.await.unwrap();
+        assert!(phase.await.unwrap_err().is_panic());
+        until_ended(started).await;
+    }
+
+    #[tokio::test]
+    async fn a_phase_whose_service_exits_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let dies = fake(dir.path(), "relay", "echo 'relay listening: admin=127.0.0.1:9'\nexit 3");
+        let relay = ServiceProcess::start(&dies, &[]).await.unwrap();
+        let never = || async { false };
+        let error = wait_until(Duration::from_secs(600), &[&relay], never).await.unwrap_err();
+        assert!(format!("{error:#}").contains("relay exited during the phase"), "{error:#}");
     }
 
     #[tokio::test]

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::procs::{self, ServiceProcess, Usage};
-use crate::{Args, raw};
+use crate::procs::{self, ServiceProcess, Usage, wait_until};
+use crate::{Args, raw, sizing};
 
 /// Everything one round measured.
 #[derive(Debug, Clone, Serialize)]
@@ -75,12 +75,12 @@ pub async fn round(args: &Args, broker: &e2e::broker::Broker, n: usize, history:
     let drain = env(q("pipeline"));
     let relay_proc = ServiceProcess::start(&args.bin_dir.join("relay"), &drain).await?;
     let started = Instant::now();
-    wait_until(Duration::from_secs(600), || async { unpublished().await == 0 }).await?;
+    wait_until(args.phase_timeout, &[&relay_proc], || async { unpublished().await == 0 }).await?;
     let relay = args.messages as f64 / started.elapsed().as_secs_f64();
     let relay_usage = relay_proc.stop().await?;
     let consumer_proc = ServiceProcess::start(&args.bin_dir.join("consumer"), &drain).await?;
     let started = Instant::now();
-    wait_until(Duration::from_secs(600), || async { processed().await >= target }).await?;
+    wait_until(args.phase_timeout, &[&consumer_proc], || async { processed().await >= target }).await?;
     let consumer = args.messages as f64 / started.elapsed().as_secs_f64();
     let consumer_usage = consumer_proc.stop().await?;
 
@@ -91,7 +91,7 @@ pub async fn round(args: &Args, broker: &e2e::broker::Broker, n: usize, history:
     let relay_proc = ServiceProcess::start(&args.bin_dir.join("relay"), &steady_env).await?;
     let consumer_proc = ServiceProcess::start(&args.bin_dir.join("consumer"), &steady_env).await?;
     let started = Instant::now();
-    wait_until(Duration::from_secs(600), || async { processed().await >= target }).await?;
+    wait_until(args.phase_timeout, &[&relay_proc, &consumer_proc], || async { processed().await >= target }).await?;
     let relay_and_consumer = args.messages as f64 / started.elapsed().as_secs_f64();
     let both_usage = (relay_proc.stop().await?, consumer_proc.stop().await?);
 
@@ -263,23 +263,10 @@ fn sqlite_url(path: &Path, options: &str) -> String {
 
 /// Waits until the producer answers.
 pub(crate) async fn ready(base: &str) -> anyhow::Result<()> {
-    wait_until(Duration::from_secs(60), || async {
+    wait_until(Duration::from_secs(60), &[], || async {
         reqwest::get(format!("{base}/api/products")).await.is_ok_and(|r| r.status().is_success())
     })
     .await
-}
-
-pub(crate) async fn wait_until<F, Fut>(timeout: Duration, mut done: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !done().await {
-        anyhow::ensure!(Instant::now() < deadline, "phase did not finish within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
 
 /// The table's name of the headline ratio.
@@ -380,6 +367,18 @@ impl Report {
         self.figures.iter().find(|(n, _)| n.starts_with(key)).map_or(0.0, |(_, s)| s.median)
     }
 
+    /// Each service's CPU per order and what one instance did alone, for the sizing table.
+    fn sizing(&self) -> [sizing::Service; 4] {
+        let cpu = |service: &str| self.median(&format!("CPU us per order (HTTP max): {service}"));
+        let service = |name, one_instance| sizing::Service { name, us_per_order: cpu(name), one_instance };
+        [
+            service("producer", Some((self.median("HTTP pipeline max, orders/s"), "HTTP max, whole pipeline"))),
+            service("relay", Some((self.median("relay: drain outbox -> broker, msg/s"), "drain, alone"))),
+            service("consumer", Some((self.median("consumer: drain queue -> processed, msg/s"), "drain, alone"))),
+            service("broker", None),
+        ]
+    }
+
     /// The table: median, range and spread of each figure.
     pub fn print(&self) {
         println!(
@@ -411,6 +410,10 @@ impl Report {
         }
         let final_min = self.rounds.iter().map(|r| r.steady_final).fold(1.0, f64::min);
         println!("(steady 2,000/s: at least {:.2} % of orders final in every round)", final_min * 100.0);
+        println!();
+        for line in sizing::lines(&self.sizing()) {
+            println!("{line}");
+        }
         let Some(h) = &self.history else { return };
         println!(
             "\non a history of {} processed orders (database {:.0} MB; retention purging {:.0} rows/s during the steady phase):",

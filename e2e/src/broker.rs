@@ -20,11 +20,16 @@ fn script() -> PathBuf {
 }
 
 impl Broker {
-    /// Starts a broker on a free port in a fresh folder and waits until it listens.
+    /// Starts a broker in a fresh folder on a port the kernel chooses (it
+    /// binds port 0, and the script reads the port back from its log, so no
+    /// other process can take the port first) and waits until it listens.
     pub fn start() -> Broker {
         let dir = tempfile::Builder::new().prefix("orderflow-broker-").tempdir().expect("temp dir");
-        let broker = Broker { dir, port: crate::free_port(), shared_store: None };
-        broker.start_again();
+        let mut broker = Broker { dir, port: 0, shared_store: None };
+        broker.launch(true);
+        let port =
+            std::fs::read_to_string(broker.dir.path().join("broker.port")).expect("the script writes broker.port");
+        broker.port = port.trim().parse().expect("a port number in broker.port");
         broker
     }
 
@@ -58,6 +63,7 @@ impl Broker {
     }
 
     /// Starts the (stopped) broker again on the same folder and port: persistent messages survive.
+    /// (The port is fixed from here on, so that clients find it again.)
     pub fn start_again(&self) {
         self.launch(true);
     }
