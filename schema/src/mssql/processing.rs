@@ -229,7 +229,7 @@ async fn apply_plain(
         }
     }
     let alone = |key: String| seen.get(&key).is_some_and(|n| *n == 1);
-    let plain: Vec<Plain> = deliveries
+    let mut plain: Vec<Plain> = deliveries
         .iter()
         .enumerate()
         .filter_map(|(index, d)| {
@@ -253,6 +253,8 @@ async fn apply_plain(
             }
         })
         .collect();
+    // In ascending order of id, the order the relay's confirmation locks them in (V13).
+    plain.sort_by_key(|p| p.order_id);
     // The transaction opens with the orders' move, one guarded update for
     // all; what it did not move (final by now, or skipped: Babelfish's UPDATE
     // ... FROM passes over a row another writer changed meanwhile) goes the
