@@ -8,11 +8,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use e2e::process::{Process, wait_while_running};
 use serde::Serialize;
 
 use crate::Args;
-use crate::procs::{ServiceProcess, wait_until};
-use crate::rounds::{Spread, load_options, ready};
+use crate::report::Spread;
+use crate::rounds::{load_options, ready, services};
 
 const ROUND_TRIPS: &str = "orderflow_db_round_trips_total";
 /// The unmeasured load before each backend's HTTP phases, and the backlog
@@ -56,41 +58,31 @@ pub async fn run(args: &Args, broker: &e2e::broker::Broker, mssql: &str) -> anyh
 }
 
 async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, queue: &str) -> anyhow::Result<Backend> {
-    let env = [
-        ("RETENTION_CRON", String::new()),
-        ("DATABASE_URL", database_url.to_string()),
-        ("BROKER_URL", broker.url()),
-        ("ORDER_QUEUE", queue.to_string()),
-        ("RELAY_BATCH_SIZE", args.batch.to_string()),
-        ("CONSUMER_PREFETCH", args.prefetch.to_string()),
-        ("HTTP_ADDR", "127.0.0.1:0".to_string()),
-        ("RUST_LOG", "warn".to_string()),
-    ];
     let probe = schema::testing::probe(database_url).await?;
     let store = schema::connect(database_url).await?;
     let messages = args.compare_messages;
-    let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env).await?;
-    let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env).await?;
-    let processed = |target: usize| {
-        let store = &store;
-        async move { store.order_counts().await.is_ok_and(|c| c.processed >= target as i64) }
-    };
+    let [producer, relay, consumer] = services(args, database_url, &broker.url(), queue);
+    let (relay, consumer) = (relay.start().await?, consumer.start().await?);
+    let both = [&relay, &consumer];
+    let processed = async |target: usize| store.order_counts().await.is_ok_and(|c| c.processed >= target as i64);
     // A warm-up backlog first, unmeasured (see WARM_UP); then the measured
     // one, loaded while the relay is paused, so the clock starts with it whole.
     probe.bulk_orders(WARM_UP_MESSAGES, 0).await?;
-    wait_until(Duration::from_secs(900), &[&relay, &consumer], || processed(WARM_UP_MESSAGES)).await?;
+    let warm = async || processed(WARM_UP_MESSAGES).await;
+    wait_while_running("the warm-up backlog to drain", Duration::from_secs(900), &both, warm).await?;
     relay_switch(&relay, "pause").await?;
     probe.bulk_orders(messages, 0).await?;
     relay_switch(&relay, "resume").await?;
     let started = Instant::now();
-    wait_until(Duration::from_secs(900), &[&relay, &consumer], || processed(WARM_UP_MESSAGES + messages)).await?;
+    let drained = async || processed(WARM_UP_MESSAGES + messages).await;
+    wait_while_running("relay and consumer to drain the outbox", Duration::from_secs(900), &both, drained).await?;
     let drain = messages as f64 / started.elapsed().as_secs_f64();
     let per_order = |trips: f64, orders: f64| (trips / orders.max(1.0) * 100.0).round() / 100.0;
-    let relay_trips = relay.metric(ROUND_TRIPS).await;
-    let consumer_trips = consumer.metric(ROUND_TRIPS).await;
+    let trips = async |service: &Process| service.metric(ROUND_TRIPS).await.unwrap_or(0.0);
+    let (relay_trips, consumer_trips) = (trips(&relay).await, trips(&consumer).await);
 
-    let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env).await?;
-    let base = format!("http://{}", producer.addr("http"));
+    let producer = producer.start().await?;
+    let base = format!("http://{}", producer.http_addr.context("the producer names its HTTP port")?);
     ready(&base).await?;
     let options = |mode, all_final| load_options(args, &base, mode, all_final);
     let closed = loadtest::run::Mode::Closed { concurrency: args.concurrency };
@@ -99,14 +91,14 @@ async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, q
     // Read when every order is final, before the load tool reads each order
     // back: those reads are the tool's check, not the pipeline's work.
     let all_final = Arc::new(tokio::sync::Notify::new());
-    let before = producer.metric(ROUND_TRIPS).await;
+    let before = trips(&producer).await;
     let run = loadtest::run::run(options(closed, Some(all_final.clone())));
     tokio::pin!(run);
     let mut after = None;
     let max = loop {
         tokio::select! {
             summary = &mut run => break summary?,
-            _ = all_final.notified(), if after.is_none() => after = Some(producer.metric(ROUND_TRIPS).await),
+            _ = all_final.notified(), if after.is_none() => after = Some(trips(&producer).await),
         }
     };
     let producer_trips = after.unwrap_or(0.0) - before;
@@ -133,8 +125,8 @@ async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, q
 }
 
 /// Pauses or resumes the relay through its admin port (loopback, no token).
-async fn relay_switch(relay: &ServiceProcess, action: &str) -> anyhow::Result<()> {
-    let url = format!("http://{}/relay/{action}?requested_by=bench", relay.addr("admin"));
+async fn relay_switch(relay: &Process, action: &str) -> anyhow::Result<()> {
+    let url = format!("http://{}/relay/{action}?requested_by=bench", relay.admin_addr);
     reqwest::Client::new().post(url).send().await?.error_for_status()?;
     Ok(())
 }

@@ -12,8 +12,8 @@
 //! (rates) is printed as "not a result".
 
 mod compare;
-mod procs;
 mod raw;
+mod report;
 mod rounds;
 mod sizing;
 
@@ -142,7 +142,7 @@ async fn bench(mut args: Args) -> anyhow::Result<()> {
             Some(rounds::round(&args, &broker, all.len(), n).await?)
         }
     };
-    let report = rounds::Report::new(&args, procs::machine(), all, history);
+    let report = report::Report::new(&args, report::machine(), all, history);
     report.print();
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("\nJSON written to {}", args.json.display());

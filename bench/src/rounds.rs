@@ -1,14 +1,20 @@
-//! One bench round (the raw ceiling, then the pipeline, on fresh databases and
-//! queues) and the report over all rounds: median and spread of each figure.
+//! One bench round: the raw ceiling, then the pipeline's phases against the
+//! service binaries run as processes ([`e2e::process`]), on fresh databases
+//! and queues.
+//!
+//! Invariant: every phase waits with a deadline and fails at once when one of
+//! its services exits; a phase's services end with it, whatever way it ends.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use e2e::flags::Flags;
+use e2e::process::{Launch, Usage, usage, wait_while_running};
 use serde::Serialize;
 
-use crate::procs::{self, ServiceProcess, Usage, wait_until};
-use crate::{Args, raw, sizing};
+use crate::{Args, raw};
 
 /// Everything one round measured.
 #[derive(Debug, Clone, Serialize)]
@@ -52,17 +58,6 @@ pub async fn round(args: &Args, broker: &e2e::broker::Broker, n: usize, history:
     let probe = schema::testing::probe(&database_url).await?;
     load_history(probe.as_ref(), history).await?;
     probe.bulk_orders(args.messages, 0).await?;
-    let env = |queue: String| {
-        vec![
-            ("DATABASE_URL", database_url.clone()),
-            ("BROKER_URL", url.clone()),
-            ("ORDER_QUEUE", queue),
-            ("RELAY_BATCH_SIZE", args.batch.to_string()),
-            ("CONSUMER_PREFETCH", args.prefetch.to_string()),
-            ("RETENTION_CRON", String::new()),
-            ("RUST_LOG", "warn".to_string()),
-        ]
-    };
     // Progress is polled every 20 ms from the store's own O(1) figures (the
     // per-status counters, the due-rows index): the probe's whole-database
     // tally would scan the history each time, and that scan was most of what
@@ -72,26 +67,28 @@ pub async fn round(args: &Args, broker: &e2e::broker::Broker, n: usize, history:
     let processed = || async { store.order_counts().await.map_or(0, |c| c.processed) };
     let base = processed().await;
     let target = base + args.messages as i64;
-    let drain = env(q("pipeline"));
-    let relay_proc = ServiceProcess::start(&args.bin_dir.join("relay"), &drain).await?;
+    let [_, relay, consumer] = services(args, &database_url, &url, &q("pipeline"));
+    let relay_proc = relay.start().await?;
     let started = Instant::now();
-    wait_until(args.phase_timeout, &[&relay_proc], || async { unpublished().await == 0 }).await?;
+    let drained = async || unpublished().await == 0;
+    wait_while_running("the relay to drain the outbox", args.phase_timeout, &[&relay_proc], drained).await?;
     let relay = args.messages as f64 / started.elapsed().as_secs_f64();
     let relay_usage = relay_proc.stop().await?;
-    let consumer_proc = ServiceProcess::start(&args.bin_dir.join("consumer"), &drain).await?;
+    let consumer_proc = consumer.start().await?;
     let started = Instant::now();
-    wait_until(args.phase_timeout, &[&consumer_proc], || async { processed().await >= target }).await?;
+    let all_processed = async || processed().await >= target;
+    wait_while_running("the consumer to drain the queue", args.phase_timeout, &[&consumer_proc], all_processed).await?;
     let consumer = args.messages as f64 / started.elapsed().as_secs_f64();
     let consumer_usage = consumer_proc.stop().await?;
 
     probe.clear().await?;
     load_history(probe.as_ref(), history).await?;
     probe.bulk_orders(args.messages, 0).await?;
-    let steady_env = env(q("steady"));
-    let relay_proc = ServiceProcess::start(&args.bin_dir.join("relay"), &steady_env).await?;
-    let consumer_proc = ServiceProcess::start(&args.bin_dir.join("consumer"), &steady_env).await?;
+    let [_, both_relay, both_consumer] = services(args, &database_url, &url, &q("steady"));
+    let (relay_proc, consumer_proc) = (both_relay.start().await?, both_consumer.start().await?);
     let started = Instant::now();
-    wait_until(args.phase_timeout, &[&relay_proc, &consumer_proc], || async { processed().await >= target }).await?;
+    let both = [&relay_proc, &consumer_proc];
+    wait_while_running("relay and consumer to drain the outbox", args.phase_timeout, &both, all_processed).await?;
     let relay_and_consumer = args.messages as f64 / started.elapsed().as_secs_f64();
     let both_usage = (relay_proc.stop().await?, consumer_proc.stop().await?);
 
@@ -157,24 +154,16 @@ async fn http_phases(
     let database_url = sqlite_url(&path, &args.sqlite_options);
     let probe = schema::testing::probe(&database_url).await?;
     load_history(probe.as_ref(), history).await?;
-    let env = [
-        ("RETENTION_CRON", String::new()),
-        ("DATABASE_URL", database_url),
-        ("BROKER_URL", broker.url()),
-        ("ORDER_QUEUE", queue.to_string()),
-        ("RELAY_BATCH_SIZE", args.batch.to_string()),
-        ("CONSUMER_PREFETCH", args.prefetch.to_string()),
-        ("HTTP_ADDR", "127.0.0.1:0".to_string()),
-        ("RUST_LOG", "warn".to_string()),
-    ];
-    let relay = ServiceProcess::start(&args.bin_dir.join("relay"), &env).await?;
-    let consumer = ServiceProcess::start(&args.bin_dir.join("consumer"), &env).await?;
-    let producer = ServiceProcess::start(&args.bin_dir.join("producer"), &env).await?;
-    let base = format!("http://{}", producer.addr("http"));
+    let [producer, relay, consumer] = services(args, &database_url, &broker.url(), queue);
+    let purging = Launch { flags: relay.flags.clone().with("--retention-cron", "*/2 * * * * *"), ..relay.clone() };
+    let relay = relay.start().await?;
+    let consumer = consumer.start().await?;
+    let producer = producer.start().await?;
+    let base = format!("http://{}", producer.http_addr.context("the producer names its HTTP port")?);
     ready(&base).await?;
     let options = |mode, all_final| load_options(args, &base, mode, all_final);
     let cpu = || {
-        let broker_cpu = broker.pid().map_or(0.0, |pid| procs::usage(pid).cpu_seconds);
+        let broker_cpu = broker.pid().map_or(0.0, |pid| usage(pid).cpu_seconds);
         [producer.usage().cpu_seconds, relay.usage().cpu_seconds, consumer.usage().cpu_seconds, broker_cpu]
     };
     // CPU is read when every order is final, before the load tool reads each
@@ -201,11 +190,7 @@ async fn http_phases(
     // steady load runs: the history is 30 days old, so it purges as it goes.
     let purger = match history {
         0 => None,
-        _ => {
-            let mut purging = env.to_vec();
-            purging[0].1 = "*/2 * * * * *".into();
-            Some(ServiceProcess::start(&args.bin_dir.join("relay"), &purging).await?)
-        }
+        _ => Some(purging.start().await?),
     };
     let outbox_before = probe.tally().await?.outbox;
     let started = Instant::now();
@@ -261,193 +246,19 @@ fn sqlite_url(path: &Path, options: &str) -> String {
     }
 }
 
+/// Producer, relay and consumer on `database_url` and `queue`, as every phase
+/// runs them: the relay's batch and the consumer's prefetch from the bench's
+/// flags, retention off, logging warnings to the bench's stderr.
+pub(crate) fn services(args: &Args, database_url: &str, broker_url: &str, queue: &str) -> [Launch; 3] {
+    let relay =
+        Flags::relay(database_url, broker_url, queue).with("--batch-size", args.batch).with("--retention-cron", "");
+    let consumer = Flags::consumer(database_url, broker_url, queue).with("--prefetch", args.prefetch);
+    [Flags::producer(database_url), relay, consumer].map(|flags| Launch::new(&args.bin_dir, flags, "warn"))
+}
+
 /// Waits until the producer answers.
 pub(crate) async fn ready(base: &str) -> anyhow::Result<()> {
-    wait_until(Duration::from_secs(60), &[], || async {
-        reqwest::get(format!("{base}/api/products")).await.is_ok_and(|r| r.status().is_success())
-    })
-    .await
-}
-
-/// The table's name of the headline ratio.
-const HTTP_RATIO: &str = "  HTTP max / raw send + consume (target >= 65 %)";
-
-/// Median and spread of one figure over the rounds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Spread {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    /// Half the range: in points for ratios (×100), in % of the median for the rest.
-    pub plus_minus: f64,
-    /// False when the spread is over ±10 (points or %): such a figure is not a result.
-    pub steady: bool,
-}
-
-impl Spread {
-    pub(crate) fn of(values: &[f64], ratio: bool) -> Self {
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        let median = match v.len() {
-            0 => 0.0,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        };
-        let (min, max) = (v.first().copied().unwrap_or(0.0), v.last().copied().unwrap_or(0.0));
-        let half = (max - min) / 2.0;
-        let plus_minus = if ratio { half * 100.0 } else { 100.0 * half / median.max(f64::MIN_POSITIVE) };
-        Self { median, min, max, plus_minus, steady: plus_minus <= 10.0 }
-    }
-}
-
-/// The whole run.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    pub machine: String,
-    pub messages: usize,
-    pub batch: usize,
-    pub sqlite_options: String,
-    pub busy_loop: bool,
-    pub rounds: Vec<Round>,
-    pub figures: Vec<(String, Spread)>,
-    /// The round on a database with history, if run.
-    pub history: Option<Round>,
-}
-
-impl Report {
-    /// Medians and spreads of every figure and ratio.
-    pub fn new(args: &Args, machine: String, rounds: Vec<Round>, history: Option<Round>) -> Self {
-        let col = |f: fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<_>>();
-        let rate = |name: &str, f: fn(&Round) -> f64| (name.to_string(), Spread::of(&col(f), false));
-        let ratio = |name: &str, f: fn(&Round) -> f64| (name.to_string(), Spread::of(&col(f), true));
-        let figures = vec![
-            rate("raw broker: transactional batch send, msg/s", |r| r.raw_send),
-            rate("raw broker: client-individual consume, msg/s", |r| r.raw_consume),
-            rate("raw broker: send + consume together, msg/s", |r| r.raw_both),
-            rate("relay: drain outbox -> broker, msg/s", |r| r.relay),
-            ratio("  relay / raw send", |r| r.relay / r.raw_send),
-            rate("consumer: drain queue -> processed, msg/s", |r| r.consumer),
-            ratio("  consumer / raw consume", |r| r.consumer / r.raw_consume),
-            rate("relay + consumer: outbox -> processed, msg/s", |r| r.relay_and_consumer),
-            ratio("  relay + consumer / raw send + consume", |r| r.relay_and_consumer / r.raw_both),
-            rate("HTTP pipeline max, orders/s (all processed)", |r| r.http_max),
-            ratio(HTTP_RATIO, |r| r.http_max / r.raw_both),
-            rate("steady at half of HTTP max: orders/s", |r| r.half[0]),
-            rate("  end-to-end p50, ms", |r| r.half[1]),
-            rate("  end-to-end p99, ms (target <= 25)", |r| r.half[2]),
-            rate("  end-to-end p99.9, ms", |r| r.half[3]),
-            rate("steady 2,000/s: end-to-end p50, ms", |r| r.steady_p50_ms),
-            rate("steady 2,000/s: end-to-end p99, ms", |r| r.steady_p99_ms),
-            rate("CPU us per order (HTTP max): producer", |r| r.cpu_us_per_order[0]),
-            rate("CPU us per order (HTTP max): relay", |r| r.cpu_us_per_order[1]),
-            rate("CPU us per order (HTTP max): consumer", |r| r.cpu_us_per_order[2]),
-            rate("CPU us per order (HTTP max): broker", |r| r.cpu_us_per_order[3]),
-            rate("peak RSS MB: producer (target <= 64)", |r| r.peak_rss_mb[0]),
-            rate("peak RSS MB: relay (target <= 64)", |r| r.peak_rss_mb[1]),
-            rate("peak RSS MB: consumer (target <= 64)", |r| r.peak_rss_mb[2]),
-        ];
-        Self {
-            machine,
-            messages: args.messages,
-            batch: args.batch,
-            sqlite_options: match args.sqlite_options.as_str() {
-                "" => "default (synchronous=FULL)".into(),
-                options => options.into(),
-            },
-            busy_loop: args.busy_loop,
-            rounds,
-            figures,
-            history,
-        }
-    }
-
-    /// The median of the figure whose name starts with `name` (up to its unit).
-    fn median(&self, name: &str) -> f64 {
-        let key = name.rsplit_once(", ").map_or(name, |(k, _)| k);
-        self.figures.iter().find(|(n, _)| n.starts_with(key)).map_or(0.0, |(_, s)| s.median)
-    }
-
-    /// Each service's CPU per order and what one instance did alone, for the sizing table.
-    fn sizing(&self) -> [sizing::Service; 4] {
-        let cpu = |service: &str| self.median(&format!("CPU us per order (HTTP max): {service}"));
-        let service = |name, one_instance| sizing::Service { name, us_per_order: cpu(name), one_instance };
-        [
-            service("producer", Some((self.median("HTTP pipeline max, orders/s"), "HTTP max, whole pipeline"))),
-            service("relay", Some((self.median("relay: drain outbox -> broker, msg/s"), "drain, alone"))),
-            service("consumer", Some((self.median("consumer: drain queue -> processed, msg/s"), "drain, alone"))),
-            service("broker", None),
-        ]
-    }
-
-    /// The table: median, range and spread of each figure.
-    pub fn print(&self) {
-        println!(
-            "\norderflow bench: {} rounds, {} messages per phase, batch {}, SQLite {}, on {}{}",
-            self.rounds.len(),
-            self.messages,
-            self.batch,
-            self.sqlite_options,
-            self.machine,
-            if self.busy_loop { ", with one busy-looping process beside it" } else { "" }
-        );
-        println!("{:<52} {:>10} {:>21} {:>9}", "figure", "median", "min - max", "spread");
-        for (name, s) in &self.figures {
-            let is_ratio = name.trim_start().contains(" / ");
-            let (median, range, spread) = match is_ratio {
-                true => (
-                    format!("{:.0} %", s.median * 100.0),
-                    format!("{:.0} - {:.0} %", s.min * 100.0, s.max * 100.0),
-                    format!("±{:.1} pt", s.plus_minus),
-                ),
-                false => (
-                    format!("{:.1}", s.median),
-                    format!("{:.1} - {:.1}", s.min, s.max),
-                    format!("±{:.1} %", s.plus_minus),
-                ),
-            };
-            let flag = if s.steady { "" } else { "  spread over ±10: not a result" };
-            println!("{name:<52} {median:>10} {range:>21} {spread:>9}{flag}");
-        }
-        let final_min = self.rounds.iter().map(|r| r.steady_final).fold(1.0, f64::min);
-        println!("(steady 2,000/s: at least {:.2} % of orders final in every round)", final_min * 100.0);
-        println!();
-        for line in sizing::lines(&self.sizing()) {
-            println!("{line}");
-        }
-        let Some(h) = &self.history else { return };
-        println!(
-            "\non a history of {} processed orders (database {:.0} MB; retention purging {:.0} rows/s during the steady phase):",
-            h.history, h.database_mb, h.purged_per_s
-        );
-        println!("{:<44} {:>12} {:>12} {:>9} {:>16}  target", "figure", "empty", "history", "change", "change vs raw");
-        // A ratio to the raw ceiling measured minutes apart in the same round
-        // does not move with the machine's speed; the plain change does.
-        let rows = [
-            ("relay: drain outbox -> broker, msg/s", h.relay, Some(("  relay / raw send", h.raw_send))),
-            (
-                "consumer: drain queue -> processed, msg/s",
-                h.consumer,
-                Some(("  consumer / raw consume", h.raw_consume)),
-            ),
-            ("HTTP pipeline max, orders/s", h.http_max, Some((HTTP_RATIO, h.raw_both))),
-            ("steady 2,000/s: end-to-end p99, ms", h.steady_p99_ms, None),
-        ];
-        for (name, on_history, ratio) in rows {
-            let empty = self.median(name);
-            let change = 100.0 * (on_history - empty) / empty.max(f64::MIN_POSITIVE);
-            let (vs_raw, target) = match ratio {
-                Some((ratio_name, raw)) => {
-                    let empty_ratio = self.median(ratio_name);
-                    let history_ratio = on_history / raw.max(f64::MIN_POSITIVE);
-                    let vs = 100.0 * (history_ratio - empty_ratio) / empty_ratio.max(f64::MIN_POSITIVE);
-                    (format!("{vs:+.0}%"), "within 10 %")
-                }
-                None => (String::new(), "at most 2x (purging)"),
-            };
-            println!("{name:<44} {empty:>12.1} {on_history:>12.1} {change:>+8.0}% {vs_raw:>16}  {target}");
-        }
-        let raw_change = 100.0 * (h.raw_both - self.median("raw broker: send + consume"))
-            / self.median("raw broker: send + consume");
-        println!("(the raw send + consume ceiling in the same round moved {raw_change:+.0} %)");
-    }
+    let url = format!("{base}/api/products");
+    let answers = async || reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()).then_some(());
+    e2e::wait_until("the producer to answer", Duration::from_secs(60), answers).await
 }

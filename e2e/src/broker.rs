@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::process::{alive, send_signal};
+
 /// One private broker instance.
 pub struct Broker {
     dir: tempfile::TempDir,
@@ -85,42 +87,32 @@ impl Broker {
 
     /// Freezes the broker (SIGSTOP): its connections stay open but it says nothing.
     pub fn freeze(&self) {
-        self.signal("-STOP");
+        self.signal("STOP");
     }
 
     /// Lets a frozen broker run again (SIGCONT).
     pub fn thaw(&self) {
-        self.signal("-CONT");
+        self.signal("CONT");
     }
 
     /// Kills the broker outright (SIGKILL, as a power cut would) and waits
     /// until the process is gone; [`Broker::start_again`] recovers its store.
-    pub fn kill(&self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("broker.pid")).expect("broker pid file");
-        self.signal("-KILL");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while alive(pid.trim()) {
-            assert!(std::time::Instant::now() < deadline, "the killed broker did not exit");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+    pub async fn kill(&self) {
+        let pid = self.pid().expect("broker pid file");
+        self.signal("KILL");
+        let gone = async || (!alive(pid)).then_some(());
+        crate::wait_for("the killed broker to exit", std::time::Duration::from_secs(30), gone).await
     }
 
     fn signal(&self, signal: &str) {
-        let pid = std::fs::read_to_string(self.dir.path().join("broker.pid")).expect("broker pid file");
-        let status = Command::new("kill").arg(signal).arg(pid.trim()).status().expect("kill");
-        assert!(status.success(), "kill {signal} failed");
+        let pid = self.pid().expect("broker pid file");
+        send_signal(pid, signal).expect("signal the broker");
     }
 
     /// Stops the broker (SIGTERM, then SIGKILL after 15 s) and waits for the process to end.
     pub fn stop(&self) {
         let _ = Command::new("bash").arg(script()).args(["stop", &self.dir.path().display().to_string()]).status();
     }
-}
-
-/// True while the process exists and is not a zombie waiting to be reaped.
-pub fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
 }
 
 impl Drop for Broker {

@@ -1,16 +1,24 @@
-//! Test kit for end-to-end tests: a private ActiveMQ, the three services
-//! started in-process on port 0, and typed helpers to drive and inspect them.
+//! The harness that runs the system, for the end-to-end tests, chaos and the
+//! bench: a private ActiveMQ; the three services started in-process on port 0
+//! (`Stack`, `service`) or as child processes (`process`), both from one
+//! command line per service (`flags`); one wait with a deadline; the queue
+//! read back; and the end-of-run invariants (`invariants`).
 //!
 //! Invariant: every helper waits on a condition with a deadline, never on a
 //! fixed sleep; every test gets its own database (a SQLite file, or a fresh SQL Server
-//! database when `TEST_DATABASE_URL` names one) and its own queue.
+//! database when `TEST_DATABASE_URL` names one) and its own queue; nothing
+//! started here outlives its handle.
 
 pub mod broker;
+pub mod flags;
+pub mod invariants;
+pub mod process;
 pub mod service;
 pub mod stack;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -22,20 +30,30 @@ pub fn unique_queue() -> String {
     format!("/queue/test.{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
+/// How long a wait pauses between two looks.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Looks at `check` every 20 ms until it returns `Some`; fails with "timed
+/// out after TIMEOUT waiting for WHAT" once `timeout` has passed. The one wait
+/// of the harness: the others are this one with a check of their own.
+pub async fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Ok(value);
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(POLL).await;
     }
+}
+
+/// [`wait_until`] for tests: panics when the time is up.
+pub async fn wait_for<T>(what: &str, timeout: Duration, check: impl AsyncFnMut() -> Option<T>) -> T {
+    wait_until(what, timeout, check).await.unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// Reads one sample from Prometheus text, e.g. `orderflow_consumer_messages_total{outcome="processed"}`.
@@ -86,4 +104,21 @@ pub async fn send_raw(client: &stomp::Client, queue: &str, body: &str, headers: 
         frame = frame.header(k, *v);
     }
     client.request(frame.body(body.to_string()), Duration::from_secs(10)).await.expect("broker accepts the send");
+}
+
+/// Reads every message on `queue` (acknowledging each) until the queue has
+/// been quiet for `quiet`.
+pub async fn read_queue(broker_url: &str, queue: &str, quiet: Duration) -> anyhow::Result<Vec<stomp::Frame>> {
+    let client = stomp::Client::connect(&stomp::Config::from_url(broker_url).map_err(anyhow::Error::msg)?).await?;
+    client.subscribe(queue, "reader", 1000, Duration::from_secs(10)).await?;
+    let mut messages = client.take_messages().context("message stream")?;
+    let mut frames = Vec::new();
+    while let Ok(Some(frame)) = tokio::time::timeout(quiet, messages.recv()).await {
+        if let Some(ack) = frame.get("ack") {
+            client.ack(&[ack]).await?;
+        }
+        frames.push(frame);
+    }
+    client.disconnect(Duration::from_secs(2)).await;
+    Ok(frames)
 }

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::service::Service as _;
-use clap::Parser;
 use schema::testing::{Probe, Tally};
 use serde_json::{Value, json};
 
+use crate::flags::Flags;
+use crate::invariants::{self, Expected};
 use crate::service::Service;
 use crate::wait_for;
 
@@ -67,23 +68,18 @@ impl Stack {
 
     /// Relay settings for this stack.
     pub fn relay_config(&self) -> relay::Config {
-        let lease = TEST_LEASE_MS.to_string();
-        let extra = ["--lease-ms", &lease, "--receipt-timeout-ms", "2500", "--admin-token", TEST_ADMIN_TOKEN];
-        relay::Config::try_parse_from(self.broker_service_flags("relay", &extra)).expect("relay test flags")
+        let flags = Flags::relay(&self.database_url, &self.broker_url, &self.queue)
+            .with("--heartbeat-ms", 1000)
+            .with("--lease-ms", TEST_LEASE_MS)
+            .with("--receipt-timeout-ms", 2500)
+            .with("--admin-token", TEST_ADMIN_TOKEN);
+        flags.parse().expect("relay test flags")
     }
 
     /// Consumer settings for this stack.
     pub fn consumer_config(&self) -> consumer::Config {
-        consumer::Config::try_parse_from(self.broker_service_flags("consumer", &[])).expect("consumer test flags")
-    }
-
-    /// The flags of a service that talks to this stack's database and broker,
-    /// admin on port 0, heart-beats every second, then `extra`.
-    fn broker_service_flags<'a>(&'a self, name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut flags = vec![name, "--database-url", &self.database_url, "--broker-url", &self.broker_url];
-        flags.extend(["--queue", &self.queue, "--admin-addr", "127.0.0.1:0", "--heartbeat-ms", "1000"]);
-        flags.extend(extra);
-        flags
+        let flags = Flags::consumer(&self.database_url, &self.broker_url, &self.queue).with("--heartbeat-ms", 1000);
+        flags.parse().expect("consumer test flags")
     }
 
     /// Starts a relay on this stack.
@@ -158,20 +154,14 @@ impl Stack {
         consumer.metric(&format!("orderflow_consumer_messages_total{{outcome=\"{outcome}\"}}")).await
     }
 
-    /// The end-of-test invariants: `n` orders, every one processed exactly
-    /// once with the right prices, one published outbox row and one inbox row each.
+    /// The end-of-test invariants ([`crate::invariants`]): `n` orders, every
+    /// one processed exactly once with the right prices, one published outbox
+    /// row and one inbox row each, and the counters in agreement.
     pub async fn assert_all_processed_exactly_once(&self, n: i64) {
-        let t = self.tally().await;
-        assert_eq!(t.orders, n, "orders placed");
-        assert_eq!(t.processed, n, "orders processed");
-        assert_eq!(t.outbox, n, "one outbox row per order");
-        assert_eq!(t.unpublished, 0, "no outbox row left unpublished");
-        assert_eq!(t.parked, 0, "nothing parked");
-        assert_eq!(t.inbox, n, "one inbox row per message");
-        assert_eq!(t.inbox_from_outbox, n, "every inbox row is one of our outbox rows");
-        assert_eq!(t.mispriced, 0, "every order priced at list price less 10 %");
-        let counts = self.store.order_counts().await.expect("order counts");
-        assert_eq!((counts.processed, counts.pending + counts.published + counts.failed), (n, 0), "the counters agree");
+        let broken = invariants::check(self.store.as_ref(), self.probe.as_ref(), Expected::Exactly(n))
+            .await
+            .expect("read the test database");
+        assert!(broken.is_empty(), "invariants broken: {broken:#?}");
     }
 
     /// Inserts `n` orders with their outbox rows straight into the database
@@ -183,18 +173,8 @@ impl Stack {
     /// Reads every message on the stack's queue (acknowledging each) until the
     /// queue has been quiet for `quiet`; returns their `outbox-id` headers.
     pub async fn read_queue(&self, quiet: Duration) -> Vec<String> {
-        let client = stomp::Client::connect(&stomp::Config::from_url(&self.broker_url).expect("broker url"))
-            .await
-            .expect("connect to read the queue");
-        client.subscribe(&self.queue, "reader", 1000, Duration::from_secs(10)).await.expect("subscribe");
-        let mut messages = client.take_messages().expect("message stream");
-        let mut ids = Vec::new();
-        while let Ok(Some(frame)) = tokio::time::timeout(quiet, messages.recv()).await {
-            client.ack(&[frame.get("ack").expect("ack header")]).await.expect("ack");
-            ids.push(frame.get("outbox-id").unwrap_or_default().to_string());
-        }
-        client.disconnect(Duration::from_secs(2)).await;
-        ids
+        let frames = crate::read_queue(&self.broker_url, &self.queue, quiet).await.expect("read the queue");
+        frames.iter().map(|frame| frame.get("outbox-id").unwrap_or_default().to_string()).collect()
     }
 
     /// Stops every running service gracefully; each must exit cleanly.
@@ -211,9 +191,7 @@ impl Stack {
 
 /// Producer settings for tests: `database_url`, both ports 0, no ops targets.
 pub fn producer_config(database_url: &str) -> producer::Config {
-    let flags =
-        ["producer", "--database-url", database_url, "--http-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"];
-    let mut config = producer::Config::try_parse_from(flags).expect("producer test flags");
+    let mut config: producer::Config = Flags::producer(database_url).parse().expect("producer test flags");
     config.ops_relays.clear();
     config.ops_consumers.clear();
     config

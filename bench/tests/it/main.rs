@@ -7,7 +7,10 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use e2e::process::alive;
+use e2e::wait_for;
 
 /// A service binary stand-in that records its pid and serves until killed.
 fn fake_service(dir: &Path, name: &str) {
@@ -45,12 +48,9 @@ fn log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("bench.log")).unwrap_or_default()
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Waits (with a deadline) until `done`.
+async fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    wait_for(what, limit, async || done().then_some(())).await
 }
 
 /// The broker's pid, from the bench's `broker at tcp://… (pid N)` line.
@@ -68,51 +68,51 @@ fn started_from(dir: &Path) -> Vec<String> {
         .filter_map(|e| e.file_name().to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(String::from));
     pids.filter(|pid| {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        e2e::broker::alive(pid) && String::from_utf8_lossy(&cmdline).contains(&needle)
+        alive(pid) && String::from_utf8_lossy(&cmdline).contains(&needle)
     })
     .collect()
 }
 
 /// Every service the bench started from `dir`, and its broker, have ended.
-fn nothing_left_behind(dir: &Path, broker: &str) {
+async fn nothing_left_behind(dir: &Path, broker: &str) {
     let pids = std::fs::read_to_string(dir.join("pids")).unwrap();
     assert!(!pids.trim().is_empty(), "a service was started");
     for pid in pids.split_whitespace() {
-        wait_for(&format!("service {pid} ends"), Duration::from_secs(10), || !e2e::broker::alive(pid));
+        wait(&format!("service {pid} to end"), Duration::from_secs(10), || !alive(pid)).await;
     }
-    wait_for("no process started from the bench's folder runs", Duration::from_secs(10), || {
-        started_from(dir).is_empty()
-    });
-    wait_for(&format!("its broker (pid {broker}) ends"), Duration::from_secs(30), || !e2e::broker::alive(broker));
+    let none_runs = || started_from(dir).is_empty();
+    wait("no process started from the bench's folder to run", Duration::from_secs(10), none_runs).await;
+    wait(&format!("its broker (pid {broker}) to end"), Duration::from_secs(30), || !alive(broker)).await;
 }
 
-#[test]
-fn a_failing_phase_leaves_no_process_behind() {
+#[tokio::test]
+async fn a_failing_phase_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();
     let mut bench = start_bench(dir.path(), &["--phase-timeout", "2s"]);
-    wait_for("the bench fails", Duration::from_secs(240), || bench.try_wait().unwrap().is_some());
+    wait("the bench to fail", Duration::from_secs(240), || bench.try_wait().unwrap().is_some()).await;
     assert!(!bench.wait().unwrap().success(), "a failed bench exits non-zero");
     let text = log(dir.path());
-    assert!(text.contains("phase did not finish within 2s"), "{text}");
-    nothing_left_behind(dir.path(), &broker_pid(&text));
+    assert!(text.contains("timed out after 2s waiting for the relay to drain the outbox"), "{text}");
+    nothing_left_behind(dir.path(), &broker_pid(&text)).await;
 }
 
-#[test]
-fn an_interrupted_bench_leaves_no_process_behind() {
+#[tokio::test]
+async fn an_interrupted_bench_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();
     let mut bench = start_bench(dir.path(), &[]);
-    wait_for("the phase's relay starts", Duration::from_secs(180), || {
+    wait("the phase's relay to start", Duration::from_secs(180), || {
         assert!(bench.try_wait().unwrap().is_none(), "bench exited early: {}", log(dir.path()));
         std::fs::read_to_string(dir.path().join("pids")).is_ok_and(|p| !p.trim().is_empty())
-    });
+    })
+    .await;
     let broker = broker_pid(&log(dir.path()));
-    assert!(e2e::broker::alive(&broker), "its broker runs");
+    assert!(alive(&broker), "its broker runs");
 
     let status = Command::new("kill").arg("-TERM").arg(bench.id().to_string()).status().unwrap();
     assert!(status.success());
-    wait_for("the bench exits", Duration::from_secs(60), || bench.try_wait().unwrap().is_some());
+    wait("the bench to exit", Duration::from_secs(60), || bench.try_wait().unwrap().is_some()).await;
     assert!(!bench.wait().unwrap().success(), "an interrupted bench exits non-zero");
     let text = log(dir.path());
     assert!(text.contains("terminated (SIGTERM)"), "{text}");
-    nothing_left_behind(dir.path(), &broker);
+    nothing_left_behind(dir.path(), &broker).await;
 }

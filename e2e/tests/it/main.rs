@@ -10,6 +10,7 @@ mod incidents;
 mod load_test;
 mod openapi;
 mod pipeline;
+mod process;
 mod prometheus;
 mod relay;
 mod traces;

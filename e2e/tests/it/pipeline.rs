@@ -151,7 +151,8 @@ async fn the_pipeline_follows_a_master_slave_broker_pair_and_loses_nothing() {
     .await;
     assert!(!standby.listening(), "the standby is up but waits for the store's lock");
     let killed_at = std::time::Instant::now();
-    tokio::task::spawn_blocking(move || master.kill()).await.unwrap();
+    master.kill().await;
+    tokio::task::spawn_blocking(move || drop(master)).await.unwrap();
     let takeover = wait_for("the standby to take over the store", Duration::from_secs(90), || async {
         standby.listening().then(|| killed_at.elapsed())
     })
