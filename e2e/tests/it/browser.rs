@@ -64,11 +64,16 @@ async fn a_person_places_an_order_in_the_browser_and_sees_it_processed() {
     quantity.clear().await.unwrap();
     quantity.send_keys("abc").await.unwrap();
     page.find(Locator::Id("submit")).await.unwrap().click().await.unwrap();
-    let name_error = page.wait().for_element(Locator::Id("customer_name-error")).await.unwrap();
-    assert_eq!(name_error.text().await.unwrap(), "customer name is required");
-    let qty_error = page.find(Locator::Id("quantity-error")).await.unwrap().text().await.unwrap();
-    assert_eq!(qty_error, "quantity must be a whole number");
-    assert_eq!(page.find(Locator::Id("quantity")).await.unwrap().prop("value").await.unwrap().as_deref(), Some("abc"));
+    // Each read finds its element again: a reference taken before the page
+    // settled went stale once in CI.
+    let shown = |css: &'static str| wait_for(css, Duration::from_secs(10), || text_of(&page, css));
+    assert_eq!(shown("#customer_name-error").await, "customer name is required");
+    assert_eq!(shown("#quantity-error").await, "quantity must be a whole number");
+    let kept = wait_for("the typed quantity kept", Duration::from_secs(10), || async {
+        page.find(Locator::Id("quantity")).await.ok()?.prop("value").await.ok()
+    })
+    .await;
+    assert_eq!(kept.as_deref(), Some("abc"));
     assert_eq!(stack.tally().await.orders, 0);
 
     // Good input: redirected to the order's page, which turns `processed` by itself.
