@@ -67,8 +67,6 @@ struct Run {
     http: reqwest::Client,
     broker: e2e::broker::Broker,
     queue: String,
-    /// The SQLite file (the harness runs on the embedded default).
-    database_path: String,
     store: std::sync::Arc<dyn schema::Store>,
     probe: std::sync::Arc<dyn Probe>,
     procs: Vec<Proc>,
@@ -133,7 +131,6 @@ async fn main() -> anyhow::Result<()> {
         http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
         broker,
         queue,
-        database_path: database_path.display().to_string(),
         store,
         probe,
         procs,
@@ -227,8 +224,7 @@ impl Run {
                 self.broker.start_again();
             }
             Fault::DatabaseLock => {
-                let path = self.database_path.clone();
-                tokio::task::spawn_blocking(move || faults::hold_write_lock(&path)).await??;
+                faults::hold_write_lock(&*self.probe).await?;
             }
             Fault::Hostile => {
                 let recent = self.store.recent_orders(2).await?;
