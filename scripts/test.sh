@@ -29,7 +29,7 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== dependencies: RustSec advisories (offline snapshot) and licences"
+echo "== dependencies: RustSec advisories (offline snapshot), licences, bans and sources"
 command -v cargo-audit >/dev/null 2>&1 || { echo "installing cargo-audit..."; cargo install cargo-audit --version '^0.22' --locked --quiet; }
 command -v cargo-deny >/dev/null 2>&1 || { echo "installing cargo-deny..."; cargo install cargo-deny --version 0.20.2 --locked --quiet; }
 advisory_db=${ADVISORY_DB:-}
@@ -41,7 +41,9 @@ if [ -n "$advisory_db" ] && [ -d "$advisory_db" ]; then
 else
     echo "WARNING: no RustSec snapshot in ../shared/advisory-db (set ADVISORY_DB): advisories NOT checked" >&2
 fi
-cargo deny check licenses 2>&1 | tail -n 20
+# Licences, bans (no wildcard versions; duplicate versions are warnings, not
+# shown here: `cargo deny check bans` lists them) and sources (crates.io only).
+cargo deny -L error check bans licenses sources 2>&1 | tail -n 20
 
 echo "== docker-compose.yml and its Prometheus configuration"
 # docker-compose v1 validates the file without a Docker engine; its PyYAML

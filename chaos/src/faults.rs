@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use schema::OutboxId;
+use schema::testing::Probe;
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,13 +47,11 @@ impl Fault {
 /// How long the SQLite write lock is held.
 pub const LOCK_HELD: Duration = Duration::from_secs(3);
 
-/// Holds SQLite's write lock on `path` for [`LOCK_HELD`] (blocking).
-pub fn hold_write_lock(path: &str) -> anyhow::Result<()> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    std::thread::sleep(LOCK_HELD);
-    conn.execute_batch("COMMIT")?;
+/// Holds the database's write lock from the probe's own session for [`LOCK_HELD`].
+pub async fn hold_write_lock(probe: &dyn Probe) -> anyhow::Result<()> {
+    let held = probe.hold_write_lock().await?;
+    tokio::time::sleep(LOCK_HELD).await;
+    held.release().await;
     Ok(())
 }
 

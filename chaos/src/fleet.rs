@@ -27,8 +27,6 @@ pub const CONSUMER: usize = 3;
 pub struct Fleet {
     pub broker: e2e::broker::Broker,
     pub queue: String,
-    /// The SQLite file (the run is on the embedded default).
-    pub database_path: String,
     pub store: Arc<dyn schema::Store>,
     pub probe: Arc<dyn Probe>,
     pub members: Vec<Member>,
@@ -72,9 +70,8 @@ impl Fleet {
         for member in &members {
             member.wait_ready(Duration::from_secs(60)).await?;
         }
-        let database_path = database_path.display().to_string();
         let producer_url = format!("http://{http_addr}");
-        Ok(Fleet { broker, queue, database_path, store, probe, members, producer_url })
+        Ok(Fleet { broker, queue, store, probe, members, producer_url })
     }
 
     /// The services' names, by index.

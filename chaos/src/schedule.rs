@@ -75,8 +75,7 @@ impl Run {
                 self.fleet.broker.start_again();
             }
             Fault::DatabaseLock => {
-                let path = self.fleet.database_path.clone();
-                tokio::task::spawn_blocking(move || faults::hold_write_lock(&path)).await??;
+                faults::hold_write_lock(&*self.fleet.probe).await?;
             }
             Fault::Hostile => {
                 let recent = self.fleet.store.recent_orders(2).await?;

@@ -15,14 +15,18 @@ use stomp::Frame;
 /// A message we cannot process, and the order it names if it names one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
+    /// Why, for a person: stored with the dead letter.
     pub reason: String,
+    /// The order the message names, when it names one.
     pub order_id: Option<i64>,
 }
 
 /// A message that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
+    /// The `outbox-id` header; none on seed-style messages.
     pub outbox_id: Option<OutboxId>,
+    /// The body.
     pub message: OrderPlacedV1,
 }
 

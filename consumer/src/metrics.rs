@@ -11,11 +11,17 @@ pub const OUTCOMES: [&str; 5] = ["processed", "duplicate", "failed", "dead_lette
 /// The consumer's metrics, registered once per process.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Messages handled, by outcome ([`OUTCOMES`]).
     pub messages: IntCounterVec,
+    /// Time to handle one batch, from delivery to ACK.
     pub processing_seconds: Histogram,
+    /// Messages applied per database transaction.
     pub batch_size: Histogram,
+    /// From an order's `created_at` to its `processed_at`.
     pub end_to_end_seconds: Histogram,
+    /// Messages the broker marked redelivered.
     pub redeliveries: IntCounter,
+    /// 1 while subscribed to the broker.
     pub broker_connected: IntGauge,
     /// Seconds the batch in hand has been retrying the database (0 when flowing).
     pub stuck_seconds: prometheus::Gauge,

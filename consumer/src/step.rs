@@ -29,6 +29,7 @@ const DEAD_LETTER_BATCH: u32 = 16;
 pub struct Unconfirmed {
     /// The frames before this index were confirmed; the one at it was not.
     pub confirmed: usize,
+    /// Why the frame at `confirmed` was not.
     pub error: StompError,
 }
 

@@ -41,6 +41,7 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "30s", value_parser = seconds)]
     pub timeout: Duration,
     #[command(subcommand)]
+    /// What to do (clap ignores this comment on a subcommand field).
     pub command: Command,
 }
 

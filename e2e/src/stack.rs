@@ -21,16 +21,23 @@ pub const TEST_ADMIN_TOKEN: &str = "e2e-operator-token";
 
 /// Producer + relay + consumer on one database and one queue.
 pub struct Stack {
+    /// The stack's own folder (its SQLite file), deleted with it.
     pub dir: tempfile::TempDir,
+    /// The database all three services use.
     pub database_url: String,
     /// The store, for reading orders as the services see them.
     pub store: Arc<dyn schema::Store>,
     /// Whole-database figures and bulk loading, on either backend.
     pub probe: Arc<dyn Probe>,
+    /// The broker.
     pub broker_url: String,
+    /// The order queue, this stack's own.
     pub queue: String,
+    /// The producer, always running.
     pub producer: Service,
+    /// The relay, once started.
     pub relay: Option<Service>,
+    /// The consumer, once started.
     pub consumer: Option<Service>,
     http: reqwest::Client,
 }

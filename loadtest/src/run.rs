@@ -20,9 +20,15 @@ use crate::stats::{Summary, Tally, record};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
     /// A request every 1/rate seconds whatever the answers.
-    Open { rate: f64 },
+    Open {
+        /// Requests per second.
+        rate: f64,
+    },
     /// This many requests always in flight.
-    Closed { concurrency: usize },
+    Closed {
+        /// Requests in flight.
+        concurrency: usize,
+    },
 }
 
 /// One run's settings.
@@ -30,7 +36,9 @@ pub enum Mode {
 pub struct Options {
     /// Producer base URL, e.g. `http://127.0.0.1:8080`.
     pub url: String,
+    /// How requests are paced.
     pub mode: Mode,
+    /// How long requests are sent.
     pub duration: Duration,
     /// Products to cycle through.
     pub products: Vec<String>,

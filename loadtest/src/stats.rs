@@ -26,11 +26,17 @@ pub fn record(h: &mut Histogram<u64>, latency: Duration) {
 /// Percentiles of one histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
 pub struct Percentiles {
+    /// Latencies recorded.
     pub count: u64,
+    /// Median.
     pub p50_ms: f64,
+    /// 90th percentile.
     pub p90_ms: f64,
+    /// 99th percentile.
     pub p99_ms: f64,
+    /// 99.9th percentile.
     pub p999_ms: f64,
+    /// Largest.
     pub max_ms: f64,
 }
 
@@ -108,16 +114,27 @@ impl Tally {
 /// The run's result, as printed and as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// How requests were paced, in words (`open-loop, 500 requests/s`).
     pub mode: String,
+    /// Seconds spent sending.
     pub duration_s: f64,
+    /// Requests sent.
     pub sent: u64,
+    /// 201 (created) and 200 (idempotent replay) answers.
     pub accepted: u64,
+    /// Everything else, by kind (`http_503`, `timeout`, ...).
     pub errors: BTreeMap<String, u64>,
+    /// Requests sent per second.
     pub requests_per_s: f64,
+    /// Orders accepted per second.
     pub accepted_per_s: f64,
+    /// HTTP latency; in open loop from each request's intended send time.
     pub http_latency: Percentiles,
+    /// `created_at → processed_at` of the orders that became final.
     pub end_to_end_latency: Percentiles,
+    /// Accepted orders that became `processed` or `failed` before the wait ended.
     pub finished: u64,
+    /// Of those, `failed`.
     pub failed: u64,
     /// finished / accepted (1.0 when nothing was accepted).
     pub completion_rate: f64,

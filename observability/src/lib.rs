@@ -6,8 +6,6 @@
 //! Invariant: the admin port never serves business traffic, and `/readyz`
 //! answers 503 until every readiness component has reported healthy.
 
-#![warn(missing_docs)]
-
 mod admin;
 mod telemetry;
 

@@ -23,7 +23,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 100;
 /// The body of `POST /api/orders` (a documented shape: the handler reads any
 /// JSON object, so that each wrong field gets its own 422 message).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[allow(dead_code)]
+#[allow(dead_code, reason = "a shape for the OpenAPI document only; the handler reads the JSON itself")]
 pub(crate) struct OrderRequest {
     /// 1-100 characters after trimming.
     #[schema(min_length = 1, max_length = 100, example = "Ajay")]

@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 #[command(name = "producer", version, about)]
 pub struct Config {
     #[command(flatten)]
+    /// The flags every service shares (clap ignores this comment on a flattened field).
     pub service: service::ServiceArgs,
     #[command(flatten)]
+    /// `DATABASE_URL`.
     pub database: schema::DatabaseArgs,
     /// Public address: the browser form and the JSON API.
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:8080")]

@@ -14,9 +14,13 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, R
 /// The producer's metrics, registered once per process.
 #[derive(Clone)]
 pub struct Metrics {
+    /// HTTP requests, by method, route and status class.
     pub http_requests: IntCounterVec,
+    /// HTTP request latency, by method and route.
     pub http_seconds: HistogramVec,
+    /// Orders this producer placed.
     pub orders_placed: IntCounter,
+    /// Orders refused by validation, by field.
     pub validation_rejections: IntCounterVec,
 }
 

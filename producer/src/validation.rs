@@ -30,16 +30,22 @@ impl FieldError {
 /// The raw fields as they arrived; `Err` holds a type problem found while reading them.
 #[derive(Debug, Clone, Default)]
 pub struct RawOrder {
+    /// `customer_name`, if sent.
     pub customer_name: Option<Result<String, String>>,
+    /// `product_id`, if sent.
     pub product_id: Option<Result<String, String>>,
+    /// `quantity`, if sent.
     pub quantity: Option<Result<i64, String>>,
 }
 
 /// A valid order's fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidOrder {
+    /// Trimmed: 1-100 characters, none of them a control character.
     pub customer_name: String,
+    /// Trimmed, and in the catalogue.
     pub product_id: String,
+    /// Within `schema::limits::QUANTITY_RANGE`.
     pub quantity: i32,
 }
 

@@ -9,10 +9,13 @@ use std::time::Duration;
 #[command(name = "relay", version, about)]
 pub struct Config {
     #[command(flatten)]
+    /// The flags every service shares (clap ignores this comment on a flattened field).
     pub service: service::ServiceArgs,
     #[command(flatten)]
+    /// `DATABASE_URL`.
     pub database: schema::DatabaseArgs,
     #[command(flatten)]
+    /// `BROKER_URL`, `ORDER_QUEUE`, `BROKER_HEARTBEAT_MS`.
     pub broker: stomp::BrokerArgs,
     /// Admin port address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9101")]

@@ -8,29 +8,49 @@ use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Int
 /// The relay's metrics, registered once per process.
 #[derive(Clone)]
 pub struct Metrics {
+    /// Messages the broker confirmed.
     pub published: IntCounter,
+    /// Failed publishes, by kind (`rejected`, `unknown`, `database`, `broker`).
     pub publish_errors: IntCounterVec,
+    /// Outbox rows parked after too many rejections.
     pub parked: IntCounter,
+    /// Rows per claimed batch.
     pub batch_size: Histogram,
+    /// From a batch's claim to its rows marked.
     pub batch_seconds: Histogram,
+    /// From an outbox row's commit to the broker's receipt.
     pub dwell_seconds: Histogram,
+    /// Outbox rows neither published nor parked.
     pub outbox_pending: IntGauge,
+    /// Age of the oldest unpublished outbox row.
     pub outbox_oldest_pending_seconds: Gauge,
+    /// Parked outbox rows.
     pub outbox_parked: IntGauge,
+    /// 1 while connected to the broker.
     pub broker_connected: IntGauge,
+    /// 1 while an operator has paused claiming.
     pub paused: IntGauge,
+    /// 1 while the database, the broker and the loop are all healthy.
     pub ready: IntGauge,
+    /// Outbox rows this relay holds leases on.
     pub leases_held: IntGauge,
+    /// Rows the retention job deleted, by table.
     pub purged: IntCounterVec,
+    /// Maintenance job runs, by job and outcome.
     pub job_runs: IntCounterVec,
+    /// Pending orders without an outbox row, at the last reconciliation.
     pub pending_without_outbox: IntGauge,
+    /// Orders published but not processed in time, at the last reconciliation.
     pub published_not_processed: IntGauge,
     /// Stuck orders sent again by the sweep.
     pub repaired: IntCounter,
     /// The broker's own figures of the order queue and its `.DLQ` (`broker_stats`).
     pub broker_queue_size: IntGaugeVec,
+    /// Consumers of each queue, as the broker counts them.
     pub broker_queue_consumers: IntGaugeVec,
+    /// Messages sent to each queue since the broker started.
     pub broker_queue_enqueued: IntGaugeVec,
+    /// Messages acknowledged from each queue since the broker started.
     pub broker_queue_dequeued: IntGaugeVec,
 }
 

@@ -84,13 +84,21 @@ pub fn publish_budget(lease: Duration) -> Duration {
 
 /// Everything the relay step needs.
 pub struct Relay {
+    /// The outbox.
     pub store: Arc<dyn OutboxStore>,
+    /// The broker side.
     pub publisher: Arc<dyn Publisher>,
+    /// This relay's name on the leases it takes (`RELAY_ID`).
     pub owner: String,
+    /// Rows claimed per step at most.
     pub batch_size: u32,
+    /// How long a claimed row stays this relay's.
     pub lease: Duration,
+    /// Rejections before a row is parked.
     pub max_attempts: i32,
+    /// The relay's metrics.
     pub metrics: Metrics,
+    /// Pause, drain and the step lock the operator routes share.
     pub control: Control,
 }
 

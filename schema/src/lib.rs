@@ -3,8 +3,6 @@
 //! Invariant: every store method is one whole unit of work, so its transaction
 //! lives inside the backend and nothing above this crate sees a driver type.
 
-#![warn(missing_docs)]
-
 mod database_url;
 mod decide;
 pub mod incidents;

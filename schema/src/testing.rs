@@ -92,6 +92,11 @@ pub trait Probe: Send + Sync {
     /// which locks files, the whole database) until released: an outage as a
     /// writer sees it, which must wait, then fail as transient.
     async fn hold_order(&self, order: OrderId) -> Result<Held, StoreError>;
+    /// Holds a write lock from another session that every write placing an
+    /// order or moving its status waits for (on SQLite the database's write
+    /// lock, so every writer; on SQL Server every order counter's row), until
+    /// released: the database outage of the chaos run.
+    async fn hold_write_lock(&self) -> Result<Held, StoreError>;
     /// Deletes every order, outbox, inbox and audit row.
     async fn clear(&self) -> Result<(), StoreError>;
 }

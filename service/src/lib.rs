@@ -7,8 +7,6 @@
 //! Invariant: one shutdown token per process, cancelled by SIGINT, SIGTERM or
 //! an essential task that stops; work in flight gets the grace period, no more.
 
-#![warn(missing_docs)]
-
 mod admin;
 mod backoff;
 mod door;

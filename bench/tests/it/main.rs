@@ -5,6 +5,8 @@
 //! The services are stand-in scripts that record their pids and serve until
 //! killed; the bench's broker is real. Every wait has a deadline.
 
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking; its helpers unwrap like its tests")]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The consumer step against a real SQLite store and a fake broker: what each
 //! kind of delivery does to the orders, the ACKs and the dead-letter queue.
 
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking; its helpers unwrap like its tests")]
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 

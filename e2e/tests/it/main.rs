@@ -1,5 +1,7 @@
 //! End-to-end tests: the three services against a real ActiveMQ and real SQLite files.
 
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking; its helpers unwrap like its tests")]
+
 mod bad_input;
 mod broker_stats;
 mod browser;

@@ -1,6 +1,8 @@
 //! The relay step against a real SQLite store and a scripted fake broker:
 //! what each broker answer does to the rows.
 
+#![allow(clippy::unwrap_used, reason = "a test fails by panicking; its helpers unwrap like its tests")]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -321,6 +321,9 @@ pub(super) const TEST_INBOX_ROWS: &str = "SELECT COUNT_BIG(*) FROM dbo.inbox WHE
 pub(super) const TEST_OUTBOX_IDS: &str = "SELECT outbox_id FROM dbo.outbox WHERE order_id = @P1";
 // A write lock on one order's row, held by the probe's open transaction.
 pub(super) const TEST_LOCK_ORDER: &str = "UPDATE dbo.orders SET quantity = quantity WHERE order_id = @P1";
+// A write lock on every order counter: each write that places an order or
+// moves its status bumps one, so all of them wait for the probe's transaction.
+pub(super) const TEST_LOCK_COUNTS: &str = "UPDATE dbo.order_counts SET n = n";
 pub(super) const TEST_ADD_PRODUCT: &str =
     "INSERT INTO dbo.products (product_id, name, list_price) VALUES (@P1, @P2, @P3)";
 pub(super) const TEST_BULK_ORDER: &str =
@@ -444,6 +447,7 @@ fn table() -> Vec<(&'static str, &'static str)> {
         ("TEST_OUTBOX_IDS", TEST_OUTBOX_IDS),
         ("TEST_ADD_PRODUCT", TEST_ADD_PRODUCT),
         ("TEST_LOCK_ORDER", TEST_LOCK_ORDER),
+        ("TEST_LOCK_COUNTS", TEST_LOCK_COUNTS),
         ("TEST_BULK_ORDER", TEST_BULK_ORDER),
         ("TEST_BULK_OUTBOX", TEST_BULK_OUTBOX),
         ("TEST_CLEAR", TEST_CLEAR),

@@ -3,7 +3,7 @@
 //! Invariant: the same figures as the SQLite probe, from the statements in `sql.rs`.
 
 use async_trait::async_trait;
-use tiberius::Row;
+use tiberius::{Row, ToSql};
 
 use crate::store::{Moves, OutboxAdmin};
 use crate::testing::{AuditEntry, Held, Probe, Tally, bulk_payload};
@@ -14,6 +14,29 @@ use super::{batch, conversion, count_moves, exec, finish, rows};
 
 fn count(row: &Row, i: usize) -> i64 {
     row.get::<i64, _>(i).unwrap_or(0)
+}
+
+/// Runs `sql` in a transaction of its own session and keeps that transaction
+/// open, with the locks `sql` took, until the [`Held`] is released.
+async fn hold(store: &MssqlStore, sql: &str, params: &[&dyn ToSql]) -> Result<Held, StoreError> {
+    let mut conn = store.conn().await?;
+    let locked = async {
+        batch(&mut conn, BEGIN).await?;
+        exec(&mut conn, sql, params).await
+    }
+    .await;
+    if let Err(error) = locked {
+        return finish(conn, Err(error));
+    }
+    let (release, on_release) = tokio::sync::oneshot::channel();
+    let (released, on_released) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = on_release.await;
+        let result = batch(&mut conn, ROLLBACK).await;
+        let _ = finish(conn, result);
+        let _ = released.send(());
+    });
+    Ok(Held::new(release, on_released))
 }
 
 #[async_trait]
@@ -77,24 +100,11 @@ impl Probe for MssqlStore {
     }
 
     async fn hold_order(&self, order: OrderId) -> Result<Held, StoreError> {
-        let mut conn = self.conn().await?;
-        let locked = async {
-            batch(&mut conn, BEGIN).await?;
-            exec(&mut conn, TEST_LOCK_ORDER, &[&order.0]).await
-        }
-        .await;
-        if let Err(error) = locked {
-            return finish(conn, Err(error));
-        }
-        let (release, on_release) = tokio::sync::oneshot::channel();
-        let (released, on_released) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let _ = on_release.await;
-            let result = batch(&mut conn, ROLLBACK).await;
-            let _ = finish(conn, result);
-            let _ = released.send(());
-        });
-        Ok(Held::new(release, on_released))
+        hold(self, TEST_LOCK_ORDER, &[&order.0]).await
+    }
+
+    async fn hold_write_lock(&self) -> Result<Held, StoreError> {
+        hold(self, TEST_LOCK_COUNTS, &[]).await
     }
 
     async fn add_product(&self, product: &Product) -> Result<(), StoreError> {

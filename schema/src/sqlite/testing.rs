@@ -102,6 +102,10 @@ impl Probe for SqliteStore {
     }
 
     async fn hold_order(&self, _order: OrderId) -> Result<Held, StoreError> {
+        self.hold_write_lock().await
+    }
+
+    async fn hold_write_lock(&self) -> Result<Held, StoreError> {
         let (release, on_release) = tokio::sync::oneshot::channel::<()>();
         let (released, on_released) = tokio::sync::oneshot::channel();
         let (locked, on_locked) = tokio::sync::oneshot::channel();

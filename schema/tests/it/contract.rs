@@ -716,10 +716,18 @@ pub async fn a_parked_row_confirmed_late_is_published_not_parked(store: Arc<dyn 
     assert_eq!(store.outbox_stats().await.unwrap().parked, 0);
 }
 
+/// Expands every contract test for one backend, from the one list below: a
+/// test taking a store gets a fresh one from `$store`, a test taking a URL
+/// (it opens a second session itself) a fresh database's URL from `$url`. The
+/// tidy test checks that every `pub async fn` of the contract is listed here.
 macro_rules! contract_tests {
-    ($backend:ident, $make:path, #[$attr:meta]) => {
+    ($backend:ident, $store:path, $url:path, #[$attr:meta]) => {
         mod $backend {
-            contract_tests!(@each $make, $attr;
+            contract_tests!(@each $url, $attr;
+                a_locked_order_is_an_outage_never_a_failed_order,
+                a_held_write_lock_stops_writers_until_released
+            );
+            contract_tests!(@each $store, $attr;
                 catalogue_is_seeded,
                 order_and_outbox_row_are_written_together,
                 idempotency_key_returns_the_first_order,
@@ -762,8 +770,8 @@ macro_rules! contract_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             #[$attr]
             async fn $name() {
-                let Some((store, _guard)) = $make().await else { return };
-                super::$name(store).await;
+                let Some((database, _guard)) = $make().await else { return };
+                super::$name(database).await;
             }
         )*
     };
@@ -779,15 +787,28 @@ async fn sqlite_store() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
 /// tests are ignored at build time (`schema/build.rs`), so they are reported as
 /// not run; run with `--include-ignored` anyway, they fail saying why.
 async fn mssql_store() -> Option<(Arc<dyn Store>, ())> {
-    let url = std::env::var("TEST_MSSQL_URL").expect("TEST_MSSQL_URL names the SQL Server to test against");
-    let url = schema::testing::fresh_mssql_database(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
-    Some((schema::connect(&url).await.unwrap_or_else(|e| panic!("{e:#}")), ()))
+    let (url, guard) = mssql_url().await?;
+    Some((schema::connect(&url).await.unwrap_or_else(|e| panic!("{e:#}")), guard))
 }
 
-contract_tests!(sqlite, super::sqlite_store, #[doc = "On a fresh SQLite file."]);
+/// A fresh SQLite file's URL, whose writers give up after 300 ms instead of
+/// the default 10 s (the URL tests wait out locks).
+async fn sqlite_url() -> Option<(String, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    Some((format!("sqlite://{}?busy_timeout_ms=300", dir.path().join("contract.db").display()), dir))
+}
+
+/// A fresh database's URL on the server `TEST_MSSQL_URL` names.
+async fn mssql_url() -> Option<(String, ())> {
+    let url = std::env::var("TEST_MSSQL_URL").expect("TEST_MSSQL_URL names the SQL Server to test against");
+    Some((schema::testing::fresh_mssql_database(&url).await.unwrap_or_else(|e| panic!("{e:#}")), ()))
+}
+
+contract_tests!(sqlite, super::sqlite_store, super::sqlite_url, #[doc = "On a fresh SQLite file."]);
 contract_tests!(
     mssql,
     super::mssql_store,
+    super::mssql_url,
     #[cfg_attr(not(mssql_server_given), ignore = "TEST_MSSQL_URL is not set: no SQL Server to run against")]
 );
 
@@ -796,9 +817,9 @@ contract_tests!(
 /// lock timeout. That is the database's state, never the message's fault: the
 /// batch fails as transient (retried in place, never parked), the order stays
 /// open, and once the lock is gone the same message is applied.
-async fn a_locked_order_is_an_outage_never_a_failed_order(url: &str) {
-    let store = schema::connect(url).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let probe = schema::testing::probe(url).await.unwrap_or_else(|e| panic!("{e:#}"));
+pub async fn a_locked_order_is_an_outage_never_a_failed_order(url: String) {
+    let store = schema::connect(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let probe = schema::testing::probe(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
     let id = place(&store, "P123", 2).await;
     let outbox_id = outbox_of(&store, id).await;
     let message = delivery(Some(outbox_id), Some(id), None);
@@ -815,23 +836,21 @@ async fn a_locked_order_is_an_outage_never_a_failed_order(url: &str) {
     assert_eq!(store.order(id).await.unwrap().status, OrderStatus::Processed);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_locked_order_is_an_outage_never_a_failed_order() {
-    let dir = tempfile::tempdir().unwrap();
-    // A writer gives up after 300 ms instead of the default 10 s.
-    a_locked_order_is_an_outage_never_a_failed_order(&format!(
-        "sqlite://{}?busy_timeout_ms=300",
-        dir.path().join("locked.db").display()
-    ))
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(mssql_server_given), ignore = "TEST_MSSQL_URL is not set: no SQL Server to run against")]
-async fn mssql_a_locked_order_is_an_outage_never_a_failed_order() {
-    let url = std::env::var("TEST_MSSQL_URL").expect("TEST_MSSQL_URL names the SQL Server to test against");
-    let url = schema::testing::fresh_mssql_database(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
-    a_locked_order_is_an_outage_never_a_failed_order(&url).await;
+/// The chaos run's database outage: another session holds the write lock (on
+/// SQLite the database's, on SQL Server every order counter's), so placing an
+/// order waits out its lock timeout and fails as transient, keeping nothing;
+/// once the lock is released, the same order is placed.
+pub async fn a_held_write_lock_stops_writers_until_released(url: String) {
+    let store = schema::connect(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let probe = schema::testing::probe(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let held = probe.hold_write_lock().await.unwrap();
+    let refused = store.place_order(new_order("Held", "P123", 1)).await;
+    held.release().await;
+    let error = refused.expect_err("no order is placed past the lock");
+    assert!(error.is_transient(), "an outage is retried, never refused: {}", Report::new(&error));
+    assert_eq!(probe.tally().await.unwrap().orders, 0, "nothing was kept");
+    place(&store, "P123", 1).await;
+    assert_eq!(store.order_counts().await.unwrap().pending, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,194 @@
+//! The conventions that matter, as tests (rust-analyzer's `tidy.rs` is the
+//! model): each reads the workspace's files as text and fails naming every
+//! file that breaks its rule, and what to do instead.
+//!
+//! Invariant: the checks find files by walking the tree, never from a list, so
+//! a new file or crate is checked the day it is added. The SQL strings rule
+//! ("no SQL outside the statement tables") is not checked yet.
+
+#![cfg(test)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The crates that talk to a database: only `schema` names them.
+const DRIVERS: [&str; 4] = ["rusqlite", "tiberius", "deadpool_sqlite", "refinery"];
+
+#[test]
+fn every_rust_file_starts_with_a_module_doc() {
+    let offenders = files("rs").into_iter().filter(|path| !read(path).starts_with("//!")).map(|p| shown(&p)).collect();
+    fail_on(
+        "these files do not start with `//!`",
+        "open each with a `//!` comment: what the module is for and the invariant it keeps",
+        offenders,
+    );
+}
+
+#[test]
+fn no_database_driver_is_named_outside_schema() {
+    let mut offenders = Vec::new();
+    // This file names them too, in the examples of its own test below.
+    let here = root().join("tidy/src/lib.rs");
+    for path in files("rs").into_iter().filter(|p| !in_schema(p) && *p != here) {
+        for (n, line) in read(&path).lines().enumerate() {
+            for driver in DRIVERS.iter().filter(|d| names_crate(line, d)) {
+                offenders.push(format!("{}:{}: {driver}", shown(&path), n + 1));
+            }
+        }
+    }
+    for path in manifests().into_iter().filter(|p| !in_schema(p) && *p != root().join("Cargo.toml")) {
+        for (n, line) in read(&path).lines().enumerate() {
+            for driver in DRIVERS.iter().filter(|d| depends_on(line, &d.replace('_', "-"))) {
+                offenders.push(format!("{}:{}: {driver}", shown(&path), n + 1));
+            }
+        }
+    }
+    fail_on(
+        "a database driver is used outside `schema`",
+        "go through `schema`: its store traits, or `schema::testing::Probe` in tests (`hold_write_lock`, `tally`, ...)",
+        offenders,
+    );
+}
+
+#[test]
+fn every_contract_test_runs_on_both_backends() {
+    let dir = root().join("schema/tests/it");
+    let contract = read(&dir.join("contract.rs"));
+    let mut written = BTreeSet::new();
+    for file in ["contract.rs", "incidents.rs"] {
+        for line in read(&dir.join(file)).lines() {
+            if let Some(rest) = line.strip_prefix("pub async fn ") {
+                written.insert(rest.split('(').next().unwrap_or_default().to_string());
+            }
+        }
+    }
+    let (mut backends, mut listed) = (BTreeSet::new(), BTreeSet::new());
+    for call in contract.split("contract_tests!(").skip(1) {
+        let body = call.split(')').next().unwrap_or_default();
+        match body.trim_start().strip_prefix("@each") {
+            Some(each) => {
+                let names = each.split_once(';').map_or("", |(_, names)| names);
+                listed.extend(names.split(',').map(|n| n.trim().to_string()).filter(|n| !n.is_empty()));
+            }
+            None => {
+                backends.insert(body.split(',').next().unwrap_or_default().trim().to_string());
+            }
+        }
+    }
+    assert_eq!(
+        backends,
+        BTreeSet::from(["mssql".to_string(), "sqlite".to_string()]),
+        "schema/tests/it/contract.rs: `contract_tests!` is expanded once for each backend"
+    );
+    fail_on(
+        "these contract tests are written but not in the list of `contract_tests!` (schema/tests/it/contract.rs)",
+        "add each to the list, which expands it for SQLite and SQL Server alike",
+        written.difference(&listed).cloned().collect(),
+    );
+    fail_on(
+        "`contract_tests!` lists these, but no `pub async fn` of the contract has the name",
+        "remove each from the list, or make the test `pub async fn`",
+        listed.difference(&written).cloned().collect(),
+    );
+}
+
+#[test]
+fn every_member_takes_the_workspace_lints() {
+    // The root is the workspace, and `fuzz/` a workspace of its own for `cargo fuzz`.
+    let not_members = [root().join("Cargo.toml"), root().join("fuzz/Cargo.toml")];
+    let offenders = manifests()
+        .into_iter()
+        .filter(|p| !not_members.contains(p))
+        .filter(|p| !read(p).contains("[lints]\nworkspace = true"))
+        .map(|p| shown(&p))
+        .collect();
+    fail_on(
+        "these crates do not take the workspace's lints",
+        "add `[lints]` with `workspace = true` (allow a lint in the crate's source, saying why)",
+        offenders,
+    );
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tidy lives one level below the root").to_path_buf()
+}
+
+/// Every file ending in `.{ext}` below the root, but in build output and hidden folders.
+fn files(ext: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root()];
+    while let Some(dir) = dirs.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if path.is_dir() {
+                if !(name.starts_with('.') || name == "target" || name == "node_modules") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == ext) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// Every `Cargo.toml` below the root.
+fn manifests() -> Vec<PathBuf> {
+    files("toml").into_iter().filter(|p| p.ends_with("Cargo.toml")).collect()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn in_schema(path: &Path) -> bool {
+    path.starts_with(root().join("schema"))
+}
+
+fn shown(path: &Path) -> String {
+    path.strip_prefix(root()).unwrap_or(path).display().to_string()
+}
+
+/// Whether a line of Rust code names `krate`: in a path (`krate::`) or a `use`.
+fn names_crate(line: &str, krate: &str) -> bool {
+    let code = line.trim_start();
+    if code.starts_with("//") {
+        return false;
+    }
+    let used = ["use ", "pub use ", "extern crate "].iter().any(|u| {
+        code.strip_prefix(u).and_then(|rest| rest.strip_prefix(krate)).is_some_and(|r| r.starts_with([':', ' ', ';']))
+    });
+    let path = format!("{krate}::");
+    used || code.match_indices(&path).any(|(at, _)| !code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_'))
+}
+
+/// Whether a line of a manifest declares a dependency on `krate`.
+fn depends_on(line: &str, krate: &str) -> bool {
+    let line = line.trim();
+    let key = line.strip_prefix(krate).is_some_and(|rest| rest.starts_with(['.', ' ', '=']));
+    key || line.ends_with(&format!("dependencies.{krate}]"))
+}
+
+/// Fails with `what`, each offender on a line of its own, and `fix`.
+fn fail_on(what: &str, fix: &str, offenders: Vec<String>) {
+    if !offenders.is_empty() {
+        panic!("\n{what}:\n    {}\n\n{fix}\n", offenders.join("\n    "));
+    }
+}
+
+#[test]
+fn a_driver_is_found_by_its_paths_and_uses_only() {
+    assert!(names_crate("    let conn = rusqlite::Connection::open(path)?;", "rusqlite"));
+    assert!(names_crate("use tiberius::{Client, Row};", "tiberius"));
+    assert!(names_crate("use rusqlite as db;", "rusqlite"));
+    assert!(!names_crate("// we use rusqlite::Connection there", "rusqlite"));
+    assert!(!names_crate("let url = \"sqlite://x\";", "rusqlite"));
+    assert!(!names_crate("my_rusqlite::x()", "rusqlite"));
+    assert!(depends_on("rusqlite.workspace = true", "rusqlite"));
+    assert!(depends_on("tiberius = { version = \"0.13\" }", "tiberius"));
+    assert!(depends_on("[dev-dependencies.rusqlite]", "rusqlite"));
+    assert!(!depends_on("rusqlite-extra = \"1\"", "rusqlite"));
+}
