@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use error_reporter::Report;
-use schema::{FailureOutcome, OutboxId, OutboxStore, StoreError};
+use schema::{FailureOutcome, OutboxId, OutboxRow, OutboxStore, StoreError};
 use service::Backoff;
 use tokio_util::sync::CancellationToken;
 
@@ -105,18 +105,29 @@ pub struct Relay {
 impl Relay {
     /// One step: lease a batch, publish it, record every row's outcome.
     pub async fn relay_once(&self) -> Result<BatchReport, RelayError> {
-        let started = Instant::now();
-        let mut rows = self.store.claim_batch(&self.owner, self.batch_size, self.lease).await?;
-        let mut report = BatchReport { claimed: rows.len(), ..BatchReport::default() };
+        let claimed_at = Instant::now();
+        let rows = self.claim().await?;
         if rows.is_empty() {
-            return Ok(report);
+            return Ok(BatchReport::default());
         }
+        let sent = self.send(rows, claimed_at).await;
+        let report = self.record(sent).await;
+        self.metrics.leases_held.set(0);
+        report
+    }
+
+    async fn claim(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        self.store.claim_batch(&self.owner, self.batch_size, self.lease).await
+    }
+
+    /// Publishes a claimed batch, within the budget, each message with its span.
+    async fn send(&self, mut rows: Vec<OutboxRow>, claimed_at: Instant) -> Sent {
         self.metrics.batch_size.observe(rows.len() as f64);
         self.metrics.leases_held.set(rows.len() as i64);
         // One span per message, child of the request that placed the order; the
         // message then carries this span as its parent (or, when spans are not
         // exported, the context stored with the order).
-        let _spans: Vec<tracing::Span> = rows
+        let spans: Vec<tracing::Span> = rows
             .iter_mut()
             .map(|row| {
                 let span = tracing::debug_span!(
@@ -145,6 +156,15 @@ impl Relay {
                 vec![Outcome::Unknown(reason); rows.len()]
             }
         };
+        Sent { rows, outcomes, _spans: spans, claimed_at }
+    }
+
+    /// Records a sent batch's outcomes: marks the confirmed rows, counts an
+    /// attempt for each rejected one; when an outcome is unknown, gives every
+    /// lease back and reports the broker unavailable.
+    async fn record(&self, sent: Sent) -> Result<BatchReport, RelayError> {
+        let Sent { rows, outcomes, claimed_at, .. } = sent;
+        let mut report = BatchReport { claimed: rows.len(), ..BatchReport::default() };
         let now = Utc::now();
         let mut confirmed: Vec<OutboxId> = Vec::with_capacity(rows.len());
         let mut rejected = Vec::new();
@@ -193,10 +213,9 @@ impl Relay {
             }
         }
         marked?;
-        self.metrics.leases_held.set(0);
         report.published = confirmed.len();
         self.metrics.published.inc_by(confirmed.len() as u64);
-        self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_seconds.observe(claimed_at.elapsed().as_secs_f64());
         if let Some(reason) = unknown_reason {
             self.metrics.publish_errors.with_label_values(&["unknown"]).inc_by(report.unknown as u64);
             // Give the rows back at once: they go out again after the reconnect
@@ -266,10 +285,11 @@ impl Relay {
                 }
                 continue;
             }
-            let result = self.relay_once().await;
+            let result = self.stream(&shutdown).await;
+            self.metrics.leases_held.set(0);
             drop(step);
             let pause = match result {
-                Ok(report) if report.claimed > 0 => {
+                Ok(claimed) if claimed > 0 => {
                     failures.reset();
                     idle = poll_min;
                     continue;
@@ -296,4 +316,69 @@ impl Relay {
             }
         }
     }
+
+    /// Steps while there is work, pipelined: while one batch is on its way to
+    /// the broker, the batch before it is recorded and the next one claimed,
+    /// so the database's commits overlap the broker's. A batch is sent only
+    /// after the one before has its answers, so the queue gets them in claim
+    /// order. Every batch sent is recorded before this returns; it stops
+    /// claiming when paused or shut down. Returns the rows claimed.
+    async fn stream(&self, shutdown: &CancellationToken) -> Result<usize, RelayError> {
+        let mut claimed_at = Instant::now();
+        let mut rows = self.claim().await?;
+        let mut claimed = 0;
+        let mut previous: Option<Sent> = None;
+        while !rows.is_empty() {
+            claimed += rows.len();
+            self.control.beat();
+            let more = !shutdown.is_cancelled() && !self.control.is_paused();
+            let behind = async {
+                let recorded = match previous.take() {
+                    Some(sent) => self.record(sent).await.map(drop),
+                    None => Ok(()),
+                };
+                let at = Instant::now();
+                let next = match (&recorded, more) {
+                    (Ok(()), true) => self.claim().await.map_err(RelayError::from),
+                    _ => Ok(Vec::new()),
+                };
+                (recorded, next, at)
+            };
+            let (sent, (recorded, next, next_at)) = tokio::join!(self.send(rows, claimed_at), behind);
+            let answered = sent.outcomes.iter().all(|o| matches!(o, Outcome::Confirmed | Outcome::Rejected(_)));
+            match (recorded, next) {
+                (Ok(()), Ok(next)) if answered => {
+                    previous = Some(sent);
+                    (rows, claimed_at) = (next, next_at);
+                }
+                (recorded, next) => {
+                    // The streak ends: this batch is recorded now, and a batch
+                    // claimed next (when the broker went silent) is given back.
+                    let this = self.record(sent).await;
+                    let released = match &next {
+                        Ok(next) if !next.is_empty() => self.store.release_leases(&self.owner).await.map(drop),
+                        _ => Ok(()),
+                    };
+                    recorded?;
+                    next?;
+                    this?;
+                    released?;
+                    return Ok(claimed);
+                }
+            }
+        }
+        if let Some(sent) = previous {
+            self.record(sent).await?;
+        }
+        Ok(claimed)
+    }
+}
+
+/// A batch sent to the broker, its outcomes not yet recorded.
+struct Sent {
+    rows: Vec<OutboxRow>,
+    outcomes: Vec<Outcome>,
+    /// The messages' spans, ended when the batch is recorded.
+    _spans: Vec<tracing::Span>,
+    claimed_at: Instant,
 }

@@ -165,6 +165,47 @@ async fn a_paused_relay_is_drained_of_its_leases() {
     assert!(!relay.control.is_paused());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_streams_batches_in_claim_order_and_a_silent_broker_mid_stream_gives_every_lease_back() {
+    let broker = FakeBroker::new(vec![
+        Box::new(|_| Outcome::Confirmed),
+        Box::new(|_| Outcome::Confirmed),
+        Box::new(|_| Outcome::Unknown("receipt timed out".into())),
+        Box::new(|_| Outcome::Confirmed),
+    ]);
+    let (relay, store, _dir) = setup(broker.clone()).await;
+    let mut orders = Vec::new();
+    for _ in 0..45 {
+        orders.push(place(&store, "P123").await);
+    }
+    let relay = Arc::new(relay);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, stop) = (relay.clone(), stop.clone());
+        async move { relay.run(Duration::from_millis(1), Duration::from_millis(5), stop).await }
+    });
+    // Well inside the 30 s lease: the batch claimed while the broker went
+    // silent was given back at once, not left to lapse.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.outbox_stats().await.unwrap().pending > 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", store.outbox_stats().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    running.await.unwrap();
+    for order in &orders {
+        assert_eq!(store.order(*order).await.unwrap().status, OrderStatus::Published, "{order:?}");
+    }
+    let seen = broker.seen.lock().unwrap().clone();
+    let first: Vec<OrderId> = seen.iter().take(20).copied().collect();
+    assert_eq!(first, orders[..20], "the first two batches went out in claim order");
+    for order in &orders {
+        assert!(seen.contains(order), "{order:?} was never sent");
+    }
+    assert!(seen.len() > orders.len(), "the silent batch went out again: {} sends", seen.len());
+    assert_eq!(relay.metrics.leases_held.get(), 0);
+}
+
 /// A broker that never answers (a hung connection, a full TCP window).
 #[derive(Default)]
 struct SilentBroker {
