@@ -278,6 +278,12 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
     })
 }
 
+/// The database clock, read once for a whole transaction (a group of orders,
+/// a batch of messages), whose rows then share it: they commit together.
+fn now(tx: &Connection) -> Result<String, StoreError> {
+    Ok(tx.prepare_cached(&format!("SELECT {NOW}"))?.query_row([], |r| r.get(0))?)
+}
+
 /// Applies one transaction's status moves to the counters (slot 0: SQLite has one writer).
 fn count_moves(tx: &Connection, moves: Moves) -> Result<(), StoreError> {
     let mut bump = tx.prepare_cached("UPDATE order_counts SET n = n + ?1 WHERE status = ?2 AND slot = 0")?;

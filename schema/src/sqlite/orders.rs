@@ -17,8 +17,8 @@ use crate::{
 };
 
 use super::{
-    Db, MAX_ORDERS_PER_COMMIT, NOW, ORDER_COLUMNS, PlaceRequest, count_moves, load_order, order_from_row, parse_time,
-    product_from_row,
+    Db, MAX_ORDERS_PER_COMMIT, NOW, ORDER_COLUMNS, PlaceRequest, count_moves, load_order, now, order_from_row,
+    parse_time, product_from_row,
 };
 
 /// Group commit: orders waiting at the same moment are written in one
@@ -65,11 +65,6 @@ fn place_all(tx: &Connection, orders: &[NewOrder]) -> Result<Vec<Placed>, StoreE
     let placed = orders.iter().map(|order| place_one(tx, order, &now)).collect::<Result<Vec<_>, _>>()?;
     count_created(tx, placed.iter().filter(|p| matches!(p, Placed::Created(_))).count())?;
     Ok(placed)
-}
-
-/// The database clock, read once for a whole group: its orders commit together.
-fn now(tx: &Connection) -> Result<String, StoreError> {
-    Ok(tx.prepare_cached(&format!("SELECT {NOW}"))?.query_row([], |r| r.get(0))?)
 }
 
 /// Places each order of a group inside its own savepoint, so that one order's

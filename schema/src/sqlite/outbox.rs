@@ -56,26 +56,31 @@ impl OutboxStore for SqliteStore {
     }
 
     async fn mark_published(&self, ids: &[OutboxId]) -> Result<u64, StoreError> {
-        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let ids = serde_json::to_string(&ids.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Other(Cause::new(e)))?;
         self.write(move |tx| {
             // Marked whoever holds the lease now: the broker's receipt proves the
             // message is on the queue, so publishing it again would only duplicate.
-            let mut mark = tx.prepare_cached(&format!(
-                "UPDATE outbox SET published_at = {NOW}, lease_owner = NULL, lease_until = NULL, dead_at = NULL \
-                 WHERE outbox_id = ?1 AND published_at IS NULL RETURNING order_id"
-            ))?;
-            let mut advance =
-                tx.prepare_cached("UPDATE orders SET status = 'published' WHERE order_id = ?1 AND status = 'pending'")?;
-            let (mut marked, mut advanced) = (0, 0);
-            for id in &ids {
-                let order_id: Option<i64> = mark.query_row([id], |r| r.get(0)).optional()?;
-                if let Some(order_id) = order_id {
-                    advanced += advance.execute([order_id])? as i64;
-                    marked += 1;
-                }
-            }
+            // One statement per batch, its ids as a JSON array: a statement per
+            // row with `RETURNING` cost a temporary table per row.
+            let orders: Vec<i64> = tx
+                .prepare_cached(&format!(
+                    "UPDATE outbox SET published_at = {NOW}, lease_owner = NULL, lease_until = NULL, dead_at = NULL \
+                     WHERE outbox_id IN (SELECT value FROM json_each(?1)) AND published_at IS NULL RETURNING order_id"
+                ))?
+                .query_map([&ids], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let marked = orders.len() as u64;
+            let orders = serde_json::to_string(&orders).map_err(|e| StoreError::Other(Cause::new(e)))?;
+            // `+status`: by the primary key, never by scanning `orders_status` for every pending order.
+            let advanced = tx
+                .prepare_cached(
+                    "UPDATE orders SET status = 'published' \
+                     WHERE order_id IN (SELECT value FROM json_each(?1)) AND +status = 'pending'",
+                )?
+                .execute([&orders])?;
             let mut moves = Moves::default();
-            moves.moved(OrderStatus::Pending, OrderStatus::Published, advanced);
+            moves.moved(OrderStatus::Pending, OrderStatus::Published, advanced as i64);
             count_moves(tx, moves)?;
             Ok(marked)
         })

@@ -13,11 +13,11 @@ use crate::limits::{
 };
 use crate::store::{Cause, Moves};
 use crate::{
-    Applied, DeadLetter, Delivery, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore, SqliteStore,
+    Applied, DeadLetter, Delivery, Order, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore, SqliteStore,
     StoreError, UndeliverableLetter,
 };
 
-use super::{NOW, ORDER_COLUMNS, count_moves, order_from_row, parse_decimal, parse_time};
+use super::{NOW, count_moves, order_from_row, parse_decimal, parse_time};
 
 /// Records an inbox row; false when the outbox id was seen before.
 fn record_inbox(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<bool, StoreError> {
@@ -28,16 +28,24 @@ fn record_inbox(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId)
     Ok(inserted == 1)
 }
 
-/// One message's effect inside the batch's transaction ([`decide`]).
-fn process_one(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<ProcessOutcome, StoreError> {
-    let found: Option<(String, i32, String, Option<String>)> = tx
+/// One message's effect inside the batch's transaction ([`decide`]), at the
+/// batch's clock reading `now`; its status moves are added to `moves`.
+fn process_one(
+    tx: &Connection,
+    outbox_id: Option<OutboxId>,
+    order_id: OrderId,
+    now: &str,
+    moves: &mut Moves,
+) -> Result<ProcessOutcome, StoreError> {
+    let found: Option<(Order, Option<String>)> = tx
         .prepare_cached(
-            "SELECT o.status, o.quantity, o.product_id, p.list_price \
+            "SELECT o.order_id, o.customer_name, o.product_id, o.quantity, o.status, o.unit_price, o.total_price, \
+               o.failure_reason, o.created_at, o.processed_at, p.list_price \
              FROM orders o LEFT JOIN products p ON p.product_id = o.product_id WHERE o.order_id = ?1",
         )?
-        .query_row([order_id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([order_id.0], |r| Ok((order_from_row(r)?, r.get(10)?)))
         .optional()?;
-    let Some((status, quantity, product_id, list_price)) = found else {
+    let Some((order, list_price)) = found else {
         return Ok(ProcessOutcome::OrderNotFound);
     };
     if let Some(id) = outbox_id
@@ -45,34 +53,46 @@ fn process_one(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) 
     {
         return Ok(ProcessOutcome::NotItsOutboxId(id));
     }
-    let status = OrderStatus::from_str(&status).map_err(|e| StoreError::Other(Cause::msg(e)))?;
-    let facts = OrderFacts { status, quantity, product_id, list_price: parse_decimal(list_price)? };
+    let facts = OrderFacts {
+        status: order.status,
+        quantity: order.quantity,
+        product_id: order.product_id.clone(),
+        list_price: parse_decimal(list_price)?,
+    };
     match decide(&facts, record_inbox(tx, outbox_id, order_id)?) {
         Decision::Duplicate => Ok(ProcessOutcome::Duplicate),
         Decision::Fail(reason) => {
-            mark_failed(tx, order_id, &reason)?;
+            mark_failed(tx, order_id, &reason, moves)?;
             Ok(ProcessOutcome::Failed(reason))
         }
         Decision::Process { from, priced } => {
-            let sql = format!(
-                "UPDATE orders SET status = 'processed', unit_price = ?2, total_price = ?3, failure_reason = NULL, \
-                   processed_at = {NOW} \
-                 WHERE order_id = ?1 AND status IN ('pending', 'published') RETURNING {ORDER_COLUMNS}"
-            );
-            let order = tx.prepare_cached(&sql)?.query_row(
-                params![order_id.0, priced.unit_price.to_string(), priced.total_price.to_string()],
-                order_from_row,
-            )?;
-            let mut moves = Moves::default();
+            // No `RETURNING`: SQLite builds its rows in a temporary table; the
+            // row is the one just read, priced.
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE orders SET status = 'processed', unit_price = ?2, total_price = ?3, \
+                       failure_reason = NULL, processed_at = ?4 \
+                     WHERE order_id = ?1 AND status IN ('pending', 'published')",
+                )?
+                .execute(params![order_id.0, priced.unit_price.to_string(), priced.total_price.to_string(), now])?;
+            if changed != 1 {
+                return Err(StoreError::Other(Cause::msg(format!("order {order_id} changed under its writer"))));
+            }
             moves.moved(from, OrderStatus::Processed, 1);
-            count_moves(tx, moves)?;
-            Ok(ProcessOutcome::Processed(order))
+            Ok(ProcessOutcome::Processed(Order {
+                status: OrderStatus::Processed,
+                unit_price: Some(priced.unit_price),
+                total_price: Some(priced.total_price),
+                failure_reason: None,
+                processed_at: Some(parse_time(now)?),
+                ..order
+            }))
         }
     }
 }
 
 /// Fails the order unless it is already final; true when it did.
-fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str) -> Result<bool, StoreError> {
+fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str, moves: &mut Moves) -> Result<bool, StoreError> {
     let open: Option<String> = tx
         .prepare_cached("SELECT status FROM orders WHERE order_id = ?1 AND status IN ('pending', 'published')")?
         .query_row([order_id.0], |r| r.get(0))
@@ -81,9 +101,7 @@ fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str) -> Result<bool,
     let sql =
         format!("UPDATE orders SET status = 'failed', failure_reason = ?2, processed_at = {NOW} WHERE order_id = ?1");
     tx.prepare_cached(&sql)?.execute(params![order_id.0, reason])?;
-    let mut moves = Moves::default();
     moves.moved(OrderStatus::from_str(&from).map_err(|e| StoreError::Other(Cause::msg(e)))?, OrderStatus::Failed, 1);
-    count_moves(tx, moves)?;
     Ok(true)
 }
 
@@ -113,7 +131,7 @@ fn own_message(tx: &Connection, outbox_id: OutboxId, order_id: OrderId) -> Resul
 }
 
 /// A delivery that failed its checks: it may fail only its own order.
-fn reject(tx: &Connection, d: &Delivery, reason: &str) -> Result<Applied, StoreError> {
+fn reject(tx: &Connection, d: &Delivery, reason: &str, moves: &mut Moves) -> Result<Applied, StoreError> {
     let reason = truncate_utf16(reason, FAILURE_REASON_UNITS);
     let mut order_failed = false;
     if let (Some(outbox_id), Some(order_id)) = (d.outbox_id, d.order_id)
@@ -122,18 +140,18 @@ fn reject(tx: &Connection, d: &Delivery, reason: &str) -> Result<Applied, StoreE
         if !record_inbox(tx, Some(outbox_id), order_id)? {
             return Ok(Applied::Duplicate);
         }
-        order_failed = mark_failed(tx, order_id, reason)?;
+        order_failed = mark_failed(tx, order_id, reason, moves)?;
     }
     record_dead_letter(tx, d, reason)?;
     Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
 }
 
-fn apply_one(tx: &Connection, d: &Delivery) -> Result<Applied, StoreError> {
+fn apply_one(tx: &Connection, d: &Delivery, now: &str, moves: &mut Moves) -> Result<Applied, StoreError> {
     let order_id = match order_of(d) {
         Ok(order_id) => order_id,
-        Err(reason) => return reject(tx, d, reason),
+        Err(reason) => return reject(tx, d, reason, moves),
     };
-    match settle(process_one(tx, d.outbox_id, order_id)?, order_id) {
+    match settle(process_one(tx, d.outbox_id, order_id, now, moves)?, order_id) {
         Ok(applied) => Ok(applied),
         Err((reason, order_failed)) => {
             record_dead_letter(tx, d, &reason)?;
@@ -142,17 +160,37 @@ fn apply_one(tx: &Connection, d: &Delivery) -> Result<Applied, StoreError> {
     }
 }
 
+/// Runs a batch's work at one reading of the database clock, then moves the
+/// counters once for the whole batch.
+fn in_one_go<T>(
+    tx: &Connection,
+    work: impl FnOnce(&str, &mut Moves) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let now = super::now(tx)?;
+    let mut moves = Moves::default();
+    let out = work(&now, &mut moves)?;
+    count_moves(tx, moves)?;
+    Ok(out)
+}
+
 #[async_trait]
 impl ProcessingStore for SqliteStore {
     async fn process_orders(&self, items: &[(Option<OutboxId>, OrderId)]) -> Result<Vec<ProcessOutcome>, StoreError> {
         let items = items.to_vec();
-        self.write(move |tx| items.iter().map(|(outbox_id, order_id)| process_one(tx, *outbox_id, *order_id)).collect())
-            .await
+        self.write(move |tx| {
+            in_one_go(tx, |now, moves| {
+                items.iter().map(|(outbox_id, order_id)| process_one(tx, *outbox_id, *order_id, now, moves)).collect()
+            })
+        })
+        .await
     }
 
     async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
         let deliveries = deliveries.to_vec();
-        self.write(move |tx| deliveries.iter().map(|d| apply_one(tx, d)).collect()).await
+        self.write(move |tx| {
+            in_one_go(tx, |now, moves| deliveries.iter().map(|d| apply_one(tx, d, now, moves)).collect())
+        })
+        .await
     }
 
     async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
