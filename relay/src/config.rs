@@ -30,7 +30,7 @@ pub struct Config {
     #[arg(long, env = "RELAY_POLL_MIN_MS", default_value_t = 1)]
     pub poll_min_ms: u64,
     /// Longest pause between polls when idle (ms); the pause doubles per empty poll.
-    #[arg(long, env = "RELAY_POLL_MAX_MS", default_value_t = 50)]
+    #[arg(long, env = "RELAY_POLL_MAX_MS", default_value_t = 10)]
     pub poll_max_ms: u64,
     /// Broker rejections of one row before it is parked.
     #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 5)]
