@@ -105,22 +105,6 @@ pub enum Placed {
     Existing(Order),
 }
 
-/// What the consumer's unit of work did with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProcessOutcome {
-    /// Priced and final; the inbox row was written in the same transaction.
-    Processed(Order),
-    /// Already applied (inbox hit, or the order is already final): nothing changed.
-    Duplicate,
-    /// The order does not exist; nothing changed.
-    OrderNotFound,
-    /// The order was marked `failed` with this reason (e.g. unknown product).
-    Failed(String),
-    /// The outbox id is no outbox row of this order (a stray or spoofed
-    /// message): nothing changed, and the id did not enter the inbox.
-    NotItsOutboxId(OutboxId),
-}
-
 /// Result of recording a failed publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureOutcome {
@@ -252,9 +236,9 @@ impl Moves {
         self.0
     }
 
-    /// The statuses whose count changed, with the change.
-    pub(crate) fn changes(&self) -> impl Iterator<Item = (&'static str, i64)> + '_ {
-        Self::STATUSES.iter().zip(self.0).filter(|(_, n)| *n != 0).map(|(s, n)| (s.as_str(), n))
+    /// True when no count changed.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.iter().all(|n| *n == 0)
     }
 }
 
@@ -438,16 +422,12 @@ pub struct UndeliverableLetter {
 /// The consumer's unit of work: dedupe, price, finalise, record dead letters.
 #[async_trait]
 pub trait ProcessingStore: Send + Sync {
-    /// In one transaction for the whole batch, per message: looks up the order
-    /// and its product's list price, records `outbox_id` in the inbox (a
-    /// duplicate means "already done"), prices the order
-    /// ([`crate::pricing::price`]) and sets it `processed`, guarded by its
-    /// status. An unknown product marks the order `failed` instead; an
-    /// unknown order changes nothing.
-    async fn process_orders(&self, items: &[(Option<OutboxId>, OrderId)]) -> Result<Vec<ProcessOutcome>, StoreError>;
     /// The consumer's whole batch in one transaction, one outcome per delivery.
-    /// A valid delivery is processed as [`ProcessingStore::process_orders`]
-    /// does. A rejected one changes no order unless it is the order's own
+    /// A valid delivery: looks up the order and its product's list price,
+    /// records `outbox_id` in the inbox (a duplicate means "already done"),
+    /// prices the order ([`crate::pricing::price`]) and sets it `processed`,
+    /// guarded by its status; an unknown product marks the order `failed`
+    /// instead; an unknown order changes nothing. A rejected one changes no order unless it is the order's own
     /// outbox message (its outbox id names an outbox row of that order): then
     /// the order is marked `failed` and the outbox id recorded in the inbox.
     /// Every delivery that ends as a dead letter (rejected, unknown order,

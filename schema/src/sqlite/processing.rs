@@ -7,133 +7,111 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::decide::{Decision, OrderFacts, decide, order_of, settle};
-use crate::limits::{
-    DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, LAST_ERROR_UNITS, truncate_utf16,
+use crate::decide::{
+    Decision, OrderFacts, ProcessOutcome, dead_letter, decide, failure_reason, order_of, own_ids, settle,
 };
+use crate::limits::{LAST_ERROR_UNITS, truncate_utf16};
 use crate::store::{Cause, Moves};
 use crate::{
-    Applied, DeadLetter, Delivery, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore, SqliteStore,
-    StoreError, UndeliverableLetter,
+    Applied, DeadLetter, Delivery, OrderId, OrderStatus, OutboxId, ProcessingStore, SqliteStore, StoreError,
+    UndeliverableLetter,
 };
 
-use super::{NOW, ORDER_COLUMNS, count_moves, order_from_row, parse_decimal, parse_time};
-
-/// Records an inbox row; false when the outbox id was seen before.
-fn record_inbox(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<bool, StoreError> {
-    let Some(id) = outbox_id else { return Ok(true) };
-    let inserted = tx
-        .prepare_cached("INSERT INTO inbox (outbox_id, order_id) VALUES (?1, ?2) ON CONFLICT (outbox_id) DO NOTHING")?
-        .execute(params![id.to_string(), order_id.0])?;
-    Ok(inserted == 1)
-}
+use super::sql::*;
+use super::{count_moves, order_from_row, parse_decimal, parse_time};
 
 /// One message's effect inside the batch's transaction ([`decide`]).
-fn process_one(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<ProcessOutcome, StoreError> {
+fn process_one(
+    tx: &Connection,
+    outbox_id: Option<OutboxId>,
+    order_id: OrderId,
+    moves: &mut Moves,
+) -> Result<ProcessOutcome, StoreError> {
     let found: Option<(String, i32, String, Option<String>)> = tx
-        .prepare_cached(
-            "SELECT o.status, o.quantity, o.product_id, p.list_price \
-             FROM orders o LEFT JOIN products p ON p.product_id = o.product_id WHERE o.order_id = ?1",
-        )?
+        .prepare_cached(ORDER_FOR_PRICING)?
         .query_row([order_id.0], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
     let Some((status, quantity, product_id, list_price)) = found else {
         return Ok(ProcessOutcome::OrderNotFound);
     };
+    let facts =
+        OrderFacts { status: status_of(&status)?, quantity, product_id, list_price: parse_decimal(list_price)? };
     if let Some(id) = outbox_id
         && !own_message(tx, id, order_id)?
     {
         return Ok(ProcessOutcome::NotItsOutboxId(id));
     }
-    let status = OrderStatus::from_str(&status).map_err(|e| StoreError::Other(Cause::msg(e)))?;
-    let facts = OrderFacts { status, quantity, product_id, list_price: parse_decimal(list_price)? };
     match decide(&facts, record_inbox(tx, outbox_id, order_id)?) {
         Decision::Duplicate => Ok(ProcessOutcome::Duplicate),
         Decision::Fail(reason) => {
-            mark_failed(tx, order_id, &reason)?;
+            mark_failed(tx, order_id, &reason, moves)?;
             Ok(ProcessOutcome::Failed(reason))
         }
         Decision::Process { from, priced } => {
-            let sql = format!(
-                "UPDATE orders SET status = 'processed', unit_price = ?2, total_price = ?3, failure_reason = NULL, \
-                   processed_at = {NOW} \
-                 WHERE order_id = ?1 AND status IN ('pending', 'published') RETURNING {ORDER_COLUMNS}"
-            );
-            let order = tx.prepare_cached(&sql)?.query_row(
-                params![order_id.0, priced.unit_price.to_string(), priced.total_price.to_string()],
-                order_from_row,
-            )?;
-            let mut moves = Moves::default();
+            let prices = params![order_id.0, priced.unit_price.to_string(), priced.total_price.to_string()];
+            let updated = tx.prepare_cached(MARK_PROCESSED)?.query_row(prices, order_from_row).optional()?;
+            // Final by now through another message: the status guard held.
+            let Some(order) = updated else { return Ok(ProcessOutcome::Duplicate) };
             moves.moved(from, OrderStatus::Processed, 1);
-            count_moves(tx, moves)?;
             Ok(ProcessOutcome::Processed(order))
         }
     }
 }
 
+fn status_of(text: &str) -> Result<OrderStatus, StoreError> {
+    OrderStatus::from_str(text).map_err(|e| StoreError::Other(Cause::msg(e)))
+}
+
+/// Records an inbox row; false when the outbox id was seen before.
+fn record_inbox(tx: &Connection, outbox_id: Option<OutboxId>, order_id: OrderId) -> Result<bool, StoreError> {
+    let Some(id) = outbox_id else { return Ok(true) };
+    Ok(tx.prepare_cached(RECORD_INBOX)?.execute(params![id.to_string(), order_id.0])? == 1)
+}
+
 /// Fails the order unless it is already final; true when it did.
-fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str) -> Result<bool, StoreError> {
-    let open: Option<String> = tx
-        .prepare_cached("SELECT status FROM orders WHERE order_id = ?1 AND status IN ('pending', 'published')")?
-        .query_row([order_id.0], |r| r.get(0))
-        .optional()?;
+fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str, moves: &mut Moves) -> Result<bool, StoreError> {
+    let open: Option<String> = tx.prepare_cached(OPEN_STATUS)?.query_row([order_id.0], |r| r.get(0)).optional()?;
     let Some(from) = open else { return Ok(false) };
-    let sql =
-        format!("UPDATE orders SET status = 'failed', failure_reason = ?2, processed_at = {NOW} WHERE order_id = ?1");
-    tx.prepare_cached(&sql)?.execute(params![order_id.0, reason])?;
-    let mut moves = Moves::default();
-    moves.moved(OrderStatus::from_str(&from).map_err(|e| StoreError::Other(Cause::msg(e)))?, OrderStatus::Failed, 1);
-    count_moves(tx, moves)?;
+    tx.prepare_cached(MARK_FAILED)?.execute(params![order_id.0, reason])?;
+    moves.moved(status_of(&from)?, OrderStatus::Failed, 1);
     Ok(true)
 }
 
-/// Records the dead letter unless one with its id exists; true when recorded now.
-fn record_dead_letter(tx: &Connection, d: &Delivery, reason: &str) -> Result<bool, StoreError> {
-    let headers = serde_json::to_string(&d.headers).map_err(|e| StoreError::Other(Cause::new(e)))?;
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO dead_letters (dead_letter_id, order_id, reason, headers, body) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (dead_letter_id) DO NOTHING",
-        )?
-        .execute(params![
-            truncate_utf16(&d.dead_letter_id, DEAD_LETTER_ID_UNITS),
-            d.order_id.map(|o| o.0),
-            truncate_utf16(reason, DEAD_LETTER_REASON_UNITS),
-            headers,
-            d.body
-        ])?;
-    Ok(inserted == 1)
+/// Records the dead letter unless one with its id exists.
+fn record_dead_letter(tx: &Connection, d: &Delivery, reason: &str) -> Result<(), StoreError> {
+    let row = dead_letter(d, reason)?;
+    let params = params![row.id, row.order_id.map(|o| o.0), row.reason, row.headers, d.body];
+    tx.prepare_cached(RECORD_DEAD_LETTER)?.execute(params)?;
+    Ok(())
 }
 
 /// True when `outbox_id` names an outbox row of `order_id`: the order's own message.
 fn own_message(tx: &Connection, outbox_id: OutboxId, order_id: OrderId) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE outbox_id = ?1 AND order_id = ?2)")?
-        .query_row(params![outbox_id.to_string(), order_id.0], |r| r.get(0))?)
+    Ok(tx.prepare_cached(OWN_MESSAGE)?.query_row(params![outbox_id.to_string(), order_id.0], |r| r.get(0))?)
 }
 
 /// A delivery that failed its checks: it may fail only its own order.
-fn reject(tx: &Connection, d: &Delivery, reason: &str) -> Result<Applied, StoreError> {
-    let reason = truncate_utf16(reason, FAILURE_REASON_UNITS);
+fn reject(tx: &Connection, d: &Delivery, reason: &str, moves: &mut Moves) -> Result<Applied, StoreError> {
+    let reason = failure_reason(reason);
     let mut order_failed = false;
-    if let (Some(outbox_id), Some(order_id)) = (d.outbox_id, d.order_id)
+    if let Some((outbox_id, order_id)) = own_ids(d)
         && own_message(tx, outbox_id, order_id)?
     {
         if !record_inbox(tx, Some(outbox_id), order_id)? {
             return Ok(Applied::Duplicate);
         }
-        order_failed = mark_failed(tx, order_id, reason)?;
+        order_failed = mark_failed(tx, order_id, reason, moves)?;
     }
     record_dead_letter(tx, d, reason)?;
     Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
 }
 
-fn apply_one(tx: &Connection, d: &Delivery) -> Result<Applied, StoreError> {
+fn apply_one(tx: &Connection, d: &Delivery, moves: &mut Moves) -> Result<Applied, StoreError> {
     let order_id = match order_of(d) {
         Ok(order_id) => order_id,
-        Err(reason) => return reject(tx, d, reason),
+        Err(reason) => return reject(tx, d, reason, moves),
     };
-    match settle(process_one(tx, d.outbox_id, order_id)?, order_id) {
+    match settle(process_one(tx, d.outbox_id, order_id, moves)?, order_id) {
         Ok(applied) => Ok(applied),
         Err((reason, order_failed)) => {
             record_dead_letter(tx, d, &reason)?;
@@ -144,15 +122,15 @@ fn apply_one(tx: &Connection, d: &Delivery) -> Result<Applied, StoreError> {
 
 #[async_trait]
 impl ProcessingStore for SqliteStore {
-    async fn process_orders(&self, items: &[(Option<OutboxId>, OrderId)]) -> Result<Vec<ProcessOutcome>, StoreError> {
-        let items = items.to_vec();
-        self.write(move |tx| items.iter().map(|(outbox_id, order_id)| process_one(tx, *outbox_id, *order_id)).collect())
-            .await
-    }
-
     async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
         let deliveries = deliveries.to_vec();
-        self.write(move |tx| deliveries.iter().map(|d| apply_one(tx, d)).collect()).await
+        self.write(move |tx| {
+            let mut moves = Moves::default();
+            let applied = deliveries.iter().map(|d| apply_one(tx, d, &mut moves)).collect::<Result<Vec<_>, _>>()?;
+            count_moves(tx, moves)?;
+            Ok(applied)
+        })
+        .await
     }
 
     async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
@@ -180,9 +158,7 @@ impl ProcessingStore for SqliteStore {
     async fn mark_dead_letters_sent(&self, ids: &[String]) -> Result<u64, StoreError> {
         let ids = ids.to_vec();
         self.write(move |tx| {
-            let mut mark = tx.prepare_cached(&format!(
-                "UPDATE dead_letters SET sent_at = {NOW} WHERE dead_letter_id = ?1 AND sent_at IS NULL"
-            ))?;
+            let mut mark = tx.prepare_cached(MARK_DEAD_LETTER_SENT)?;
             let mut marked = 0;
             for id in &ids {
                 marked += mark.execute([id])? as u64;
@@ -196,11 +172,7 @@ impl ProcessingStore for SqliteStore {
         let (id, error) = (id.to_string(), truncate_utf16(error, LAST_ERROR_UNITS).to_string());
         self.write(move |tx| {
             let attempts: Option<u32> = tx
-                .prepare_cached(&format!(
-                    "UPDATE dead_letters SET attempts = attempts + 1, last_error = ?2, \
-                       undeliverable_at = CASE WHEN attempts + 1 >= ?3 THEN {NOW} END \
-                     WHERE dead_letter_id = ?1 AND sent_at IS NULL AND undeliverable_at IS NULL RETURNING attempts"
-                ))?
+                .prepare_cached(REFUSE_DEAD_LETTER)?
                 .query_row(params![id, error, give_up_at], |r| r.get(0))
                 .optional()?;
             Ok(attempts.is_some_and(|n| n >= give_up_at))
@@ -210,10 +182,7 @@ impl ProcessingStore for SqliteStore {
 
     async fn undeliverable_dead_letters(&self, limit: u32) -> Result<Vec<UndeliverableLetter>, StoreError> {
         self.with_conn(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT dead_letter_id, order_id, reason, last_error, attempts, created_at, undeliverable_at \
-                 FROM dead_letters WHERE undeliverable_at IS NOT NULL ORDER BY undeliverable_at DESC LIMIT ?1",
-            )?;
+            let mut stmt = conn.prepare_cached(UNDELIVERABLE_DEAD_LETTERS)?;
             let rows = stmt.query_map([limit], |r| {
                 Ok(UndeliverableLetter {
                     dead_letter_id: r.get(0)?,
@@ -230,8 +199,3 @@ impl ProcessingStore for SqliteStore {
         .await
     }
 }
-
-/// The letters to publish, oldest first: the order of `dead_letters_unsent`
-/// (created_at, then rowid), so the query walks the index and never sorts.
-pub(super) const UNSENT_DEAD_LETTERS: &str = "SELECT dead_letter_id, reason, headers, body, attempts FROM dead_letters \
-     WHERE sent_at IS NULL AND undeliverable_at IS NULL ORDER BY created_at, rowid LIMIT ?1";
