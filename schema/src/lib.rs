@@ -13,7 +13,7 @@ mod mssql;
 pub mod pricing;
 mod sqlite;
 mod statements;
-pub mod store;
+mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
