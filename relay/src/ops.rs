@@ -65,10 +65,7 @@ impl IntoResponse for OpsError {
         let (status, message) = match self {
             OpsError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             OpsError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            OpsError::Store(error) => {
-                let (code, message) = error.operator_answer();
-                (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), message)
-            }
+            OpsError::Store(error) => service::operator_answer(&error),
         };
         (status, Json(json!({ "error": message }))).into_response()
     }

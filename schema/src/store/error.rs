@@ -6,13 +6,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use error_reporter::Report;
-
 /// What went wrong in the store, phrased as what the caller can do about it.
 ///
 /// Each variant's `Display` names only the class; the database's own error is
 /// its [`source`](std::error::Error::source). Show it to people through
-/// [`Report`] (`database unavailable: sqlite pool: timed out ...`).
+/// `error_reporter::Report` (`database unavailable: sqlite pool: timed out ...`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The row does not exist.
@@ -37,21 +35,6 @@ impl StoreError {
     /// True when retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
-    }
-
-    /// The HTTP status and message an operator route answers with; the cause
-    /// of an unexpected failure (500) is logged here, never shown.
-    pub fn operator_answer(&self) -> (u16, String) {
-        match self {
-            StoreError::NotFound => (404, "not found".into()),
-            StoreError::Conflict(cause) => (409, Report::new(cause).to_string()),
-            StoreError::Invalid(cause) => (422, Report::new(cause).to_string()),
-            StoreError::Unavailable(_) => (503, Report::new(self).to_string()),
-            StoreError::Other(_) => {
-                tracing::error!(error = %Report::new(self), "operator request failed");
-                (500, "internal error".into())
-            }
-        }
     }
 }
 
