@@ -23,9 +23,9 @@ pub use model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Prod
 pub(crate) use mssql::MssqlStore;
 pub(crate) use sqlite::SqliteStore;
 pub use store::{
-    Applied, AuditEntry, Cause, DeadLetter, DeadLetterEntry, Delivery, FailureOutcome, OrderCounts, OrderStore,
-    OutboxAdmin, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessingStore, Reconciliation, RequeueTarget, Store,
-    StoreError, UndeliverableLetter,
+    Applied, AuditAction, AuditEntry, Cause, DeadLetter, DeadLetterEntry, Delivery, FailedAttempt, FailureOutcome,
+    OrderCounts, OrderStore, OutboxAdmin, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessingStore, Reconciliation,
+    RequeueTarget, Store, StoreError, UndeliverableLetter,
 };
 
 /// Round trips this process has made to SQL Server (each statement or batch

@@ -19,7 +19,7 @@ use crate::incidents::{
 };
 use crate::limits::{REQUESTED_BY_UNITS, truncate_utf16};
 use crate::store::Cause;
-use crate::{MssqlStore, OrderId, OutboxId, StoreError};
+use crate::{AuditAction, MssqlStore, OrderId, OutboxId, StoreError};
 
 use super::orders::insert_outbox;
 use super::outbox::{audit, retry_order};
@@ -84,13 +84,13 @@ async fn replay(
     }
     let outbox_id = match (sent.get(&order_id), step) {
         (Some(outbox_id), _) => *outbox_id,
-        (None, ReplayStep::Retry) => match retry_order(client, order_id, "replay", by).await? {
+        (None, ReplayStep::Retry) => match retry_order(client, order_id, AuditAction::Replay, by).await? {
             Some(outbox_id) => outbox_id,
             None => return Ok(Err(format!("order {order_id} changed status meanwhile"))),
         },
         (None, ReplayStep::Resend) => {
             let outbox_id = insert_outbox(client, order, &None, &None, None).await?;
-            audit(client, outbox_id, order_id, "replay", by).await?;
+            audit(client, outbox_id, order_id, AuditAction::Replay, by).await?;
             outbox_id
         }
     };
@@ -117,7 +117,7 @@ impl IncidentAdmin for MssqlStore {
             let mut retried = Vec::new();
             for failed in failed_orders(c).await? {
                 let Some(order_id) = failed.order_id.filter(|_| fingerprint(&failed.reason) == key) else { continue };
-                if let Some(outbox_id) = retry_order(c, order_id, "retry", by).await? {
+                if let Some(outbox_id) = retry_order(c, order_id, AuditAction::Retry, by).await? {
                     retried.push((order_id, outbox_id));
                 }
             }

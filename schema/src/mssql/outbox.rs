@@ -15,8 +15,8 @@ use crate::decide::{failure_outcome, not_retried};
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
 use crate::store::Moves;
 use crate::{
-    AuditEntry, DeadLetterEntry, FailureOutcome, MssqlStore, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow,
-    OutboxStats, OutboxStore, ParkedRow, Reconciliation, RequeueTarget, StoreError,
+    AuditAction, AuditEntry, DeadLetterEntry, FailedAttempt, FailureOutcome, MssqlStore, OrderId, OrderStatus,
+    OutboxAdmin, OutboxId, OutboxRow, OutboxStats, OutboxStore, ParkedRow, Reconciliation, RequeueTarget, StoreError,
 };
 
 use super::orders::insert_outbox;
@@ -52,18 +52,12 @@ impl OutboxStore for MssqlStore {
         .await
     }
 
-    async fn record_failure(
-        &self,
-        owner: &str,
-        id: OutboxId,
-        error: &str,
-        retry_in: Duration,
-        max_attempts: i32,
-    ) -> Result<FailureOutcome, StoreError> {
+    async fn record_failure(&self, failure: &FailedAttempt<'_>) -> Result<FailureOutcome, StoreError> {
+        let FailedAttempt { owner, outbox_id, error, retry_in, max_attempts } = *failure;
         let error = truncate_utf16(error, LAST_ERROR_UNITS);
         let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
         self.with_conn(async |c| {
-            let params: [&dyn tiberius::ToSql; 5] = [&id.0, &error, &from_now(retry_in), &max_attempts, &owner];
+            let params: [&dyn tiberius::ToSql; 5] = [&outbox_id.0, &error, &from_now(retry_in), &max_attempts, &owner];
             let dead_at = rows(c, RECORD_FAILURE, &params).await?;
             Ok(failure_outcome(dead_at.first().map(|r| r.get::<NaiveDateTime, _>(0).is_some())))
         })
@@ -126,7 +120,7 @@ impl OutboxAdmin for MssqlStore {
             let requeued = requeued.iter().map(row).collect::<TdsResult<Vec<_>>>()?;
             let mut ids = Vec::with_capacity(requeued.len());
             for (outbox_id, order_id) in requeued {
-                audit(c, outbox_id, order_id, "requeue", requested_by).await?;
+                audit(c, outbox_id, order_id, AuditAction::Requeue, requested_by).await?;
                 ids.push(outbox_id);
             }
             Ok(ids)
@@ -180,7 +174,7 @@ impl OutboxAdmin for MssqlStore {
                         None => continue,
                     },
                 };
-                audit(c, outbox_id, order_id, "repair", requested_by).await?;
+                audit(c, outbox_id, order_id, AuditAction::Repair, requested_by).await?;
                 repaired.push((order_id, outbox_id));
             }
             Ok(repaired)
@@ -225,14 +219,14 @@ impl OutboxAdmin for MssqlStore {
         .await
     }
 
-    async fn record_action(&self, action: &str, requested_by: &str) -> Result<(), StoreError> {
+    async fn record_action(&self, action: AuditAction, requested_by: &str) -> Result<(), StoreError> {
         let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS);
         self.with_conn(async |c| audit(c, OutboxId(Uuid::nil()), OrderId(0), action, requested_by).await).await
     }
 
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
         let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS);
-        self.transaction(async |c| match retry_order(c, order_id, "retry", requested_by).await? {
+        self.transaction(async |c| match retry_order(c, order_id, AuditAction::Retry, requested_by).await? {
             Some(outbox_id) => Ok(outbox_id),
             None => Err(not_retried(order_id, load_order(c, order_id).await?)),
         })
@@ -246,7 +240,7 @@ impl OutboxAdmin for MssqlStore {
 pub(super) async fn retry_order(
     c: &mut TdsClient,
     order_id: OrderId,
-    action: &str,
+    action: AuditAction,
     requested_by: &str,
 ) -> Result<Option<OutboxId>, StoreError> {
     let Some(order) = rows(c, RETRY_ORDER, &[&order_id.0]).await?.first().map(order_from_row).transpose()? else {
@@ -265,9 +259,9 @@ pub(super) async fn audit(
     c: &mut TdsClient,
     outbox_id: OutboxId,
     order_id: OrderId,
-    action: &str,
+    action: AuditAction,
     requested_by: &str,
 ) -> Result<(), StoreError> {
-    exec(c, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &action, &requested_by]).await?;
+    exec(c, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &action.as_str(), &requested_by]).await?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use crate::incidents::{
     replay_step,
 };
 use crate::limits::{REQUESTED_BY_UNITS, truncate_utf16};
-use crate::{OrderId, OutboxId, SqliteStore, StoreError};
+use crate::{AuditAction, OrderId, OutboxId, SqliteStore, StoreError};
 
 use super::orders::insert_outbox;
 use super::outbox::{audit, retry_order};
@@ -63,13 +63,13 @@ fn replay(
     }
     let outbox_id = match (sent.get(&order_id), step) {
         (Some(outbox_id), _) => *outbox_id,
-        (None, ReplayStep::Retry) => match retry_order(tx, order_id, "replay", by)? {
+        (None, ReplayStep::Retry) => match retry_order(tx, order_id, AuditAction::Replay, by)? {
             Some(outbox_id) => outbox_id,
             None => return Ok(Err(format!("order {order_id} changed status meanwhile"))),
         },
         (None, ReplayStep::Resend) => {
             let outbox_id = insert_outbox(tx, order, None, None, None)?;
-            audit(tx, outbox_id, order_id, "replay", by)?;
+            audit(tx, outbox_id, order_id, AuditAction::Replay, by)?;
             outbox_id
         }
     };
@@ -101,7 +101,7 @@ impl IncidentAdmin for SqliteStore {
                 if fingerprint(&reason) != key {
                     continue;
                 }
-                if let Some(outbox_id) = retry_order(tx, order_id, "retry", &by)? {
+                if let Some(outbox_id) = retry_order(tx, order_id, AuditAction::Retry, &by)? {
                     retried.push((order_id, outbox_id));
                 }
             }

@@ -12,8 +12,8 @@ use crate::decide::{failure_outcome, not_retried};
 use crate::limits::{LAST_ERROR_UNITS, LEASE_OWNER_UNITS, REQUESTED_BY_UNITS, truncate_utf16};
 use crate::store::Moves;
 use crate::{
-    AuditEntry, DeadLetterEntry, FailureOutcome, OrderId, OrderStatus, OutboxAdmin, OutboxId, OutboxRow, OutboxStats,
-    OutboxStore, ParkedRow, Reconciliation, RequeueTarget, SqliteStore, StoreError,
+    AuditAction, AuditEntry, DeadLetterEntry, FailedAttempt, FailureOutcome, OrderId, OrderStatus, OutboxAdmin,
+    OutboxId, OutboxRow, OutboxStats, OutboxStore, ParkedRow, Reconciliation, RequeueTarget, SqliteStore, StoreError,
 };
 
 use super::orders::insert_outbox;
@@ -55,18 +55,12 @@ impl OutboxStore for SqliteStore {
         .await
     }
 
-    async fn record_failure(
-        &self,
-        owner: &str,
-        id: OutboxId,
-        error: &str,
-        retry_in: Duration,
-        max_attempts: i32,
-    ) -> Result<FailureOutcome, StoreError> {
+    async fn record_failure(&self, failure: &FailedAttempt<'_>) -> Result<FailureOutcome, StoreError> {
+        let FailedAttempt { owner, outbox_id, error, retry_in, max_attempts } = *failure;
         let error = truncate_utf16(error, LAST_ERROR_UNITS).to_string();
         let owner = truncate_utf16(owner, LEASE_OWNER_UNITS).to_string();
         self.write(move |tx| {
-            let params = params![id.to_string(), error, from_now(retry_in), max_attempts, owner];
+            let params = params![outbox_id.to_string(), error, from_now(retry_in), max_attempts, owner];
             let dead_at: Option<Option<String>> =
                 tx.prepare_cached(RECORD_FAILURE)?.query_row(params, |r| r.get(0)).optional()?;
             Ok(failure_outcome(dead_at.map(|at| at.is_some())))
@@ -124,7 +118,7 @@ impl OutboxAdmin for SqliteStore {
             let requeued = requeued?;
             let mut ids = Vec::with_capacity(requeued.len());
             for (outbox_id, order_id) in requeued {
-                audit(tx, outbox_id, order_id, "requeue", &requested_by)?;
+                audit(tx, outbox_id, order_id, AuditAction::Requeue, &requested_by)?;
                 ids.push(outbox_id);
             }
             Ok(ids)
@@ -184,7 +178,7 @@ impl OutboxAdmin for SqliteStore {
                         None => continue,
                     },
                 };
-                audit(tx, outbox_id, order_id, "repair", &requested_by)?;
+                audit(tx, outbox_id, order_id, AuditAction::Repair, &requested_by)?;
                 repaired.push((order_id, outbox_id));
             }
             Ok(repaired)
@@ -229,14 +223,14 @@ impl OutboxAdmin for SqliteStore {
         .await
     }
 
-    async fn record_action(&self, action: &str, requested_by: &str) -> Result<(), StoreError> {
-        let (action, requested_by) = (action.to_string(), truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string());
-        self.write(move |tx| audit(tx, OutboxId(uuid::Uuid::nil()), OrderId(0), &action, &requested_by)).await
+    async fn record_action(&self, action: AuditAction, requested_by: &str) -> Result<(), StoreError> {
+        let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string();
+        self.write(move |tx| audit(tx, OutboxId(uuid::Uuid::nil()), OrderId(0), action, &requested_by)).await
     }
 
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError> {
         let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string();
-        self.write(move |tx| match retry_order(tx, order_id, "retry", &requested_by)? {
+        self.write(move |tx| match retry_order(tx, order_id, AuditAction::Retry, &requested_by)? {
             Some(outbox_id) => Ok(outbox_id),
             None => Err(not_retried(order_id, load_order(tx, order_id)?)),
         })
@@ -249,7 +243,7 @@ impl OutboxAdmin for SqliteStore {
 pub(super) fn retry_order(
     tx: &rusqlite::Transaction<'_>,
     order_id: OrderId,
-    action: &str,
+    action: AuditAction,
     requested_by: &str,
 ) -> Result<Option<OutboxId>, StoreError> {
     let Some(order) = tx.prepare_cached(RETRY_ORDER)?.query_row([order_id.0], order_from_row).optional()? else {
@@ -268,9 +262,10 @@ pub(super) fn audit(
     tx: &rusqlite::Transaction<'_>,
     outbox_id: OutboxId,
     order_id: OrderId,
-    action: &str,
+    action: AuditAction,
     requested_by: &str,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached(INSERT_AUDIT)?.execute(params![outbox_id.to_string(), order_id.0, action, requested_by])?;
+    let params = params![outbox_id.to_string(), order_id.0, action.as_str(), requested_by];
+    tx.prepare_cached(INSERT_AUDIT)?.execute(params)?;
     Ok(())
 }

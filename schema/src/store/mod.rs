@@ -13,7 +13,8 @@ pub use error::{Cause, StoreError};
 pub(crate) use orders::{Moves, add_count};
 pub use orders::{OrderCounts, OrderStore, Placed};
 pub use outbox::{
-    AuditEntry, FailureOutcome, OutboxAdmin, OutboxStats, OutboxStore, ParkedRow, Reconciliation, RequeueTarget,
+    AuditAction, AuditEntry, FailedAttempt, FailureOutcome, OutboxAdmin, OutboxStats, OutboxStore, ParkedRow,
+    Reconciliation, RequeueTarget,
 };
 pub use processing::{Applied, DeadLetter, DeadLetterEntry, Delivery, ProcessingStore, UndeliverableLetter};
 

@@ -64,6 +64,59 @@ pub enum RequeueTarget {
     All,
 }
 
+/// A publish the broker refused (an ERROR naming the row's frame), for
+/// [`OutboxStore::record_failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailedAttempt<'a> {
+    /// The relay that leased the row: nothing is counted unless it still does.
+    pub owner: &'a str,
+    /// The row.
+    pub outbox_id: OutboxId,
+    /// The broker's answer.
+    pub error: &'a str,
+    /// When the row is due again, unless it is parked.
+    pub retry_in: Duration,
+    /// The attempts at which the row is parked.
+    pub max_attempts: i32,
+}
+
+/// What an `outbox_audit` row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditAction {
+    /// Parked rows made due again ([`OutboxAdmin::requeue`]).
+    Requeue,
+    /// A failed order sent again ([`OutboxAdmin::retry_failed_order`], a group retry).
+    Retry,
+    /// A stuck order sent again by the reconciler ([`OutboxAdmin::repair_stuck`]).
+    Repair,
+    /// A dead letter's order sent again (`IncidentAdmin`'s replays).
+    Replay,
+    /// The relay paused (relay-wide).
+    Pause,
+    /// The relay resumed (relay-wide).
+    Resume,
+    /// The relay gave back its leases and paused (relay-wide).
+    Drain,
+    /// Sent dead letters purged (relay-wide).
+    PurgeDeadLetters,
+}
+
+impl AuditAction {
+    /// As stored in `outbox_audit.action`, and shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Requeue => "requeue",
+            AuditAction::Retry => "retry",
+            AuditAction::Repair => "repair",
+            AuditAction::Replay => "replay",
+            AuditAction::Pause => "pause",
+            AuditAction::Resume => "resume",
+            AuditAction::Drain => "drain",
+            AuditAction::PurgeDeadLetters => "purge-dead-letters",
+        }
+    }
+}
+
 /// One row of `outbox_audit`: an operator's or the reconciler's action.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AuditEntry {
@@ -71,7 +124,8 @@ pub struct AuditEntry {
     pub outbox_id: OutboxId,
     /// Its order; 0 for relay-wide actions.
     pub order_id: OrderId,
-    /// `requeue`, `retry`, `repair`, `pause`, ...
+    /// An [`AuditAction`] as stored (`requeue`, `retry`, ...): read back as
+    /// text, so that an action another version wrote still lists.
     pub action: String,
     /// Who asked.
     pub requested_by: String,
@@ -99,17 +153,10 @@ pub trait OutboxStore: Send + Sync {
     /// duplicate), clears any park mark, and moves their orders `pending →
     /// published`, never overwriting a later status. Returns the rows marked.
     async fn mark_published(&self, ids: &[OutboxId]) -> Result<u64, StoreError>;
-    /// Counts a failed attempt of a row `owner` leases; parks the row once
+    /// Counts a failed attempt of a row its `owner` leases; parks the row once
     /// `attempts >= max_attempts`, else makes it due again after `retry_in`.
     /// `LeaseLost` (nothing counted) when `owner` no longer holds the lease.
-    async fn record_failure(
-        &self,
-        owner: &str,
-        id: OutboxId,
-        error: &str,
-        retry_in: Duration,
-        max_attempts: i32,
-    ) -> Result<FailureOutcome, StoreError>;
+    async fn record_failure(&self, failure: &FailedAttempt<'_>) -> Result<FailureOutcome, StoreError>;
     /// Gives back every lease `owner` holds, so another relay may take the rows at once.
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
     /// Backlog figures.
@@ -148,8 +195,8 @@ pub trait OutboxAdmin: Send + Sync {
     async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError>;
     /// The most recent dead letters, newest first, with whether each reached the dead-letter queue.
     async fn recent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetterEntry>, StoreError>;
-    /// Records a relay-wide operator action (`pause`, `resume`, `drain`).
-    async fn record_action(&self, action: &str, requested_by: &str) -> Result<(), StoreError>;
+    /// Records a relay-wide operator action (pause, resume, drain, a purge).
+    async fn record_action(&self, action: AuditAction, requested_by: &str) -> Result<(), StoreError>;
     /// Puts a `failed` order back to `pending` with a fresh outbox row (a new
     /// idempotency key), recording who asked. `Conflict` unless the order is `failed`.
     async fn retry_failed_order(&self, order_id: OrderId, requested_by: &str) -> Result<OutboxId, StoreError>;

@@ -17,7 +17,9 @@ use super::incidents::{
     failures_are_grouped_by_the_fingerprint_of_their_reason,
 };
 use schema::testing::TestDb;
-use schema::{Applied, Delivery, FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, Store};
+use schema::{
+    Applied, Delivery, FailedAttempt, FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, Store,
+};
 
 fn new_order(name: &str, product: &str, quantity: i32) -> NewOrder {
     NewOrder {
@@ -53,6 +55,11 @@ async fn process_order(
     let mut outcomes = store.apply(&[delivery(outbox_id, Some(order_id), None)]).await?;
     anyhow::ensure!(outcomes.len() == 1, "one outcome per message");
     Ok(outcomes.remove(0))
+}
+
+/// A refused publish of `outbox_id`, due again at once unless parked at `max_attempts`.
+fn failed<'a>(owner: &'a str, outbox_id: OutboxId, error: &'a str, max_attempts: i32) -> FailedAttempt<'a> {
+    FailedAttempt { owner, outbox_id, error, retry_in: Duration::ZERO, max_attempts }
 }
 
 /// What a message that failed its order, or found none to act on, becomes.
@@ -316,7 +323,7 @@ pub async fn a_failing_row_is_retried_then_parked(store: Arc<dyn Store>) {
     place(&store, "P123", 1).await;
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     let id = rows[0].outbox_id;
-    let first = store.record_failure("relay-a", id, "rejected", Duration::ZERO, 2).await.unwrap();
+    let first = store.record_failure(&failed("relay-a", id, "rejected", 2)).await.unwrap();
     assert_eq!(first, FailureOutcome::Retrying);
     let deadline = Instant::now() + Duration::from_secs(10);
     let again = loop {
@@ -328,7 +335,7 @@ pub async fn a_failing_row_is_retried_then_parked(store: Arc<dyn Store>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(again[0].attempts, 1);
-    let second = store.record_failure("relay-a", id, "rejected again", Duration::ZERO, 2).await.unwrap();
+    let second = store.record_failure(&failed("relay-a", id, "rejected again", 2)).await.unwrap();
     assert_eq!(second, FailureOutcome::Parked);
     let stats = store.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.parked), (0, 1));
@@ -361,7 +368,7 @@ pub async fn parked_rows_are_listed_and_requeued_with_an_audit_record(store: Arc
     let order = place(&store, "P123", 1).await;
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     let id = rows[0].outbox_id;
-    let parked = store.record_failure("relay-a", id, "too big", Duration::ZERO, 1).await.unwrap();
+    let parked = store.record_failure(&failed("relay-a", id, "too big", 1)).await.unwrap();
     assert_eq!(parked, FailureOutcome::Parked);
     let listed = store.parked_rows(10).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -372,7 +379,7 @@ pub async fn parked_rows_are_listed_and_requeued_with_an_audit_record(store: Arc
     assert!(store.parked_rows(10).await.unwrap().is_empty());
     let again = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     assert_eq!((again[0].outbox_id, again[0].attempts), (id, 0), "due again with a fresh attempt count");
-    store.record_failure("relay-a", id, "too big", Duration::ZERO, 1).await.unwrap();
+    store.record_failure(&failed("relay-a", id, "too big", 1)).await.unwrap();
     assert_eq!(store.requeue(RequeueTarget::Outbox(id), "ops@example").await.unwrap(), vec![id]);
     assert_eq!(store.outbox_stats().await.unwrap().parked, 0);
 }
@@ -463,7 +470,7 @@ pub async fn the_ops_views_list_failures_publication_times_and_the_audit(store: 
     let failed = store.failed_orders(10).await.unwrap();
     assert_eq!(failed.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![bad]);
     assert_eq!(failed[0].failure_reason.as_deref(), Some("unknown product P999"));
-    store.record_action("pause", "ops@example").await.unwrap();
+    store.record_action(schema::AuditAction::Pause, "ops@example").await.unwrap();
     store.retry_failed_order(bad, "ops@example").await.unwrap();
     let audit = store.recent_audit(10).await.unwrap();
     let seen: Vec<(&str, i64)> = audit.iter().map(|a| (a.action.as_str(), a.order_id.0)).collect();
@@ -668,7 +675,7 @@ pub async fn non_bmp_text_fits_at_every_limit(store: Arc<dyn Store>) {
     assert!(reason.starts_with(&stored), "cut on a character boundary");
 
     let error = "ERROR: ".to_string() + &"💥".repeat(LAST_ERROR_UNITS);
-    let parked = store.record_failure("relay-a", rows[0].outbox_id, &error, Duration::ZERO, 1).await.unwrap();
+    let parked = store.record_failure(&failed("relay-a", rows[0].outbox_id, &error, 1)).await.unwrap();
     assert_eq!(parked, FailureOutcome::Parked);
     let last_error = store.parked_rows(1).await.unwrap()[0].last_error.clone().unwrap();
     assert!(utf16_len(&last_error) <= LAST_ERROR_UNITS && error.starts_with(&last_error));
@@ -688,7 +695,7 @@ pub async fn a_lapsed_lease_cannot_touch_the_row_another_relay_holds(store: Arc<
         assert!(Instant::now() < deadline, "relay-a's lease never lapsed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let late = store.record_failure("relay-a", id, "late ERROR", Duration::ZERO, 1).await.unwrap();
+    let late = store.record_failure(&failed("relay-a", id, "late ERROR", 1)).await.unwrap();
     assert_eq!(late, FailureOutcome::LeaseLost, "a lapsed lease counts nothing");
     assert!(
         store.claim_batch("relay-c", 10, Duration::from_secs(60)).await.unwrap().is_empty(),
@@ -698,10 +705,7 @@ pub async fn a_lapsed_lease_cannot_touch_the_row_another_relay_holds(store: Arc<
     // relay-a's RECEIPT did arrive: the row is published, whoever holds it.
     assert_eq!(store.mark_published(&[id]).await.unwrap(), 1);
     assert_eq!(taken.attempts, 0);
-    assert_eq!(
-        store.record_failure("relay-b", id, "ERROR", Duration::ZERO, 1).await.unwrap(),
-        FailureOutcome::LeaseLost
-    );
+    assert_eq!(store.record_failure(&failed("relay-b", id, "ERROR", 1)).await.unwrap(), FailureOutcome::LeaseLost);
     let stats = store.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.parked), (0, 0), "published and never parked");
 }
@@ -712,7 +716,7 @@ pub async fn a_parked_row_confirmed_late_is_published_not_parked(store: Arc<dyn 
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(60)).await.unwrap();
     for row in &rows {
         assert_eq!(
-            store.record_failure("relay-a", row.outbox_id, "x", Duration::ZERO, 1).await.unwrap(),
+            store.record_failure(&failed("relay-a", row.outbox_id, "x", 1)).await.unwrap(),
             FailureOutcome::Parked
         );
     }
