@@ -1,8 +1,9 @@
 //! SQL Server backend: tiberius 0.13 behind a deadpool pool with our own manager.
 //!
-//! Invariants: every statement lives in the `SQL` table of `sql.rs`, so the T-SQL
-//! parser test sees all of them; a connection that saw any error is discarded,
-//! never returned to the pool; time comes from `SYSUTCDATETIME()`.
+//! Invariants: every statement lives in the table of `sql.rs`, so the T-SQL
+//! parser test sees all of them; a call runs in `with_conn` or `transaction`,
+//! and a connection that saw any error is discarded, never returned to the
+//! pool; time comes from `SYSUTCDATETIME()`.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};

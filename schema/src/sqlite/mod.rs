@@ -95,6 +95,7 @@ impl SqliteStore {
         Ok(Self { db, orders })
     }
 
+    /// Runs `f` on a pooled connection: reads (mirrored by `MssqlStore::with_conn`).
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -103,6 +104,9 @@ impl SqliteStore {
         self.db.with_conn(f).await
     }
 
+    /// Runs `f` in one IMMEDIATE transaction on the writer's connection,
+    /// committed when `f` succeeds, rolled back after an error (mirrored by
+    /// `MssqlStore::transaction`).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
