@@ -58,8 +58,7 @@ pub async fn run(args: &Args, broker: &e2e::broker::Broker, mssql: &str) -> anyh
 }
 
 async fn phases(args: &Args, broker: &e2e::broker::Broker, database_url: &str, queue: &str) -> anyhow::Result<Backend> {
-    let probe = schema::testing::probe(database_url).await?;
-    let store = schema::connect(database_url).await?;
+    let schema::testing::TestDb { store, probe } = schema::testing::open(database_url).await?;
     let messages = args.compare_messages;
     let [producer, relay, consumer] = services(args, database_url, &broker.url(), queue);
     let (relay, consumer) = (relay.start().await?, consumer.start().await?);

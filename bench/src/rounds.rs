@@ -55,14 +55,13 @@ pub async fn round(args: &Args, broker: &e2e::broker::Broker, n: usize, history:
 
     let dir = tempfile::Builder::new().prefix("orderflow-bench-").tempdir()?;
     let database_url = sqlite_url(&dir.path().join("bench.db"), &args.sqlite_options);
-    let probe = schema::testing::probe(&database_url).await?;
+    let schema::testing::TestDb { store, probe } = schema::testing::open(&database_url).await?;
     load_history(probe.as_ref(), history).await?;
     probe.bulk_orders(args.messages, 0).await?;
     // Progress is polled every 20 ms from the store's own O(1) figures (the
     // per-status counters, the due-rows index): the probe's whole-database
     // tally would scan the history each time, and that scan was most of what
     // the history round measured.
-    let store = schema::connect(&database_url).await?;
     let unpublished = || async { store.outbox_stats().await.map_or(i64::MAX, |s| s.pending) };
     let processed = || async { store.order_counts().await.map_or(0, |c| c.processed) };
     let base = processed().await;
@@ -152,7 +151,7 @@ async fn http_phases(
 ) -> anyhow::Result<HttpFigures> {
     let path = dir.join("http.db");
     let database_url = sqlite_url(&path, &args.sqlite_options);
-    let probe = schema::testing::probe(&database_url).await?;
+    let probe = schema::testing::open(&database_url).await?.probe;
     load_history(probe.as_ref(), history).await?;
     let [producer, relay, consumer] = services(args, &database_url, &broker.url(), queue);
     let purging = Launch { flags: relay.flags.clone().with("--retention-cron", "*/2 * * * * *"), ..relay.clone() };

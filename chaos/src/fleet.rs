@@ -41,8 +41,7 @@ impl Fleet {
         let broker = tokio::task::spawn_blocking(e2e::broker::Broker::start).await?;
         let database_path = std::path::absolute(run_dir.join("chaos.db"))?;
         let database_url = format!("sqlite://{}", database_path.display());
-        let store = schema::connect(&database_url).await?;
-        let probe = schema::testing::probe(&database_url).await?;
+        let schema::testing::TestDb { store, probe } = schema::testing::open(&database_url).await?;
         let queue = format!("/queue/chaos.{}", uuid::Uuid::new_v4().simple());
         let http_addr = format!("127.0.0.1:{}", e2e::free_port());
         let mut members = Vec::new();

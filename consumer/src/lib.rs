@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -58,9 +57,8 @@ impl Service for App {
     /// retries, so the consumer starts during an outage.
     async fn build(config: Config) -> anyhow::Result<App> {
         let admin = AdminPort::bind(Self::NAME, &config.service, config.admin_addr, schema::round_trips).await?;
-        let store = schema::connect_to(&config.database.database_url, schema::Durability::Full)
-            .await
-            .with_context(|| format!("connecting to {}", config.database.database_url))?;
+        let url = &config.database.database_url;
+        let store = url.open(schema::Durability::Full).await.with_context(|| format!("connecting to {url}"))?;
         let broker = config.broker.client_config();
         let metrics = Metrics::register(&admin.registry)?;
         let readiness = Readiness::new(&["broker", "database"]);
@@ -118,8 +116,7 @@ async fn undeliverable(
     match store.undeliverable_dead_letters(limit.unwrap_or(100).min(1000)).await {
         Ok(letters) => Json(letters).into_response(),
         Err(error) => {
-            let (code, message) = error.operator_answer();
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let (status, message) = service::operator_answer(&error);
             (status, Json(serde_json::json!({ "error": message }))).into_response()
         }
     }

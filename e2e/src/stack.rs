@@ -55,8 +55,8 @@ impl Stack {
     pub async fn start_producer(broker_url: &str) -> Stack {
         let dir = tempfile::Builder::new().prefix("orderflow-e2e-").tempdir().expect("temp dir");
         let database_url = crate::test_database_url(&dir).await;
-        let probe = schema::testing::probe(&database_url).await.expect("test database");
-        let store = schema::connect(&database_url).await.expect("test database");
+        let schema::testing::TestDb { store, probe } =
+            schema::testing::open(&database_url).await.expect("test database");
         let config = producer_config(&database_url);
         let producer = Service::start(producer::App::build(config)).await.expect("producer starts");
         Stack {

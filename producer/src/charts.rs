@@ -176,7 +176,7 @@ mod tests {
     async fn a_sample_reads_the_database_and_each_consumer_and_leaves_out_one_that_does_not_answer() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("charts.db").display());
-        let store = schema::connect(&url).await.unwrap();
+        let schema::testing::TestDb { store, probe } = schema::testing::open(&url).await.unwrap();
         // A consumer's admin port: its real metrics behind the real admin router, on port 0.
         let registry = prometheus::Registry::new();
         let metrics = consumer::metrics::Metrics::register(&registry).unwrap();
@@ -197,7 +197,7 @@ mod tests {
         let first = sample_once(&sampler).await;
         assert_eq!(first.backlog, Some((0.0, 0.0)));
         assert_eq!(first.consumers.keys().collect::<Vec<_>>(), [&consumer], "the closed port is left out");
-        schema::testing::probe(&url).await.unwrap().bulk_orders(1, 0).await.unwrap();
+        probe.bulk_orders(1, 0).await.unwrap();
         sampler.placed.inc();
         metrics.messages.with_label_values(&["processed"]).inc_by(3);
         for seconds in [0.02, 0.02, 0.02] {

@@ -119,7 +119,7 @@ async fn replay_group(
 async fn purge(State(ops): State<Ops>, headers: HeaderMap, Query(q): Query<Params>) -> Result<Json<Value>, OpsError> {
     let who = acting(&ops, &headers)?;
     let older_than = age(q.older_than)?;
-    ops.store.record_action("purge-dead-letters", &who).await?;
+    ops.store.record_action(schema::AuditAction::PurgeDeadLetters, &who).await?;
     let mut purged = 0;
     loop {
         let n = ops.store.purge_dead_letters(older_than, PURGE_BATCH).await?;

@@ -273,10 +273,7 @@ impl IntoResponse for OpsError {
                 "ops actions are off: this producer is reachable from other machines and ADMIN_TOKEN is not set".into(),
             ),
             OpsError::Relay(m) => (StatusCode::BAD_GATEWAY, m),
-            OpsError::Store(error) => {
-                let (code, message) = error.operator_answer();
-                (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), message)
-            }
+            OpsError::Store(error) => service::operator_answer(&error),
         };
         (status, Json(json!({ "error": message }))).into_response()
     }

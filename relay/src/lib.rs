@@ -54,9 +54,8 @@ impl Service for App {
         config.check()?;
         let admin = AdminPort::bind(Self::NAME, &config.service, config.admin_addr, schema::round_trips).await?;
         // Its writes are redone anyway (a lost lease lapses, a lost mark resends).
-        let store = schema::connect_to(&config.database.database_url, schema::Durability::Relaxed)
-            .await
-            .with_context(|| format!("connecting to {}", config.database.database_url))?;
+        let url = &config.database.database_url;
+        let store = url.open(schema::Durability::Relaxed).await.with_context(|| format!("connecting to {url}"))?;
         let broker = config.broker.client_config();
         let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(
             broker,

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use schema::{OrderId, OutboxAdmin, OutboxId, RequeueTarget, StoreError};
+use schema::{AuditAction, OrderId, OutboxAdmin, OutboxId, RequeueTarget, StoreError};
 use serde::Deserialize;
 use serde_json::json;
 use service::AdminToken;
@@ -65,10 +65,7 @@ impl IntoResponse for OpsError {
         let (status, message) = match self {
             OpsError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             OpsError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            OpsError::Store(error) => {
-                let (code, message) = error.operator_answer();
-                (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), message)
-            }
+            OpsError::Store(error) => service::operator_answer(&error),
         };
         (status, Json(json!({ "error": message }))).into_response()
     }
@@ -91,7 +88,7 @@ async fn pause(
     Query(q): Query<TargetQuery>,
 ) -> Answer {
     let who = requested_by(&q, &headers)?;
-    admin.record_action("pause", &who).await?;
+    admin.record_action(AuditAction::Pause, &who).await?;
     relay.pause();
     tracing::warn!(relay_id = %relay.owner, requested_by = %who, "paused by an operator");
     Ok(Json(json!({ "paused": true, "requested_by": who })))
@@ -103,7 +100,7 @@ async fn resume(
     Query(q): Query<TargetQuery>,
 ) -> Answer {
     let who = requested_by(&q, &headers)?;
-    admin.record_action("resume", &who).await?;
+    admin.record_action(AuditAction::Resume, &who).await?;
     relay.resume();
     tracing::info!(relay_id = %relay.owner, requested_by = %who, "resumed by an operator");
     Ok(Json(json!({ "paused": false, "requested_by": who })))
@@ -115,7 +112,7 @@ async fn drain(
     Query(q): Query<TargetQuery>,
 ) -> Answer {
     let who = requested_by(&q, &headers)?;
-    admin.record_action("drain", &who).await?;
+    admin.record_action(AuditAction::Drain, &who).await?;
     let released = relay.drain().await?;
     tracing::warn!(relay_id = %relay.owner, requested_by = %who, released, "drained by an operator");
     Ok(Json(json!({ "paused": true, "leases_released": released, "requested_by": who })))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::Utc;
 use error_reporter::Report;
-use schema::{FailureOutcome, OutboxId, OutboxRow, OutboxStore, StoreError};
+use schema::{FailedAttempt, FailureOutcome, OutboxId, OutboxRow, OutboxStore, StoreError};
 use service::Backoff;
 use tokio_util::sync::CancellationToken;
 
@@ -199,8 +199,14 @@ impl Relay {
         // leave a row the broker holds unmarked.
         let marked = self.mark_published(&confirmed).await;
         for (row, reason) in rejected {
-            let retry_in = retry_after(row.attempts);
-            match self.store.record_failure(&self.owner, row.outbox_id, &reason, retry_in, self.max_attempts).await? {
+            let failure = FailedAttempt {
+                owner: &self.owner,
+                outbox_id: row.outbox_id,
+                error: &reason,
+                retry_in: retry_after(row.attempts),
+                max_attempts: self.max_attempts,
+            };
+            match self.store.record_failure(&failure).await? {
                 FailureOutcome::Parked => {
                     report.parked += 1;
                     self.metrics.parked.inc();

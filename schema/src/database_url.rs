@@ -5,9 +5,12 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+
+use crate::{MssqlStore, SqliteStore, Store};
 
 /// The database flag every service has.
 #[derive(Debug, Clone, clap::Args)]
@@ -65,10 +68,62 @@ pub(crate) struct SqliteOptions {
     pub synchronous: Option<&'static str>,
 }
 
+/// How much of a service's own commits must survive a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is on disk when it returns: what a 201 or an ACK promises.
+    Full,
+    /// For writes that are redone anyway (the relay's leases and marks: a lost
+    /// lease lapses, a lost mark sends the message again and the consumer
+    /// dedupes). On SQLite the commit skips its fsync (`synchronous = NORMAL`);
+    /// WAL is written in order, so the next durable commit of any process
+    /// makes it durable too, and only the relay's last commits before a power
+    /// cut (never a crash) can be lost. SQL Server is always durable.
+    Relaxed,
+}
+
+/// The backend a URL opened.
+pub(crate) enum Backend {
+    Sqlite(SqliteStore),
+    Mssql(MssqlStore),
+}
+
 impl DatabaseUrl {
     /// True for SQL Server.
     pub fn is_mssql(&self) -> bool {
         matches!(self.target, Target::Mssql(_))
+    }
+
+    /// Opens the database (a SQLite file is created if needed) and runs the
+    /// migrations; a `synchronous=` option in a SQLite URL wins over `durability`.
+    pub async fn open(&self, durability: Durability) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self.connect(durability).await? {
+            Backend::Sqlite(store) => Arc::new(store),
+            Backend::Mssql(store) => Arc::new(store),
+        })
+    }
+
+    /// [`DatabaseUrl::open`], as the backend's own type.
+    pub(crate) async fn connect(&self, durability: Durability) -> anyhow::Result<Backend> {
+        Ok(match &self.target {
+            Target::Sqlite { path, options } => Backend::Sqlite(
+                SqliteStore::open(path, options, durability)
+                    .await
+                    .with_context(|| format!("opening sqlite database {}", path.display()))?,
+            ),
+            Target::Mssql(config) => {
+                Backend::Mssql(MssqlStore::connect((**config).clone()).await.context("connecting to sql server")?)
+            }
+        })
+    }
+
+    /// The SQL Server settings, when the URL names SQL Server.
+    #[cfg(feature = "testing")]
+    pub(crate) fn mssql_config(&self) -> Option<&tiberius::Config> {
+        match &self.target {
+            Target::Mssql(config) => Some(config),
+            Target::Sqlite { .. } => None,
+        }
     }
 }
 

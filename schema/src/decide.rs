@@ -1,7 +1,9 @@
-//! The consumer's decisions, written once for both backends: each backend
-//! reads the facts inside its transaction and does what these functions say.
+//! The rules both backends follow, written once: each backend reads the facts
+//! inside its transaction and does what these functions say, so that the two
+//! differ only in their driver calls.
 //!
-//! Sequence for one valid message: order missing → nothing (no inbox row, so
+//! The consumer's sequence
+//! for one valid message: order missing → nothing (no inbox row, so
 //! a later delivery still counts); an outbox id that is no outbox row of that
 //! order → nothing (a dead letter: only an order's own id may enter the inbox,
 //! so a spoofed id can never make another order's message a duplicate);
@@ -11,10 +13,27 @@
 
 use rust_decimal::Decimal;
 
-use crate::limits::{FAILURE_REASON_UNITS, truncate_utf16};
-use crate::model::{OrderId, OrderStatus};
+use crate::limits::{DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, truncate_utf16};
+use crate::model::{Order, OrderId, OrderStatus, OutboxId};
 use crate::pricing::{Priced, price};
-use crate::store::{Applied, Delivery, ProcessOutcome};
+use crate::store::{Applied, Cause, Delivery, FailureOutcome, StoreError};
+
+/// What the consumer's unit of work did with one message whose order it
+/// looked up (the step before [`settle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProcessOutcome {
+    /// Priced and final; the inbox row was written in the same transaction.
+    Processed(Order),
+    /// Already applied (inbox hit, or the order is already final): nothing changed.
+    Duplicate,
+    /// The order does not exist; nothing changed.
+    OrderNotFound,
+    /// The order was marked `failed` with this reason (e.g. unknown product).
+    Failed(String),
+    /// The outbox id is no outbox row of this order (a stray or spoofed
+    /// message): nothing changed, and the id did not enter the inbox.
+    NotItsOutboxId(OutboxId),
+}
 
 /// What the database holds of the order a message names.
 pub(crate) struct OrderFacts {
@@ -71,6 +90,56 @@ pub(crate) fn settle(outcome: ProcessOutcome, order_id: OrderId) -> Result<Appli
         ProcessOutcome::NotItsOutboxId(id) => {
             Err((format!("outbox-id {id} is not an outbox message of order {order_id}"), false))
         }
+    }
+}
+
+/// A rejected delivery (one that failed its checks) may fail an order only
+/// when it names both the order and an outbox id, and that id is an outbox
+/// row of that order (checked by the backend): these two, when named.
+pub(crate) fn own_ids(delivery: &Delivery) -> Option<(OutboxId, OrderId)> {
+    delivery.outbox_id.zip(delivery.order_id)
+}
+
+/// A failure reason cut to fit `orders.failure_reason`.
+pub(crate) fn failure_reason(reason: &str) -> &str {
+    truncate_utf16(reason, FAILURE_REASON_UNITS)
+}
+
+/// A dead letter as both backends store it: its id and reason cut to fit
+/// their columns, its headers as JSON.
+pub(crate) struct DeadLetterRow<'a> {
+    pub id: &'a str,
+    pub order_id: Option<OrderId>,
+    pub reason: &'a str,
+    pub headers: String,
+}
+
+/// The dead letter of `delivery`, parked for `reason`.
+pub(crate) fn dead_letter<'a>(delivery: &'a Delivery, reason: &'a str) -> Result<DeadLetterRow<'a>, StoreError> {
+    Ok(DeadLetterRow {
+        id: truncate_utf16(&delivery.dead_letter_id, DEAD_LETTER_ID_UNITS),
+        order_id: delivery.order_id,
+        reason: truncate_utf16(reason, DEAD_LETTER_REASON_UNITS),
+        headers: serde_json::to_string(&delivery.headers).map_err(|e| StoreError::Other(Cause::new(e)))?,
+    })
+}
+
+/// What counting a failed publish did: nothing when the caller no longer
+/// leased the row (`None`: no row changed), else whether the row was parked.
+pub(crate) fn failure_outcome(parked: Option<bool>) -> FailureOutcome {
+    match parked {
+        None => FailureOutcome::LeaseLost,
+        Some(true) => FailureOutcome::Parked,
+        Some(false) => FailureOutcome::Retrying,
+    }
+}
+
+/// Why an order was not retried, given what it is (`None`: no such order):
+/// only a `failed` order is.
+pub(crate) fn not_retried(order_id: OrderId, order: Option<Order>) -> StoreError {
+    match order {
+        None => StoreError::NotFound,
+        Some(o) => StoreError::Conflict(Cause::msg(format!("order {order_id} is {}, not failed", o.status))),
     }
 }
 

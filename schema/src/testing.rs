@@ -1,15 +1,19 @@
-//! Helpers for tests and the bench that look at the whole database: figures for
-//! invariant checks, a bulk loader for backlogs, and a fresh SQL Server database.
+//! Helpers for tests, chaos and the bench that look at the whole database:
+//! figures for invariant checks, a bulk loader for backlogs, a held lock, and a
+//! fresh SQL Server database. Behind the `testing` feature, so that no service
+//! binary holds them.
 //!
-//! Invariant: the SQL for these lives here, beside each backend, so that tests
-//! above `schema` run unchanged on SQLite and on SQL Server.
+//! Invariant: their SQL lives in each backend's statement table, so that tests
+//! above `schema` run unchanged on SQLite and on SQL Server; a test opens its
+//! database once ([`open`]), one pool for the store and its probe.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::database_url::{Backend, DatabaseUrl};
 use crate::model::{OrderId, OutboxId, Product};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// Whole-database figures for the end-of-test invariants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,33 +105,76 @@ pub trait Probe: Send + Sync {
     async fn clear(&self) -> Result<(), StoreError>;
 }
 
-/// Connects to the database named by `url` (running the migrations), for tests.
-pub async fn probe(url: &str) -> anyhow::Result<Arc<dyn Probe>> {
-    let url: crate::DatabaseUrl = url.parse()?;
-    Ok(match url.target {
-        crate::database_url::Target::Sqlite { path, options } => {
-            Arc::new(crate::SqliteStore::open_at(&path, &options, crate::Durability::Full).await?)
+/// A test's database: the store the services would open, and its probe, on one pool.
+pub struct TestDb {
+    /// What the services see.
+    pub store: Arc<dyn Store>,
+    /// What only tests see.
+    pub probe: Arc<dyn Probe>,
+}
+
+/// Opens the database `url` names (running the migrations) as a store and its probe.
+pub async fn open(url: &str) -> anyhow::Result<TestDb> {
+    Ok(match url.parse::<DatabaseUrl>()?.connect(crate::Durability::Full).await? {
+        Backend::Sqlite(store) => {
+            let store = Arc::new(store);
+            TestDb { store: store.clone(), probe: store }
         }
-        crate::database_url::Target::Mssql(config) => Arc::new(crate::MssqlStore::connect(*config).await?),
+        Backend::Mssql(store) => {
+            let store = Arc::new(store);
+            TestDb { store: store.clone(), probe: store }
+        }
     })
 }
 
 /// True when `url` names a SQL Server database.
 pub fn is_mssql(url: &str) -> bool {
-    url.parse::<crate::DatabaseUrl>().is_ok_and(|u| u.is_mssql())
+    url.parse::<DatabaseUrl>().is_ok_and(|u| u.is_mssql())
 }
 
 /// Creates an empty SQL Server database beside the one `url` names and returns
 /// its URL, in the same form (`mssql://…` or ADO.NET) as `url`.
 pub async fn fresh_mssql_database(url: &str) -> anyhow::Result<String> {
-    crate::mssql::fresh_database(url).await
+    let name = crate::mssql::testing::fresh_database(&mssql_config(url)?).await?;
+    Ok(with_database(url, &name))
 }
 
 /// On a migrated SQL Server database, records the first text of every
 /// migration that was replaced since (V3), as a database migrated before the
 /// replacement holds it; returns how many records it changed.
 pub async fn record_superseded_migrations(url: &str) -> anyhow::Result<u64> {
-    crate::mssql::record_superseded(url).await
+    crate::mssql::testing::record_superseded(&mssql_config(url)?).await
+}
+
+/// The SQL Server settings of `url`.
+fn mssql_config(url: &str) -> anyhow::Result<tiberius::Config> {
+    url.parse::<DatabaseUrl>()?.mssql_config().cloned().ok_or_else(|| anyhow::anyhow!("not a SQL Server url"))
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    if url.to_ascii_lowercase().starts_with("server=") {
+        let is_database_key = |part: &str| {
+            let key = part.split_once('=').map_or(part, |(k, _)| k).trim().to_ascii_lowercase();
+            matches!(key.as_str(), "database" | "initial catalog" | "databasename")
+        };
+        let mut parts: Vec<&str> = crate::database_url::ado_parts(url)
+            .into_iter()
+            .filter(|p| !p.trim().is_empty() && !is_database_key(p))
+            .collect();
+        let database = format!("database={database}");
+        parts.push(&database);
+        return parts.join(";");
+    }
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = match base.rsplit_once('/') {
+        Some((server, _)) if server.contains('@') => server,
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
 }
 
 /// The payload of a bulk-loaded order: an `OrderPlacedV1` for `P123 × 2`, padded.
@@ -138,4 +185,26 @@ pub(crate) fn bulk_payload(order_id: i64, name: &str, outbox_id: OutboxId, pad: 
         payload["pad"] = serde_json::json!("x".repeat(pad));
     }
     payload.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_database_keeps_the_url_form() {
+        assert_eq!(
+            with_database("mssql://sa:pw@db:1433/orders?trust_server_certificate=true", "t1"),
+            "mssql://sa:pw@db:1433/t1?trust_server_certificate=true"
+        );
+        assert_eq!(with_database("mssql://sa:pw@db:1433", "t1"), "mssql://sa:pw@db:1433/t1");
+        let ado =
+            "server=tcp:db,1433;user=sa;password={a;b}; Database=orders;Encrypt=true;TrustServerCertificate=true;";
+        let fresh = with_database(ado, "t1");
+        assert_eq!(
+            fresh,
+            "server=tcp:db,1433;user=sa;password={a;b};Encrypt=true;TrustServerCertificate=true;database=t1"
+        );
+        assert!(is_mssql(&fresh), "still a SQL Server URL: {fresh}");
+    }
 }

@@ -3,8 +3,7 @@
 //! file that breaks its rule, and what to do instead.
 //!
 //! Invariant: the checks find files by walking the tree, never from a list, so
-//! a new file or crate is checked the day it is added. The SQL strings rule
-//! ("no SQL outside the statement tables") is not checked yet.
+//! a new file or crate is checked the day it is added.
 
 #![cfg(test)]
 
@@ -13,6 +12,34 @@ use std::path::{Path, PathBuf};
 
 /// The crates that talk to a database: only `schema` names them.
 const DRIVERS: [&str; 4] = ["rusqlite", "tiberius", "deadpool_sqlite", "refinery"];
+
+/// The only files that hold SQL: each backend's statement table.
+const STATEMENT_TABLES: [&str; 2] = ["schema/src/sqlite/sql.rs", "schema/src/mssql/sql.rs"];
+
+/// The words an SQL statement or batch starts with, in either dialect.
+const SQL_WORDS: [&str; 21] = [
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "EXEC",
+    "EXECUTE",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "TRUNCATE",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "PRAGMA",
+    "WITH",
+    "SET",
+    "DECLARE",
+    "IF",
+];
 
 #[test]
 fn every_rust_file_starts_with_a_module_doc() {
@@ -46,6 +73,25 @@ fn no_database_driver_is_named_outside_schema() {
     fail_on(
         "a database driver is used outside `schema`",
         "go through `schema`: its store traits, or `schema::testing::Probe` in tests (`hold_write_lock`, `tally`, ...)",
+        offenders,
+    );
+}
+
+#[test]
+fn no_sql_string_lives_outside_the_statement_tables() {
+    // This file holds SQL too, in the samples of its own test below.
+    let here = root().join("tidy/src/lib.rs");
+    let tables: Vec<PathBuf> = STATEMENT_TABLES.iter().map(|t| root().join(t)).collect();
+    let mut offenders = Vec::new();
+    for path in files("rs").into_iter().filter(|p| *p != here && !tables.contains(p) && !is_test_file(p)) {
+        for (n, word) in sql_strings(&read(&path)) {
+            offenders.push(format!("{}:{}: a string starting with {word}", shown(&path), n + 1));
+        }
+    }
+    fail_on(
+        "SQL outside the statement tables (`schema/src/{sqlite,mssql}/sql.rs`)",
+        "declare the statement in its backend's `statements!` table, under the name its twin has on the other \
+         side, and use the constant (tests may hold SQL of their own)",
         offenders,
     );
 }
@@ -172,6 +218,38 @@ fn depends_on(line: &str, krate: &str) -> bool {
     key || line.ends_with(&format!("dependencies.{krate}]"))
 }
 
+/// Integration tests (a `tests/` folder): whole files of test code.
+fn is_test_file(path: &Path) -> bool {
+    path.strip_prefix(root()).unwrap_or(path).components().any(|c| c.as_os_str() == "tests")
+}
+
+/// The lines (numbered from 0) of a Rust file's code holding a string that
+/// starts with an SQL word, with the word; a file's unit tests (from its
+/// `#[cfg(test)] mod tests` on) are test code, left out.
+fn sql_strings(text: &str) -> Vec<(usize, &'static str)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let tests = |w: &[&str]| w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod tests");
+    let code = lines.windows(2).position(tests).unwrap_or(lines.len());
+    lines[..code].iter().enumerate().filter_map(|(n, line)| sql_string_in(line).map(|word| (n, word))).collect()
+}
+
+/// The SQL word a string literal on a line of code starts with, if more of
+/// a statement follows it (a lone word is no statement, and `BEGIN` and
+/// `COMMIT` are STOMP commands too).
+fn sql_string_in(line: &str) -> Option<&'static str> {
+    if line.trim_start().starts_with("//") {
+        return None;
+    }
+    line.match_indices('"').find_map(|(at, _)| {
+        let text = line[at + 1..].trim_start();
+        let starts = |word: &&&str| {
+            let after = text.strip_prefix(**word);
+            after.is_some_and(|after| after.starts_with([' ', ';', '\\']))
+        };
+        SQL_WORDS.iter().find(starts).copied()
+    })
+}
+
 /// Fails with `what`, each offender on a line of its own, and `fix`.
 fn fail_on(what: &str, fix: &str, offenders: Vec<String>) {
     if !offenders.is_empty() {
@@ -191,4 +269,31 @@ fn a_driver_is_found_by_its_paths_and_uses_only() {
     assert!(depends_on("tiberius = { version = \"0.13\" }", "tiberius"));
     assert!(depends_on("[dev-dependencies.rusqlite]", "rusqlite"));
     assert!(!depends_on("rusqlite-extra = \"1\"", "rusqlite"));
+}
+
+#[test]
+fn sql_is_found_in_strings_of_code_only() {
+    let sample = r#"//! A module that talks to the database itself.
+fn purge(conn: &Connection) {
+    // "DELETE FROM orders" in a comment is prose.
+    conn.execute("DELETE FROM orders", [])?;
+    let sql = format!("  SELECT {COLUMNS} FROM orders");
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    conn.execute_batch("ROLLBACK; COMMIT")?;
+    client.send(vec![Frame::new("BEGIN"), Frame::new("COMMIT")]).await?;
+    let note = "update the docs; SELECTED rows, sqlite://x";
+    let q = concat!("UPDATE outbox SET \
+        dead_at = NULL");
+}
+
+#[cfg(test)]
+mod tests {
+    fn fixture(conn: &Connection) {
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    }
+}
+"#;
+    assert_eq!(sql_strings(sample), [(3, "DELETE"), (4, "SELECT"), (5, "BEGIN"), (6, "ROLLBACK"), (9, "UPDATE")]);
+    assert!(is_test_file(&root().join("schema/tests/it/contract.rs")));
+    assert!(!is_test_file(&root().join("schema/src/sqlite/outbox.rs")));
 }

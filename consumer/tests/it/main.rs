@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use consumer::step::{Acker, DEAD_LETTER_ATTEMPTS, StepError, Unconfirmed, handle_delivery, publish_dead_letters};
 use schema::{
-    Applied, Cause, DeadLetter, Delivery, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome,
-    ProcessingStore, Store, StoreError, UndeliverableLetter,
+    Applied, Cause, DeadLetter, Delivery, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessingStore, Store,
+    StoreError, UndeliverableLetter,
 };
 use stomp::{Frame, StompError};
 
@@ -83,9 +83,6 @@ struct Refusing {
 
 #[async_trait]
 impl ProcessingStore for Refusing {
-    async fn process_orders(&self, items: &[(Option<OutboxId>, OrderId)]) -> Result<Vec<ProcessOutcome>, StoreError> {
-        self.inner.process_orders(items).await
-    }
     async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
         let marked = |d: &Delivery| String::from_utf8_lossy(&d.body).contains(self.marker);
         if deliveries.iter().any(|d| marked(d) && (self.refusal == Refusal::Transient || d.rejection.is_none())) {
@@ -114,7 +111,7 @@ impl ProcessingStore for Refusing {
 async fn store() -> (std::sync::Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("consumer.db").display());
-    (schema::connect(&url).await.unwrap(), dir)
+    (schema::testing::open(&url).await.unwrap().store, dir)
 }
 
 async fn place(store: &dyn Store, name: &str, product: &str) -> (OrderId, OutboxId) {

@@ -137,7 +137,7 @@ async fn malformed_messages_are_parked_with_their_reason_and_the_consumer_keeps_
     let seed_order = stack.place_order("Ajay", "P123", 2).await;
     let range_order = stack.place_order("Bea", "P200", 1).await;
     let dup_order = stack.place_order("Cem", "P300", 3).await;
-    let store = schema::connect(&stack.database_url).await.unwrap();
+    let store = stack.store.clone();
     let schema::Placed::Created(unknown) = store
         .place_order(NewOrder {
             customer_name: "Dee".into(),

@@ -214,7 +214,7 @@ async fn orders_whose_messages_were_lost_are_sent_again_and_processed_once() {
 async fn a_failed_order_is_retried_from_the_admin_port() {
     let mut stack = Stack::start(&shared_broker_url()).await;
     let order = {
-        let store = schema::connect(&stack.database_url).await.unwrap();
+        let store = stack.store.clone();
         let placed = store
             .place_order(schema::NewOrder {
                 customer_name: "Eve".into(),

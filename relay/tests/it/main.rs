@@ -47,7 +47,8 @@ impl Publisher for FakeBroker {
 
 async fn setup(broker: Arc<FakeBroker>) -> (Relay, Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = schema::connect(&format!("sqlite://{}", dir.path().join("relay.db").display())).await.unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let store = schema::testing::open(&url).await.unwrap().store;
     let relay = Relay {
         store: store.clone(),
         publisher: broker,

@@ -19,12 +19,12 @@ use crate::incidents::{
 };
 use crate::limits::{REQUESTED_BY_UNITS, truncate_utf16};
 use crate::store::Cause;
-use crate::{MssqlStore, OrderId, OutboxId, StoreError};
+use crate::{AuditAction, MssqlStore, OrderId, OutboxId, StoreError};
 
 use super::orders::insert_outbox;
-use super::outbox::retry_in;
+use super::outbox::{audit, retry_order};
 use super::sql::*;
-use super::{TdsClient, TdsResult, batch, conversion, exec, finish, order_from_row, rows, utc};
+use super::{TdsClient, TdsResult, conversion, load_order, rows, utc};
 
 /// A failed order or an open dead letter: its id, order, reason and when.
 struct Found {
@@ -69,9 +69,9 @@ async fn replay(
     by: &str,
     only_open: bool,
     sent: &mut HashMap<OrderId, OutboxId>,
-) -> TdsResult<Result<Replayed, String>> {
+) -> Result<Result<Replayed, String>, StoreError> {
     let order = match order_id {
-        Some(id) => rows(client, ORDER, &[&id.0]).await?.first().map(order_from_row).transpose()?,
+        Some(id) => load_order(client, id).await?,
         None => None,
     };
     let (step, order) = match replay_step(order_id, order.as_ref()) {
@@ -84,13 +84,13 @@ async fn replay(
     }
     let outbox_id = match (sent.get(&order_id), step) {
         (Some(outbox_id), _) => *outbox_id,
-        (None, ReplayStep::Retry) => match retry_in(client, order_id, "replay", by).await? {
+        (None, ReplayStep::Retry) => match retry_order(client, order_id, AuditAction::Replay, by).await? {
             Some(outbox_id) => outbox_id,
             None => return Ok(Err(format!("order {order_id} changed status meanwhile"))),
         },
         (None, ReplayStep::Resend) => {
             let outbox_id = insert_outbox(client, order, &None, &None, None).await?;
-            exec(client, INSERT_AUDIT, &[&outbox_id.0, &order_id.0, &"replay", &by]).await?;
+            audit(client, outbox_id, order_id, AuditAction::Replay, by).await?;
             outbox_id
         }
     };
@@ -101,79 +101,59 @@ async fn replay(
 #[async_trait]
 impl IncidentAdmin for MssqlStore {
     async fn failure_groups(&self) -> Result<Vec<FailureGroup>, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async {
-            let orders = failed_orders(&mut conn).await?.into_iter().map(|f| (f, true));
-            let letters = open_letters(&mut conn).await?.into_iter().map(|f| (f, false));
+        self.with_conn(async |c| {
+            let orders = failed_orders(c).await?.into_iter().map(|f| (f, true));
+            let letters = open_letters(c).await?.into_iter().map(|f| (f, false));
             let failures =
                 orders.chain(letters).map(|(f, is_order)| Failure { reason: f.reason, at: utc(f.at), is_order });
             Ok(group(failures))
-        }
-        .await;
-        finish(conn, result)
+        })
+        .await
     }
 
     async fn retry_group(&self, key: &str, requested_by: &str) -> Result<Vec<(OrderId, OutboxId)>, StoreError> {
-        let mut conn = self.conn().await?;
         let by = truncate_utf16(requested_by, REQUESTED_BY_UNITS);
-        let result = async {
-            batch(&mut conn, BEGIN).await?;
+        self.transaction(async |c| {
             let mut retried = Vec::new();
-            for failed in failed_orders(&mut conn).await? {
+            for failed in failed_orders(c).await? {
                 let Some(order_id) = failed.order_id.filter(|_| fingerprint(&failed.reason) == key) else { continue };
-                if let Some(outbox_id) = retry_in(&mut conn, order_id, "retry", by).await? {
+                if let Some(outbox_id) = retry_order(c, order_id, AuditAction::Retry, by).await? {
                     retried.push((order_id, outbox_id));
                 }
             }
-            batch(&mut conn, COMMIT).await?;
             Ok(retried)
-        }
-        .await;
-        finish(conn, result)
+        })
+        .await
     }
 
     async fn replay_dead_letter(&self, dead_letter_id: &str, requested_by: &str) -> Result<Replayed, StoreError> {
-        let mut conn = self.conn().await?;
         let by = truncate_utf16(requested_by, REQUESTED_BY_UNITS);
-        let result = async {
-            let found = rows(&mut conn, DEAD_LETTER_ORDER, &[&dead_letter_id]).await?;
-            let Some(row) = found.first() else { return Ok(Err(StoreError::NotFound)) };
+        self.transaction(async |c| {
+            let found = rows(c, DEAD_LETTER_ORDER, &[&dead_letter_id]).await?;
+            let Some(row) = found.first() else { return Err(StoreError::NotFound) };
             let order_id = row.try_get::<i64, _>(1)?.map(OrderId);
-            batch(&mut conn, BEGIN).await?;
-            match replay(&mut conn, dead_letter_id, order_id, by, false, &mut HashMap::new()).await? {
-                Ok(replayed) => {
-                    batch(&mut conn, COMMIT).await?;
-                    Ok(Ok(replayed))
-                }
-                Err(why) => {
-                    batch(&mut conn, ROLLBACK).await?;
-                    Ok(Err(StoreError::Conflict(Cause::msg(why))))
-                }
-            }
-        }
-        .await;
-        finish(conn, result)?
+            replay(c, dead_letter_id, order_id, by, false, &mut HashMap::new())
+                .await?
+                .map_err(|why| StoreError::Conflict(Cause::msg(why)))
+        })
+        .await
     }
 
     async fn replay_group(&self, key: &str, requested_by: &str) -> Result<ReplayReport, StoreError> {
-        let mut conn = self.conn().await?;
         let by = truncate_utf16(requested_by, REQUESTED_BY_UNITS);
-        let result = async {
-            batch(&mut conn, BEGIN).await?;
+        self.transaction(async |c| {
             let (mut report, mut sent) = (ReplayReport::default(), HashMap::new());
-            for letter in open_letters(&mut conn).await? {
+            for letter in open_letters(c).await? {
                 if fingerprint(&letter.reason) != key {
                     continue;
                 }
-                match replay(&mut conn, &letter.id, letter.order_id, by, true, &mut sent).await? {
+                match replay(c, &letter.id, letter.order_id, by, true, &mut sent).await? {
                     Ok(replayed) => report.replayed.push(replayed),
                     Err(reason) => report.skipped.push(Skipped { dead_letter_id: letter.id, reason }),
                 }
             }
-            batch(&mut conn, COMMIT).await?;
             Ok(report)
-        }
-        .await;
-        finish(conn, result)
+        })
+        .await
     }
 }

@@ -1,8 +1,9 @@
 //! SQL Server backend: tiberius 0.13 behind a deadpool pool with our own manager.
 //!
-//! Invariants: every statement lives in the `SQL` table of `sql.rs`, so the T-SQL
-//! parser test sees all of them; a connection that saw any error is discarded,
-//! never returned to the pool; time comes from `SYSUTCDATETIME()`.
+//! Invariants: every statement lives in the table of `sql.rs`, so the T-SQL
+//! parser test sees all of them; a call runs in `with_conn` or `transaction`,
+//! and a connection that saw any error is discarded, never returned to the
+//! pool; time comes from `SYSUTCDATETIME()`.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,41 +29,14 @@ mod migrations {
 type TdsClient = Client<Compat<TcpStream>>;
 type TdsResult<T> = Result<T, tiberius::error::Error>;
 
-macro_rules! order_columns {
-    ($prefix:literal) => {
-        concat!(
-            $prefix,
-            "order_id, ",
-            $prefix,
-            "customer_name, ",
-            $prefix,
-            "product_id, ",
-            $prefix,
-            "quantity, ",
-            $prefix,
-            "status, ",
-            $prefix,
-            "unit_price, ",
-            $prefix,
-            "total_price, ",
-            $prefix,
-            "failure_reason, ",
-            $prefix,
-            "created_at, ",
-            $prefix,
-            "processed_at"
-        )
-    };
-}
-
 mod incidents;
 mod orders;
 mod outbox;
 mod processing;
-mod sql;
-mod testing;
+pub(crate) mod sql;
+#[cfg(feature = "testing")]
+pub(crate) mod testing;
 
-pub(crate) use sql::statements;
 use sql::*;
 
 /// deadpool manager for tiberius connections.
@@ -81,7 +55,7 @@ impl managed::Manager for TdsManager {
     }
 
     /// A connection used within the last [`RECHECK_AFTER`] is handed out as it
-    /// is: it came back through [`finish`] after a call that ended, so no
+    /// is: it came back through [`Conn::release`] after a call that ended, so no
     /// transaction is open (a round trip to ask costs as much as a small
     /// statement, a third of an order's work on Babelfish). One idle longer
     /// is asked, which also finds one the server closed meanwhile.
@@ -161,14 +135,53 @@ impl MssqlStore {
         Ok(Self { pool, hot, orders })
     }
 
-    async fn conn(&self) -> Result<Conn, StoreError> {
-        conn_from(&self.pool).await
+    /// Runs `f` on a connection of the shared pool: reads, and writes of one
+    /// statement (mirrors `SqliteStore::with_conn`).
+    async fn with_conn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut TdsClient) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        run_on(&self.pool, f).await
     }
 
-    /// A connection of the [`MssqlStore::hot`] pool, for the per-batch procedures.
-    async fn hot_conn(&self) -> Result<Conn, StoreError> {
-        conn_from(&self.hot).await
+    /// [`MssqlStore::with_conn`] on the [`MssqlStore::hot`] pool, for the per-batch procedures.
+    async fn with_hot_conn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut TdsClient) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        run_on(&self.hot, f).await
     }
+
+    /// Runs `f` in one transaction, committed when `f` succeeds; after any
+    /// error the connection is closed, which rolls it back (mirrors
+    /// `SqliteStore::write`).
+    async fn transaction<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut TdsClient) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.with_conn(async |client| {
+            batch(client, BEGIN).await?;
+            let out = f(client).await?;
+            batch(client, COMMIT).await?;
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Runs `f` on a connection of `pool`, which goes back to the pool once `f`
+/// succeeded, and is closed after an error: it may be mid-transaction or
+/// desynchronised.
+async fn run_on<T>(
+    pool: &Pool<TdsManager>,
+    f: impl AsyncFnOnce(&mut TdsClient) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut conn = conn_from(pool).await?;
+    let out = f(&mut conn).await;
+    if out.is_ok() {
+        conn.release();
+    }
+    out
 }
 
 /// A pool of at most `size` connections, the most recently used handed out
@@ -222,19 +235,6 @@ async fn migrate(client: &mut TdsClient) -> anyhow::Result<()> {
     }
     migrations::migrations::runner().run_async(client).await.context("running the migrations")?;
     Ok(())
-}
-
-/// Records on the migrated database `url` names the first text of every
-/// superseded migration, as a database migrated before the replacement holds
-/// them; the number of records changed.
-pub(crate) async fn record_superseded(url: &str) -> anyhow::Result<u64> {
-    let mut client = open_client(&mssql_config(url)?).await?;
-    let mut records = 0;
-    for (version, first, current) in superseded_checksums()? {
-        records += changed(&mut client, ACCEPT_SUPERSEDED, &[&first, &version, &current]).await?;
-    }
-    client.close().await?;
-    Ok(records)
 }
 
 /// What an SQL Server error number means for the caller (the table in ARCHITECTURE.md).
@@ -311,6 +311,12 @@ fn class_of_error(code: u32, message: &str) -> ErrorClass {
     }
 }
 
+impl From<tiberius::error::Error> for StoreError {
+    fn from(e: tiberius::error::Error) -> Self {
+        map_err(e)
+    }
+}
+
 fn map_err(e: tiberius::error::Error) -> StoreError {
     let message = match &e {
         tiberius::error::Error::Server(token) => token.message().to_string(),
@@ -335,7 +341,7 @@ fn map_err(e: tiberius::error::Error) -> StoreError {
     }
 }
 
-/// A pooled connection that returns to the pool only through [`finish`].
+/// A pooled connection that returns to the pool only through [`Conn::release`].
 /// Dropped anywhere else (a caller cancelled mid-call, say an HTTP client that
 /// hung up while its handler waited on the database) it is closed instead: a
 /// half-read answer or an open transaction never reaches the next caller, and
@@ -364,16 +370,10 @@ impl Drop for Conn {
     }
 }
 
-/// Hands the result back: the connection returns to the pool after a call
-/// that finished, and is closed after an error (it may be mid-transaction or
-/// desynchronised).
-fn finish<T>(mut conn: Conn, result: TdsResult<T>) -> Result<T, StoreError> {
-    match result {
-        Ok(v) => {
-            drop(conn.0.take());
-            Ok(v)
-        }
-        Err(e) => Err(map_err(e)),
+impl Conn {
+    /// Back to the pool, after a call that ended.
+    fn release(mut self) {
+        drop(self.0.take());
     }
 }
 
@@ -532,96 +532,37 @@ fn count_slot() -> i32 {
 /// Applies one transaction's status moves to the counters, in one statement.
 async fn count_moves(client: &mut TdsClient, moves: Moves) -> TdsResult<()> {
     let [pending, published, processed, failed] = moves.deltas();
-    if moves.changes().next().is_none() {
+    if moves.is_empty() {
         return Ok(());
     }
     exec(client, BUMP_COUNTS, &[&pending, &published, &processed, &failed, &count_slot()]).await.map(drop)
 }
 
-/// DATEADD takes an INT: milliseconds for short spans (leases, retries; up to 24 days).
-fn millis(d: Duration) -> i32 {
+/// A time `d` after now, in the milliseconds the statements add to the
+/// server's clock (DATEADD takes an INT: short spans, leases and retries, up
+/// to 24 days).
+fn from_now(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
 
-/// DATEADD takes an INT: seconds for long spans (retention, staleness; up to 68 years).
-fn seconds(d: Duration) -> i32 {
-    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+/// A time `d` before now, in the seconds the statements add to the server's
+/// clock (DATEADD takes an INT: long spans, retention and staleness, up to 68 years).
+fn ago(d: Duration) -> i32 {
+    -i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
-const CREATE_DATABASE: &str = "CREATE DATABASE orderflow_test_";
-
-/// The SQL Server settings of `url`.
-fn mssql_config(url: &str) -> anyhow::Result<Config> {
-    match url.parse::<crate::DatabaseUrl>()?.target {
-        crate::database_url::Target::Mssql(config) => Ok(*config),
-        crate::database_url::Target::Sqlite { .. } => anyhow::bail!("not a SQL Server url"),
-    }
+/// The count a statement answers (its first row's first column).
+fn count(rows: &[Row]) -> i64 {
+    rows.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0)
 }
 
-/// Creates an empty database on the server named by `url` (`mssql://…` or an
-/// ADO.NET string) and returns the same URL naming the new database.
-pub async fn fresh_database(url: &str) -> anyhow::Result<String> {
-    let suffix = Uuid::new_v4().simple().to_string();
-    let mut client = open_client(&mssql_config(url)?).await?;
-    // Babelfish fails a CREATE DATABASE that runs beside another one ("tuple
-    // concurrently updated"); a moment later it succeeds.
-    let mut attempt = 0;
-    while let Err(error) = batch(&mut client, &format!("{CREATE_DATABASE}{suffix}")).await {
-        attempt += 1;
-        anyhow::ensure!(attempt < 10 && error.to_string().contains("concurrently"), error);
-        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-    }
-    client.close().await?;
-    Ok(with_database(url, &format!("orderflow_test_{suffix}")))
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    if url.to_ascii_lowercase().starts_with("server=") {
-        let is_database_key = |part: &str| {
-            let key = part.split_once('=').map_or(part, |(k, _)| k).trim().to_ascii_lowercase();
-            matches!(key.as_str(), "database" | "initial catalog" | "databasename")
-        };
-        let mut parts: Vec<&str> = crate::database_url::ado_parts(url)
-            .into_iter()
-            .filter(|p| !p.trim().is_empty() && !is_database_key(p))
-            .collect();
-        let database = format!("database={database}");
-        parts.push(&database);
-        return parts.join(";");
-    }
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let server = match base.rsplit_once('/') {
-        Some((server, _)) if server.contains('@') => server,
-        _ => base,
-    };
-    match query {
-        Some(q) => format!("{server}/{database}?{q}"),
-        None => format!("{server}/{database}"),
-    }
+async fn load_order(client: &mut TdsClient, order_id: OrderId) -> TdsResult<Option<Order>> {
+    rows(client, ORDER, &[&order_id.0]).await?.first().map(order_from_row).transpose()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_fresh_database_keeps_the_url_form() {
-        assert_eq!(
-            with_database("mssql://sa:pw@db:1433/orders?trust_server_certificate=true", "t1"),
-            "mssql://sa:pw@db:1433/t1?trust_server_certificate=true"
-        );
-        assert_eq!(with_database("mssql://sa:pw@db:1433", "t1"), "mssql://sa:pw@db:1433/t1");
-        let ado =
-            "server=tcp:db,1433;user=sa;password={a;b}; Database=orders;Encrypt=true;TrustServerCertificate=true;";
-        let fresh = with_database(ado, "t1");
-        assert_eq!(
-            fresh,
-            "server=tcp:db,1433;user=sa;password={a;b};Encrypt=true;TrustServerCertificate=true;database=t1"
-        );
-        let config = mssql_config(&fresh).unwrap();
-        assert_eq!(config.get_addr(), "db:1433");
-    }
 
     #[test]
     fn error_numbers_map_to_what_the_caller_can_do() {

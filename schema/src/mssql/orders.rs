@@ -23,7 +23,7 @@ use crate::{
 
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, all_rows, batch, batch_rows, conversion, exec, finish, order_from_row, product_from_row,
+    TdsClient, TdsResult, all_rows, batch, batch_rows, conversion, exec, load_order, order_from_row, product_from_row,
     rows, text_or_empty, utc,
 };
 
@@ -169,14 +169,7 @@ pub(super) async fn place_orders(store: MssqlStore, writers: Arc<Writers>) {
 /// a reason of one of them, and answers each order.
 async fn place_group(store: &MssqlStore, group: Vec<PlaceRequest>) {
     let orders: Vec<&NewOrder> = group.iter().map(|r| &r.order).collect();
-    let placed = match store.hot_conn().await {
-        Ok(mut conn) => {
-            let result = place(&mut conn, &orders).await;
-            finish(conn, result)
-        }
-        Err(error) => Err(error),
-    };
-    match placed {
+    match store.with_hot_conn(async |c| Ok(place(c, &orders).await?)).await {
         Ok(placed) => {
             for (request, placed) in group.into_iter().zip(placed) {
                 let _ = request.reply.send(Ok(placed));
@@ -370,17 +363,16 @@ fn outbox_json(inserted: &[Order], orders: &[&NewOrder]) -> String {
 impl MssqlStore {
     /// One order in a transaction of its own, after its group failed.
     async fn place_alone(&self, order: &NewOrder) -> Result<Placed, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = place(&mut conn, &[order]).await;
-        match finish(conn, result.map(|mut placed| placed.remove(0))) {
+        match self.with_conn(async |c| Ok(place(c, &[order]).await?.remove(0))).await {
             // Two requests with the same new key raced; the winner's order is the answer.
             Err(StoreError::Conflict(_)) if order.idempotency_key.is_some() => {
-                let mut conn = self.conn().await?;
                 let key = order.idempotency_key.clone();
-                let result =
-                    async { rows(&mut conn, ORDER_BY_KEY, &[&key]).await?.first().map(order_from_row).transpose() }
-                        .await;
-                finish(conn, result)?.map(Placed::Existing).ok_or(StoreError::NotFound)
+                let existing = self
+                    .with_conn(async |c| {
+                        Ok(rows(c, ORDER_BY_KEY, &[&key]).await?.first().map(order_from_row).transpose()?)
+                    })
+                    .await?;
+                existing.map(Placed::Existing).ok_or(StoreError::NotFound)
             }
             other => other,
         }
@@ -390,16 +382,18 @@ impl MssqlStore {
 #[async_trait]
 impl OrderStore for MssqlStore {
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async { rows(&mut conn, PRODUCTS, &[]).await?.iter().map(product_from_row).collect() }.await;
-        finish(conn, result)
+        self.with_conn(async |c| {
+            Ok(rows(c, PRODUCTS, &[]).await?.iter().map(product_from_row).collect::<TdsResult<_>>()?)
+        })
+        .await
     }
 
     async fn product(&self, product_id: &str) -> Result<Product, StoreError> {
-        let mut conn = self.conn().await?;
-        let result =
-            async { rows(&mut conn, PRODUCT, &[&product_id]).await?.first().map(product_from_row).transpose() }.await;
-        finish(conn, result)?.ok_or(StoreError::NotFound)
+        self.with_conn(async |c| {
+            Ok(rows(c, PRODUCT, &[&product_id]).await?.first().map(product_from_row).transpose()?)
+        })
+        .await?
+        .ok_or(StoreError::NotFound)
     }
 
     async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError> {
@@ -412,50 +406,43 @@ impl OrderStore for MssqlStore {
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {
-        let mut conn = self.conn().await?;
-        let result =
-            async { rows(&mut conn, ORDER, &[&order_id.0]).await?.first().map(order_from_row).transpose() }.await;
-        finish(conn, result)?.ok_or(StoreError::NotFound)
+        self.with_conn(async |c| Ok(load_order(c, order_id).await?)).await?.ok_or(StoreError::NotFound)
     }
 
     async fn order_counts(&self) -> Result<OrderCounts, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async {
+        self.with_conn(async |c| {
             let mut counts = OrderCounts::default();
-            for row in rows(&mut conn, ORDER_COUNTS, &[]).await? {
+            for row in rows(c, ORDER_COUNTS, &[]).await? {
                 let status = row.try_get::<&str, _>(0)?.ok_or_else(|| conversion("status"))?;
                 add_count(&mut counts, status, row.try_get::<i64, _>(1)?.unwrap_or(0));
             }
             Ok(counts)
-        }
-        .await;
-        finish(conn, result)
+        })
+        .await
     }
 
     async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
-        let mut conn = self.conn().await?;
         let limit = i64::from(limit);
-        let result =
-            async { rows(&mut conn, RECENT_ORDERS, &[&limit]).await?.iter().map(order_from_row).collect() }.await;
-        finish(conn, result)
+        self.with_conn(async |c| {
+            Ok(rows(c, RECENT_ORDERS, &[&limit]).await?.iter().map(order_from_row).collect::<TdsResult<_>>()?)
+        })
+        .await
     }
 
     async fn failed_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
-        let mut conn = self.conn().await?;
         let limit = i64::from(limit);
-        let result =
-            async { rows(&mut conn, FAILED_ORDERS, &[&limit]).await?.iter().map(order_from_row).collect() }.await;
-        finish(conn, result)
+        self.with_conn(async |c| {
+            Ok(rows(c, FAILED_ORDERS, &[&limit]).await?.iter().map(order_from_row).collect::<TdsResult<_>>()?)
+        })
+        .await
     }
 
     async fn published_at(&self, order_id: OrderId) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async {
-            let found = rows(&mut conn, PUBLISHED_AT, &[&order_id.0]).await?;
+        self.with_conn(async |c| {
+            let found = rows(c, PUBLISHED_AT, &[&order_id.0]).await?;
             Ok(found.first().map(|r| r.try_get::<NaiveDateTime, _>(0)).transpose()?.flatten().map(utc))
-        }
-        .await;
-        finish(conn, result)
+        })
+        .await
     }
 }
 

@@ -10,19 +10,19 @@ use rust_decimal::Decimal;
 use tiberius::Row;
 use uuid::Uuid;
 
-use crate::decide::{Decision, OrderFacts, decide, order_of, settle};
-use crate::limits::{
-    DEAD_LETTER_ID_UNITS, DEAD_LETTER_REASON_UNITS, FAILURE_REASON_UNITS, LAST_ERROR_UNITS, truncate_utf16,
+use crate::decide::{
+    Decision, OrderFacts, ProcessOutcome, dead_letter, decide, failure_reason, order_of, own_ids, settle,
 };
+use crate::limits::{LAST_ERROR_UNITS, truncate_utf16};
 use crate::store::Moves;
 use crate::{
-    Applied, DeadLetter, Delivery, MssqlStore, Order, OrderId, OrderStatus, OutboxId, ProcessOutcome, ProcessingStore,
-    StoreError, UndeliverableLetter,
+    Applied, DeadLetter, Delivery, MssqlStore, Order, OrderId, OrderStatus, OutboxId, ProcessingStore, StoreError,
+    UndeliverableLetter,
 };
 
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, all_rows, batch, batch_rows, changed, conversion, count_moves, count_slot, exec, finish,
+    TdsClient, TdsResult, all_rows, batch, batch_rows, changed, conversion, count, count_moves, count_slot, exec,
     order_at, rows, status_at, utc,
 };
 
@@ -48,11 +48,7 @@ async fn process_one(
     {
         return Ok(ProcessOutcome::NotItsOutboxId(id));
     }
-    let first_delivery = match outbox_id {
-        Some(id) => changed(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 1,
-        None => true,
-    };
-    match decide(&facts, first_delivery) {
+    match decide(&facts, record_inbox(client, outbox_id, order_id).await?) {
         Decision::Duplicate => Ok(ProcessOutcome::Duplicate),
         Decision::Fail(reason) => {
             mark_failed(client, order_id, &reason, moves).await?;
@@ -69,6 +65,12 @@ async fn process_one(
     }
 }
 
+/// Records an inbox row; false when the outbox id was seen before.
+async fn record_inbox(client: &mut TdsClient, outbox_id: Option<OutboxId>, order_id: OrderId) -> TdsResult<bool> {
+    let Some(id) = outbox_id else { return Ok(true) };
+    Ok(changed(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 1)
+}
+
 /// Fails the order unless it is already final; true when it did.
 async fn mark_failed(client: &mut TdsClient, order_id: OrderId, reason: &str, moves: &mut Moves) -> TdsResult<bool> {
     let updated = all_rows(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
@@ -77,44 +79,29 @@ async fn mark_failed(client: &mut TdsClient, order_id: OrderId, reason: &str, mo
     Ok(true)
 }
 
-async fn process_batch(
-    client: &mut TdsClient,
-    items: &[(Option<OutboxId>, OrderId)],
-) -> TdsResult<Vec<ProcessOutcome>> {
-    batch(client, BEGIN).await?;
-    let mut outcomes = Vec::with_capacity(items.len());
-    let mut moves = Moves::default();
-    for (outbox_id, order_id) in items {
-        outcomes.push(process_one(client, *outbox_id, *order_id, &mut moves).await?);
-    }
-    count_moves(client, moves).await?;
-    batch(client, COMMIT).await?;
-    Ok(outcomes)
-}
-
-async fn record_dead_letter(client: &mut TdsClient, d: &Delivery, reason: &str) -> TdsResult<()> {
-    let headers =
-        serde_json::to_string(&d.headers).map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
-    let id = truncate_utf16(&d.dead_letter_id, DEAD_LETTER_ID_UNITS);
-    let order_id = d.order_id.map_or(0, |o| o.0);
-    let reason = truncate_utf16(reason, DEAD_LETTER_REASON_UNITS);
-    exec(client, RECORD_DEAD_LETTER, &[&id, &order_id, &reason, &headers, &d.body.as_slice()]).await.map(drop)
+/// Records the dead letter unless one with its id exists.
+async fn record_dead_letter(client: &mut TdsClient, d: &Delivery, reason: &str) -> Result<(), StoreError> {
+    let row = dead_letter(d, reason)?;
+    // No NULL parameter: order 0 names none (ids start at 1).
+    let params: [&dyn tiberius::ToSql; 5] =
+        [&row.id, &row.order_id.map_or(0, |o| o.0), &row.reason, &row.headers, &d.body.as_slice()];
+    exec(client, RECORD_DEAD_LETTER, &params).await?;
+    Ok(())
 }
 
 /// True when `outbox_id` names an outbox row of `order_id`: the order's own message.
 async fn own_message(client: &mut TdsClient, outbox_id: OutboxId, order_id: OrderId) -> TdsResult<bool> {
-    let own = rows(client, OWN_MESSAGE, &[&outbox_id.0, &order_id.0]).await?;
-    Ok(own.first().and_then(|r| r.get::<i64, _>(0)).unwrap_or(0) > 0)
+    Ok(count(&rows(client, OWN_MESSAGE, &[&outbox_id.0, &order_id.0]).await?) > 0)
 }
 
 /// A delivery that failed its checks: it may fail only its own order.
-async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str, moves: &mut Moves) -> TdsResult<Applied> {
-    let reason = truncate_utf16(reason, FAILURE_REASON_UNITS);
+async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str, moves: &mut Moves) -> Result<Applied, StoreError> {
+    let reason = failure_reason(reason);
     let mut order_failed = false;
-    if let (Some(outbox_id), Some(order_id)) = (d.outbox_id, d.order_id)
+    if let Some((outbox_id, order_id)) = own_ids(d)
         && own_message(client, outbox_id, order_id).await?
     {
-        if changed(client, RECORD_INBOX, &[&outbox_id.0, &order_id.0]).await? == 0 {
+        if !record_inbox(client, Some(outbox_id), order_id).await? {
             return Ok(Applied::Duplicate);
         }
         order_failed = mark_failed(client, order_id, reason, moves).await?;
@@ -123,7 +110,7 @@ async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str, moves: &mut 
     Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
 }
 
-async fn apply_one(client: &mut TdsClient, d: &Delivery, moves: &mut Moves) -> TdsResult<Applied> {
+async fn apply_one(client: &mut TdsClient, d: &Delivery, moves: &mut Moves) -> Result<Applied, StoreError> {
     let order_id = match order_of(d) {
         Ok(order_id) => order_id,
         Err(reason) => return reject(client, d, reason, moves).await,
@@ -144,7 +131,7 @@ async fn apply_one(client: &mut TdsClient, d: &Delivery, moves: &mut Moves) -> T
 /// one SQL batch. Any other message (and any plain case the set-based update
 /// did not move) goes message by message ([`apply_one`]) before the commit.
 /// An inbox row is written only with its order's move.
-async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResult<Vec<Applied>> {
+async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
     let facts = read_facts(client, deliveries).await?;
     let mut moves = Moves::default();
     let (mut outcomes, inboxes) = apply_plain(client, deliveries, &facts, &mut moves).await?;
@@ -316,16 +303,8 @@ fn dead_letter_from_row(row: &Row) -> TdsResult<DeadLetter> {
 
 #[async_trait]
 impl ProcessingStore for MssqlStore {
-    async fn process_orders(&self, items: &[(Option<OutboxId>, OrderId)]) -> Result<Vec<ProcessOutcome>, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = process_batch(&mut conn, items).await;
-        finish(conn, result)
-    }
-
     async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
-        let mut conn = self.hot_conn().await?;
-        let result = apply_batch(&mut conn, deliveries).await;
-        match finish(conn, result) {
+        match self.with_hot_conn(async |c| apply_batch(c, deliveries).await).await {
             // A duplicate key here is another consumer's commit of the same
             // inbox row or dead letter, seen where the lock hints are ignored
             // (Babelfish): done again, the batch finds it and counts a duplicate.
@@ -335,66 +314,60 @@ impl ProcessingStore for MssqlStore {
     }
 
     async fn unsent_dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut conn = self.conn().await?;
         let limit = i64::from(limit);
-        let result =
-            async { rows(&mut conn, UNSENT_DEAD_LETTERS, &[&limit]).await?.iter().map(dead_letter_from_row).collect() }
-                .await;
-        finish(conn, result)
+        self.with_conn(async |c| {
+            Ok(rows(c, UNSENT_DEAD_LETTERS, &[&limit])
+                .await?
+                .iter()
+                .map(dead_letter_from_row)
+                .collect::<TdsResult<_>>()?)
+        })
+        .await
     }
 
     async fn mark_dead_letters_sent(&self, ids: &[String]) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async {
+        self.with_conn(async |c| {
             let mut marked = 0;
             for id in ids {
-                marked += changed(&mut conn, MARK_DEAD_LETTER_SENT, &[id]).await?;
+                marked += changed(c, MARK_DEAD_LETTER_SENT, &[id]).await?;
             }
             Ok(marked)
-        }
-        .await;
-        finish(conn, result)
+        })
+        .await
     }
 
     async fn refuse_dead_letter(&self, id: &str, error: &str, give_up_at: u32) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
         let error = truncate_utf16(error, LAST_ERROR_UNITS);
         let give_up = i32::try_from(give_up_at).unwrap_or(i32::MAX);
-        let result = async {
-            let updated = rows(&mut conn, REFUSE_DEAD_LETTER, &[&id, &error, &give_up]).await?;
-            Ok(updated.first().and_then(|r| r.get::<i32, _>(0)).is_some_and(|n| n >= give_up))
-        }
-        .await;
-        finish(conn, result)
+        self.with_conn(async |c| {
+            let attempts = rows(c, REFUSE_DEAD_LETTER, &[&id, &error, &give_up]).await?;
+            Ok(attempts.first().and_then(|r| r.get::<i32, _>(0)).is_some_and(|n| n >= give_up))
+        })
+        .await
     }
 
     async fn undeliverable_dead_letters(&self, limit: u32) -> Result<Vec<UndeliverableLetter>, StoreError> {
-        let mut conn = self.conn().await?;
         let limit = i64::from(limit);
-        let result = async {
+        self.with_conn(async |c| {
             let text = |row: &Row, i: usize| -> TdsResult<Option<String>> {
                 Ok(row.try_get::<&str, _>(i)?.map(str::to_string))
             };
             let time = |row: &Row, i: usize| -> TdsResult<_> {
                 Ok(utc(row.try_get::<NaiveDateTime, _>(i)?.ok_or_else(|| conversion("dead letter time"))?))
             };
-            rows(&mut conn, UNDELIVERABLE_DEAD_LETTERS, &[&limit])
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(UndeliverableLetter {
-                        dead_letter_id: text(row, 0)?.ok_or_else(|| conversion("dead_letter_id"))?,
-                        order_id: row.try_get::<i64, _>(1)?.map(OrderId),
-                        reason: text(row, 2)?.unwrap_or_default(),
-                        last_error: text(row, 3)?,
-                        attempts: row.try_get::<i32, _>(4)?.unwrap_or_default().max(0) as u32,
-                        created_at: time(row, 5)?,
-                        undeliverable_at: time(row, 6)?,
-                    })
+            let read = |row: &Row| -> TdsResult<UndeliverableLetter> {
+                Ok(UndeliverableLetter {
+                    dead_letter_id: text(row, 0)?.ok_or_else(|| conversion("dead_letter_id"))?,
+                    order_id: row.try_get::<i64, _>(1)?.map(OrderId),
+                    reason: text(row, 2)?.unwrap_or_default(),
+                    last_error: text(row, 3)?,
+                    attempts: row.try_get::<i32, _>(4)?.unwrap_or_default().max(0) as u32,
+                    created_at: time(row, 5)?,
+                    undeliverable_at: time(row, 6)?,
                 })
-                .collect()
-        }
-        .await;
-        finish(conn, result)
+            };
+            Ok(rows(c, UNDELIVERABLE_DEAD_LETTERS, &[&limit]).await?.iter().map(read).collect::<TdsResult<_>>()?)
+        })
+        .await
     }
 }

@@ -1,39 +1,38 @@
-//! SQL Server: the test probe (whole-database figures, bulk loading).
+//! SQL Server: the test probe (whole-database figures, bulk loading) and
+//! fresh test databases, behind the `testing` feature.
 //!
 //! Invariant: the same figures as the SQLite probe, from the statements in `sql.rs`.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use tiberius::{Row, ToSql};
+use tiberius::{Config, Row, ToSql};
+use uuid::Uuid;
 
 use crate::store::{Moves, OutboxAdmin};
 use crate::testing::{AuditEntry, Held, Probe, Tally, bulk_payload};
 use crate::{MssqlStore, OrderId, OrderStatus, OutboxId, Product, StoreError};
 
 use super::sql::*;
-use super::{batch, conversion, count_moves, exec, finish, rows};
+use super::{batch, changed, conn_from, conversion, count, count_moves, exec, open_client, rows, superseded_checksums};
 
-fn count(row: &Row, i: usize) -> i64 {
+fn count_at(row: &Row, i: usize) -> i64 {
     row.get::<i64, _>(i).unwrap_or(0)
 }
 
 /// Runs `sql` in a transaction of its own session and keeps that transaction
 /// open, with the locks `sql` took, until the [`Held`] is released.
-async fn hold(store: &MssqlStore, sql: &str, params: &[&dyn ToSql]) -> Result<Held, StoreError> {
-    let mut conn = store.conn().await?;
-    let locked = async {
-        batch(&mut conn, BEGIN).await?;
-        exec(&mut conn, sql, params).await
-    }
-    .await;
-    if let Err(error) = locked {
-        return finish(conn, Err(error));
-    }
+async fn hold(store: &MssqlStore, sql: &'static str, params: &[&dyn ToSql]) -> Result<Held, StoreError> {
+    let mut conn = conn_from(&store.pool).await?;
+    batch(&mut conn, BEGIN).await?;
+    exec(&mut conn, sql, params).await?;
     let (release, on_release) = tokio::sync::oneshot::channel();
     let (released, on_released) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let _ = on_release.await;
-        let result = batch(&mut conn, ROLLBACK).await;
-        let _ = finish(conn, result);
+        if batch(&mut conn, ROLLBACK).await.is_ok() {
+            conn.release();
+        }
         let _ = released.send(());
     });
     Ok(Held::new(release, on_released))
@@ -42,37 +41,33 @@ async fn hold(store: &MssqlStore, sql: &str, params: &[&dyn ToSql]) -> Result<He
 #[async_trait]
 impl Probe for MssqlStore {
     async fn tally(&self) -> Result<Tally, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async {
-            let found = rows(&mut conn, TEST_TALLY, &[]).await?;
+        self.with_conn(async |c| {
+            let found = rows(c, TEST_TALLY, &[]).await?;
             let r = found.first().ok_or_else(|| conversion("tally"))?;
             Ok(Tally {
-                orders: count(r, 0),
-                processed: count(r, 1),
-                failed: count(r, 2),
-                published: count(r, 3),
-                outbox: count(r, 4),
-                unpublished: count(r, 5),
-                published_rows: count(r, 6),
-                parked: count(r, 7),
-                leased: count(r, 8),
-                inbox: count(r, 9),
-                inbox_from_outbox: count(r, 10),
-                mispriced: count(r, 11),
+                orders: count_at(r, 0),
+                processed: count_at(r, 1),
+                failed: count_at(r, 2),
+                published: count_at(r, 3),
+                outbox: count_at(r, 4),
+                unpublished: count_at(r, 5),
+                published_rows: count_at(r, 6),
+                parked: count_at(r, 7),
+                leased: count_at(r, 8),
+                inbox: count_at(r, 9),
+                inbox_from_outbox: count_at(r, 10),
+                mispriced: count_at(r, 11),
             })
-        }
-        .await;
-        finish(conn, result)
+        })
+        .await
     }
 
     async fn traceparents(&self, order: OrderId) -> Result<Vec<Option<String>>, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async {
-            let found = rows(&mut conn, TEST_TRACEPARENTS, &[&order.0]).await?;
+        self.with_conn(async |c| {
+            let found = rows(c, TEST_TRACEPARENTS, &[&order.0]).await?;
             Ok(found.iter().map(|r| r.get::<&str, _>(0).map(str::to_string)).collect())
-        }
-        .await;
-        finish(conn, result)
+        })
+        .await
     }
 
     async fn audit(&self) -> Result<Vec<AuditEntry>, StoreError> {
@@ -82,21 +77,18 @@ impl Probe for MssqlStore {
     }
 
     async fn inbox_rows(&self, outbox_id: OutboxId) -> Result<i64, StoreError> {
-        let mut conn = self.conn().await?;
-        let result =
-            async { Ok(rows(&mut conn, TEST_INBOX_ROWS, &[&outbox_id.0]).await?.first().map_or(0, |r| count(r, 0))) }
-                .await;
-        finish(conn, result)
+        self.with_conn(async |c| Ok(count(&rows(c, TEST_INBOX_ROWS, &[&outbox_id.0]).await?))).await
     }
 
     async fn outbox_ids(&self, order: OrderId) -> Result<Vec<OutboxId>, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async {
-            let found = rows(&mut conn, TEST_OUTBOX_IDS, &[&order.0]).await?;
-            found.iter().map(|r| Ok(OutboxId(r.try_get::<uuid::Uuid, _>(0)?.unwrap_or_default()))).collect()
-        }
-        .await;
-        finish(conn, result)
+        self.with_conn(async |c| {
+            let found = rows(c, TEST_OUTBOX_IDS, &[&order.0]).await?;
+            Ok(found
+                .iter()
+                .map(|r| Ok(OutboxId(r.try_get::<Uuid, _>(0)?.unwrap_or_default())))
+                .collect::<Result<_, tiberius::error::Error>>()?)
+        })
+        .await
     }
 
     async fn hold_order(&self, order: OrderId) -> Result<Held, StoreError> {
@@ -104,39 +96,36 @@ impl Probe for MssqlStore {
     }
 
     async fn hold_write_lock(&self) -> Result<Held, StoreError> {
-        hold(self, TEST_LOCK_COUNTS, &[]).await
+        hold(self, TEST_LOCK_WRITES, &[]).await
     }
 
     async fn add_product(&self, product: &Product) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let result =
-            exec(&mut conn, TEST_ADD_PRODUCT, &[&product.product_id, &product.name, &product.list_price]).await;
-        finish(conn, result).map(drop)
+        self.with_conn(async |c| {
+            exec(c, TEST_ADD_PRODUCT, &[&product.product_id, &product.name, &product.list_price]).await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn bulk_orders(&self, n: usize, payload_pad: usize) -> Result<Vec<OutboxId>, StoreError> {
-        let mut conn = self.conn().await?;
-        let result = async {
-            batch(&mut conn, BEGIN).await?;
+        self.transaction(async |c| {
             let mut ids = Vec::with_capacity(n);
             for i in 0..n {
                 let name = format!("Backlog {i}");
-                let inserted = rows(&mut conn, TEST_BULK_ORDER, &[&name]).await?;
+                let inserted = rows(c, TEST_BULK_ORDER, &[&name]).await?;
                 let order_id =
                     inserted.first().and_then(|r| r.get::<i64, _>(0)).ok_or_else(|| conversion("order_id"))?;
                 let outbox_id = OutboxId::new();
                 let payload = bulk_payload(order_id, &name, outbox_id, payload_pad);
-                exec(&mut conn, TEST_BULK_OUTBOX, &[&outbox_id.0, &order_id, &payload]).await?;
+                exec(c, TEST_BULK_OUTBOX, &[&outbox_id.0, &order_id, &payload]).await?;
                 ids.push(outbox_id);
             }
             let mut moves = Moves::default();
             moves.add(OrderStatus::Pending, n as i64);
-            count_moves(&mut conn, moves).await?;
-            batch(&mut conn, COMMIT).await?;
+            count_moves(c, moves).await?;
             Ok(ids)
-        }
-        .await;
-        finish(conn, result)
+        })
+        .await
     }
 
     async fn bulk_history(&self, n: usize) -> Result<(), StoreError> {
@@ -144,28 +133,52 @@ impl Probe for MssqlStore {
         while left > 0 {
             let chunk = left.min(crate::testing::HISTORY_CHUNK);
             left -= chunk;
-            let mut conn = self.conn().await?;
-            let result = async {
-                batch(&mut conn, BEGIN).await?;
-                let first = rows(&mut conn, TEST_HISTORY_FIRST, &[]).await?;
+            self.transaction(async |c| {
+                let first = rows(c, TEST_HISTORY_FIRST, &[]).await?;
                 let first = first.first().and_then(|r| r.get::<i64, _>(0)).ok_or_else(|| conversion("first id"))?;
-                exec(&mut conn, &with_limit(TEST_HISTORY_ORDERS, chunk as u32), &[]).await?;
-                exec(&mut conn, TEST_HISTORY_OUTBOX, &[&first]).await?;
-                exec(&mut conn, TEST_HISTORY_INBOX, &[&first]).await?;
+                exec(c, &with_limit(TEST_HISTORY_ORDERS, chunk as u32), &[]).await?;
+                exec(c, TEST_HISTORY_OUTBOX, &[&first]).await?;
+                exec(c, TEST_HISTORY_INBOX, &[&first]).await?;
                 let mut moves = Moves::default();
                 moves.add(OrderStatus::Processed, chunk as i64);
-                count_moves(&mut conn, moves).await?;
-                batch(&mut conn, COMMIT).await
-            }
-            .await;
-            finish(conn, result)?;
+                count_moves(c, moves).await?;
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
     }
 
     async fn clear(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let result = batch(&mut conn, TEST_CLEAR).await;
-        finish(conn, result)
+        self.with_conn(async |c| Ok(batch(c, TEST_CLEAR).await?)).await
     }
+}
+
+/// Creates an empty database on the server `config` names and returns its name.
+pub(crate) async fn fresh_database(config: &Config) -> anyhow::Result<String> {
+    let name = format!("orderflow_test_{}", Uuid::new_v4().simple());
+    let mut client = open_client(config).await?;
+    // Babelfish fails a CREATE DATABASE that runs beside another one ("tuple
+    // concurrently updated"); a moment later it succeeds.
+    let mut attempt = 0;
+    while let Err(error) = batch(&mut client, &with_name(CREATE_DATABASE, &name)).await {
+        attempt += 1;
+        anyhow::ensure!(attempt < 10 && error.to_string().contains("concurrently"), error);
+        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+    }
+    client.close().await?;
+    Ok(name)
+}
+
+/// Records on the migrated database `config` names the first text of every
+/// superseded migration, as a database migrated before the replacement holds
+/// them; the number of records changed.
+pub(crate) async fn record_superseded(config: &Config) -> anyhow::Result<u64> {
+    let mut client = open_client(config).await?;
+    let mut records = 0;
+    for (version, first, current) in superseded_checksums()? {
+        records += changed(&mut client, ACCEPT_SUPERSEDED, &[&first, &version, &current]).await?;
+    }
+    client.close().await?;
+    Ok(records)
 }

@@ -7,33 +7,25 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, Transaction};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::incidents::{
     Failure, FailureGroup, GROUP_SCAN, IncidentAdmin, ReplayReport, ReplayStep, Replayed, Skipped, fingerprint, group,
     replay_step,
 };
 use crate::limits::{REQUESTED_BY_UNITS, truncate_utf16};
-use crate::{OrderId, OutboxId, SqliteStore, StoreError};
+use crate::{AuditAction, OrderId, OutboxId, SqliteStore, StoreError};
 
 use super::orders::insert_outbox;
 use super::outbox::{audit, retry_order};
-use super::{NOW, load_order, parse_time};
-
-/// The newest failed orders (id, reason, when) and open dead letters (id, order, reason, when).
-const FAILED_ORDERS: &str = "SELECT order_id, COALESCE(failure_reason, ''), COALESCE(processed_at, created_at) \
-     FROM orders WHERE status = 'failed' ORDER BY order_id DESC LIMIT ?1";
-/// A letter is open until it is replayed or its order is processed (then
-/// there is nothing left to send); a letter naming no order stays open.
-const OPEN_DEAD_LETTERS: &str = "SELECT d.dead_letter_id, d.order_id, d.reason, d.created_at FROM dead_letters d \
-     WHERE d.replayed_at IS NULL AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = d.order_id \
-       AND o.status = 'processed') ORDER BY d.created_at DESC LIMIT ?1";
+use super::sql::*;
+use super::{load_order, parse_time};
 
 type FailedOrder = (OrderId, String, String);
 type OpenLetter = (String, Option<OrderId>, String, String);
 
 fn failed_orders(tx: &rusqlite::Connection) -> Result<Vec<FailedOrder>, StoreError> {
-    let mut stmt = tx.prepare_cached(FAILED_ORDERS)?;
+    let mut stmt = tx.prepare_cached(FAILED_REASONS)?;
     let rows = stmt.query_map([GROUP_SCAN], |r| Ok((OrderId(r.get(0)?), r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
@@ -45,13 +37,15 @@ fn open_letters(tx: &rusqlite::Connection) -> Result<Vec<OpenLetter>, StoreError
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Replays one letter (see [`replay_step`]), marking it replayed unless it is
-/// skipped; an order already sent again by this action (`sent`) is not sent twice.
+/// Replays one letter inside the caller's transaction (see [`replay_step`]);
+/// `only_open` takes it only if no other replay marked it meanwhile. An order
+/// already sent again by this action (`sent`) is not sent twice.
 fn replay(
     tx: &Transaction<'_>,
     letter: &str,
     order_id: Option<OrderId>,
     by: &str,
+    only_open: bool,
     sent: &mut HashMap<OrderId, OutboxId>,
 ) -> Result<Result<Replayed, String>, StoreError> {
     let order = match order_id {
@@ -63,21 +57,23 @@ fn replay(
         Err(why) => return Ok(Err(why)),
     };
     let order_id = order.order_id;
+    let marked = tx.prepare_cached(MARK_REPLAYED)?.query_row(params![letter, only_open], |_| Ok(())).optional()?;
+    if marked.is_none() {
+        return Ok(Err("replayed meanwhile by another action".into()));
+    }
     let outbox_id = match (sent.get(&order_id), step) {
         (Some(outbox_id), _) => *outbox_id,
-        (None, ReplayStep::Retry) => match retry_order(tx, order_id, "replay", by)? {
+        (None, ReplayStep::Retry) => match retry_order(tx, order_id, AuditAction::Replay, by)? {
             Some(outbox_id) => outbox_id,
             None => return Ok(Err(format!("order {order_id} changed status meanwhile"))),
         },
         (None, ReplayStep::Resend) => {
             let outbox_id = insert_outbox(tx, order, None, None, None)?;
-            audit(tx, outbox_id, order_id, "replay", by)?;
+            audit(tx, outbox_id, order_id, AuditAction::Replay, by)?;
             outbox_id
         }
     };
     sent.insert(order_id, outbox_id);
-    tx.prepare_cached(&format!("UPDATE dead_letters SET replayed_at = {NOW} WHERE dead_letter_id = ?1"))?
-        .execute([letter])?;
     Ok(Ok(Replayed { dead_letter_id: letter.to_string(), order_id, outbox_id }))
 }
 
@@ -105,7 +101,7 @@ impl IncidentAdmin for SqliteStore {
                 if fingerprint(&reason) != key {
                     continue;
                 }
-                if let Some(outbox_id) = retry_order(tx, order_id, "retry", &by)? {
+                if let Some(outbox_id) = retry_order(tx, order_id, AuditAction::Retry, &by)? {
                     retried.push((order_id, outbox_id));
                 }
             }
@@ -117,11 +113,10 @@ impl IncidentAdmin for SqliteStore {
     async fn replay_dead_letter(&self, dead_letter_id: &str, requested_by: &str) -> Result<Replayed, StoreError> {
         let (letter, by) = (dead_letter_id.to_string(), truncate_utf16(requested_by, REQUESTED_BY_UNITS).to_string());
         self.write(move |tx| {
-            let order_id: Option<Option<i64>> = tx
-                .query_row("SELECT order_id FROM dead_letters WHERE dead_letter_id = ?1", [&letter], |r| r.get(0))
-                .optional()?;
+            let order_id: Option<Option<i64>> =
+                tx.prepare_cached(DEAD_LETTER_ORDER)?.query_row([&letter], |r| r.get(1)).optional()?;
             let order_id = order_id.ok_or(StoreError::NotFound)?.map(OrderId);
-            replay(tx, &letter, order_id, &by, &mut HashMap::new())?
+            replay(tx, &letter, order_id, &by, false, &mut HashMap::new())?
                 .map_err(|why| StoreError::Conflict(crate::Cause::msg(why)))
         })
         .await
@@ -135,7 +130,7 @@ impl IncidentAdmin for SqliteStore {
                 if fingerprint(&reason) != key {
                     continue;
                 }
-                match replay(tx, &letter, order_id, &by, &mut sent)? {
+                match replay(tx, &letter, order_id, &by, true, &mut sent)? {
                     Ok(replayed) => report.replayed.push(replayed),
                     Err(reason) => report.skipped.push(Skipped { dead_letter_id: letter, reason }),
                 }

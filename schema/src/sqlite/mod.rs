@@ -24,20 +24,15 @@ mod incidents;
 mod orders;
 mod outbox;
 mod processing;
+pub(crate) mod sql;
+#[cfg(feature = "testing")]
 mod testing;
+
+use sql::*;
 
 mod migrations {
     refinery::embed_migrations!("migrations/sqlite");
 }
-
-/// The database clock as stored text (ISO 8601, milliseconds, UTC).
-const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
-const ORDER_COLUMNS: &str = "order_id, customer_name, product_id, quantity, status, unit_price, total_price, \
-     failure_reason, created_at, processed_at";
-/// `temp_store = MEMORY` keeps statement journals (a savepoint's copies of
-/// the pages it changes, never needed after a crash) off the disk.
-const PRAGMAS: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;";
 
 /// Most orders committed together by the group-commit writer.
 const MAX_ORDERS_PER_COMMIT: usize = 256;
@@ -56,26 +51,12 @@ struct PlaceRequest {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and runs the migrations.
-    /// `path` may end in options: `?busy_timeout_ms=N`, how long a writer waits
-    /// for the lock before the store reports the database unavailable (default
-    /// 10 s); `synchronous=normal`, to trade the last commits before a power
-    /// loss for speed (default `full`: a commit the producer answered 201 for,
-    /// or the consumer ACKed, survives a power loss).
-    pub async fn open(path: &str) -> anyhow::Result<Self> {
-        Self::open_with(path, crate::Durability::Full).await
-    }
-
-    /// [`SqliteStore::open`] with `durability` deciding the default of `synchronous`.
-    pub async fn open_with(path: &str, durability: crate::Durability) -> anyhow::Result<Self> {
-        match format!("sqlite://{path}").parse::<crate::DatabaseUrl>()?.target {
-            crate::database_url::Target::Sqlite { path, options } => Self::open_at(&path, &options, durability).await,
-            crate::database_url::Target::Mssql(_) => unreachable!("a sqlite:// url is a sqlite url"),
-        }
-    }
-
-    /// Opens the file at `path` with the URL's `options`.
-    pub(crate) async fn open_at(
+    /// Opens (creating if needed) the file at `path` and runs the migrations.
+    /// The URL's `options`: `busy_timeout_ms`, how long a writer waits for the
+    /// lock before the store reports the database unavailable (default 10 s);
+    /// `synchronous`, which wins over `durability` (`full`: a commit the
+    /// producer answered 201 for, or the consumer ACKed, survives a power loss).
+    pub(crate) async fn open(
         path: &Path,
         options: &SqliteOptions,
         durability: crate::Durability,
@@ -96,8 +77,8 @@ impl SqliteStore {
             .post_create(Hook::async_fn(move |conn, _| {
                 Box::pin(async move {
                     conn.interact(move |c| {
-                        c.execute_batch(PRAGMAS)?;
-                        c.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))?;
+                        c.execute_batch(SESSION_SETUP)?;
+                        c.pragma_update(None, "synchronous", synchronous)?;
                         c.busy_handler(Some(busy::on_busy))
                     })
                     .await
@@ -114,6 +95,7 @@ impl SqliteStore {
         Ok(Self { db, orders })
     }
 
+    /// Runs `f` on a pooled connection: reads (mirrored by `MssqlStore::with_conn`).
     async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -122,6 +104,9 @@ impl SqliteStore {
         self.db.with_conn(f).await
     }
 
+    /// Runs `f` in one IMMEDIATE transaction on the writer's connection,
+    /// committed when `f` succeeds, rolled back after an error (mirrored by
+    /// `MssqlStore::transaction`).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -210,7 +195,7 @@ fn migrate(path: &Path) -> anyhow::Result<()> {
     let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
     lock.lock()?;
     let mut conn = Connection::open(path)?;
-    conn.execute_batch(PRAGMAS)?;
+    conn.execute_batch(SESSION_SETUP)?;
     migrations::migrations::runner().run(&mut conn)?;
     drop(lock);
     Ok(())
@@ -281,15 +266,16 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
 /// The database clock, read once for a whole transaction (a group of orders,
 /// a batch of messages), whose rows then share it: they commit together.
 fn now(tx: &Connection) -> Result<String, StoreError> {
-    Ok(tx.prepare_cached(&format!("SELECT {NOW}"))?.query_row([], |r| r.get(0))?)
+    Ok(tx.prepare_cached(CLOCK)?.query_row([], |r| r.get(0))?)
 }
 
-/// Applies one transaction's status moves to the counters (slot 0: SQLite has one writer).
+/// Applies one transaction's status moves to the counters, in one statement.
 fn count_moves(tx: &Connection, moves: Moves) -> Result<(), StoreError> {
-    let mut bump = tx.prepare_cached("UPDATE order_counts SET n = n + ?1 WHERE status = ?2 AND slot = 0")?;
-    for (status, n) in moves.changes() {
-        bump.execute(params![n, status])?;
+    if moves.is_empty() {
+        return Ok(());
     }
+    let [pending, published, processed, failed] = moves.deltas();
+    tx.prepare_cached(BUMP_COUNTS)?.execute(params![pending, published, processed, failed])?;
     Ok(())
 }
 
@@ -313,15 +299,16 @@ fn outbox_from_row(row: &Row<'_>) -> rusqlite::Result<OutboxRow> {
 }
 
 fn load_order(conn: &Connection, order_id: OrderId) -> Result<Option<Order>, StoreError> {
-    let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = ?1");
-    Ok(conn.query_row(&sql, [order_id.0], order_from_row).optional()?)
+    Ok(conn.prepare_cached(ORDER)?.query_row([order_id.0], order_from_row).optional()?)
 }
 
-fn ago_modifier(d: Duration) -> String {
+/// A time `d` before now, as the modifier the statements add to SQLite's clock.
+fn ago(d: Duration) -> String {
     format!("-{:.3} seconds", d.as_secs_f64())
 }
 
-fn seconds_modifier(d: Duration) -> String {
+/// A time `d` after now, as the modifier the statements add to SQLite's clock.
+fn from_now(d: Duration) -> String {
     format!("+{:.3} seconds", d.as_secs_f64())
 }
 
@@ -362,10 +349,19 @@ mod tests {
         );
     }
 
+    /// The store at `url_path` (a file, with the options of a `sqlite://` URL).
+    async fn open(url_path: &str, durability: crate::Durability) -> SqliteStore {
+        let url: crate::DatabaseUrl = format!("sqlite://{url_path}").parse().unwrap();
+        match url.connect(durability).await.unwrap() {
+            crate::database_url::Backend::Sqlite(store) => store,
+            crate::database_url::Backend::Mssql(_) => unreachable!("a sqlite:// url opens SQLite"),
+        }
+    }
+
     #[tokio::test]
     async fn a_full_disk_is_an_outage_not_a_bad_message() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("full.db").display().to_string()).await.unwrap();
+        let store = open(&dir.path().join("full.db").display().to_string(), crate::Durability::Full).await;
         let error = store
             .write(|tx| {
                 // The file may grow no more: SQLITE_FULL, as on a full disk.
@@ -389,10 +385,10 @@ mod tests {
     #[tokio::test]
     async fn the_dead_letters_to_send_are_read_through_their_index() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("plan.db").display().to_string()).await.unwrap();
+        let store = open(&dir.path().join("plan.db").display().to_string(), crate::Durability::Full).await;
         let plan: Vec<String> = store
             .with_conn(|c| {
-                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {}", processing::UNSENT_DEAD_LETTERS))?;
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {}", sql::UNSENT_DEAD_LETTERS))?;
                 let rows = stmt.query_map([100], |r| r.get::<_, String>(3))?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
@@ -402,8 +398,8 @@ mod tests {
         assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "no sort: {plan:?}");
     }
 
-    async fn synchronous(url_path: &str) -> i64 {
-        let store = SqliteStore::open(url_path).await.unwrap();
+    async fn synchronous(url_path: &str, durability: crate::Durability) -> i64 {
+        let store = open(url_path, durability).await;
         store.with_conn(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)).await.unwrap()
     }
 
@@ -411,14 +407,11 @@ mod tests {
     async fn commits_are_durable_unless_the_url_trades_them_away() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sync.db").display().to_string();
-        assert_eq!(synchronous(&path).await, 2, "FULL by default");
-        assert_eq!(synchronous(&format!("{path}?synchronous=normal")).await, 1, "NORMAL on request");
-        let relaxed = SqliteStore::open_with(&path, crate::Durability::Relaxed).await.unwrap();
-        let level: i64 = relaxed.with_conn(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)).await.unwrap();
-        assert_eq!(level, 1, "NORMAL for writes that are redone anyway");
-        let url = format!("{path}?synchronous=full");
-        let asked = SqliteStore::open_with(&url, crate::Durability::Relaxed).await.unwrap();
-        let level: i64 = asked.with_conn(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)).await.unwrap();
-        assert_eq!(level, 2, "the URL wins");
+        let full = crate::Durability::Full;
+        assert_eq!(synchronous(&path, full).await, 2, "FULL by default");
+        assert_eq!(synchronous(&format!("{path}?synchronous=normal"), full).await, 1, "NORMAL on request");
+        let relaxed = crate::Durability::Relaxed;
+        assert_eq!(synchronous(&path, relaxed).await, 1, "NORMAL for writes that are redone anyway");
+        assert_eq!(synchronous(&format!("{path}?synchronous=full"), relaxed).await, 2, "the URL wins");
     }
 }

@@ -16,9 +16,9 @@ use crate::{
     NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, SqliteStore, StoreError,
 };
 
+use super::sql::*;
 use super::{
-    Db, MAX_ORDERS_PER_COMMIT, NOW, ORDER_COLUMNS, PlaceRequest, count_moves, load_order, now, order_from_row,
-    parse_time, product_from_row,
+    Db, MAX_ORDERS_PER_COMMIT, PlaceRequest, count_moves, load_order, now, order_from_row, parse_time, product_from_row,
 };
 
 /// Group commit: orders waiting at the same moment are written in one
@@ -71,22 +71,8 @@ fn place_all(tx: &Connection, orders: &[NewOrder]) -> Result<Vec<Placed>, StoreE
 /// failure undoes that order alone, and counts those it created.
 fn place_each(tx: &Connection, orders: &[NewOrder]) -> Result<Vec<Result<Placed, StoreError>>, StoreError> {
     let now = now(tx)?;
-    let results = orders
-        .iter()
-        .map(|order| {
-            tx.execute_batch("SAVEPOINT place_order")?;
-            match place_one(tx, order, &now) {
-                Ok(placed) => {
-                    tx.execute_batch("RELEASE place_order")?;
-                    Ok(Ok(placed))
-                }
-                Err(error) => {
-                    tx.execute_batch("ROLLBACK TO place_order; RELEASE place_order")?;
-                    Ok(Err(error))
-                }
-            }
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+    let results =
+        orders.iter().map(|order| in_savepoint(tx, || place_one(tx, order, &now))).collect::<Result<Vec<_>, _>>()?;
     count_created(tx, results.iter().filter(|r| matches!(r, Ok(Placed::Created(_)))).count())?;
     Ok(results)
 }
@@ -98,21 +84,36 @@ fn count_created(tx: &Connection, created: usize) -> Result<(), StoreError> {
     count_moves(tx, moves)
 }
 
-/// One order and its outbox row (inside the caller's transaction), created
-/// at `now`. No `RETURNING`: SQLite builds its rows in a temporary table, a
-/// tenth of the writer's time; the new row is the order as given.
-fn place_one(tx: &Connection, order: &NewOrder, now: &str) -> Result<Placed, StoreError> {
-    if let Some(key) = &order.idempotency_key {
-        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = ?1");
-        if let Some(existing) = tx.query_row(&sql, [key], order_from_row).optional()? {
-            return Ok(Placed::Existing(existing));
-        }
+/// Runs `f` inside a savepoint, rolled back to when `f` fails; the outer
+/// error is the savepoint's own.
+fn in_savepoint<T>(
+    tx: &Connection,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<Result<T, StoreError>, StoreError> {
+    tx.execute_batch(SAVEPOINT)?;
+    let out = f();
+    if out.is_err() {
+        tx.execute_batch(ROLLBACK_TO_SAVEPOINT)?;
     }
-    tx.prepare_cached(
-        "INSERT INTO orders (customer_name, product_id, quantity, idempotency_key, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![order.customer_name, order.product_id, order.quantity, order.idempotency_key, now])?;
+    tx.execute_batch(RELEASE_SAVEPOINT)?;
+    Ok(out)
+}
+
+/// One order and its outbox row (inside the caller's transaction), created
+/// at `now`; the new row is the order as given.
+fn place_one(tx: &Connection, order: &NewOrder, now: &str) -> Result<Placed, StoreError> {
+    if let Some(key) = &order.idempotency_key
+        && let Some(existing) = tx.prepare_cached(ORDER_BY_KEY)?.query_row([key], order_from_row).optional()?
+    {
+        return Ok(Placed::Existing(existing));
+    }
+    tx.prepare_cached(INSERT_ORDER)?.execute(params![
+        order.customer_name,
+        order.product_id,
+        order.quantity,
+        order.idempotency_key,
+        now
+    ])?;
     let stored = Order {
         order_id: OrderId(tx.last_insert_rowid()),
         customer_name: order.customer_name.clone(),
@@ -141,11 +142,7 @@ pub(super) fn insert_outbox(
     let outbox_id = OutboxId::new();
     let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
         .map_err(|e| StoreError::Other(Cause::new(e)))?;
-    let sql = format!(
-        "INSERT INTO outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at, \
-         next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, {NOW}), COALESCE(?7, {NOW}))"
-    );
-    tx.prepare_cached(&sql)?.execute(params![
+    tx.prepare_cached(INSERT_OUTBOX)?.execute(params![
         outbox_id.to_string(),
         order.order_id.0,
         ORDER_PLACED_V1,
@@ -161,8 +158,7 @@ pub(super) fn insert_outbox(
 impl OrderStore for SqliteStore {
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
         self.with_conn(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT product_id, name, list_price FROM products ORDER BY product_id")?;
+            let mut stmt = conn.prepare_cached(PRODUCTS)?;
             let rows = stmt.query_map([], product_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -171,14 +167,7 @@ impl OrderStore for SqliteStore {
 
     async fn product(&self, product_id: &str) -> Result<Product, StoreError> {
         let product_id = product_id.to_string();
-        self.with_conn(move |conn| {
-            Ok(conn.query_row(
-                "SELECT product_id, name, list_price FROM products WHERE product_id = ?1",
-                [product_id],
-                product_from_row,
-            )?)
-        })
-        .await
+        self.with_conn(move |conn| Ok(conn.prepare_cached(PRODUCT)?.query_row([product_id], product_from_row)?)).await
     }
 
     async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError> {
@@ -196,7 +185,7 @@ impl OrderStore for SqliteStore {
 
     async fn order_counts(&self) -> Result<OrderCounts, StoreError> {
         self.with_conn(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT status, SUM(n) FROM order_counts GROUP BY status")?;
+            let mut stmt = conn.prepare_cached(ORDER_COUNTS)?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             let mut counts = OrderCounts::default();
             for row in rows {
@@ -210,8 +199,7 @@ impl OrderStore for SqliteStore {
 
     async fn recent_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
         self.with_conn(move |conn| {
-            let sql = format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY order_id DESC LIMIT ?1");
-            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut stmt = conn.prepare_cached(RECENT_ORDERS)?;
             let rows = stmt.query_map([limit], order_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -220,9 +208,7 @@ impl OrderStore for SqliteStore {
 
     async fn failed_orders(&self, limit: u32) -> Result<Vec<Order>, StoreError> {
         self.with_conn(move |conn| {
-            let sql =
-                format!("SELECT {ORDER_COLUMNS} FROM orders WHERE status = 'failed' ORDER BY order_id DESC LIMIT ?1");
-            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut stmt = conn.prepare_cached(FAILED_ORDERS)?;
             let rows = stmt.query_map([limit], order_from_row)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -231,8 +217,7 @@ impl OrderStore for SqliteStore {
 
     async fn published_at(&self, order_id: OrderId) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.with_conn(move |conn| {
-            let at: Option<String> =
-                conn.query_row("SELECT MAX(published_at) FROM outbox WHERE order_id = ?1", [order_id.0], |r| r.get(0))?;
+            let at: Option<String> = conn.prepare_cached(PUBLISHED_AT)?.query_row([order_id.0], |r| r.get(0))?;
             Ok(at.as_deref().map(parse_time).transpose()?)
         })
         .await

@@ -16,8 +16,9 @@ use super::incidents::{
     a_group_replay_sends_each_order_once_and_says_what_it_skipped,
     failures_are_grouped_by_the_fingerprint_of_their_reason,
 };
+use schema::testing::TestDb;
 use schema::{
-    Applied, Delivery, FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, ProcessOutcome, Store,
+    Applied, Delivery, FailedAttempt, FailureOutcome, NewOrder, OrderId, OrderStatus, OutboxId, Placed, Store,
 };
 
 fn new_order(name: &str, product: &str, quantity: i32) -> NewOrder {
@@ -45,15 +46,25 @@ async fn outbox_of(store: &Arc<dyn Store>, order: OrderId) -> OutboxId {
     rows.iter().find(|r| r.order_id == order).expect("the order's outbox row").outbox_id
 }
 
-/// One message through [`schema::ProcessingStore::process_orders`].
+/// One valid message of an order through [`schema::ProcessingStore::apply`].
 async fn process_order(
     store: &Arc<dyn Store>,
     outbox_id: Option<OutboxId>,
     order_id: OrderId,
-) -> anyhow::Result<ProcessOutcome> {
-    let mut outcomes = store.process_orders(&[(outbox_id, order_id)]).await?;
+) -> anyhow::Result<Applied> {
+    let mut outcomes = store.apply(&[delivery(outbox_id, Some(order_id), None)]).await?;
     anyhow::ensure!(outcomes.len() == 1, "one outcome per message");
     Ok(outcomes.remove(0))
+}
+
+/// A refused publish of `outbox_id`, due again at once unless parked at `max_attempts`.
+fn failed<'a>(owner: &'a str, outbox_id: OutboxId, error: &'a str, max_attempts: i32) -> FailedAttempt<'a> {
+    FailedAttempt { owner, outbox_id, error, retry_in: Duration::ZERO, max_attempts }
+}
+
+/// What a message that failed its order, or found none to act on, becomes.
+fn dead_letter(reason: &str, order_failed: bool) -> Applied {
+    Applied::DeadLettered { reason: reason.into(), order_failed }
 }
 
 fn delivery(outbox_id: Option<OutboxId>, order_id: Option<OrderId>, rejection: Option<&str>) -> Delivery {
@@ -149,7 +160,7 @@ pub async fn publishing_advances_pending_orders_only(store: Arc<dyn Store>) {
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     // A fast consumer finishes the second order before the relay marks it.
     let done = process_order(&store, None, second).await.unwrap();
-    assert!(matches!(done, ProcessOutcome::Processed(_)));
+    assert!(matches!(done, Applied::Processed(_)));
     let ids: Vec<OutboxId> = rows.iter().map(|r| r.outbox_id).collect();
     assert_eq!(store.mark_published(&ids).await.unwrap(), 2);
     assert_eq!(store.order(first).await.unwrap().status, OrderStatus::Published);
@@ -163,17 +174,18 @@ pub async fn publishing_advances_pending_orders_only(store: Arc<dyn Store>) {
 pub async fn processing_prices_once_per_outbox_id(store: Arc<dyn Store>) {
     let id = place(&store, "P123", 2).await;
     let outbox_id = outbox_of(&store, id).await;
-    let ProcessOutcome::Processed(order) = process_order(&store, Some(outbox_id), id).await.unwrap() else {
+    let Applied::Processed(order) = process_order(&store, Some(outbox_id), id).await.unwrap() else {
         panic!("first delivery processes")
     };
     assert_eq!(order.status, OrderStatus::Processed);
     assert_eq!(order.unit_price, Some(dec("90.00")));
     assert_eq!(order.total_price, Some(dec("180.00")));
     assert!(order.processed_at.is_some());
-    assert_eq!(process_order(&store, Some(outbox_id), id).await.unwrap(), ProcessOutcome::Duplicate);
-    assert_eq!(process_order(&store, None, id).await.unwrap(), ProcessOutcome::Duplicate);
+    assert_eq!(process_order(&store, Some(outbox_id), id).await.unwrap(), Applied::Duplicate);
+    assert_eq!(process_order(&store, None, id).await.unwrap(), Applied::Duplicate);
     let stray = OutboxId::new();
-    assert_eq!(process_order(&store, Some(stray), id).await.unwrap(), ProcessOutcome::NotItsOutboxId(stray));
+    let not_its_own = dead_letter(&format!("outbox-id {stray} is not an outbox message of order {id}"), false);
+    assert_eq!(process_order(&store, Some(stray), id).await.unwrap(), not_its_own);
     let again = store.order(id).await.unwrap();
     assert_eq!(again.processed_at, order.processed_at, "a duplicate changes nothing");
 }
@@ -181,7 +193,7 @@ pub async fn processing_prices_once_per_outbox_id(store: Arc<dyn Store>) {
 pub async fn an_unknown_product_fails_the_order_with_a_reason(store: Arc<dyn Store>) {
     let id = place(&store, "P999", 1).await;
     let outcome = process_order(&store, Some(outbox_of(&store, id).await), id).await.unwrap();
-    assert_eq!(outcome, ProcessOutcome::Failed("unknown product P999".into()));
+    assert_eq!(outcome, dead_letter("unknown product P999", true));
     let order = store.order(id).await.unwrap();
     assert_eq!(order.status, OrderStatus::Failed);
     assert_eq!(order.failure_reason.as_deref(), Some("unknown product P999"));
@@ -191,7 +203,7 @@ pub async fn an_unknown_product_fails_the_order_with_a_reason(store: Arc<dyn Sto
 pub async fn a_missing_order_changes_nothing(store: Arc<dyn Store>) {
     let outbox_id = OutboxId::new();
     let outcome = process_order(&store, Some(outbox_id), OrderId(987_654)).await.unwrap();
-    assert_eq!(outcome, ProcessOutcome::OrderNotFound);
+    assert_eq!(outcome, dead_letter("order 987654 not found", false));
     let stray = delivery(Some(outbox_id), Some(OrderId(987_654)), Some("bad"));
     let applied = store.apply(&[stray]).await.unwrap();
     assert_eq!(applied, vec![Applied::DeadLettered { reason: "bad".into(), order_failed: false }]);
@@ -311,7 +323,7 @@ pub async fn a_failing_row_is_retried_then_parked(store: Arc<dyn Store>) {
     place(&store, "P123", 1).await;
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     let id = rows[0].outbox_id;
-    let first = store.record_failure("relay-a", id, "rejected", Duration::ZERO, 2).await.unwrap();
+    let first = store.record_failure(&failed("relay-a", id, "rejected", 2)).await.unwrap();
     assert_eq!(first, FailureOutcome::Retrying);
     let deadline = Instant::now() + Duration::from_secs(10);
     let again = loop {
@@ -323,7 +335,7 @@ pub async fn a_failing_row_is_retried_then_parked(store: Arc<dyn Store>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(again[0].attempts, 1);
-    let second = store.record_failure("relay-a", id, "rejected again", Duration::ZERO, 2).await.unwrap();
+    let second = store.record_failure(&failed("relay-a", id, "rejected again", 2)).await.unwrap();
     assert_eq!(second, FailureOutcome::Parked);
     let stats = store.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.parked), (0, 1));
@@ -356,7 +368,7 @@ pub async fn parked_rows_are_listed_and_requeued_with_an_audit_record(store: Arc
     let order = place(&store, "P123", 1).await;
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     let id = rows[0].outbox_id;
-    let parked = store.record_failure("relay-a", id, "too big", Duration::ZERO, 1).await.unwrap();
+    let parked = store.record_failure(&failed("relay-a", id, "too big", 1)).await.unwrap();
     assert_eq!(parked, FailureOutcome::Parked);
     let listed = store.parked_rows(10).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -367,7 +379,7 @@ pub async fn parked_rows_are_listed_and_requeued_with_an_audit_record(store: Arc
     assert!(store.parked_rows(10).await.unwrap().is_empty());
     let again = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
     assert_eq!((again[0].outbox_id, again[0].attempts), (id, 0), "due again with a fresh attempt count");
-    store.record_failure("relay-a", id, "too big", Duration::ZERO, 1).await.unwrap();
+    store.record_failure(&failed("relay-a", id, "too big", 1)).await.unwrap();
     assert_eq!(store.requeue(RequeueTarget::Outbox(id), "ops@example").await.unwrap(), vec![id]);
     assert_eq!(store.outbox_stats().await.unwrap().parked, 0);
 }
@@ -458,7 +470,7 @@ pub async fn the_ops_views_list_failures_publication_times_and_the_audit(store: 
     let failed = store.failed_orders(10).await.unwrap();
     assert_eq!(failed.iter().map(|o| o.order_id).collect::<Vec<_>>(), vec![bad]);
     assert_eq!(failed[0].failure_reason.as_deref(), Some("unknown product P999"));
-    store.record_action("pause", "ops@example").await.unwrap();
+    store.record_action(schema::AuditAction::Pause, "ops@example").await.unwrap();
     store.retry_failed_order(bad, "ops@example").await.unwrap();
     let audit = store.recent_audit(10).await.unwrap();
     let seen: Vec<(&str, i64)> = audit.iter().map(|a| (a.action.as_str(), a.order_id.0)).collect();
@@ -504,7 +516,8 @@ pub async fn a_failed_order_can_be_retried_once_its_cause_is_fixed(store: Arc<dy
     let order = place(&store, "P999", 2).await;
     let first = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()[0].outbox_id;
     store.mark_published(&[first]).await.unwrap();
-    assert!(matches!(process_order(&store, Some(first), order).await.unwrap(), ProcessOutcome::Failed(_)));
+    let failed = process_order(&store, Some(first), order).await.unwrap();
+    assert!(matches!(failed, Applied::DeadLettered { order_failed: true, .. }));
     let fresh = store.retry_failed_order(order, "ops@example").await.unwrap();
     assert_ne!(fresh, first, "a new idempotency key: the old one is in the inbox");
     let retried = store.order(order).await.unwrap();
@@ -521,22 +534,22 @@ pub async fn a_batch_is_one_transaction_with_an_outcome_per_message(store: Arc<d
     let seed = place(&store, "P200", 1).await;
     let id = outbox_of(&store, good).await;
     let outcomes = store
-        .process_orders(&[
-            (Some(id), good),
-            (Some(id), good),
-            (None, OrderId(424_242)),
-            (Some(outbox_of(&store, unknown).await), unknown),
-            (None, seed),
-            (None, seed),
+        .apply(&[
+            delivery(Some(id), Some(good), None),
+            delivery(Some(id), Some(good), None),
+            delivery(None, Some(OrderId(424_242)), None),
+            delivery(Some(outbox_of(&store, unknown).await), Some(unknown), None),
+            delivery(None, Some(seed), None),
+            delivery(None, Some(seed), None),
         ])
         .await
         .unwrap();
-    assert!(matches!(&outcomes[0], ProcessOutcome::Processed(o) if o.total_price == Some(dec("180.00"))));
-    assert_eq!(outcomes[1], ProcessOutcome::Duplicate, "the same outbox id twice in one batch");
-    assert_eq!(outcomes[2], ProcessOutcome::OrderNotFound);
-    assert_eq!(outcomes[3], ProcessOutcome::Failed("unknown product P999".into()));
-    assert!(matches!(&outcomes[4], ProcessOutcome::Processed(_)));
-    assert_eq!(outcomes[5], ProcessOutcome::Duplicate, "a seed-style repeat is caught by the status guard");
+    assert!(matches!(&outcomes[0], Applied::Processed(o) if o.total_price == Some(dec("180.00"))));
+    assert_eq!(outcomes[1], Applied::Duplicate, "the same outbox id twice in one batch");
+    assert_eq!(outcomes[2], dead_letter("order 424242 not found", false));
+    assert_eq!(outcomes[3], dead_letter("unknown product P999", true));
+    assert!(matches!(&outcomes[4], Applied::Processed(_)));
+    assert_eq!(outcomes[5], Applied::Duplicate, "a seed-style repeat is caught by the status guard");
     assert_eq!(outcomes.len(), 6);
 }
 
@@ -640,7 +653,7 @@ pub async fn keys_that_differ_only_in_case_are_different(store: Arc<dyn Store>) 
     assert!(matches!(store.product("p123").await, Err(schema::StoreError::NotFound)), "product ids are exact");
     let lowercase_product = place(&store, "p123", 1).await;
     let outcome = process_order(&store, None, lowercase_product).await.unwrap();
-    assert_eq!(outcome, ProcessOutcome::Failed("unknown product p123".into()), "p123 is not P123");
+    assert_eq!(outcome, dead_letter("unknown product p123", true), "p123 is not P123");
 }
 
 pub async fn non_bmp_text_fits_at_every_limit(store: Arc<dyn Store>) {
@@ -662,7 +675,7 @@ pub async fn non_bmp_text_fits_at_every_limit(store: Arc<dyn Store>) {
     assert!(reason.starts_with(&stored), "cut on a character boundary");
 
     let error = "ERROR: ".to_string() + &"💥".repeat(LAST_ERROR_UNITS);
-    let parked = store.record_failure("relay-a", rows[0].outbox_id, &error, Duration::ZERO, 1).await.unwrap();
+    let parked = store.record_failure(&failed("relay-a", rows[0].outbox_id, &error, 1)).await.unwrap();
     assert_eq!(parked, FailureOutcome::Parked);
     let last_error = store.parked_rows(1).await.unwrap()[0].last_error.clone().unwrap();
     assert!(utf16_len(&last_error) <= LAST_ERROR_UNITS && error.starts_with(&last_error));
@@ -682,7 +695,7 @@ pub async fn a_lapsed_lease_cannot_touch_the_row_another_relay_holds(store: Arc<
         assert!(Instant::now() < deadline, "relay-a's lease never lapsed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let late = store.record_failure("relay-a", id, "late ERROR", Duration::ZERO, 1).await.unwrap();
+    let late = store.record_failure(&failed("relay-a", id, "late ERROR", 1)).await.unwrap();
     assert_eq!(late, FailureOutcome::LeaseLost, "a lapsed lease counts nothing");
     assert!(
         store.claim_batch("relay-c", 10, Duration::from_secs(60)).await.unwrap().is_empty(),
@@ -692,10 +705,7 @@ pub async fn a_lapsed_lease_cannot_touch_the_row_another_relay_holds(store: Arc<
     // relay-a's RECEIPT did arrive: the row is published, whoever holds it.
     assert_eq!(store.mark_published(&[id]).await.unwrap(), 1);
     assert_eq!(taken.attempts, 0);
-    assert_eq!(
-        store.record_failure("relay-b", id, "ERROR", Duration::ZERO, 1).await.unwrap(),
-        FailureOutcome::LeaseLost
-    );
+    assert_eq!(store.record_failure(&failed("relay-b", id, "ERROR", 1)).await.unwrap(), FailureOutcome::LeaseLost);
     let stats = store.outbox_stats().await.unwrap();
     assert_eq!((stats.pending, stats.parked), (0, 0), "published and never parked");
 }
@@ -706,7 +716,7 @@ pub async fn a_parked_row_confirmed_late_is_published_not_parked(store: Arc<dyn 
     let rows = store.claim_batch("relay-a", 10, Duration::from_secs(60)).await.unwrap();
     for row in &rows {
         assert_eq!(
-            store.record_failure("relay-a", row.outbox_id, "x", Duration::ZERO, 1).await.unwrap(),
+            store.record_failure(&failed("relay-a", row.outbox_id, "x", 1)).await.unwrap(),
             FailureOutcome::Parked
         );
     }
@@ -780,7 +790,7 @@ macro_rules! contract_tests {
 async fn sqlite_store() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("contract.db").display());
-    Some((schema::connect(&url).await.unwrap(), dir))
+    Some((schema::testing::open(&url).await.unwrap().store, dir))
 }
 
 /// A fresh database on the server `TEST_MSSQL_URL` names. Without one the
@@ -788,7 +798,7 @@ async fn sqlite_store() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
 /// not run; run with `--include-ignored` anyway, they fail saying why.
 async fn mssql_store() -> Option<(Arc<dyn Store>, ())> {
     let (url, guard) = mssql_url().await?;
-    Some((schema::connect(&url).await.unwrap_or_else(|e| panic!("{e:#}")), guard))
+    Some((schema::testing::open(&url).await.unwrap_or_else(|e| panic!("{e:#}")).store, guard))
 }
 
 /// A fresh SQLite file's URL, whose writers give up after 300 ms instead of
@@ -818,8 +828,7 @@ contract_tests!(
 /// batch fails as transient (retried in place, never parked), the order stays
 /// open, and once the lock is gone the same message is applied.
 pub async fn a_locked_order_is_an_outage_never_a_failed_order(url: String) {
-    let store = schema::connect(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let probe = schema::testing::probe(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let TestDb { store, probe } = schema::testing::open(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
     let id = place(&store, "P123", 2).await;
     let outbox_id = outbox_of(&store, id).await;
     let message = delivery(Some(outbox_id), Some(id), None);
@@ -841,8 +850,7 @@ pub async fn a_locked_order_is_an_outage_never_a_failed_order(url: String) {
 /// order waits out its lock timeout and fails as transient, keeping nothing;
 /// once the lock is released, the same order is placed.
 pub async fn a_held_write_lock_stops_writers_until_released(url: String) {
-    let store = schema::connect(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
-    let probe = schema::testing::probe(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let TestDb { store, probe } = schema::testing::open(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
     let held = probe.hold_write_lock().await.unwrap();
     let refused = store.place_order(new_order("Held", "P123", 1)).await;
     held.release().await;
@@ -858,10 +866,11 @@ pub async fn a_held_write_lock_stops_writers_until_released(url: String) {
 async fn mssql_a_database_that_applied_the_first_v3_still_starts() {
     let url = std::env::var("TEST_MSSQL_URL").expect("TEST_MSSQL_URL names the SQL Server to test against");
     let url = schema::testing::fresh_mssql_database(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
-    drop(schema::connect(&url).await.unwrap_or_else(|e| panic!("{e:#}")));
+    drop(schema::testing::open(&url).await.unwrap_or_else(|e| panic!("{e:#}")));
     assert_eq!(schema::testing::record_superseded_migrations(&url).await.unwrap(), 1, "the first text recorded");
-    let store =
-        schema::connect(&url).await.unwrap_or_else(|e| panic!("a database migrated before V3 was replaced: {e:#}"));
+    let TestDb { store, .. } = schema::testing::open(&url)
+        .await
+        .unwrap_or_else(|e| panic!("a database migrated before V3 was replaced: {e:#}"));
     assert_eq!(store.products().await.unwrap().len(), 6);
     assert_eq!(schema::testing::record_superseded_migrations(&url).await.unwrap(), 1, "the replacement was recorded");
 }
@@ -872,12 +881,12 @@ async fn sqlite_migrations_are_safe_to_run_concurrently_and_repeatedly() {
     let url = format!("sqlite://{}", dir.path().join("shared.db").display());
     let opens = (0..4).map(|_| {
         let url = url.clone();
-        tokio::spawn(async move { schema::connect(&url).await.map(|_| ()) })
+        tokio::spawn(async move { schema::testing::open(&url).await.map(drop) })
     });
     for open in opens {
         open.await.unwrap().unwrap();
     }
-    let store = schema::connect(&url).await.unwrap();
+    let store = schema::testing::open(&url).await.unwrap().store;
     assert_eq!(store.products().await.unwrap().len(), 6, "seeded once");
 }
 
@@ -893,8 +902,7 @@ async fn sqlite_reconciliation_finds_pending_orders_without_an_outbox_row() {
 async fn a_history_loads_as_processed_orders_with_their_rows_and_counts() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("history.db").display());
-    let store = schema::connect(&url).await.unwrap();
-    let probe = schema::testing::probe(&url).await.unwrap();
+    let TestDb { store, probe } = schema::testing::open(&url).await.unwrap();
     place(&store, "P123", 1).await;
     probe.bulk_history(schema::testing::HISTORY_CHUNK + 7).await.unwrap();
     let t = probe.tally().await.unwrap();
