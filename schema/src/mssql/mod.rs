@@ -79,11 +79,15 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
 async fn open_client(config: &Config) -> TdsResult<TdsClient> {
-    let connect = async {
+    // Boxed: the login's TLS handshake is a large future, and every future
+    // that waits on a new connection (a pool's `get` inside `with_conn` inside
+    // `transaction` ...) would hold a copy of it; unboxed, a debug build ran
+    // a test thread's 2 MiB stack out.
+    let connect = Box::pin(async {
         let tcp = TcpStream::connect(config.get_addr()).await?;
         tcp.set_nodelay(true)?;
         Client::connect(config.clone(), tcp.compat_write()).await
-    };
+    });
     match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(client) => client,
         Err(_) => Err(tiberius::error::Error::Io {
