@@ -359,10 +359,13 @@ impl Relay {
                 }
                 (recorded, next) => {
                     // The streak ends: this batch is recorded now, and a batch
-                    // claimed next (when the broker went silent) is given back.
+                    // claimed next is given back (recording an unanswered
+                    // batch has given back every lease already).
                     let this = self.record(sent).await;
                     let released = match &next {
-                        Ok(next) if !next.is_empty() => self.store.release_leases(&self.owner).await.map(drop),
+                        Ok(next) if !next.is_empty() && !matches!(this, Err(RelayError::BrokerUnavailable(_))) => {
+                            self.store.release_leases(&self.owner).await.map(drop)
+                        }
                         _ => Ok(()),
                     };
                     recorded?;
