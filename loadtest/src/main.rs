@@ -1,5 +1,8 @@
 //! `loadtest` binary: see `loadtest --help`.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Duration;
 
 use clap::Parser;

@@ -9,9 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::json;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::stats::{Summary, Tally, record};
@@ -64,6 +68,11 @@ struct Live {
 
 struct Shared {
     options: Options,
+    /// The orders' own client: hyper-util's pool, with `POST /api/orders`
+    /// parsed once (reqwest parsed the URL of every request).
+    orders: Client<HttpConnector, Full<Bytes>>,
+    orders_uri: http::Uri,
+    /// Everything else (the totals, reading orders back).
     http: reqwest::Client,
     run_id: String,
     live: Live,
@@ -73,10 +82,22 @@ struct Shared {
 
 #[derive(Debug, Deserialize)]
 struct OrderView {
-    order_id: i64,
     status: String,
     created_at: chrono::DateTime<chrono::Utc>,
     processed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// What an accepted order's answer is read for.
+#[derive(Debug, Deserialize)]
+struct Accepted {
+    order_id: i64,
+}
+
+#[derive(Serialize)]
+struct OrderRequest<'a> {
+    customer_name: String,
+    product_id: &'a str,
+    quantity: u64,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -94,9 +115,16 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         .timeout(options.request_timeout)
         .build()?;
     let base = options.url.trim_end_matches('/').to_string();
+    let orders_uri: http::Uri = format!("{base}/api/orders").parse()?;
+    anyhow::ensure!(orders_uri.scheme_str() == Some("http"), "the load tool speaks plain http://, not {base}");
     let baseline = counts(&http, &base).await.unwrap_or_default();
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let orders = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(connector);
     let shared = Arc::new(Shared {
         options: Options { url: base, ..options },
+        orders,
+        orders_uri,
         http,
         run_id: format!("{:x}", chrono::Utc::now().timestamp_micros()),
         live: Live::default(),
@@ -165,22 +193,10 @@ async fn tick(shared: Arc<Shared>, bar: indicatif::ProgressBar, baseline: Counts
 
 /// Sends request number `i`; `due` is when it should have gone out.
 async fn one_request(shared: &Shared, i: u64, due: Instant) {
-    let product = &shared.options.products[(i as usize) % shared.options.products.len()];
-    let body = json!({"customer_name": format!("Load {i}"), "product_id": product, "quantity": i % 5 + 1});
-    let mut request = shared.http.post(format!("{}/api/orders", shared.options.url)).json(&body);
-    if shared.options.idempotency_keys {
-        request = request.header("Idempotency-Key", format!("lt-{}-{i}", shared.run_id));
-    }
     shared.live.sent.fetch_add(1, Ordering::Relaxed);
-    let outcome = match request.send().await {
-        Ok(response) if matches!(response.status().as_u16(), 200 | 201) => match response.json::<OrderView>().await {
-            Ok(order) => Ok(order.order_id),
-            Err(_) => Err("bad_body".to_string()),
-        },
-        Ok(response) => Err(format!("http_{}", response.status().as_u16())),
-        Err(e) if e.is_timeout() => Err("timeout".into()),
-        Err(e) if e.is_connect() => Err("connect".into()),
-        Err(_) => Err("other".into()),
+    let outcome = match tokio::time::timeout(shared.options.request_timeout, place(shared, i)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err("timeout".into()),
     };
     let latency = due.elapsed();
     let mut tally = shared.tally.lock().expect("tally lock");
@@ -197,6 +213,27 @@ async fn one_request(shared: &Shared, i: u64, due: Instant) {
             tally.error(kind);
             shared.live.errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Places order number `i`: its id, or the kind of error.
+async fn place(shared: &Shared, i: u64) -> Result<i64, String> {
+    let product = &shared.options.products[(i as usize) % shared.options.products.len()];
+    let order = OrderRequest { customer_name: format!("Load {i}"), product_id: product, quantity: i % 5 + 1 };
+    let body = serde_json::to_vec(&order).map_err(|_| "bad_request")?;
+    let mut request =
+        http::Request::post(shared.orders_uri.clone()).header(http::header::CONTENT_TYPE, "application/json");
+    if shared.options.idempotency_keys {
+        request = request.header("idempotency-key", format!("lt-{}-{i}", shared.run_id));
+    }
+    let request = request.body(Full::new(Bytes::from(body))).map_err(|_| "bad_request")?;
+    let response =
+        shared.orders.request(request).await.map_err(|e| if e.is_connect() { "connect" } else { "other" })?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.map_err(|_| "other")?.to_bytes();
+    match status {
+        200 | 201 => serde_json::from_slice::<Accepted>(&body).map(|a| a.order_id).map_err(|_| "bad_body".into()),
+        status => Err(format!("http_{status}")),
     }
 }
 
@@ -297,4 +334,63 @@ async fn wait_until_final(shared: &Arc<Shared>, baseline: Counts, wait: Duration
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     all_final
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn options(url: String) -> Options {
+        Options {
+            url,
+            mode: Mode::Closed { concurrency: 2 },
+            duration: Duration::from_millis(200),
+            products: vec!["P123".into()],
+            idempotency_keys: true,
+            wait: None,
+            request_timeout: Duration::from_secs(2),
+            progress: false,
+            all_final: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_answer_is_counted_by_its_kind() {
+        // A server that refuses every order with 422, then one that answers garbage with 201.
+        for (answer, kind) in [
+            ("HTTP/1.1 422 Unprocessable Entity\r\ncontent-length: 2\r\n\r\n{}", "http_422"),
+            ("HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nnope!", "bad_body"),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move {
+                loop {
+                    let (mut socket, _) = listener.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let mut buffer = vec![0; 4096];
+                        // One request per read (small bodies), one answer each.
+                        while socket.read(&mut buffer).await.is_ok_and(|n| n > 0) {
+                            if socket.write_all(answer.as_bytes()).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+            let summary = run(options(url)).await.unwrap();
+            assert!(summary.sent > 0, "{summary:?}");
+            assert_eq!(summary.accepted, 0, "{summary:?}");
+            assert_eq!(summary.errors.get(kind), Some(&summary.sent), "{summary:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_producer_that_is_not_there_is_a_connect_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let summary = run(options(format!("http://127.0.0.1:{port}"))).await.unwrap();
+        assert!(summary.sent > 0, "{summary:?}");
+        assert_eq!(summary.errors.get("connect"), Some(&summary.sent), "{summary:?}");
+    }
 }

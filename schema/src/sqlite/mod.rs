@@ -398,6 +398,36 @@ mod tests {
         assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "no sort: {plan:?}");
     }
 
+    #[tokio::test]
+    async fn placing_and_moving_an_order_build_no_temporary_table_and_the_status_check_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir.path().join("check.db").display().to_string(), crate::Durability::Full).await;
+        let (temporary, refused) = store
+            .with_conn(|c| {
+                let opens = |statement: &str| -> Result<usize, StoreError> {
+                    let mut stmt = c.prepare(&format!("EXPLAIN {statement}"))?;
+                    let unbound = rusqlite::params_from_iter(vec![rusqlite::types::Null; stmt.parameter_count()]);
+                    let ops = stmt.query_map(unbound, |r| r.get::<_, String>(1))?.collect::<Result<Vec<_>, _>>()?;
+                    Ok(ops.iter().filter(|op| *op == "OpenEphemeral").count())
+                };
+                let temporary = [sql::INSERT_ORDER, sql::MARK_PROCESSED, sql::MARK_FAILED]
+                    .map(|statement| opens(statement).map(|n| (statement, n)))
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?;
+                let bogus = c.execute(
+                    "INSERT INTO orders (customer_name, product_id, quantity, status) VALUES ('a', 'P123', 1, 'lost')",
+                    [],
+                );
+                Ok((temporary, bogus.map_err(StoreError::from)))
+            })
+            .await
+            .unwrap();
+        for (statement, n) in temporary {
+            assert_eq!(n, 0, "a temporary table for the status CHECK's IN list: {statement}");
+        }
+        assert!(matches!(refused, Err(StoreError::Invalid(_))), "{refused:?}");
+    }
+
     async fn synchronous(url_path: &str, durability: crate::Durability) -> i64 {
         let store = open(url_path, durability).await;
         store.with_conn(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)).await.unwrap()
