@@ -11,9 +11,6 @@
 //! Invariant: a figure whose spread is over ±10 points (ratios) or ±10 %
 //! (rates) is printed as "not a result".
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod compare;
 mod raw;
 mod report;

@@ -1,8 +1,5 @@
 //! `loadtest` binary: see `loadtest --help`.
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::time::Duration;
 
 use clap::Parser;
