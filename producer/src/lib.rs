@@ -229,8 +229,19 @@ fn router(state: AppState, ops: ops::Ops, charts: charts::Charts) -> Router {
         .merge(ops::router(ops))
         .merge(charts::router(charts))
         .layer(axum::extract::DefaultBodyLimit::max(assets::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(assets::security_headers))
-        .layer(axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::record))
+        .layer(axum::middleware::from_fn_with_state(state.metrics, every_answer))
+}
+
+/// Every answer's metrics and security headers, in one layer: a router's
+/// layers are boxes inside boxes, each cloned for every request.
+async fn every_answer(
+    axum::extract::State(metrics): axum::extract::State<metrics::Metrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = metrics::record(&metrics, request, next).await;
+    assets::add_security_headers(response.headers_mut());
+    response
 }
 
 async fn watch_database(store: Arc<dyn OrderStore>, readiness: Readiness, stop: CancellationToken) {

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -61,10 +61,10 @@ impl Metrics {
 }
 
 /// Records count and duration of every request under its route template.
-pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+pub async fn record(metrics: &Metrics, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(request.method());
     let response = next.run(request).await;
     let class = match response.status().as_u16() {
@@ -74,8 +74,8 @@ pub async fn record(State(metrics): State<Metrics>, request: Request, next: Next
         400..=499 => "4xx",
         _ => "5xx",
     };
-    metrics.http_requests.with_label_values(&[route.as_str(), method, class]).inc();
-    metrics.http_seconds.with_label_values(&[route.as_str(), method]).observe(started.elapsed().as_secs_f64());
+    metrics.http_requests.with_label_values(&[route, method, class]).inc();
+    metrics.http_seconds.with_label_values(&[route, method]).observe(started.elapsed().as_secs_f64());
     response
 }
 

@@ -16,6 +16,7 @@ mod statements;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod timestamps;
 
 pub use database_url::{DatabaseArgs, DatabaseUrl, Durability};
 pub use incidents::{FailureGroup, IncidentAdmin, ReplayReport, Replayed, Skipped};

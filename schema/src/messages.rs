@@ -38,7 +38,7 @@ pub struct OrderPlacedV1 {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox_id: Option<OutboxId>,
     /// When the order was placed; absent in seed-style messages.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "crate::timestamps::serialize_option")]
     pub created_at: Option<DateTime<Utc>>,
 }
 

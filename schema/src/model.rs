@@ -155,8 +155,10 @@ pub struct Order {
     /// Why the order failed, if it did.
     pub failure_reason: Option<String>,
     /// When the order was saved (database clock, UTC).
+    #[serde(serialize_with = "crate::timestamps::serialize")]
     pub created_at: DateTime<Utc>,
     /// When the order was priced or failed (database clock, UTC).
+    #[serde(serialize_with = "crate::timestamps::serialize_option")]
     pub processed_at: Option<DateTime<Utc>>,
 }
 

@@ -106,6 +106,9 @@ fn escape(value: &str, out: &mut BytesMut) {
 }
 
 fn unescape(raw: &str) -> Result<String, CodecError> {
+    if !raw.contains('\\') {
+        return Ok(raw.to_string());
+    }
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
