@@ -42,11 +42,15 @@ pub fn parse(frame: &Frame) -> Result<Accepted, Rejection> {
             None,
         ));
     }
-    let value: serde_json::Value = serde_json::from_slice(&frame.body)
-        .map_err(|e| reject(format!("message body is not valid JSON: {e}"), None))?;
-    let order_id = value.get("order_id").and_then(serde_json::Value::as_i64);
-    let message: OrderPlacedV1 =
-        serde_json::from_value(value).map_err(|e| reject(format!("invalid order message: {e}"), order_id))?;
+    // Straight into the message; on an error the body is read again to tell
+    // JSON that is no message from no JSON at all.
+    let message: OrderPlacedV1 = serde_json::from_slice(&frame.body).map_err(|e| {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(&frame.body) {
+            Ok(_) => reject(format!("invalid order message: {e}"), named_order(&frame.body)),
+            Err(e) => reject(format!("message body is not valid JSON: {e}"), None),
+        }
+    })?;
+    let order_id = Some(message.order_id);
     let header_id = match frame.get(OUTBOX_ID_HEADER) {
         Some(raw) => Some(
             OutboxId::from_str(raw.trim())
@@ -76,6 +80,15 @@ pub fn parse(frame: &Frame) -> Result<Accepted, Rejection> {
     Ok(Accepted { outbox_id: header_id.or(message.outbox_id), message })
 }
 
+/// The order a JSON body that is no valid message names, if it names one.
+fn named_order(body: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        order_id: Option<i64>,
+    }
+    serde_json::from_slice::<Named>(body).ok()?.order_id
+}
+
 /// Why a frame the client read only in part is refused.
 fn cut_reason(cut: &stomp::Cut) -> String {
     let mut parts = Vec::new();
@@ -96,10 +109,11 @@ fn cut_reason(cut: &stomp::Cut) -> String {
     parts.join("; ")
 }
 
-/// The store's view of a delivery: checked here, applied by the store.
-pub fn to_delivery(frame: &Frame) -> Delivery {
+/// The store's view of a delivery: checked here, applied by the store. The
+/// frame's headers and body move into it, uncopied.
+pub fn to_delivery(frame: Frame) -> Delivery {
     let header_id = frame.get(OUTBOX_ID_HEADER).and_then(|h| OutboxId::from_str(h.trim()).ok());
-    let (outbox_id, order_id, rejection) = match parse(frame) {
+    let (outbox_id, order_id, rejection) = match parse(&frame) {
         Ok(a) => (a.outbox_id, Some(OrderId(a.message.order_id)), None),
         Err(Rejection { reason, order_id }) => (header_id, order_id.filter(|id| *id > 0).map(OrderId), Some(reason)),
     };
@@ -109,14 +123,7 @@ pub fn to_delivery(frame: &Frame) -> Delivery {
         .map(schema::limits::dead_letter_key)
         .or_else(|| outbox_id.map(|id| id.to_string()))
         .unwrap_or_else(|| OutboxId::new().to_string());
-    Delivery {
-        dead_letter_id,
-        outbox_id,
-        order_id,
-        rejection,
-        headers: frame.headers.clone(),
-        body: frame.body.to_vec(),
-    }
+    Delivery { dead_letter_id, outbox_id, order_id, rejection, headers: frame.headers.into(), body: frame.body }
 }
 
 #[cfg(test)]
@@ -169,6 +176,13 @@ mod tests {
     }
 
     #[test]
+    fn a_body_that_breaks_off_after_a_wrong_value_is_no_json() {
+        let r = reason(r#"{"order_id": 5, "quantity": "two", "#);
+        assert!(r.reason.starts_with("message body is not valid JSON"), "{}", r.reason);
+        assert_eq!(r.order_id, None);
+    }
+
+    #[test]
     fn quantity_out_of_range_is_rejected() {
         let r = reason(r#"{"order_id": 5, "customer_name": "A", "product_id": "P123", "quantity": 0}"#);
         assert_eq!(r.reason, "quantity 0 is out of range 1-1000");
@@ -196,12 +210,12 @@ mod tests {
     fn a_delivery_keeps_the_original_and_is_recognised_by_its_message_id() {
         let f = frame(r#"{"order_id": 7, "customer_name": "A", "product_id": "P123", "quantity": "lots"}"#)
             .header("message-id", "ID:broker-1:1:1:1:9");
-        let d = to_delivery(&f);
+        let d = to_delivery(f.clone());
         assert_eq!(d.dead_letter_id, "ID:broker-1:1:1:1:9");
         assert_eq!((d.order_id, d.outbox_id), (Some(OrderId(7)), None));
         assert!(d.rejection.unwrap().contains("invalid type"));
-        assert_eq!(d.body, f.body.to_vec());
-        assert_eq!(d.headers, f.headers);
+        assert_eq!(d.body, f.body);
+        assert_eq!(*d.headers, f.headers);
     }
 
     #[test]

@@ -22,13 +22,14 @@ use axum::routing::get;
 use axum::{Json, Router};
 use error_reporter::Report;
 use observability::Readiness;
-use schema::{Applied, ProcessingStore};
+use schema::{Applied, Delivery, ProcessingStore};
 use service::{AdminPort, Backoff, Service, Supervisor};
-use stomp::{Client, Frame, StompError};
+use stomp::{Client, StompError};
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+use crate::handler::to_delivery;
 use crate::metrics::Metrics;
 use crate::step::{StepError, handle_delivery, publish_dead_letters};
 
@@ -189,30 +190,31 @@ impl Consumer {
             };
             // Take whatever else has already arrived, up to the batch size:
             // batches grow with load and cost no latency when idle.
-            let mut frames = vec![first];
-            while frames.len() < self.batch_size {
+            let mut batch = Vec::with_capacity(self.batch_size.min(messages.len() + 1));
+            batch.push(to_delivery(first));
+            while batch.len() < self.batch_size {
                 match messages.try_recv() {
-                    Ok(frame) => frames.push(frame),
+                    Ok(frame) => batch.push(to_delivery(frame)),
                     Err(_) => break,
                 }
             }
             // A batch that wrote a dead letter sends it at once; any other
             // batch leaves the database to the tick (one query less a batch).
-            if self.deliver(client, &frames, shutdown).await? == Some(true) {
+            if self.deliver(client, &batch, shutdown).await? == Some(true) {
                 self.publish_dead_letters(client).await?;
             }
         }
     }
 
     /// Counts and logs what a committed batch did.
-    fn record(&self, frames: &[Frame], outcomes: &[Applied], spans: &[tracing::Span]) {
-        for ((frame, outcome), span) in frames.iter().zip(outcomes).zip(spans) {
+    fn record(&self, batch: &[Delivery], outcomes: &[Applied], spans: &[tracing::Span]) {
+        for ((delivery, outcome), span) in batch.iter().zip(outcomes).zip(spans) {
             match outcome {
                 Applied::Processed(order) => {
                     span.record("order_id", order.order_id.0);
                     tracing::info!(
                         order_id = order.order_id.0,
-                        trace_id = frame.get("traceparent").and_then(observability::trace_id_of),
+                        trace_id = delivery.header("traceparent").and_then(observability::trace_id_of),
                         "Processed order {}: unit_price={}, total_price={}",
                         order.order_id,
                         order.unit_price.unwrap_or_default(),
@@ -259,46 +261,46 @@ impl Consumer {
     async fn deliver(
         &self,
         client: &Client,
-        frames: &[Frame],
+        batch: &[Delivery],
         shutdown: &CancellationToken,
     ) -> Result<Option<bool>, StompError> {
         let started = Instant::now();
-        self.metrics.batch_size.observe(frames.len() as f64);
+        self.metrics.batch_size.observe(batch.len() as f64);
         // One span per message, continuing the trace the message carries.
-        let spans: Vec<tracing::Span> = frames
+        let spans: Vec<tracing::Span> = batch
             .iter()
-            .map(|frame| {
+            .map(|delivery| {
                 let span = tracing::debug_span!(
                     "order.process",
                     otel.kind = "consumer",
                     order_id = tracing::field::Empty,
                     trace_id = tracing::field::Empty
                 );
-                observability::continue_trace(&span, frame.get("traceparent"), frame.get("tracestate"));
+                observability::continue_trace(&span, delivery.header("traceparent"), delivery.header("tracestate"));
                 span
             })
             .collect();
-        let redelivered = frames.iter().filter(|f| f.get("redelivered") == Some("true")).count();
+        let redelivered = batch.iter().filter(|d| d.header("redelivered") == Some("true")).count();
         self.metrics.redeliveries.inc_by(redelivered as u64);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let outcomes = loop {
-            match handle_delivery(self.store.as_ref(), client, frames).await {
+            match handle_delivery(self.store.as_ref(), client, batch).await {
                 Ok(outcomes) => break outcomes,
                 Err(StepError::Broker(error)) => return Err(error),
                 Err(StepError::NotAcked { applied, error }) => {
-                    self.record(frames, &applied, &spans);
+                    self.record(batch, &applied, &spans);
                     return Err(error);
                 }
                 Err(StepError::Store(error)) => {
                     let stuck = started.elapsed();
-                    self.metrics.messages.with_label_values(&["retried"]).inc_by(frames.len() as u64);
+                    self.metrics.messages.with_label_values(&["retried"]).inc_by(batch.len() as u64);
                     self.metrics.stuck_seconds.set(stuck.as_secs_f64());
                     self.readiness.set(
                         "database",
                         false,
                         format!(
                             "a batch of {} has waited {:.1} s for the database: {}",
-                            frames.len(),
+                            batch.len(),
                             stuck.as_secs_f64(),
                             Report::new(&error)
                         ),
@@ -319,7 +321,7 @@ impl Consumer {
         };
         self.metrics.stuck_seconds.set(0.0);
         self.readiness.set("database", true, "ok");
-        self.record(frames, &outcomes, &spans);
+        self.record(batch, &outcomes, &spans);
         self.metrics.processing_seconds.observe(started.elapsed().as_secs_f64());
         drop(spans);
         Ok(Some(outcomes.iter().any(|o| matches!(o, Applied::DeadLettered { .. }))))

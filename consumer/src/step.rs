@@ -16,8 +16,6 @@ use error_reporter::Report;
 use schema::{Applied, Cause, DeadLetter, Delivery, ProcessingStore, StoreError};
 use stomp::{Client, Frame, StompError};
 
-use crate::handler::to_delivery;
-
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Dead letters published per round.
 /// Small, so that letters of the largest size cost little memory at a time
@@ -78,17 +76,16 @@ pub enum StepError {
     },
 }
 
-/// Applies a batch and ACKs it: one outcome per frame, in order. Dead letters
+/// Applies a batch and ACKs it: one outcome per delivery, in order. Dead letters
 /// are published by [`publish_dead_letters`] afterwards.
 pub async fn handle_delivery(
     store: &dyn ProcessingStore,
     broker: &dyn Acker,
-    frames: &[Frame],
+    deliveries: &[Delivery],
 ) -> Result<Vec<Applied>, StepError> {
-    let deliveries: Vec<Delivery> = frames.iter().map(to_delivery).collect();
-    let applied = apply_isolating(store, &deliveries).await.map_err(StepError::Store)?;
+    let applied = apply_isolating(store, deliveries).await.map_err(StepError::Store)?;
     let acks: Vec<&str> =
-        frames.iter().map(|f| f.get("ack").or_else(|| f.get("message-id")).unwrap_or_default()).collect();
+        deliveries.iter().map(|d| d.header("ack").or_else(|| d.header("message-id")).unwrap_or_default()).collect();
     match broker.ack(&acks).await {
         Ok(()) => Ok(applied),
         Err(error) => Err(StepError::NotAcked { applied, error }),

@@ -120,7 +120,7 @@ pub(crate) fn dead_letter<'a>(delivery: &'a Delivery, reason: &'a str) -> Result
         id: truncate_utf16(&delivery.dead_letter_id, DEAD_LETTER_ID_UNITS),
         order_id: delivery.order_id,
         reason: truncate_utf16(reason, DEAD_LETTER_REASON_UNITS),
-        headers: serde_json::to_string(&delivery.headers).map_err(|e| StoreError::Other(Cause::new(e)))?,
+        headers: serde_json::to_string(&*delivery.headers).map_err(|e| StoreError::Other(Cause::new(e)))?,
     })
 }
 

@@ -183,7 +183,8 @@ impl Decoder for StompCodec {
                     if src.is_empty() {
                         return Ok(None);
                     }
-                    self.state = State::Head(Head::default());
+                    // Room for the headers a broker's MESSAGE carries, grown once at most.
+                    self.state = State::Head(Head { headers: Vec::with_capacity(16), ..Head::default() });
                 }
                 State::Head(head) => {
                     let Some(pos) = src.iter().position(|b| *b == b'\n') else {
@@ -346,9 +347,15 @@ impl Body {
             },
         };
         let room = keep_up_to.saturating_sub(self.kept.len()).min(take);
-        self.kept.extend_from_slice(&src[..room]);
+        if self.kept.is_empty() && room == take {
+            // A body read whole in one go is kept where it was read, uncopied.
+            self.kept = src.split_to(take);
+        } else {
+            self.kept.extend_from_slice(&src[..room]);
+            src.advance(take);
+        }
         self.seen += take;
-        src.advance(take + usize::from(done));
+        src.advance(usize::from(done));
         if self.length.is_none() && self.seen > MAX_BODY_BYTES && self.cut.body_bytes.is_none() {
             // No length given and past the limit: keep the prefix, skip to the NUL.
             self.cut.body_bytes = Some(self.seen);
@@ -413,6 +420,23 @@ mod tests {
         buf.extend_from_slice(b"lo\0");
         let Some(Item::Frame(f)) = codec.decode(&mut buf).unwrap() else { panic!("frame expected") };
         assert_eq!(f.body, Bytes::from("hello"));
+    }
+
+    #[test]
+    fn a_body_fed_a_byte_at_a_time_is_whole_and_so_is_the_next_frame() {
+        for wire in
+            [&b"MESSAGE\ncontent-length:5\n\nhello\0MESSAGE\n\nnext\0"[..], b"MESSAGE\n\nhello\0MESSAGE\n\nnext\0"]
+        {
+            let (mut codec, mut buf, mut bodies) = (StompCodec::default(), BytesMut::new(), Vec::new());
+            for byte in wire {
+                buf.extend_from_slice(&[*byte]);
+                while let Some(item) = codec.decode(&mut buf).unwrap() {
+                    let Item::Frame(f) = item else { panic!("frame expected") };
+                    bodies.push(f.body);
+                }
+            }
+            assert_eq!(bodies, [Bytes::from("hello"), Bytes::from("next")]);
+        }
     }
 
     #[test]

@@ -131,7 +131,8 @@ async fn place(store: &dyn Store, name: &str, product: &str) -> (OrderId, Outbox
 }
 
 /// A delivery as the broker hands it over.
-fn message(n: u32, body: &str, outbox_id: Option<OutboxId>) -> Frame {
+/// A MESSAGE frame as the broker delivers it, as the consumer hands it on.
+fn message(n: u32, body: &str, outbox_id: Option<OutboxId>) -> Delivery {
     let mut frame = Frame::new("MESSAGE")
         .header("message-id", format!("ID:broker-1:{n}"))
         .header("ack", format!("ack-{n}"))
@@ -139,7 +140,7 @@ fn message(n: u32, body: &str, outbox_id: Option<OutboxId>) -> Frame {
     if let Some(id) = outbox_id {
         frame = frame.header("outbox-id", id.to_string());
     }
-    frame.body(body.to_string())
+    consumer::handler::to_delivery(frame.body(body.to_string()))
 }
 
 fn order_body(order: OrderId, name: &str, quantity: &str) -> String {
@@ -279,7 +280,7 @@ async fn a_stray_malformed_message_harms_no_order() {
 async fn a_dead_letter_the_broker_never_takes_is_set_aside_and_blocks_no_other() {
     let (store, _dir) = store().await;
     let broker = FakeBroker::default();
-    let strays: Vec<Frame> = (1..=3).map(|n| message(n, "not json", None)).collect();
+    let strays: Vec<Delivery> = (1..=3).map(|n| message(n, "not json", None)).collect();
     handle_delivery(store.as_ref(), &broker, &strays).await.unwrap();
     *broker.refused.lock().unwrap() = Some("ID:broker-1:2".into());
     let mut rounds = 0;

@@ -37,8 +37,8 @@ async fn record_stray_letter(stack: &Stack, id: &str, reason: &str) {
         outbox_id: None,
         order_id: None,
         rejection: Some(reason.into()),
-        headers: vec![],
-        body: b"{".to_vec(),
+        headers: [].into(),
+        body: b"{"[..].into(),
     };
     stack.store.apply(&[letter]).await.unwrap();
 }

@@ -95,7 +95,7 @@ pub fn consumer_message(data: &[u8]) {
     frames.push(Frame::new("MESSAGE").header("message-id", "ID:fuzz-1").body(data.to_vec()));
     frames.push(Frame::new("MESSAGE").header("outbox-id", first_line).body(data.to_vec()));
     for frame in frames {
-        let delivery = consumer::handler::to_delivery(&frame);
+        let delivery = consumer::handler::to_delivery(frame.clone());
         assert!(utf16_len(&delivery.dead_letter_id) <= DEAD_LETTER_ID_UNITS, "the key fits its column");
         match consumer::handler::parse(&frame) {
             Ok(accepted) => {

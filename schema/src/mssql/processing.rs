@@ -84,7 +84,7 @@ async fn record_dead_letter(client: &mut TdsClient, d: &Delivery, reason: &str) 
     let row = dead_letter(d, reason)?;
     // No NULL parameter: order 0 names none (ids start at 1).
     let params: [&dyn tiberius::ToSql; 5] =
-        [&row.id, &row.order_id.map_or(0, |o| o.0), &row.reason, &row.headers, &d.body.as_slice()];
+        [&row.id, &row.order_id.map_or(0, |o| o.0), &row.reason, &row.headers, &&d.body[..]];
     exec(client, RECORD_DEAD_LETTER, &params).await?;
     Ok(())
 }

@@ -94,7 +94,7 @@ fn mark_failed(tx: &Connection, order_id: OrderId, reason: &str, moves: &mut Mov
 /// Records the dead letter unless one with its id exists.
 fn record_dead_letter(tx: &Connection, d: &Delivery, reason: &str) -> Result<(), StoreError> {
     let row = dead_letter(d, reason)?;
-    let params = params![row.id, row.order_id.map(|o| o.0), row.reason, row.headers, d.body];
+    let params = params![row.id, row.order_id.map(|o| o.0), row.reason, row.headers, &d.body[..]];
     tx.prepare_cached(RECORD_DEAD_LETTER)?.execute(params)?;
     Ok(())
 }

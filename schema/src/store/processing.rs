@@ -4,7 +4,10 @@
 //! Invariant: inbox row, pricing, status change and dead letter commit
 //! together, so an ACK after the commit never loses or repeats an effect.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::StoreError;
@@ -22,10 +25,18 @@ pub struct Delivery {
     pub order_id: Option<OrderId>,
     /// Why the message failed its checks; `None` for a valid message.
     pub rejection: Option<String>,
-    /// The original headers, for the dead-letter copy.
-    pub headers: Vec<(String, String)>,
+    /// The original headers, for the dead-letter copy. Shared: a batch goes
+    /// to the store, and again on a retry, without copying them.
+    pub headers: Arc<[(String, String)]>,
     /// The original body, for the dead-letter copy.
-    pub body: Vec<u8>,
+    pub body: Bytes,
+}
+
+impl Delivery {
+    /// The first value of an original header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// What the consumer's unit of work did with one delivery.

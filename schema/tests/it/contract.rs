@@ -73,8 +73,8 @@ fn delivery(outbox_id: Option<OutboxId>, order_id: Option<OrderId>, rejection: O
         outbox_id,
         order_id,
         rejection: rejection.map(str::to_string),
-        headers: vec![("message-id".into(), "ID:test".into()), ("destination".into(), "/queue/x".into())],
-        body: br#"{"order_id": 1}"#.to_vec(),
+        headers: [("message-id".into(), "ID:test".into()), ("destination".into(), "/queue/x".into())].into(),
+        body: br#"{"order_id": 1}"#[..].into(),
     }
 }
 
@@ -264,7 +264,7 @@ pub async fn a_rejected_message_fails_only_its_own_order(store: Arc<dyn Store>) 
 pub async fn dead_letters_are_recorded_once_and_kept_until_confirmed(store: Arc<dyn Store>) {
     let unknown = place(&store, "P999", 1).await;
     let mut garbage = delivery(None, None, Some("message body is not valid JSON"));
-    garbage.body = vec![0xff, 0x00, b'x'];
+    garbage.body = vec![0xff, 0x00, b'x'].into();
     let product = delivery(None, Some(unknown), None);
     let missing = delivery(None, Some(OrderId(777_777)), None);
     let batch = [garbage.clone(), product.clone(), missing.clone(), garbage.clone()];
@@ -276,7 +276,7 @@ pub async fn dead_letters_are_recorded_once_and_kept_until_confirmed(store: Arc<
     let ids: Vec<&str> = unsent.iter().map(|d| d.dead_letter_id.as_str()).collect();
     assert_eq!(ids, [&garbage.dead_letter_id, &product.dead_letter_id, &missing.dead_letter_id], "once per id");
     assert_eq!(unsent[0].body, garbage.body, "the body is kept byte for byte");
-    assert_eq!(unsent[0].headers, garbage.headers);
+    assert_eq!(unsent[0].headers, *garbage.headers);
     assert_eq!(unsent[0].reason, "message body is not valid JSON");
     assert_eq!(store.mark_dead_letters_sent(&[garbage.dead_letter_id.clone()]).await.unwrap(), 1);
     assert_eq!(store.unsent_dead_letters(100).await.unwrap().len(), 2, "sent ones are done");

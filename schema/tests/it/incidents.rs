@@ -16,8 +16,8 @@ fn letter(id: &str, outbox_id: Option<OutboxId>, order_id: Option<OrderId>, reje
         outbox_id,
         order_id,
         rejection: rejection.map(str::to_string),
-        headers: vec![("message-id".into(), id.into())],
-        body: br#"{"order_id": 1}"#.to_vec(),
+        headers: [("message-id".into(), id.into())].into(),
+        body: br#"{"order_id": 1}"#[..].into(),
     }
 }
 
