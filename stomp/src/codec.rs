@@ -94,6 +94,10 @@ pub struct StompCodec {
 }
 
 fn escape(value: &str, out: &mut BytesMut) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'\n' | b'\r' | b':')) {
+        out.put_slice(value.as_bytes());
+        return;
+    }
     for b in value.bytes() {
         match b {
             b'\\' => out.put_slice(b"\\\\"),
