@@ -183,6 +183,13 @@ mod tests {
     }
 
     #[test]
+    fn a_field_given_twice_is_rejected_not_guessed() {
+        let r = reason(r#"{"order_id": 5, "customer_name": "A", "product_id": "P123", "quantity": 2, "quantity": 3}"#);
+        assert!(r.reason.contains("duplicate field `quantity`"), "{}", r.reason);
+        assert_eq!(r.order_id, Some(5));
+    }
+
+    #[test]
     fn quantity_out_of_range_is_rejected() {
         let r = reason(r#"{"order_id": 5, "customer_name": "A", "product_id": "P123", "quantity": 0}"#);
         assert_eq!(r.reason, "quantity 0 is out of range 1-1000");
