@@ -112,10 +112,13 @@ fn cut_reason(cut: &stomp::Cut) -> String {
 /// The store's view of a delivery: checked here, applied by the store. The
 /// frame's headers and body move into it, uncopied.
 pub fn to_delivery(frame: Frame) -> Delivery {
-    let header_id = frame.get(OUTBOX_ID_HEADER).and_then(|h| OutboxId::from_str(h.trim()).ok());
     let (outbox_id, order_id, rejection) = match parse(&frame) {
         Ok(a) => (a.outbox_id, Some(OrderId(a.message.order_id)), None),
-        Err(Rejection { reason, order_id }) => (header_id, order_id.filter(|id| *id > 0).map(OrderId), Some(reason)),
+        Err(Rejection { reason, order_id }) => {
+            // A rejected message still names its outbox row when its header is a UUID.
+            let header_id = frame.get(OUTBOX_ID_HEADER).and_then(|h| OutboxId::from_str(h.trim()).ok());
+            (header_id, order_id.filter(|id| *id > 0).map(OrderId), Some(reason))
+        }
     };
     // The broker keeps a message's id across redeliveries: a repeat is recognised.
     let dead_letter_id = frame

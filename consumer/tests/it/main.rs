@@ -130,7 +130,6 @@ async fn place(store: &dyn Store, name: &str, product: &str) -> (OrderId, Outbox
     (order.order_id, row.outbox_id)
 }
 
-/// A delivery as the broker hands it over.
 /// A MESSAGE frame as the broker delivers it, as the consumer hands it on.
 fn message(n: u32, body: &str, outbox_id: Option<OutboxId>) -> Delivery {
     let mut frame = Frame::new("MESSAGE")
