@@ -3,7 +3,9 @@
 //! Invariants: a row is marked published only after its RECEIPT; a broker
 //! outage never counts an attempt or parks a row; a broker ERROR for a row
 //! counts one attempt and parks it at the cap, so one bad row never blocks others;
-//! a step waits on the broker for at most two thirds of the lease.
+//! a batch is sent and answered within two thirds of its lease, counted from
+//! its claim's start (or given back unsent), and marked as soon as its answers
+//! are in, so no other relay can claim it while the broker holds it unmarked.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +45,10 @@ pub enum RelayError {
     /// The broker is unreachable or stopped answering; retry later.
     #[error("broker unavailable: {0}")]
     BrokerUnavailable(String),
+    /// The claim took two thirds of the lease: sent now, the batch could reach
+    /// the broker after another relay had claimed it again, so it was given back.
+    #[error("the claim took {0:?}, two thirds of the lease or more; its rows were given back unsent")]
+    LeaseSpent(Duration),
 }
 
 /// Operator controls shared by the loop and the admin routes.
@@ -110,10 +116,22 @@ impl Relay {
         if rows.is_empty() {
             return Ok(BatchReport::default());
         }
-        let sent = self.send(rows, claimed_at).await;
-        let report = self.record(sent).await;
+        let report = self.publish(rows, claimed_at).await;
         self.metrics.leases_held.set(0);
         report
+    }
+
+    /// Sends a claimed batch and records its outcomes at once, so it is marked
+    /// as soon as its receipts are in; a batch whose claim took so long that
+    /// its lease may lapse before the broker answers is given back unsent.
+    async fn publish(&self, rows: Vec<OutboxRow>, claimed_at: Instant) -> Result<BatchReport, RelayError> {
+        let took = claimed_at.elapsed();
+        if took >= publish_budget(self.lease) {
+            self.store.release_leases(&self.owner).await?;
+            return Err(RelayError::LeaseSpent(took));
+        }
+        let sent = self.send(rows, claimed_at).await;
+        self.record(sent).await
     }
 
     async fn claim(&self) -> Result<Vec<OutboxRow>, StoreError> {
@@ -145,14 +163,15 @@ impl Relay {
                 span
             })
             .collect();
-        let outcomes = match tokio::time::timeout(publish_budget(self.lease), self.publisher.publish(&rows)).await {
+        // The budget runs from the claim's start: the lease does.
+        let budget = publish_budget(self.lease).saturating_sub(claimed_at.elapsed());
+        let outcomes = match tokio::time::timeout(budget, self.publisher.publish(&rows)).await {
             Ok(outcomes) => outcomes,
             Err(_) => {
                 // Past the budget the lease may lapse and another relay send the
                 // same rows: give up on this connection, count nothing, retry.
                 self.publisher.close().await;
-                let reason =
-                    format!("no broker answer within {:?}, two thirds of the lease", publish_budget(self.lease));
+                let reason = format!("no broker answer within {budget:?}, what was left of two thirds of the lease");
                 vec![Outcome::Unknown(reason); rows.len()]
             }
         };
@@ -307,7 +326,7 @@ impl Relay {
                 }
                 Err(error) => {
                     let kind = match &error {
-                        RelayError::Store(_) => "database",
+                        RelayError::Store(_) | RelayError::LeaseSpent(_) => "database",
                         RelayError::BrokerUnavailable(_) => "broker",
                     };
                     self.metrics.publish_errors.with_label_values(&[kind]).inc();
@@ -323,61 +342,40 @@ impl Relay {
         }
     }
 
-    /// Steps while there is work, pipelined: while one batch is on its way to
-    /// the broker, the batch before it is recorded and the next one claimed,
-    /// so the database's commits overlap the broker's. A batch is sent only
-    /// after the one before has its answers, so the queue gets them in claim
-    /// order. Every batch sent is recorded before this returns; it stops
+    /// Steps while there is work, pipelined: while one batch is sent and
+    /// marked, the next one is claimed, so the database's work overlaps the
+    /// broker's. A batch is marked as soon as its answers are in, never after
+    /// the next claim (a slow claim would eat its lease), and the next batch
+    /// is sent only after that, so the queue gets them in claim order. Stops
     /// claiming when paused or shut down. Returns the rows claimed.
     async fn stream(&self, shutdown: &CancellationToken) -> Result<usize, RelayError> {
         let mut claimed_at = Instant::now();
         let mut rows = self.claim().await?;
         let mut claimed = 0;
-        let mut previous: Option<Sent> = None;
         while !rows.is_empty() {
             claimed += rows.len();
             self.control.beat();
             let more = !shutdown.is_cancelled() && !self.control.is_paused();
-            let behind = async {
-                let recorded = match previous.take() {
-                    Some(sent) => self.record(sent).await.map(drop),
-                    None => Ok(()),
-                };
+            let next = async {
                 let at = Instant::now();
-                let next = match (&recorded, more) {
-                    (Ok(()), true) => self.claim().await.map_err(RelayError::from),
-                    _ => Ok(Vec::new()),
-                };
-                (recorded, next, at)
+                let rows = if more { self.claim().await? } else { Vec::new() };
+                Ok::<_, StoreError>((rows, at))
             };
-            let (sent, (recorded, next, next_at)) = tokio::join!(self.send(rows, claimed_at), behind);
-            let answered = sent.outcomes.iter().all(|o| matches!(o, Outcome::Confirmed | Outcome::Rejected(_)));
-            match (recorded, next) {
-                (Ok(()), Ok(next)) if answered => {
-                    previous = Some(sent);
-                    (rows, claimed_at) = (next, next_at);
-                }
-                (recorded, next) => {
-                    // The streak ends: this batch is recorded now, and a batch
-                    // claimed next is given back (recording an unanswered
-                    // batch has given back every lease already).
-                    let this = self.record(sent).await;
+            match tokio::join!(self.publish(rows, claimed_at), next) {
+                (Ok(_), Ok(next)) => (rows, claimed_at) = next,
+                (published, next) => {
+                    // The streak ends, and a batch claimed meanwhile is given
+                    // back (a release while recording may have come before it).
                     let released = match &next {
-                        Ok(next) if !next.is_empty() && !matches!(this, Err(RelayError::BrokerUnavailable(_))) => {
-                            self.store.release_leases(&self.owner).await.map(drop)
-                        }
+                        Ok((next, _)) if !next.is_empty() => self.store.release_leases(&self.owner).await.map(drop),
                         _ => Ok(()),
                     };
-                    recorded?;
+                    published?;
                     next?;
-                    this?;
                     released?;
                     return Ok(claimed);
                 }
             }
-        }
-        if let Some(sent) = previous {
-            self.record(sent).await?;
         }
         Ok(claimed)
     }

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use relay::metrics::Metrics;
 use relay::publisher::{Outcome, Publisher};
 use relay::step::{Control, Relay, RelayError};
-use schema::{NewOrder, OrderId, OrderStatus, OutboxRow, Store};
+use schema::{NewOrder, OrderId, OrderStatus, OutboxRow, Store, StoreError};
 use service::Service as _;
+use tokio_util::sync::CancellationToken;
 
 /// How the fake broker answers one row.
 type Answer = Box<dyn Fn(&OutboxRow) -> Outcome + Send>;
@@ -74,6 +75,25 @@ async fn place(store: &Arc<dyn Store>, product: &str) -> OrderId {
     match store.place_order(order).await.unwrap() {
         schema::Placed::Created(o) | schema::Placed::Existing(o) => o.order_id,
     }
+}
+
+async fn place_many(store: &Arc<dyn Store>, n: usize) -> Vec<OrderId> {
+    let mut orders = Vec::with_capacity(n);
+    for _ in 0..n {
+        orders.push(place(store, "P123").await);
+    }
+    orders
+}
+
+/// Runs the relay's loop (polls of 1 to 5 ms) until the token is cancelled.
+fn run_loop(relay: Relay) -> (Arc<Relay>, CancellationToken, tokio::task::JoinHandle<()>) {
+    let relay = Arc::new(relay);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, stop) = (relay.clone(), stop.clone());
+        async move { relay.run(Duration::from_millis(1), Duration::from_millis(5), stop).await }
+    });
+    (relay, stop, running)
 }
 
 #[tokio::test]
@@ -175,16 +195,8 @@ async fn the_loop_streams_batches_in_claim_order_and_a_silent_broker_mid_stream_
         Box::new(|_| Outcome::Confirmed),
     ]);
     let (relay, store, _dir) = setup(broker.clone()).await;
-    let mut orders = Vec::new();
-    for _ in 0..45 {
-        orders.push(place(&store, "P123").await);
-    }
-    let relay = Arc::new(relay);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, stop) = (relay.clone(), stop.clone());
-        async move { relay.run(Duration::from_millis(1), Duration::from_millis(5), stop).await }
-    });
+    let orders = place_many(&store, 45).await;
+    let (relay, stop, running) = run_loop(relay);
     // Well inside the 30 s lease: the batch claimed while the broker went
     // silent was given back at once, not left to lapse.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -265,4 +277,84 @@ fn a_bad_url_is_refused_at_start_naming_its_flag_and_never_its_password() {
     let config = relay::Config::try_parse_from(good).unwrap();
     let shown = format!("{} {} {config:?}", config.database.database_url, config.broker.broker_url);
     assert!(!shown.contains("Secr3t"), "{shown}");
+}
+
+/// The store with slow claims: from the second claim on, each waits for a
+/// permit the test hands out, then answers `late` after the rows were leased.
+struct SlowClaims {
+    inner: Arc<dyn Store>,
+    gate: tokio::sync::Semaphore,
+    claims: std::sync::atomic::AtomicUsize,
+    late: Duration,
+}
+
+impl SlowClaims {
+    fn new(inner: Arc<dyn Store>, late: Duration, permits: usize) -> Arc<Self> {
+        let gate = tokio::sync::Semaphore::new(permits);
+        Arc::new(Self { inner, gate, claims: Default::default(), late })
+    }
+}
+
+#[async_trait]
+impl schema::OutboxStore for SlowClaims {
+    async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
+        if self.claims.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.gate.acquire().await.unwrap().forget();
+        }
+        let rows = self.inner.claim_batch(owner, limit, lease).await;
+        tokio::time::sleep(self.late).await;
+        rows
+    }
+    async fn mark_published(&self, ids: &[schema::OutboxId]) -> Result<u64, StoreError> {
+        self.inner.mark_published(ids).await
+    }
+    async fn record_failure(&self, failure: &schema::FailedAttempt<'_>) -> Result<schema::FailureOutcome, StoreError> {
+        self.inner.record_failure(failure).await
+    }
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        self.inner.release_leases(owner).await
+    }
+    async fn outbox_stats(&self) -> Result<schema::OutboxStats, StoreError> {
+        self.inner.outbox_stats().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_marked_as_soon_as_its_receipts_are_in_not_after_the_next_claim() {
+    let (mut relay, store, _dir) = setup(FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)])).await;
+    let slow = SlowClaims::new(store.clone(), Duration::ZERO, 0);
+    relay.store = slow.clone();
+    let orders = place_many(&store, 15).await;
+    let (_relay, stop, running) = run_loop(relay);
+    // The second claim hangs at the gate; the first batch's rows are marked
+    // meanwhile (a claim stuck behind a lock must not eat their lease).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.order(orders[9]).await.unwrap().status != OrderStatus::Published {
+        assert!(std::time::Instant::now() < deadline, "the first batch was not marked while the next claim waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(slow.claims.load(std::sync::atomic::Ordering::SeqCst), 2, "the second claim is still waiting");
+    assert_eq!(store.order(orders[10]).await.unwrap().status, OrderStatus::Pending);
+    slow.gate.add_permits(100);
+    while store.outbox_stats().await.unwrap().pending > 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", store.outbox_stats().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    running.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_that_took_two_thirds_of_the_lease_gives_its_batch_back_unsent() {
+    let broker = FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)]);
+    let (mut relay, store, _dir) = setup(broker.clone()).await;
+    relay.lease = Duration::from_millis(600);
+    relay.store = SlowClaims::new(store.clone(), Duration::from_millis(450), 0);
+    place(&store, "P123").await;
+    let error = relay.relay_once().await.unwrap_err();
+    assert!(matches!(error, RelayError::LeaseSpent(_)), "{error}");
+    assert!(broker.seen.lock().unwrap().is_empty(), "nothing was sent that another relay might send too");
+    // Given back at once with no attempt counted: another relay may take it now.
+    let rows = store.claim_batch("relay-other", 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!((rows.len(), rows[0].attempts), (1, 0));
 }
