@@ -13,10 +13,21 @@ const PRODUCTS: [&str; 5] = ["P123", "P200", "P300", "P400", "P500"];
 
 /// Places `n` orders one after another in the background (a steady stream).
 fn place_in_background(stack: &Arc<Stack>, n: usize) -> JoinHandle<Vec<i64>> {
+    place_paced(stack, n, Duration::ZERO)
+}
+
+/// Places `n` orders, one each `every` at most: a stream long enough that a
+/// test acting on a condition seen mid-way still meets it mid-way, however
+/// fast the relay (on a server whose first query on a connection is slow).
+fn place_paced(stack: &Arc<Stack>, n: usize, every: Duration) -> JoinHandle<Vec<i64>> {
     let stack = stack.clone();
     tokio::spawn(async move {
         let mut ids = Vec::with_capacity(n);
+        let mut pace = (!every.is_zero()).then(|| tokio::time::interval(every));
         for i in 0..n {
+            if let Some(pace) = pace.as_mut() {
+                pace.tick().await;
+            }
             ids.push(
                 stack.place_order(&format!("Customer {i}"), PRODUCTS[i % PRODUCTS.len()], (i % 7 + 1) as i64).await,
             );
@@ -52,7 +63,7 @@ async fn a_relay_killed_mid_stream_loses_nothing() {
     let mut stack = Stack::start(&shared_broker_url()).await;
     let relay = stack.relay.take().expect("relay running");
     let stack = Arc::new(stack);
-    let placing = place_in_background(&stack, 200);
+    let placing = place_paced(&stack, 200, Duration::from_millis(10));
     // Kill the relay once part of the stream is published, part not.
     wait_for("some orders published", Duration::from_secs(30), || async {
         (stack.tally().await.published_rows >= 40).then_some(())
