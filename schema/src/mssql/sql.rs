@@ -366,6 +366,11 @@ statements! {
         /// A fresh database beside the one tests were given (`@NAME`, a name made
         /// of letters, digits and `_`, is inlined by [`with_name`]).
         CREATE_DATABASE = "CREATE DATABASE @NAME";
+        /// Test databases a finished run left behind: created more than two
+        /// hours ago (no run of the suites or the bench takes that long).
+        TEST_STALE_DATABASES = "SELECT name FROM sys.databases \
+             WHERE name LIKE N'orderflow[_]test[_]%' AND create_date < DATEADD(hour, -2, GETDATE())";
+        DROP_DATABASE = "DROP DATABASE @NAME";
     }
 }
 
