@@ -86,7 +86,7 @@ mod tests {
     /// has rusqlite's transaction), the migration lock (SQLite locks a file)
     /// and the replacement of the first V3, a lock on one order's row (SQLite
     /// locks the whole file), and a fresh database.
-    const MSSQL_ONLY: [&str; 15] = [
+    const MSSQL_ONLY: [&str; 17] = [
         "PLACE_ORDER",
         "BEGIN_AND_INSERT_ORDERS",
         "INSERT_OUTBOX_AND_COMMIT",
@@ -102,6 +102,8 @@ mod tests {
         "ACCEPT_SUPERSEDED",
         "TEST_LOCK_ORDER",
         "CREATE_DATABASE",
+        "TEST_STALE_DATABASES",
+        "DROP_DATABASE",
     ];
 
     fn names(table: &[(&'static str, &str)]) -> BTreeSet<&'static str> {
