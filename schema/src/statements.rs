@@ -85,7 +85,8 @@ mod tests {
     /// that avoids a NULL parameter, transactions and session control (SQLite
     /// has rusqlite's transaction), the migration lock (SQLite locks a file)
     /// and the replacement of the first V3, a lock on one order's row (SQLite
-    /// locks the whole file), and a fresh database.
+    /// locks the whole file), and a fresh database with the sweep of those
+    /// earlier runs left behind.
     const MSSQL_ONLY: [&str; 17] = [
         "PLACE_ORDER",
         "BEGIN_AND_INSERT_ORDERS",

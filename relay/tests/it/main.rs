@@ -280,7 +280,8 @@ fn a_bad_url_is_refused_at_start_naming_its_flag_and_never_its_password() {
 }
 
 /// The store with slow claims: from the second claim on, each waits for a
-/// permit the test hands out, then answers `late` after the rows were leased.
+/// permit the test hands out (none at first), then answers `late` after the
+/// rows were leased.
 struct SlowClaims {
     inner: Arc<dyn Store>,
     gate: tokio::sync::Semaphore,
@@ -289,8 +290,8 @@ struct SlowClaims {
 }
 
 impl SlowClaims {
-    fn new(inner: Arc<dyn Store>, late: Duration, permits: usize) -> Arc<Self> {
-        let gate = tokio::sync::Semaphore::new(permits);
+    fn new(inner: Arc<dyn Store>, late: Duration) -> Arc<Self> {
+        let gate = tokio::sync::Semaphore::new(0);
         Arc::new(Self { inner, gate, claims: Default::default(), late })
     }
 }
@@ -322,7 +323,7 @@ impl schema::OutboxStore for SlowClaims {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_marked_as_soon_as_its_receipts_are_in_not_after_the_next_claim() {
     let (mut relay, store, _dir) = setup(FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)])).await;
-    let slow = SlowClaims::new(store.clone(), Duration::ZERO, 0);
+    let slow = SlowClaims::new(store.clone(), Duration::ZERO);
     relay.store = slow.clone();
     let orders = place_many(&store, 15).await;
     let (_relay, stop, running) = run_loop(relay);
@@ -349,7 +350,7 @@ async fn a_claim_that_took_two_thirds_of_the_lease_gives_its_batch_back_unsent()
     let broker = FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)]);
     let (mut relay, store, _dir) = setup(broker.clone()).await;
     relay.lease = Duration::from_millis(600);
-    relay.store = SlowClaims::new(store.clone(), Duration::from_millis(450), 0);
+    relay.store = SlowClaims::new(store.clone(), Duration::from_millis(450));
     place(&store, "P123").await;
     let error = relay.relay_once().await.unwrap_err();
     assert!(matches!(error, RelayError::LeaseSpent(_)), "{error}");

@@ -421,8 +421,14 @@ pub(super) fn with_limit(sql: &str, limit: u32) -> String {
 /// `sql` with its `@NAME` replaced by `name`, which is letters, digits and `_` only.
 #[cfg(feature = "testing")]
 pub(super) fn with_name(sql: &str, name: &str) -> String {
-    debug_assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{name}");
+    debug_assert!(is_plain_name(name), "{name}");
     sql.replace("@NAME", name)
+}
+
+/// True when `name` is letters, digits and `_` only, safe to inline by [`with_name`].
+#[cfg(feature = "testing")]
+pub(super) fn is_plain_name(name: &str) -> bool {
+    name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

@@ -181,7 +181,7 @@ pub(crate) async fn fresh_database(config: &Config) -> anyhow::Result<String> {
 async fn drop_stale_databases(client: &mut TdsClient) {
     let Ok(stale) = rows(client, TEST_STALE_DATABASES, &[]).await else { return };
     let names: Vec<String> = stale.iter().filter_map(|r| r.get::<&str, _>(0).map(str::to_string)).collect();
-    for name in names.iter().filter(|n| n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
+    for name in names.iter().filter(|n| is_plain_name(n)) {
         let _ = batch(client, &with_name(DROP_DATABASE, name)).await;
     }
 }
