@@ -281,13 +281,20 @@ statements! {
             now!("'-30 days'"),
             " FROM c"
         );
-        /// A published outbox row (random UUID text) for each order from `?1` on.
+        /// A published outbox row for each order from `?1` on. Its id is a
+        /// version-7 UUID as `OutboxId::new` makes them: the creation time's
+        /// milliseconds, then a counter (the order id, so ids of one
+        /// millisecond still ascend), then random bits. Random (version-4) ids
+        /// would scatter retention's deletes over the whole id index, which
+        /// no database orderflow wrote holds: 10–40 ms a 500-row batch instead
+        /// of 1–2 ms, measured on 2,000,000 rows.
         TEST_HISTORY_OUTBOX = "INSERT INTO outbox (outbox_id, order_id, event_type, payload, created_at, \
                next_attempt_at, published_at) \
-             SELECT substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-4' || substr(h, 14, 3) || '-a' || substr(h, 18, 3) \
-               || '-' || substr(h, 21, 12), order_id, 'OrderPlacedV1', '{\"order_id\": ' || order_id || '}', \
-               created_at, created_at, created_at \
-             FROM (SELECT lower(hex(randomblob(16))) AS h, order_id, created_at FROM orders WHERE order_id >= ?1)";
+             SELECT printf('%08x-%04x-7%03x-%04x-%s', ms / 65536, ms % 65536, (order_id / 16384) % 4096, \
+               32768 + order_id % 16384, lower(hex(randomblob(6)))), order_id, 'OrderPlacedV1', \
+               '{\"order_id\": ' || order_id || '}', created_at, created_at, created_at \
+             FROM (SELECT CAST(round((julianday(created_at) - 2440587.5) * 86400000) AS INTEGER) AS ms, order_id, \
+               created_at FROM orders WHERE order_id >= ?1)";
         /// The inbox row of each of those messages.
         TEST_HISTORY_INBOX = "INSERT INTO inbox (outbox_id, order_id, processed_at) \
              SELECT outbox_id, order_id, published_at FROM outbox WHERE order_id >= ?1";

@@ -916,6 +916,31 @@ async fn a_history_loads_as_processed_orders_with_their_rows_and_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_history_ids_are_version_7_and_ascend_as_the_relay_s_own_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.db");
+    let TestDb { store, probe } = schema::testing::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    probe.bulk_history(20_000).await.unwrap();
+    place(&store, "P123", 1).await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows: Vec<(String, String)> = conn
+        .prepare("SELECT outbox_id, created_at FROM outbox ORDER BY order_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 20_001);
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|(id, _)| id.parse().unwrap()).collect();
+    assert!(ids.iter().all(|id| id.get_version_num() == 7), "{:?}", &rows[..2]);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend with the orders, the placed one's last");
+    let (_, created_at) = &rows[0];
+    let created_ms = chrono::DateTime::parse_from_rfc3339(created_at).unwrap().timestamp_millis() as u64;
+    let (seconds, nanos) = ids[0].get_timestamp().unwrap().to_unix();
+    assert_eq!(seconds * 1000 + u64::from(nanos) / 1_000_000, created_ms, "the id holds its row's creation time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_one_failing_order_in_a_group_commit_leaves_the_others_placed() {
     let (store, dir) = sqlite_store().await.unwrap();
     let conn = rusqlite::Connection::open(dir.path().join("contract.db")).unwrap();
