@@ -4,8 +4,9 @@
 //! outage never counts an attempt or parks a row; a broker ERROR for a row
 //! counts one attempt and parks it at the cap, so one bad row never blocks others;
 //! a batch is sent and answered within two thirds of its lease, counted from
-//! its claim's start (or given back unsent), and marked as soon as its answers
-//! are in, so no other relay can claim it while the broker holds it unmarked.
+//! its claim's start (or given back unsent), and handed to be marked as soon
+//! as its answers are in (marks go in claim order, at most one waiting), so no
+//! other relay can claim it while the broker holds it unmarked.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,13 +126,19 @@ impl Relay {
     /// as soon as its receipts are in; a batch whose claim took so long that
     /// its lease may lapse before the broker answers is given back unsent.
     async fn publish(&self, rows: Vec<OutboxRow>, claimed_at: Instant) -> Result<BatchReport, RelayError> {
+        let sent = self.send_in_lease(rows, claimed_at).await?;
+        self.record(sent).await
+    }
+
+    /// Sends a claimed batch unless its claim alone took two thirds of the
+    /// lease: then every lease is given back and nothing is sent.
+    async fn send_in_lease(&self, rows: Vec<OutboxRow>, claimed_at: Instant) -> Result<Sent, RelayError> {
         let took = claimed_at.elapsed();
         if took >= publish_budget(self.lease) {
             self.store.release_leases(&self.owner).await?;
             return Err(RelayError::LeaseSpent(took));
         }
-        let sent = self.send(rows, claimed_at).await;
-        self.record(sent).await
+        Ok(self.send(rows, claimed_at).await)
     }
 
     async fn claim(&self) -> Result<Vec<OutboxRow>, StoreError> {
@@ -342,13 +349,38 @@ impl Relay {
         }
     }
 
-    /// Steps while there is work, pipelined: while one batch is sent and
-    /// marked, the next one is claimed, so the database's work overlaps the
-    /// broker's. A batch is marked as soon as its answers are in, never after
-    /// the next claim (a slow claim would eat its lease), and the next batch
-    /// is sent only after that, so the queue gets them in claim order. Stops
-    /// claiming when paused or shut down. Returns the rows claimed.
+    /// Steps while there is work, pipelined in three: while one batch is sent,
+    /// the next is claimed and the one before is marked. A batch goes to the
+    /// recorder the moment its answers are in, so neither a slow claim nor the
+    /// next send delays its mark (a late mark would eat its lease); the next
+    /// batch is sent only after that, so the queue gets them in claim order.
+    /// Stops claiming when paused or shut down, and returns (rows claimed) only
+    /// when every sent batch is recorded.
     async fn stream(&self, shutdown: &CancellationToken) -> Result<usize, RelayError> {
+        // One recorded, one waiting at most: the sender runs one batch ahead.
+        let (handoff, mut sent) = tokio::sync::mpsc::channel::<Sent>(1);
+        let recorder = async move {
+            while let Some(batch) = sent.recv().await {
+                self.record(batch).await?;
+            }
+            Ok::<_, RelayError>(())
+        };
+        let (claimed, recorded) = tokio::join!(self.send_while_claiming(shutdown, handoff), recorder);
+        let claimed = claimed?;
+        recorded?;
+        Ok(claimed)
+    }
+
+    /// The sending half of [`Relay::stream`]: sends each batch while claiming
+    /// the next and hands it to the recorder. When the recorder has stopped
+    /// (it failed), records the batch in hand itself, so that what the broker
+    /// confirmed is marked, and ends the streak, giving back a batch claimed
+    /// meanwhile.
+    async fn send_while_claiming(
+        &self,
+        shutdown: &CancellationToken,
+        handoff: tokio::sync::mpsc::Sender<Sent>,
+    ) -> Result<usize, RelayError> {
         let mut claimed_at = Instant::now();
         let mut rows = self.claim().await?;
         let mut claimed = 0;
@@ -356,21 +388,28 @@ impl Relay {
             claimed += rows.len();
             self.control.beat();
             let more = !shutdown.is_cancelled() && !self.control.is_paused();
+            let send = async {
+                let batch = self.send_in_lease(rows, claimed_at).await?;
+                match handoff.send(batch).await {
+                    Ok(()) => Ok(()),
+                    Err(tokio::sync::mpsc::error::SendError(batch)) => self.record(batch).await.map(drop),
+                }
+            };
             let next = async {
                 let at = Instant::now();
                 let rows = if more { self.claim().await? } else { Vec::new() };
                 Ok::<_, StoreError>((rows, at))
             };
-            match tokio::join!(self.publish(rows, claimed_at), next) {
-                (Ok(_), Ok(next)) => (rows, claimed_at) = next,
-                (published, next) => {
+            match tokio::join!(send, next) {
+                (Ok(()), Ok(next)) if !handoff.is_closed() => (rows, claimed_at) = next,
+                (sent, next) => {
                     // The streak ends, and a batch claimed meanwhile is given
                     // back (a release while recording may have come before it).
                     let released = match &next {
                         Ok((next, _)) if !next.is_empty() => self.store.release_leases(&self.owner).await.map(drop),
                         _ => Ok(()),
                     };
-                    published?;
+                    sent?;
                     next?;
                     released?;
                     return Ok(claimed);

@@ -279,34 +279,50 @@ fn a_bad_url_is_refused_at_start_naming_its_flag_and_never_its_password() {
     assert!(!shown.contains("Secr3t"), "{shown}");
 }
 
-/// The store with slow claims: from the second claim on, each waits for a
-/// permit the test hands out (none at first), then answers `late` after the
-/// rows were leased.
-struct SlowClaims {
+/// The store behind gates the test opens: from the second claim on, each
+/// claim waits for a permit of `claims` (none at first), then answers `late`
+/// after the rows were leased; when `hold_marks` is set, each mark waits for
+/// a permit of `marks`.
+struct Gated {
     inner: Arc<dyn Store>,
-    gate: tokio::sync::Semaphore,
-    claims: std::sync::atomic::AtomicUsize,
+    claims: tokio::sync::Semaphore,
+    claimed: std::sync::atomic::AtomicUsize,
     late: Duration,
+    marks: tokio::sync::Semaphore,
+    hold_marks: bool,
 }
 
-impl SlowClaims {
-    fn new(inner: Arc<dyn Store>, late: Duration) -> Arc<Self> {
-        let gate = tokio::sync::Semaphore::new(0);
-        Arc::new(Self { inner, gate, claims: Default::default(), late })
+impl Gated {
+    fn slow_claims(inner: Arc<dyn Store>, late: Duration) -> Arc<Self> {
+        Arc::new(Self::new(inner, late, false))
+    }
+
+    fn held_marks(inner: Arc<dyn Store>) -> Arc<Self> {
+        let gated = Self::new(inner, Duration::ZERO, true);
+        gated.claims.add_permits(1_000);
+        Arc::new(gated)
+    }
+
+    fn new(inner: Arc<dyn Store>, late: Duration, hold_marks: bool) -> Self {
+        let (claims, marks) = (tokio::sync::Semaphore::new(0), tokio::sync::Semaphore::new(0));
+        Self { inner, claims, claimed: Default::default(), late, marks, hold_marks }
     }
 }
 
 #[async_trait]
-impl schema::OutboxStore for SlowClaims {
+impl schema::OutboxStore for Gated {
     async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
-        if self.claims.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
-            self.gate.acquire().await.unwrap().forget();
+        if self.claimed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.claims.acquire().await.unwrap().forget();
         }
         let rows = self.inner.claim_batch(owner, limit, lease).await;
         tokio::time::sleep(self.late).await;
         rows
     }
     async fn mark_published(&self, ids: &[schema::OutboxId]) -> Result<u64, StoreError> {
+        if self.hold_marks {
+            self.marks.acquire().await.unwrap().forget();
+        }
         self.inner.mark_published(ids).await
     }
     async fn record_failure(&self, failure: &schema::FailedAttempt<'_>) -> Result<schema::FailureOutcome, StoreError> {
@@ -320,29 +336,52 @@ impl schema::OutboxStore for SlowClaims {
     }
 }
 
+/// Waits (10 s at most) until `done` holds.
+async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_marked_as_soon_as_its_receipts_are_in_not_after_the_next_claim() {
     let (mut relay, store, _dir) = setup(FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)])).await;
-    let slow = SlowClaims::new(store.clone(), Duration::ZERO);
+    let slow = Gated::slow_claims(store.clone(), Duration::ZERO);
     relay.store = slow.clone();
     let orders = place_many(&store, 15).await;
     let (_relay, stop, running) = run_loop(relay);
     // The second claim hangs at the gate; the first batch's rows are marked
     // meanwhile (a claim stuck behind a lock must not eat their lease).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.order(orders[9]).await.unwrap().status != OrderStatus::Published {
-        assert!(std::time::Instant::now() < deadline, "the first batch was not marked while the next claim waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(slow.claims.load(std::sync::atomic::Ordering::SeqCst), 2, "the second claim is still waiting");
+    let first_marked = async || store.order(orders[9]).await.unwrap().status == OrderStatus::Published;
+    until("the first batch was not marked while the next claim waited", first_marked).await;
+    assert_eq!(slow.claimed.load(std::sync::atomic::Ordering::SeqCst), 2, "the second claim is still waiting");
     assert_eq!(store.order(orders[10]).await.unwrap().status, OrderStatus::Pending);
-    slow.gate.add_permits(100);
-    while store.outbox_stats().await.unwrap().pending > 0 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", store.outbox_stats().await.unwrap());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    slow.claims.add_permits(100);
+    until("the rest was not published", async || store.outbox_stats().await.unwrap().pending == 0).await;
     stop.cancel();
     running.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_is_sent_while_the_one_before_is_marked_and_the_queue_keeps_claim_order() {
+    let broker = FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)]);
+    let (mut relay, store, _dir) = setup(broker.clone()).await;
+    let held = Gated::held_marks(store.clone());
+    relay.store = held.clone();
+    let orders = place_many(&store, 25).await;
+    let (_relay, stop, running) = run_loop(relay);
+    // The first batch's mark waits at the gate; the second batch goes out
+    // meanwhile, and the third waits for the recorder (one batch queued).
+    until("the second batch was not sent while the first was marked", async || broker.seen.lock().unwrap().len() >= 20)
+        .await;
+    assert_eq!(store.order(orders[0]).await.unwrap().status, OrderStatus::Pending, "the first mark is held");
+    held.marks.add_permits(100);
+    until("the rest was not published", async || store.outbox_stats().await.unwrap().pending == 0).await;
+    stop.cancel();
+    running.await.unwrap();
+    assert_eq!(*broker.seen.lock().unwrap(), orders, "each row sent once, in claim order");
 }
 
 #[tokio::test]
@@ -350,7 +389,7 @@ async fn a_claim_that_took_two_thirds_of_the_lease_gives_its_batch_back_unsent()
     let broker = FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)]);
     let (mut relay, store, _dir) = setup(broker.clone()).await;
     relay.lease = Duration::from_millis(600);
-    relay.store = SlowClaims::new(store.clone(), Duration::from_millis(450));
+    relay.store = Gated::slow_claims(store.clone(), Duration::from_millis(450));
     place(&store, "P123").await;
     let error = relay.relay_once().await.unwrap_err();
     assert!(matches!(error, RelayError::LeaseSpent(_)), "{error}");
