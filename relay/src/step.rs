@@ -355,7 +355,8 @@ impl Relay {
     /// next send delays its mark (a late mark would eat its lease); the next
     /// batch is sent only after that, so the queue gets them in claim order.
     /// Stops claiming when paused or shut down, and returns (rows claimed) only
-    /// when every sent batch is recorded.
+    /// when every sent batch is recorded; a batch claimed but not sent when the
+    /// streak ended is given back after that, never before a mark.
     async fn stream(&self, shutdown: &CancellationToken) -> Result<usize, RelayError> {
         // One recorded, one waiting at most: the sender runs one batch ahead.
         let (handoff, mut sent) = tokio::sync::mpsc::channel::<Sent>(1);
@@ -365,24 +366,31 @@ impl Relay {
             }
             Ok::<_, RelayError>(())
         };
-        let (claimed, recorded) = tokio::join!(self.send_while_claiming(shutdown, handoff), recorder);
-        let claimed = claimed?;
+        let (streak, recorded) = tokio::join!(self.send_while_claiming(shutdown, handoff), recorder);
+        let released = match streak.unsent {
+            true => self.store.release_leases(&self.owner).await.map(drop),
+            false => Ok(()),
+        };
+        streak.ended?;
         recorded?;
-        Ok(claimed)
+        released?;
+        Ok(streak.claimed)
     }
 
     /// The sending half of [`Relay::stream`]: sends each batch while claiming
     /// the next and hands it to the recorder. When the recorder has stopped
     /// (it failed), records the batch in hand itself, so that what the broker
-    /// confirmed is marked, and ends the streak, giving back a batch claimed
-    /// meanwhile.
+    /// confirmed is marked, and ends the streak.
     async fn send_while_claiming(
         &self,
         shutdown: &CancellationToken,
         handoff: tokio::sync::mpsc::Sender<Sent>,
-    ) -> Result<usize, RelayError> {
+    ) -> Streak {
         let mut claimed_at = Instant::now();
-        let mut rows = self.claim().await?;
+        let mut rows = match self.claim().await {
+            Ok(rows) => rows,
+            Err(error) => return Streak { claimed: 0, ended: Err(error.into()), unsent: false },
+        };
         let mut claimed = 0;
         while !rows.is_empty() {
             claimed += rows.len();
@@ -403,21 +411,24 @@ impl Relay {
             match tokio::join!(send, next) {
                 (Ok(()), Ok(next)) if !handoff.is_closed() => (rows, claimed_at) = next,
                 (sent, next) => {
-                    // The streak ends, and a batch claimed meanwhile is given
-                    // back (a release while recording may have come before it).
-                    let released = match &next {
-                        Ok((next, _)) if !next.is_empty() => self.store.release_leases(&self.owner).await.map(drop),
-                        _ => Ok(()),
-                    };
-                    sent?;
-                    next?;
-                    released?;
-                    return Ok(claimed);
+                    let unsent = next.as_ref().is_ok_and(|(next, _)| !next.is_empty());
+                    let ended = sent.and(next.map(drop).map_err(RelayError::from));
+                    return Streak { claimed, ended, unsent };
                 }
             }
         }
-        Ok(claimed)
+        Streak { claimed, ended: Ok(()), unsent: false }
     }
+}
+
+/// How a streak of batches ended.
+struct Streak {
+    /// Rows claimed.
+    claimed: usize,
+    /// The sending side's error, if it stopped on one.
+    ended: Result<(), RelayError>,
+    /// A batch was claimed and not sent: its leases must be given back.
+    unsent: bool,
 }
 
 /// A batch sent to the broker, its outcomes not yet recorded.
