@@ -367,10 +367,7 @@ impl Relay {
             Ok::<_, RelayError>(())
         };
         let (streak, recorded) = tokio::join!(self.send_while_claiming(shutdown, handoff), recorder);
-        let released = match streak.unsent {
-            true => self.store.release_leases(&self.owner).await.map(drop),
-            false => Ok(()),
-        };
+        let released = if streak.unsent { self.store.release_leases(&self.owner).await.map(drop) } else { Ok(()) };
         streak.ended?;
         recorded?;
         released?;

@@ -372,8 +372,8 @@ async fn the_next_batch_is_sent_while_the_one_before_is_marked_and_the_queue_kee
     relay.store = held.clone();
     let orders = place_many(&store, 25).await;
     let (_relay, stop, running) = run_loop(relay);
-    // The first batch's mark waits at the gate; the second batch goes out
-    // meanwhile, and the third waits for the recorder (one batch queued).
+    // The first batch's mark waits at the gate; the second and third batches
+    // go out meanwhile (the third then waits for the recorder to take the second).
     until("the second batch was not sent while the first was marked", async || broker.seen.lock().unwrap().len() >= 20)
         .await;
     assert_eq!(store.order(orders[0]).await.unwrap().status, OrderStatus::Pending, "the first mark is held");
