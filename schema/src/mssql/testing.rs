@@ -163,7 +163,11 @@ impl Probe for MssqlStore {
 pub(crate) async fn fresh_database(config: &Config) -> anyhow::Result<String> {
     let name = format!("orderflow_test_{}", Uuid::new_v4().simple());
     let mut client = open_client(config).await?;
-    drop_stale_databases(&mut client).await;
+    // Once per process: the suites create a database for every test.
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        drop_stale_databases(&mut client).await;
+    }
     // Babelfish fails a CREATE DATABASE that runs beside another one ("tuple
     // concurrently updated"); a moment later it succeeds.
     let mut attempt = 0;
