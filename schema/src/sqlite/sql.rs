@@ -4,7 +4,8 @@
 //! Invariants: a statement has the name of its SQL Server twin in
 //! `mssql/sql.rs`, in the same order (`crate::statements` checks the names);
 //! time is SQLite's clock as stored text, spelt once ([`now!`]), never the
-//! caller's.
+//! caller's; a `LIMIT` takes its parameter as `+?n`, never a bare `?n`, whose
+//! every new value makes SQLite compile the statement again (the test below).
 
 use crate::statements::{order_columns, statements};
 
@@ -45,7 +46,7 @@ macro_rules! purge {
             $column,
             " < ",
             now!("?1"),
-            " LIMIT ?2)"
+            " LIMIT +?2)"
         )
     };
 }
@@ -106,9 +107,9 @@ statements! {
         "))"
     );
     ORDER_COUNTS = "SELECT status, SUM(n) FROM order_counts GROUP BY status";
-    RECENT_ORDERS = concat!("SELECT ", order_columns!(""), " FROM orders ORDER BY order_id DESC LIMIT ?1");
+    RECENT_ORDERS = concat!("SELECT ", order_columns!(""), " FROM orders ORDER BY order_id DESC LIMIT +?1");
     FAILED_ORDERS =
-        concat!("SELECT ", order_columns!(""), " FROM orders WHERE status = 'failed' ORDER BY order_id DESC LIMIT ?1");
+        concat!("SELECT ", order_columns!(""), " FROM orders WHERE status = 'failed' ORDER BY order_id DESC LIMIT +?1");
     PUBLISHED_AT = "SELECT MAX(published_at) FROM outbox WHERE order_id = ?1";
 
     // The relay's outbox and its administration (`outbox.rs`).
@@ -123,7 +124,7 @@ statements! {
         now!(),
         " AND (lease_until IS NULL OR lease_until < ",
         now!(),
-        ") ORDER BY next_attempt_at LIMIT ?3) \
+        ") ORDER BY next_attempt_at LIMIT +?3) \
          RETURNING outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at, attempts"
     );
     /// Marked whoever holds the lease now: the broker's receipt proves the
@@ -154,7 +155,7 @@ statements! {
          FROM outbox WHERE published_at IS NULL AND dead_at IS NULL";
     PARKED_COUNT = "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL";
     PARKED_ROWS = "SELECT outbox_id, order_id, attempts, last_error, created_at, dead_at FROM outbox \
-         WHERE dead_at IS NOT NULL ORDER BY dead_at DESC LIMIT ?1";
+         WHERE dead_at IS NOT NULL ORDER BY dead_at DESC LIMIT +?1";
     REQUEUE_ROW = requeue!(" AND outbox_id = ?1");
     REQUEUE_ORDER = requeue!(" AND order_id = ?1");
     REQUEUE_ALL = requeue!("");
@@ -169,7 +170,7 @@ statements! {
         "SELECT o.order_id, (SELECT x.outbox_id FROM outbox x WHERE x.order_id = o.order_id \
            ORDER BY x.published_at DESC LIMIT 1) FROM orders o WHERE ",
         stuck_published!(),
-        " LIMIT ?2"
+        " LIMIT +?2"
     );
     RESEND_ROW = concat!(
         "UPDATE outbox SET published_at = NULL, attempts = 0, next_attempt_at = ",
@@ -182,9 +183,9 @@ statements! {
         order_columns!("")
     );
     RECENT_AUDIT = "SELECT outbox_id, order_id, action, requested_by, requested_at FROM outbox_audit \
-         ORDER BY audit_id DESC LIMIT ?1";
+         ORDER BY audit_id DESC LIMIT +?1";
     RECENT_DEAD_LETTERS = "SELECT dead_letter_id, order_id, reason, created_at, sent_at, undeliverable_at, \
-         replayed_at FROM dead_letters ORDER BY created_at DESC, rowid DESC LIMIT ?1";
+         replayed_at FROM dead_letters ORDER BY created_at DESC, rowid DESC LIMIT +?1";
 
     // The consumer's unit of work and its dead letters (`processing.rs`).
     /// The whole order, then its product's list price.
@@ -212,7 +213,7 @@ statements! {
     /// The letters to publish, oldest first: the order of `dead_letters_unsent`
     /// (created_at, then rowid), so the query walks the index and never sorts.
     UNSENT_DEAD_LETTERS = "SELECT dead_letter_id, reason, headers, body, attempts FROM dead_letters \
-         WHERE sent_at IS NULL AND undeliverable_at IS NULL ORDER BY created_at, rowid LIMIT ?1";
+         WHERE sent_at IS NULL AND undeliverable_at IS NULL ORDER BY created_at, rowid LIMIT +?1";
     MARK_DEAD_LETTER_SENT =
         concat!("UPDATE dead_letters SET sent_at = ", now!(), " WHERE dead_letter_id = ?1 AND sent_at IS NULL");
     REFUSE_DEAD_LETTER = concat!(
@@ -222,17 +223,17 @@ statements! {
         " END WHERE dead_letter_id = ?1 AND sent_at IS NULL AND undeliverable_at IS NULL RETURNING attempts"
     );
     UNDELIVERABLE_DEAD_LETTERS = "SELECT dead_letter_id, order_id, reason, last_error, attempts, created_at, \
-         undeliverable_at FROM dead_letters WHERE undeliverable_at IS NOT NULL ORDER BY undeliverable_at DESC LIMIT ?1";
+         undeliverable_at FROM dead_letters WHERE undeliverable_at IS NOT NULL ORDER BY undeliverable_at DESC LIMIT +?1";
 
     // Incidents (`incidents.rs`).
     /// The newest failed orders (id, reason, when).
     FAILED_REASONS = "SELECT order_id, COALESCE(failure_reason, ''), COALESCE(processed_at, created_at) \
-         FROM orders WHERE status = 'failed' ORDER BY order_id DESC LIMIT ?1";
+         FROM orders WHERE status = 'failed' ORDER BY order_id DESC LIMIT +?1";
     /// A letter is open until it is replayed or its order is processed (then
     /// there is nothing left to send); a letter naming no order stays open.
     OPEN_DEAD_LETTERS = "SELECT d.dead_letter_id, d.order_id, d.reason, d.created_at FROM dead_letters d \
          WHERE d.replayed_at IS NULL AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.order_id = d.order_id \
-           AND o.status = 'processed') ORDER BY d.created_at DESC LIMIT ?1";
+           AND o.status = 'processed') ORDER BY d.created_at DESC LIMIT +?1";
     DEAD_LETTER_ORDER = "SELECT dead_letter_id, order_id FROM dead_letters WHERE dead_letter_id = ?1";
     /// The letter is taken by the statement that marks it: a group replay
     /// takes only a letter not yet replayed (`?2` = 1).
@@ -312,20 +313,51 @@ mod tests {
 
     use super::STATEMENTS;
 
+    /// Calls `check` with each part of each statement (no statement holds a
+    /// `;` but between its parts), its name, and a migrated database.
+    fn each_statement(mut check: impl FnMut(&Connection, &str, &str)) {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::migrations::migrations::runner().run(&mut conn).unwrap();
+        for (name, sql) in STATEMENTS {
+            for part in sql.split(';').map(str::trim).filter(|part| !part.is_empty()) {
+                check(&conn, name, part);
+            }
+        }
+    }
+
     /// Every statement compiles against the schema the migrations build:
     /// each table, column and index it names exists.
     #[test]
     fn every_statement_prepares_on_a_migrated_database() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::migrations::migrations::runner().run(&mut conn).unwrap();
-        for (name, sql) in STATEMENTS {
-            // No statement holds a `;` but between its parts.
-            for part in sql.split(';').map(str::trim).filter(|part| !part.is_empty()) {
-                if let Err(error) = conn.prepare(part) {
-                    panic!("{name} does not prepare: {error}\n  {part}");
-                }
+        each_statement(|conn, name, part| {
+            if let Err(error) = conn.prepare(part) {
+                panic!("{name} does not prepare: {error}\n  {part}");
             }
-        }
+        });
         assert!(STATEMENTS.len() > 60, "the table lists every statement");
+    }
+
+    /// SQLite compiles a statement again at its next step after a new value is
+    /// bound to a parameter its plan was made for (a bare `LIMIT ?n` is one,
+    /// in the SQLite rusqlite bundles): a whole parse, inside the writer's
+    /// transaction, on every call. So each statement runs twice here with
+    /// its parameters bound, and none may have been compiled again.
+    #[test]
+    fn no_statement_is_compiled_again_when_its_parameters_change() {
+        each_statement(|conn, name, part| {
+            let mut statement = conn.prepare(part).unwrap();
+            if statement.parameter_count() == 0 {
+                return; // a PRAGMA is compiled again whatever it is bound to
+            }
+            for run in 0..2_i64 {
+                for i in 1..=statement.parameter_count() {
+                    statement.raw_bind_parameter(i, run).unwrap();
+                }
+                // Its outcome does not matter here, only how it was compiled.
+                let _ = statement.raw_execute();
+            }
+            let again = statement.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(again, 0, "{name} is compiled again for the values of its parameters:\n  {part}");
+        });
     }
 }
