@@ -63,8 +63,8 @@ impl AppState {
         self.catalogue.read().expect("catalogue lock").clone()
     }
 
-    /// Validates and stores an order. The store call runs in its own task, so
-    /// a client hanging up cannot cut a database call in half.
+    /// Validates and stores an order. A client hanging up cannot cut a
+    /// database call in half: the store's own writer task places the order.
     async fn place(
         &self,
         raw: RawOrder,
@@ -91,10 +91,7 @@ impl AppState {
             traceparent,
             tracestate,
         };
-        let store = self.store.clone();
-        let placed = tokio::spawn(async move { store.place_order(order).await })
-            .await
-            .map_err(|e| ApiError::Internal(format!("order task failed: {e}")))??;
+        let placed = self.store.place_order(order).await?;
         // A key names one request: the same key with another body is a client
         // bug, answered as such instead of with the other order.
         if let Placed::Existing(existing) = &placed

@@ -88,6 +88,8 @@ pub trait OrderStore: Send + Sync {
     /// One product, or `NotFound`.
     async fn product(&self, product_id: &str) -> Result<Product, StoreError>;
     /// Writes the order and its `OrderPlacedV1` outbox row in one transaction.
+    /// Cancel-safe: once queued, the order is written by the store's own task,
+    /// so dropping the future never cuts a database call in half.
     async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError>;
     /// One order, or `NotFound`.
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError>;

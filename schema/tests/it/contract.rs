@@ -735,7 +735,8 @@ macro_rules! contract_tests {
         mod $backend {
             contract_tests!(@each $url, $attr;
                 a_locked_order_is_an_outage_never_a_failed_order,
-                a_held_write_lock_stops_writers_until_released
+                a_held_write_lock_stops_writers_until_released,
+                an_abandoned_placement_writes_its_whole_order_or_nothing
             );
             contract_tests!(@each $store, $attr;
                 catalogue_is_seeded,
@@ -859,6 +860,44 @@ pub async fn a_held_write_lock_stops_writers_until_released(url: String) {
     assert_eq!(probe.tally().await.unwrap().orders, 0, "nothing was kept");
     place(&store, "P123", 1).await;
     assert_eq!(store.order_counts().await.unwrap().pending, 1);
+}
+
+/// A caller that stops waiting (a client that hangs up) drops its answer,
+/// never half a write: of 200 placements given up after 0 to 30 ms, each wrote
+/// its order with its outbox row and its count, or nothing; those already
+/// queued are written all the same; and the store goes on placing orders.
+pub async fn an_abandoned_placement_writes_its_whole_order_or_nothing(url: String) {
+    let TestDb { store, probe } = schema::testing::open(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let mut placements = tokio::task::JoinSet::new();
+    for i in 0..200_u64 {
+        let store = store.clone();
+        placements.spawn(async move {
+            let patience = Duration::from_micros(i * 149 % 30_000);
+            tokio::time::timeout(patience, store.place_order(new_order("Gone", "P123", 1))).await.ok()
+        });
+    }
+    let mut answered = Vec::new();
+    while let Some(outcome) = placements.join_next().await {
+        if let Some(placed) = outcome.unwrap() {
+            answered.push(placed.unwrap());
+        }
+    }
+    place(&store, "P200", 1).await;
+    // Groups queued before the last order may still be in a writer's hands.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (orders, outbox, pending) = loop {
+        let (tally, counts) = (probe.tally().await.unwrap(), store.order_counts().await.unwrap());
+        if (tally.outbox, counts.pending) == (tally.orders, tally.orders) || Instant::now() > deadline {
+            break (tally.orders, tally.outbox, counts.pending);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!((outbox, pending), (orders, orders), "each order has its outbox row and its count");
+    for placed in &answered {
+        let Placed::Created(order) = placed else { panic!("no idempotency key was given") };
+        assert_eq!(store.order(order.order_id).await.unwrap().customer_name, "Gone");
+    }
+    assert!(orders > answered.len() as i64 + 1, "a placement given up once queued is written all the same");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
