@@ -78,6 +78,21 @@ fn delivery(outbox_id: Option<OutboxId>, order_id: Option<OrderId>, rejection: O
     }
 }
 
+/// Asks `answer` every 20 ms until it gives something, for `within` at most
+/// (`None` then).
+async fn poll<T>(within: Duration, mut answer: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = answer().await {
+            return Some(found);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn dec(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap()
 }
@@ -128,16 +143,9 @@ pub async fn a_leased_row_is_invisible_until_its_lease_expires(store: Arc<dyn St
     assert_eq!(a.len(), 1);
     let b = store.claim_batch("relay-b", 10, Duration::from_secs(30)).await.unwrap();
     assert!(b.is_empty(), "relay-b must not see relay-a's lease");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let b = store.claim_batch("relay-b", 10, Duration::from_secs(30)).await.unwrap();
-        if let Some(row) = b.first() {
-            assert_eq!(row.order_id, id);
-            break;
-        }
-        assert!(Instant::now() < deadline, "lease never expired");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let claim_b = async || store.claim_batch("relay-b", 10, Duration::from_secs(30)).await.unwrap().into_iter().next();
+    let row = poll(Duration::from_secs(10), claim_b).await.expect("lease never expired");
+    assert_eq!(row.order_id, id);
 }
 
 pub async fn claims_respect_the_limit_and_share_the_work(store: Arc<dyn Store>) {
@@ -325,15 +333,10 @@ pub async fn a_failing_row_is_retried_then_parked(store: Arc<dyn Store>) {
     let id = rows[0].outbox_id;
     let first = store.record_failure(&failed("relay-a", id, "rejected", 2)).await.unwrap();
     assert_eq!(first, FailureOutcome::Retrying);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let again = loop {
-        let rows = store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap();
-        if !rows.is_empty() {
-            break rows;
-        }
-        assert!(Instant::now() < deadline, "retry never became due");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let due = async || {
+        Some(store.claim_batch("relay-a", 10, Duration::from_secs(30)).await.unwrap()).filter(|r| !r.is_empty())
     };
+    let again = poll(Duration::from_secs(10), due).await.expect("retry never became due");
     assert_eq!(again[0].attempts, 1);
     let second = store.record_failure(&failed("relay-a", id, "rejected again", 2)).await.unwrap();
     assert_eq!(second, FailureOutcome::Parked);
@@ -686,15 +689,8 @@ pub async fn non_bmp_text_fits_at_every_limit(store: Arc<dyn Store>) {
 pub async fn a_lapsed_lease_cannot_touch_the_row_another_relay_holds(store: Arc<dyn Store>) {
     place(&store, "P123", 1).await;
     let id = store.claim_batch("relay-a", 10, Duration::from_millis(200)).await.unwrap()[0].outbox_id;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let taken = loop {
-        let rows = store.claim_batch("relay-b", 10, Duration::from_secs(60)).await.unwrap();
-        if let Some(row) = rows.first() {
-            break row.clone();
-        }
-        assert!(Instant::now() < deadline, "relay-a's lease never lapsed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let claim_b = async || store.claim_batch("relay-b", 10, Duration::from_secs(60)).await.unwrap().into_iter().next();
+    let taken = poll(Duration::from_secs(10), claim_b).await.expect("relay-a's lease never lapsed");
     let late = store.record_failure(&failed("relay-a", id, "late ERROR", 1)).await.unwrap();
     assert_eq!(late, FailureOutcome::LeaseLost, "a lapsed lease counts nothing");
     assert!(
@@ -884,13 +880,15 @@ pub async fn an_abandoned_placement_writes_its_whole_order_or_nothing(url: Strin
     }
     place(&store, "P200", 1).await;
     // Groups queued before the last order may still be in a writer's hands.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (orders, outbox, pending) = loop {
+    let figures = async || {
         let (tally, counts) = (probe.tally().await.unwrap(), store.order_counts().await.unwrap());
-        if (tally.outbox, counts.pending) == (tally.orders, tally.orders) || Instant::now() > deadline {
-            break (tally.orders, tally.outbox, counts.pending);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        (tally.orders, tally.outbox, counts.pending)
+    };
+    let settled =
+        async || Some(figures().await).filter(|&(orders, outbox, pending)| (outbox, pending) == (orders, orders));
+    let (orders, outbox, pending) = match poll(Duration::from_secs(30), settled).await {
+        Some(settled) => settled,
+        None => figures().await,
     };
     assert_eq!((outbox, pending), (orders, orders), "each order has its outbox row and its count");
     for placed in &answered {
