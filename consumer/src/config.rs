@@ -1,7 +1,18 @@
 //! Consumer configuration: every flag has an env var of the same meaning as in
 //! the other services; `consumer --help` is the reference.
+//!
+//! Invariant: a value that would stop the consumer (a prefetch of 0 is
+//! ActiveMQ's pull mode: nothing is ever pushed) or let its memory grow
+//! without bound is refused by clap at start, naming the flag and its range.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+
+/// `CONSUMER_PREFETCH`: at least one message pushed; at most 10,000, since
+/// each costs up to about 80 KiB (`docs/operations.md`, limits of what the consumer reads).
+pub const PREFETCH: RangeInclusive<i64> = 1..=10_000;
+/// `CONSUMER_BATCH`: messages in one database transaction.
+pub const BATCH: RangeInclusive<u64> = 1..=1_000;
 
 /// Prices and finalises orders from `/queue/order.processing`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -19,10 +30,63 @@ pub struct Config {
     /// Admin port address (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9102")]
     pub admin_addr: SocketAddr,
-    /// Messages the broker may push ahead of our ACKs (`activemq.prefetchSize`).
-    #[arg(long, env = "CONSUMER_PREFETCH", default_value_t = 500)]
+    /// Messages the broker may push ahead of our ACKs (`activemq.prefetchSize`, 1-10000).
+    #[arg(long, env = "CONSUMER_PREFETCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(PREFETCH))]
     pub prefetch: u32,
-    /// Most messages applied in one database transaction (each is ACKed after the commit).
-    #[arg(long, env = "CONSUMER_BATCH", default_value_t = 200)]
+    /// Most messages applied in one database transaction (1-1000; each is ACKed after the commit).
+    #[arg(long, env = "CONSUMER_BATCH", default_value_t = 200,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(BATCH))]
     pub batch_size: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        Config::try_parse_from([&["consumer"], args].concat()).map_err(|e| e.to_string())
+    }
+
+    fn wide<T: Into<i128> + Copy>(range: &RangeInclusive<T>) -> RangeInclusive<i128> {
+        (*range.start()).into()..=(*range.end()).into()
+    }
+
+    /// Each numeric flag through 0, -1, its bounds, one past each and a number
+    /// no integer holds: refused outside its range, naming the flag (and the
+    /// range when the value is a number of its type), taken inside; its help says the range.
+    #[test]
+    fn every_numeric_setting_out_of_range_is_refused_naming_it() {
+        let flags = [
+            ("--prefetch", wide(&PREFETCH)),
+            ("--batch-size", wide(&BATCH)),
+            ("--heartbeat-ms", wide(&stomp::HEARTBEAT_MS)),
+        ];
+        let command = Config::command();
+        for (flag, range) in flags {
+            let (low, high) = (*range.start(), *range.end());
+            for value in [0, -1, low, high, low - 1, high + 1, i128::from(u64::MAX) + 1] {
+                match (range.contains(&value), parse(&[&format!("{flag}={value}")])) {
+                    (true, Ok(_)) => {}
+                    (true, Err(error)) => panic!("{flag}={value} is in range: {error}"),
+                    (false, Ok(_)) => panic!("{flag}={value} is taken"),
+                    (false, Err(error)) => {
+                        assert!(error.contains(flag), "{flag}={value}: {error}");
+                        let a_number_of_its_type = value >= 0 && value <= i128::from(i32::MAX);
+                        assert!(!a_number_of_its_type || error.contains(&format!("{low}..={high}")), "{error}");
+                    }
+                }
+            }
+            let arg = command.get_arguments().find(|a| a.get_long() == flag.strip_prefix("--")).expect("a flag");
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.contains(&format!("{low}-{high}")), "{flag}'s help says its range: {help}");
+        }
+    }
+
+    #[test]
+    fn the_defaults_parse() {
+        let config = parse(&[]).unwrap();
+        assert_eq!((config.prefetch, config.batch_size, config.broker.heartbeat_ms), (500, 200, 5_000));
+    }
 }

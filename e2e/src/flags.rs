@@ -138,6 +138,21 @@ mod tests {
     }
 
     #[test]
+    fn a_value_out_of_its_range_is_refused_before_a_child_starts() {
+        let relay = Flags::relay("sqlite://x.db", "tcp://127.0.0.1:1", "/queue/q");
+        let consumer = Flags::consumer("sqlite://x.db", "tcp://127.0.0.1:1", "/queue/q");
+        for (flags, flag) in [
+            (relay.clone().with("--batch-size", 0), "--batch-size"),
+            (relay.with("--broker-url", "bogus://127.0.0.1:1"), "--broker-url"),
+            (consumer.with("--prefetch", 0), "--prefetch"),
+            (Flags::producer("sqlite://x.db").with("--ops-relays", "ftp://r:1"), "--ops-relays"),
+        ] {
+            let error = flags.check().unwrap_err();
+            assert!(format!("{error:#}").contains(flag), "{error:#}");
+        }
+    }
+
+    #[test]
     fn a_flag_of_another_service_is_refused() {
         let error = Flags::producer("sqlite://x.db").with("--lease-ms", 1).check().unwrap_err();
         assert!(format!("{error:#}").contains("--lease-ms"), "{error:#}");

@@ -145,7 +145,8 @@ impl FromStr for DatabaseUrl {
             mssql_config(text)?
         } else {
             anyhow::bail!(
-                "unsupported DATABASE_URL scheme: expected sqlite://PATH or mssql://USER:PASSWORD@HOST:PORT/DATABASE"
+                "unsupported DATABASE_URL scheme: write sqlite://PATH, mssql://USER:PASSWORD@HOST:PORT/DATABASE \
+                 (or sqlserver://) or an ADO.NET string server=tcp:HOST,PORT;user=…;password=…"
             )
         };
         config.application_name("orderflow");
@@ -154,12 +155,18 @@ impl FromStr for DatabaseUrl {
     }
 }
 
+/// A SQLite writer's wait for another process's lock: long enough to ride out
+/// a commit, short enough that a held lock reads as "unavailable" within minutes.
+const BUSY_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 10..=600_000;
+
 fn sqlite_options(query: &str) -> anyhow::Result<SqliteOptions> {
     let mut options = SqliteOptions::default();
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match (key.as_ref(), value.to_ascii_lowercase().as_str()) {
             ("busy_timeout_ms", v) => {
-                options.busy_ms = Some(v.parse().with_context(|| format!("busy_timeout_ms={v:?}"))?)
+                let ms = v.parse().ok().filter(|ms| BUSY_TIMEOUT_MS.contains(ms));
+                let range = format!("{}-{}", BUSY_TIMEOUT_MS.start(), BUSY_TIMEOUT_MS.end());
+                options.busy_ms = Some(ms.with_context(|| format!("busy_timeout_ms={v:?}: say {range} (ms)"))?)
             }
             ("synchronous", "full") => options.synchronous = Some("FULL"),
             ("synchronous", "normal") => options.synchronous = Some("NORMAL"),
@@ -290,6 +297,21 @@ mod tests {
         assert!(refused.contains("synchronous=full|normal"), "{refused}");
         for bad in ["sqlite://x.db?busy_timeout_ms=soon", "sqlite://x.db?journal=off", "sqlite://", "postgres://x/y"] {
             assert!(bad.parse::<DatabaseUrl>().is_err(), "{bad:?} is refused");
+        }
+        for bad in ["0", "-1", "9", "600001", "18446744073709551616"] {
+            let refused =
+                format!("{:#}", format!("sqlite://x.db?busy_timeout_ms={bad}").parse::<DatabaseUrl>().err().unwrap());
+            assert!(refused.contains("busy_timeout_ms") && refused.contains("10-600000"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_scheme_we_do_not_speak_is_refused_naming_those_we_do() {
+        for bad in ["bogus://x/y", "postgres://u:p@db/orders", "file:///tmp/x.db", "x.db"] {
+            let refused = bad.parse::<DatabaseUrl>().err().unwrap().to_string();
+            for accepted in ["sqlite://", "mssql://", "server="] {
+                assert!(refused.contains(accepted), "{bad}: {refused}");
+            }
         }
     }
 

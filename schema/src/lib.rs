@@ -26,7 +26,7 @@ pub(crate) use sqlite::SqliteStore;
 pub use store::{
     Applied, AuditAction, AuditEntry, Cause, DeadLetter, DeadLetterEntry, Delivery, FailedAttempt, FailureOutcome,
     OrderCounts, OrderStore, OutboxAdmin, OutboxStats, OutboxStore, ParkedRow, Placed, ProcessingStore, Reconciliation,
-    RequeueTarget, Store, StoreError, UndeliverableLetter,
+    RequeueTarget, STALE_PUBLISHED_SECS, Store, StoreError, UndeliverableLetter,
 };
 
 /// Round trips this process has made to SQL Server (each statement or batch

@@ -18,6 +18,10 @@ pub struct BrokerUrl {
     passcode: Option<String>,
 }
 
+/// The schemes of an address: both mean plain STOMP over TCP (no TLS, which
+/// the client does not speak).
+const SCHEMES: [&str; 2] = ["tcp", "stomp"];
+
 /// A `BROKER_URL` that names no usable broker.
 #[derive(Debug, thiserror::Error)]
 #[error("broker url: {problem}")]
@@ -82,7 +86,12 @@ impl FromStr for BrokerUrl {
             };
             let url = url::Url::parse(&with_scheme)
                 .map_err(|e| error(format!("{shown} is not a broker address"), Some(e)))?;
-            let (Some(host), Some(port)) = (url.host_str().filter(|h| !h.is_empty()), url.port()) else {
+            // The scheme is never shown: with credentials it may be a piece of a passcode.
+            if !SCHEMES.contains(&url.scheme()) {
+                return Err(error(format!("{shown} has a scheme we do not speak: write tcp:// or stomp://"), None));
+            }
+            let (Some(host), Some(port)) = (url.host_str().filter(|h| !h.is_empty()), url.port().filter(|p| *p > 0))
+            else {
                 return Err(error(format!("{shown} needs host:port"), None));
             };
             if !url.username().is_empty() {
@@ -143,7 +152,7 @@ mod tests {
         assert_eq!("127.0.0.1:61613".parse::<BrokerUrl>().unwrap().addrs(), ["127.0.0.1:61613"]);
         let encoded: BrokerUrl = "tcp://app:p%40ss%2Cw@mq:61613".parse().unwrap();
         assert_eq!(encoded.passcode.as_deref(), Some("p@ss,w"), "a percent-encoded passcode is decoded");
-        for bad in ["failover:tcp://a:1", "tcp://nohost", "failover:()", "", "tcp://a:notaport"] {
+        for bad in ["failover:tcp://a:1", "tcp://nohost", "failover:()", "", "tcp://a:notaport", "tcp://a:0"] {
             assert!(bad.parse::<BrokerUrl>().is_err(), "{bad:?} is refused");
         }
         let refused = "tcp://app:s3cret@mq".parse::<BrokerUrl>().unwrap_err().to_string();
@@ -170,5 +179,16 @@ mod tests {
             }
             assert!(shown.contains("%2C"), "says how to write it: {shown}");
         }
+    }
+
+    #[test]
+    fn a_scheme_we_do_not_speak_is_refused_naming_those_we_do() {
+        for bad in ["bogus://mq:61613", "ssl://mq:61613", "failover:(tcp://a:61613,http://b:61613)", "TCP+x://mq:1"] {
+            let refused = bad.parse::<BrokerUrl>().unwrap_err().to_string();
+            assert!(refused.contains("tcp://") && refused.contains("stomp://"), "{bad}: {refused}");
+        }
+        let refused = "bogus://app:s3cret@mq:61613".parse::<BrokerUrl>().unwrap_err().to_string();
+        assert!(!refused.contains("s3cret"), "{refused}");
+        assert_eq!("STOMP://mq:61613".parse::<BrokerUrl>().unwrap().addrs(), ["mq:61613"]);
     }
 }

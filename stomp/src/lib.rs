@@ -11,7 +11,7 @@ mod client;
 mod codec;
 mod stats;
 
-pub use args::{BrokerArgs, ORDER_QUEUE};
+pub use args::{BrokerArgs, HEARTBEAT_MS, ORDER_QUEUE};
 pub use broker_url::{BrokerUrl, UrlError};
 
 pub use client::{Client, Config, Receipt, StompError};

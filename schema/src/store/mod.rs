@@ -14,7 +14,7 @@ pub(crate) use orders::{Moves, add_count};
 pub use orders::{OrderCounts, OrderStore, Placed};
 pub use outbox::{
     AuditAction, AuditEntry, FailedAttempt, FailureOutcome, OutboxAdmin, OutboxStats, OutboxStore, ParkedRow,
-    Reconciliation, RequeueTarget,
+    Reconciliation, RequeueTarget, STALE_PUBLISHED_SECS,
 };
 pub use processing::{Applied, DeadLetter, DeadLetterEntry, Delivery, ProcessingStore, UndeliverableLetter};
 

@@ -133,6 +133,12 @@ pub struct AuditEntry {
     pub requested_at: DateTime<Utc>,
 }
 
+/// `STALE_PUBLISHED_SECS`, in the relay and the producer alike: how long a
+/// published order may wait to be processed before it counts as stuck (and the
+/// relay sends it again). Under half a minute an ordinary backlog would be sent
+/// twice over and over; over a week a lost message would wait for ever.
+pub const STALE_PUBLISHED_SECS: std::ops::RangeInclusive<u64> = 30..=604_800;
+
 /// Findings of the reconciliation sweep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Reconciliation {
