@@ -5,13 +5,17 @@
 //! click on the page; it never touches the database or the broker. Its exit
 //! code says what happened ([`Exit`]), so scripts can test it.
 
+mod answers;
 mod render;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::answers::{Groups, Purged, RelayAction, Replayed, Requeued, Retried, State};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -19,7 +23,9 @@ Exit codes:
   1  refused or not found: no or a wrong token (401), actions off (403), no such
      row, order, dead letter or group (404), not in a state to act on (409, 422)
   2  usage: bad arguments, or a value the producer calls malformed (400)
-  3  unreachable: no answer from the producer, or it failed (5xx)";
+  3  unreachable: no answer from the producer, an answer that is not the producer's
+     (not its JSON, cut short, over 4 MiB: an action's outcome is then unknown),
+     or it failed (5xx)";
 
 /// Reads and drives a running orderflow pipeline through its producer's ops routes.
 #[derive(Debug, Parser)]
@@ -142,40 +148,60 @@ pub async fn main() -> ExitCode {
 
 async fn run(cli: &Cli) -> Result<(), Failed> {
     let ops = Ops::new(cli)?;
-    let (answer, show): (Value, fn(&Value) -> String) = match &cli.command {
-        Command::Status => (ops.get("/ops/state").await?, render::status),
-        Command::Parked => (ops.get("/ops/state").await?["parked"].take(), render::parked),
-        Command::DeadLetters => (ops.get("/ops/state").await?["dead_letters"].take(), render::dead_letters),
-        Command::Groups => (ops.get("/ops/groups").await?["groups"].take(), render::groups),
-        Command::Pause(r) => (ops.relay(r.relay, "pause").await?, render::relay),
-        Command::Resume(r) => (ops.relay(r.relay, "resume").await?, render::relay),
-        Command::Drain(r) => (ops.relay(r.relay, "drain").await?, render::relay),
+    let (json, text) = match &cli.command {
+        Command::Status => {
+            let (raw, state) = ops.get::<State>("/ops/state").await?;
+            (raw, render::status(&state))
+        }
+        Command::Parked => {
+            let (mut raw, state) = ops.get::<State>("/ops/state").await?;
+            (raw["parked"].take(), render::parked(&state.parked))
+        }
+        Command::DeadLetters => {
+            let (mut raw, state) = ops.get::<State>("/ops/state").await?;
+            (raw["dead_letters"].take(), render::dead_letters(&state.dead_letters))
+        }
+        Command::Groups => {
+            let (mut raw, groups) = ops.get::<Groups>("/ops/groups").await?;
+            (raw["groups"].take(), render::groups(&groups.groups))
+        }
+        Command::Pause(r) => shown(ops.relay(r.relay, "pause").await?, render::relay),
+        Command::Resume(r) => shown(ops.relay(r.relay, "resume").await?, render::relay),
+        Command::Drain(r) => shown(ops.relay(r.relay, "drain").await?, render::relay),
         Command::Requeue { outbox_id } => {
-            (ops.post("/ops/requeue", &[("outbox_id", &outbox_id.to_string())]).await?, render::requeued)
+            let answer = ops.post::<Requeued>("/ops/requeue", &[("outbox_id", &outbox_id.to_string())]).await?;
+            shown(answer, render::requeued)
         }
         Command::Retry { group: Some(group), .. } => {
-            (ops.post("/ops/groups/retry", &[("fingerprint", group)]).await?, render::retried)
+            shown(ops.post::<Retried>("/ops/groups/retry", &[("fingerprint", group)]).await?, render::retried)
         }
         Command::Retry { order_id, .. } => {
             let order_id = order_id.map(|id| id.to_string()).unwrap_or_default();
-            (ops.post("/ops/retry", &[("order_id", &order_id)]).await?, render::retried)
+            shown(ops.post::<Retried>("/ops/retry", &[("order_id", &order_id)]).await?, render::retried)
         }
         Command::Replay { group: Some(group), .. } => {
-            (ops.post("/ops/groups/replay", &[("fingerprint", group)]).await?, render::replayed)
+            shown(ops.post::<Replayed>("/ops/groups/replay", &[("fingerprint", group)]).await?, render::replayed)
         }
         Command::Replay { dead_letter_id, .. } => {
             let id = dead_letter_id.clone().unwrap_or_default();
-            (ops.post("/ops/replay", &[("dead_letter_id", &id)]).await?, render::replayed)
+            shown(ops.post::<Replayed>("/ops/replay", &[("dead_letter_id", &id)]).await?, render::replayed)
         }
         Command::Purge { older_than } => {
-            (ops.post("/ops/dead-letters/purge", &[("older_than", older_than)]).await?, render::purged)
+            let answer = ops.post::<Purged>("/ops/dead-letters/purge", &[("older_than", older_than)]).await?;
+            shown(answer, render::purged)
         }
     };
     match cli.json {
-        true => println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default()),
-        false => print!("{}", show(&answer)),
+        true => println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default()),
+        false => print!("{text}"),
     }
     Ok(())
+}
+
+/// An answer as JSON for `--json` and as text for people.
+fn shown<T>((raw, answer): (Value, T), show: fn(&T) -> String) -> (Value, String) {
+    let text = show(&answer);
+    (raw, text)
 }
 
 /// The producer's ops routes, with the caller's token and name.
@@ -209,41 +235,71 @@ impl<'a> Ops<'a> {
             .ok_or_else(|| Failed(Exit::Usage, "say who acts: --requested-by NAME (no login name found)".into()))
     }
 
-    async fn get(&self, path: &str) -> Result<Value, Failed> {
-        self.send(self.http.get(self.url(path))).await
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<(Value, T), Failed> {
+        self.send(self.http.get(self.url(path)), Read::View).await
     }
 
-    async fn post(&self, path: &str, query: &[(&str, &String)]) -> Result<Value, Failed> {
+    async fn post<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &String)]) -> Result<(Value, T), Failed> {
         let mut request = self.http.post(self.url(path)).query(query).header("x-requested-by", self.who()?);
         if let Some(token) = self.cli.admin_token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
             request = request.bearer_auth(token);
         }
-        self.send(request).await
+        self.send(request, Read::Action).await
     }
 
-    async fn relay(&self, relay: usize, action: &str) -> Result<Value, Failed> {
+    async fn relay(&self, relay: usize, action: &str) -> Result<(Value, RelayAction), Failed> {
         self.post("/ops/relay", &[("relay", &relay.to_string()), ("action", &action.to_string())]).await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, Failed> {
+    /// Sends `request` and reads its answer as `T`. A refusal is read as the
+    /// producer's `{"error": ...}`; any body of another shape means the answer
+    /// did not come from the producer (a proxy's page, a cut connection), so
+    /// it exits as unreachable, and for an action says its outcome is unknown.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        read: Read,
+    ) -> Result<(Value, T), Failed> {
         let producer = &self.cli.producer_url;
         let response = request
             .send()
             .await
             .map_err(|e| Failed(Exit::Unreachable, format!("no answer from {producer}: {}", error_chain(&e))))?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "no content type".to_string(), render::clean);
+        let unreadable = |why: answers::Unreadable| {
+            let outcome = match (read, status.is_success()) {
+                (Read::Action, true) => "; whether it was done is unknown: see the audit on the ops page",
+                _ => "",
+            };
+            let why = render::clean(&why.to_string());
+            Failed(Exit::Unreachable, format!("{status} from {producer} with {why}, {content_type}{outcome}"))
+        };
+        let body = answers::body(response).await.map_err(unreadable)?;
         if status.is_success() {
-            return Ok(body);
+            return answers::parse::<T>(&body).map_err(unreadable);
         }
-        let said = body["error"].as_str().map_or_else(|| body.to_string(), str::to_string);
+        let (_, refusal) = answers::parse::<answers::Refusal>(&body).map_err(unreadable)?;
         let code = match status.as_u16() {
             400 => Exit::Usage,
             500.. => Exit::Unreachable,
             _ => Exit::Refused,
         };
-        Err(Failed(code, format!("{status}: {said}")))
+        Err(Failed(code, format!("{status}: {}", render::clean(&refusal.error))))
     }
+}
+
+/// What a request does, for what an unreadable answer means.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// Only reads: asking again is safe.
+    View,
+    /// Changes something: an unreadable answer leaves its outcome unknown.
+    Action,
 }
 
 /// An error with its causes, `a: b: c`.

@@ -1,6 +1,9 @@
 //! `orderflowctl` as a script runs it, against a live stack (producer, relay,
 //! consumer, a real broker): what it reads, what it refuses and with which
-//! exit code, and a dead letter replayed until its order is processed.
+//! exit code, and a dead letter replayed until its order is processed; and
+//! against a stand-in producer that answers what it should not (`answers`).
+
+mod answers;
 
 use std::time::Duration;
 
