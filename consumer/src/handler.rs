@@ -89,7 +89,7 @@ fn named_order(body: &[u8]) -> Option<i64> {
     serde_json::from_slice::<Named>(body).ok()?.order_id
 }
 
-/// Why a frame the client read only in part is refused.
+/// Why a frame the client read only in part, or found amiss, is refused.
 fn cut_reason(cut: &stomp::Cut) -> String {
     let mut parts = Vec::new();
     if let Some(bytes) = cut.body_bytes {
@@ -105,6 +105,13 @@ fn cut_reason(cut: &stomp::Cut) -> String {
             cut.headers_dropped,
             stomp::MAX_HEADER_BYTES
         ));
+    }
+    if !cut.defects.is_empty() {
+        let more = match cut.defects_more {
+            0 => String::new(),
+            n => format!("; and {n} more"),
+        };
+        parts.push(format!("not a valid STOMP 1.2 frame: {}{more}", cut.defects.join("; ")));
     }
     parts.join("; ")
 }
@@ -203,8 +210,15 @@ mod tests {
     #[test]
     fn a_frame_the_client_cut_is_rejected_with_what_was_cut() {
         let mut f = frame(r#"{"order_id": 1"#);
-        f.cut = Some(stomp::Cut { body_bytes: Some(17 << 20), headers_dropped: 3 });
+        f.cut = Some(stomp::Cut {
+            body_bytes: Some(17 << 20),
+            headers_dropped: 3,
+            defects: vec![r#"the name of header "x\\q" holds the undefined escape "\\q"; kept as it came"#.into()],
+            defects_more: 2,
+        });
         let r = parse(&f).unwrap_err();
+        assert!(r.reason.contains(r#"not a valid STOMP 1.2 frame: the name of header "x\\q""#), "{}", r.reason);
+        assert!(r.reason.ends_with("; and 2 more"), "{}", r.reason);
         assert!(r.reason.contains("17825792 bytes exceeds the 65536-byte limit"), "{}", r.reason);
         assert!(r.reason.contains("3 headers dropped"), "{}", r.reason);
         assert_eq!(stomp::MAX_BODY_BYTES, MAX_BODY_BYTES, "the client keeps whole every body the consumer takes");

@@ -34,6 +34,9 @@ use crate::metrics::Metrics;
 use crate::step::{StepError, handle_delivery, publish_dead_letters};
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that lived this long proved itself: the reconnect after it
+/// starts the backoff over.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// A built consumer: database connected and migrated, admin port bound.
 pub struct App {
@@ -152,16 +155,27 @@ impl Consumer {
                     continue;
                 }
             };
-            backoff.reset();
             self.readiness.set("database", true, "ok");
             self.metrics.broker_connected.set(1);
             tracing::info!(queue = %self.queue, prefetch = self.prefetch, "subscribed");
-            if let Err(error) = self.consume(&client, &shutdown).await {
-                tracing::warn!(error = %Report::new(&error), "broker connection lost; reconnecting");
-            }
+            let session = Instant::now();
+            let consumed = self.consume(&client, &shutdown).await;
             self.metrics.broker_connected.set(0);
             self.readiness.set("broker", false, "disconnected");
             client.disconnect(Duration::from_secs(2)).await;
+            let Err(error) = consumed else { continue };
+            // A connection that lasted ended for a new reason: reconnect soon.
+            // One that ended at once likely ends again the same way (the broker
+            // redelivers the same message first): back off as after a refusal.
+            if session.elapsed() >= HEALTHY_SESSION {
+                backoff.reset();
+            }
+            let delay = backoff.next_delay();
+            tracing::warn!(error = %Report::new(&error), retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
     }
 
@@ -186,7 +200,7 @@ impl Consumer {
                 frame = messages.recv() => frame,
             };
             let Some(first) = first else {
-                return Err(StompError::Closed("message stream ended".into()));
+                return Err(StompError::Closed(client.close_reason()));
             };
             // Take whatever else has already arrived, up to the batch size:
             // batches grow with load and cost no latency when idle.

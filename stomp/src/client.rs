@@ -220,6 +220,11 @@ impl Client {
         self.inner.closed.is_cancelled()
     }
 
+    /// Why the connection ended (`closed` while it is open).
+    pub fn close_reason(&self) -> String {
+        self.inner.reason()
+    }
+
     /// Resolves when the connection is gone.
     pub async fn closed(&self) {
         self.inner.closed.cancelled().await
@@ -355,7 +360,13 @@ async fn read_loop(
         let frame = match item {
             None => break "broker missed its heart-beats".to_string(),
             Some(None) => break "broker closed the connection".to_string(),
-            Some(Some(Err(e))) => break format!("read failed: {}", Report::new(&e)),
+            Some(Some(Err(e))) => {
+                // Only a stream that lost its frame boundaries (or the socket) ends
+                // up here: what a frame holds never does. Say so where it is seen.
+                let reason = format!("read failed: {}", Report::new(&e));
+                tracing::warn!(%reason, "broker stream unreadable; closing the connection");
+                break reason;
+            }
             Some(Some(Ok(Item::Heartbeat))) => continue,
             Some(Some(Ok(Item::Frame(frame)))) => frame,
         };

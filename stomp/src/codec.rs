@@ -1,8 +1,14 @@
 //! STOMP 1.2 frame codec for tokio-util's `Framed`.
 //!
-//! Invariant: end-of-line bytes between frames are heart-beats and are consumed
-//! as such (ActiveMQ writes one after every frame's NUL), so a buffer holding
-//! only EOLs never looks like a partial frame.
+//! Invariants: end-of-line bytes between frames are heart-beats and are
+//! consumed as such (ActiveMQ writes one after every frame's NUL), so a buffer
+//! holding only EOLs never looks like a partial frame. What a frame *holds*
+//! never fails the stream: a header the grammar does not allow (an undefined
+//! escape, no colon, bytes that are not UTF-8) or a `content-length` that is
+//! no length is kept as it came or dropped, and named in [`Cut::defects`]; the
+//! frame is read to its NUL like any other. Only a stream with no frame
+//! boundary to resync on is an error, and the error says at which frame and
+//! byte. A decoded frame holds at most [`MAX_FRAME_BYTES`], whatever it carries.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -14,10 +20,27 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What is kept of a body over [`MAX_BODY_BYTES`].
 pub const BODY_PREFIX_BYTES: usize = 4 * 1024;
 /// Header bytes kept per frame besides the protocol's own headers (the first
-/// of each of [`PROTOCOL_HEADERS`]); further headers are dropped and counted.
+/// of each of [`PROTOCOL_HEADERS`]), each header counted as its line plus
+/// [`HEADER_COST`]; further headers are dropped and counted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Longest header line kept (ActiveMQ refuses lines over 10 KiB).
 pub const MAX_HEADER_LINE: usize = 16 * 1024;
+/// Longest line of a protocol header kept outside [`MAX_HEADER_BYTES`]: far
+/// more than a broker's own headers or a W3C `tracestate` (512 bytes) need. A
+/// longer one is dropped and counted like a header over the budget.
+pub const MAX_PROTOCOL_LINE: usize = 1024;
+/// What a kept header costs besides its bytes: its slot and its two strings'
+/// allocations, so that a frame of many tiny headers is bounded as well.
+pub const HEADER_COST: usize = 64;
+/// The most a decoded frame holds: its kept body, its ordinary headers and
+/// the first of each protocol header, each header with its [`HEADER_COST`].
+/// Prefetch times this bounds what a subscriber holds in frames.
+pub const MAX_FRAME_BYTES: usize =
+    MAX_BODY_BYTES + MAX_HEADER_BYTES + PROTOCOL_HEADERS.len() * (MAX_PROTOCOL_LINE + HEADER_COST);
+/// Defects named per frame; any further ones are only counted.
+const MAX_DEFECTS: usize = 4;
+/// Characters of a header shown in a defect.
+const SHOWN_CHARS: usize = 64;
 
 /// One STOMP frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,18 +51,37 @@ pub struct Frame {
     pub headers: Vec<(String, String)>,
     /// The body, possibly empty.
     pub body: Bytes,
-    /// What the decoder dropped of a frame over its limits; `None` when the
-    /// frame is whole.
+    /// What the decoder dropped of a frame over its limits, or found amiss in
+    /// it; `None` when the frame is whole and well-formed.
     pub cut: Option<Cut>,
 }
 
-/// What the decoder dropped of an oversized frame.
+/// What the decoder dropped of a frame over its limits, and what it found in
+/// the frame that STOMP 1.2 does not allow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cut {
     /// The body's whole length, when only its first [`BODY_PREFIX_BYTES`] were kept.
     pub body_bytes: Option<usize>,
-    /// Headers dropped: over [`MAX_HEADER_BYTES`], or a line over [`MAX_HEADER_LINE`].
+    /// Headers dropped: over [`MAX_HEADER_BYTES`], a line over [`MAX_HEADER_LINE`],
+    /// or a protocol header's line over [`MAX_PROTOCOL_LINE`].
     pub headers_dropped: usize,
+    /// What was wrong, for a person: which header, and how it breaks the
+    /// grammar (at most a few are named; `defects_more` counts the rest). A
+    /// header with an undefined escape is kept with its text as it came; a
+    /// line that cannot be read as a header is dropped.
+    pub defects: Vec<String>,
+    /// Defects found beyond those named.
+    pub defects_more: usize,
+}
+
+impl Cut {
+    fn defect(&mut self, what: String) {
+        if self.defects.len() < MAX_DEFECTS {
+            self.defects.push(what);
+        } else {
+            self.defects_more += 1;
+        }
+    }
 }
 
 impl Frame {
@@ -81,16 +123,23 @@ pub enum CodecError {
     /// Socket error.
     #[error("i/o")]
     Io(#[from] std::io::Error),
-    /// The peer sent something that is not STOMP.
-    #[error("malformed frame: {0}")]
+    /// The byte stream lost its frame boundaries: nothing after this point
+    /// can be read as frames. The text says why and where.
+    #[error("malformed stream: {0}")]
     Malformed(String),
 }
 
 /// STOMP 1.2 codec: one per connection direction (the decoder keeps the state
-/// of the frame it is reading).
+/// of the frame it is reading, and where it is in the stream).
 #[derive(Debug, Default)]
 pub struct StompCodec {
     state: State,
+    /// Frames decoded so far.
+    frames: u64,
+    /// Bytes consumed so far.
+    consumed: u64,
+    /// Where the frame being read started.
+    frame_start: u64,
 }
 
 fn escape(value: &str, out: &mut BytesMut) {
@@ -109,7 +158,9 @@ fn escape(value: &str, out: &mut BytesMut) {
     }
 }
 
-fn unescape(raw: &str) -> Result<String, CodecError> {
+/// The text with STOMP 1.2's escapes undone; the escape the grammar does
+/// not define, when there is one.
+fn unescape(raw: &str) -> Result<String, String> {
     if !raw.contains('\\') {
         return Ok(raw.to_string());
     }
@@ -125,10 +176,19 @@ fn unescape(raw: &str) -> Result<String, CodecError> {
             Some('n') => out.push('\n'),
             Some('r') => out.push('\r'),
             Some('c') => out.push(':'),
-            other => return Err(CodecError::Malformed(format!("bad escape \\{other:?}"))),
+            Some(other) => return Err(format!("the undefined escape {:?}", format!("\\{other}"))),
+            None => return Err("a backslash at its end".into()),
         }
     }
     Ok(out)
+}
+
+/// A header's text for a defect: quoted, and cut to a few dozen characters.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{:?}...", &text[..end]),
+        None => format!("{text:?}"),
+    }
 }
 
 impl StompCodec {
@@ -157,6 +217,64 @@ impl StompCodec {
         dst.put_slice(&frame.body);
         dst.put_u8(0);
     }
+
+    /// One turn of the decoder; an error is the reason the stream is lost.
+    fn step(&mut self, src: &mut BytesMut, at: u64) -> Result<Option<Item>, String> {
+        loop {
+            match &mut self.state {
+                State::Idle => {
+                    let eols = src.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
+                    if eols > 0 {
+                        src.advance(eols);
+                        return Ok(Some(Item::Heartbeat));
+                    }
+                    if src.is_empty() {
+                        return Ok(None);
+                    }
+                    self.frame_start = at;
+                    // Room for the headers a broker's MESSAGE carries, grown once at most.
+                    self.state = State::Head(Head { headers: Vec::with_capacity(16), ..Head::default() });
+                }
+                State::Head(head) => {
+                    let Some(pos) = src.iter().position(|b| *b == b'\n') else {
+                        if src.len() > MAX_HEADER_LINE {
+                            if head.command.is_none() {
+                                return Err(format!("no command within {MAX_HEADER_LINE} bytes"));
+                            }
+                            // A header line over the limit: dropped as it streams in.
+                            if !head.skipping_line {
+                                head.skipping_line = true;
+                                head.cut.headers_dropped += 1;
+                            }
+                            src.clear();
+                        }
+                        return Ok(None);
+                    };
+                    let line = src.split_to(pos + 1);
+                    if std::mem::take(&mut head.skipping_line) {
+                        continue;
+                    }
+                    let line = line[..pos].strip_suffix(b"\r").unwrap_or(&line[..pos]);
+                    if head.command.is_none() {
+                        head.command = Some(String::from_utf8_lossy(line).into_owned());
+                    } else if line.is_empty() {
+                        let head = std::mem::take(head);
+                        self.state = State::Body(Body::after(head));
+                    } else {
+                        head.add(line);
+                    }
+                }
+                State::Body(body) => {
+                    if !body.read(src)? {
+                        return Ok(None);
+                    }
+                    let State::Body(body) = std::mem::replace(&mut self.state, State::Idle) else { unreachable!() };
+                    self.frames += 1;
+                    return Ok(Some(Item::Frame(body.into_frame())));
+                }
+            }
+        }
+    }
 }
 
 impl Encoder<Item> for StompCodec {
@@ -176,60 +294,17 @@ impl Decoder for StompCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Item>, CodecError> {
-        loop {
-            match &mut self.state {
-                State::Idle => {
-                    let eols = src.iter().take_while(|b| **b == b'\n' || **b == b'\r').count();
-                    if eols > 0 {
-                        src.advance(eols);
-                        return Ok(Some(Item::Heartbeat));
-                    }
-                    if src.is_empty() {
-                        return Ok(None);
-                    }
-                    // Room for the headers a broker's MESSAGE carries, grown once at most.
-                    self.state = State::Head(Head { headers: Vec::with_capacity(16), ..Head::default() });
-                }
-                State::Head(head) => {
-                    let Some(pos) = src.iter().position(|b| *b == b'\n') else {
-                        if src.len() > MAX_HEADER_LINE {
-                            if head.command.is_none() {
-                                return Err(CodecError::Malformed("command line too long".into()));
-                            }
-                            // A header line over the limit: dropped as it streams in.
-                            if !head.skipping_line {
-                                head.skipping_line = true;
-                                head.cut.headers_dropped += 1;
-                            }
-                            src.clear();
-                        }
-                        return Ok(None);
-                    };
-                    let line = src.split_to(pos + 1);
-                    if std::mem::take(&mut head.skipping_line) {
-                        continue;
-                    }
-                    let line = line[..pos].strip_suffix(b"\r").unwrap_or(&line[..pos]);
-                    let text =
-                        std::str::from_utf8(line).map_err(|_| CodecError::Malformed("headers are not UTF-8".into()))?;
-                    if head.command.is_none() {
-                        head.command = Some(text.to_string());
-                    } else if text.is_empty() {
-                        let head = std::mem::take(head);
-                        self.state = State::Body(Body::after(head)?);
-                    } else {
-                        head.add(text)?;
-                    }
-                }
-                State::Body(body) => {
-                    if !body.read(src)? {
-                        return Ok(None);
-                    }
-                    let State::Body(body) = std::mem::replace(&mut self.state, State::Idle) else { unreachable!() };
-                    return Ok(Some(Item::Frame(body.into_frame())));
-                }
-            }
-        }
+        let before = src.len();
+        let at = self.consumed;
+        let decoded = self.step(src, at);
+        self.consumed += (before - src.len()) as u64;
+        decoded.map_err(|reason| {
+            CodecError::Malformed(format!(
+                "{reason} (frame {} of the stream, starting at byte {})",
+                self.frames + 1,
+                self.frame_start
+            ))
+        })
     }
 }
 
@@ -249,15 +324,15 @@ enum State {
 struct Head {
     command: Option<String>,
     headers: Vec<(String, String)>,
-    /// Header bytes kept so far, besides the protocol's own headers.
+    /// Cost of the ordinary headers kept so far (see [`HEADER_COST`]).
     kept: usize,
     /// Inside a header line over [`MAX_HEADER_LINE`].
     skipping_line: bool,
     cut: Cut,
 }
 
-/// Headers always kept (the first of each): what routes, acknowledges and
-/// checks a message, whatever else it carries.
+/// Headers always kept (the first of each, within [`MAX_PROTOCOL_LINE`]):
+/// what routes, acknowledges and checks a message, whatever else it carries.
 const PROTOCOL_HEADERS: [&str; 16] = [
     "message-id",
     "ack",
@@ -278,23 +353,46 @@ const PROTOCOL_HEADERS: [&str; 16] = [
 ];
 
 impl Head {
-    fn add(&mut self, line: &str) -> Result<(), CodecError> {
-        let (k, v) =
-            line.split_once(':').ok_or_else(|| CodecError::Malformed(format!("header without colon: {line:?}")))?;
+    /// Keeps one header line, or drops it; anything amiss is a defect, never an error.
+    fn add(&mut self, line: &[u8]) {
+        let Ok(text) = std::str::from_utf8(line) else {
+            let lossy = String::from_utf8_lossy(line);
+            let name = lossy.split_once(':').map_or(&*lossy, |(k, _)| k);
+            self.cut.defect(format!("header {} is not UTF-8; dropped", shown(name)));
+            return;
+        };
+        let Some((k, v)) = text.split_once(':') else {
+            self.cut.defect(format!("header line {} has no colon; dropped", shown(text)));
+            return;
+        };
         // CONNECT and CONNECTED headers are not escaped (STOMP 1.2 §"Value Encoding").
         let raw = matches!(self.command.as_deref(), Some("CONNECT" | "CONNECTED"));
-        let unescape = |text: &str| if raw { Ok(text.to_string()) } else { unescape(text) };
-        let name = unescape(k)?;
+        let name = if raw { k.to_string() } else { self.unescaped(k, || format!("the name of header {}", shown(k))) };
         let protocol = PROTOCOL_HEADERS.contains(&name.as_str()) && !self.headers.iter().any(|(n, _)| *n == name);
-        if !protocol && self.kept + line.len() > MAX_HEADER_BYTES {
+        let cost = line.len() + HEADER_COST;
+        if protocol && line.len() > MAX_PROTOCOL_LINE || !protocol && self.kept + cost > MAX_HEADER_BYTES {
             self.cut.headers_dropped += 1;
-            return Ok(());
+            return;
         }
         if !protocol {
-            self.kept += line.len();
+            self.kept += cost;
         }
-        self.headers.push((name, unescape(v)?));
-        Ok(())
+        let value =
+            if raw { v.to_string() } else { self.unescaped(v, || format!("the value of header {}", shown(&name))) };
+        self.headers.push((name, value));
+    }
+
+    /// `text` unescaped; as it came, with a defect, when it holds an escape
+    /// the grammar does not define (ActiveMQ passes header names through as
+    /// its producers wrote them).
+    fn unescaped(&mut self, text: &str, what: impl FnOnce() -> String) -> String {
+        match unescape(text) {
+            Ok(plain) => plain,
+            Err(why) => {
+                self.cut.defect(format!("{} holds {why}; kept as it came", what()));
+                text.to_string()
+            }
+        }
     }
 }
 
@@ -312,35 +410,32 @@ struct Body {
 }
 
 impl Body {
-    fn after(head: Head) -> Result<Self, CodecError> {
-        let length = head
-            .headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .map(|(_, v)| v.trim().parse::<usize>())
-            .transpose()
-            .map_err(|_| CodecError::Malformed("bad content-length".into()))?;
+    fn after(head: Head) -> Self {
         let mut cut = head.cut;
+        let length = head.headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| {
+            let length = v.trim().parse::<usize>().ok().filter(|_| v.trim().bytes().all(|b| b.is_ascii_digit()));
+            if length.is_none() {
+                cut.defect(format!("content-length {} is not a length; the body is read to its NUL", shown(v)));
+            }
+            length
+        });
         if length.is_some_and(|len| len > MAX_BODY_BYTES) {
             cut.body_bytes = length;
         }
-        Ok(Self {
-            command: head.command.unwrap_or_default(),
-            headers: head.headers,
-            cut,
-            length,
-            kept: BytesMut::new(),
-            seen: 0,
-        })
+        let mut headers = head.headers;
+        if headers.capacity() > 2 * headers.len().max(16) {
+            headers.shrink_to_fit();
+        }
+        Self { command: head.command.unwrap_or_default(), headers, cut, length, kept: BytesMut::new(), seen: 0 }
     }
 
     /// Takes what `src` holds of the body; true once the frame's NUL is read.
-    fn read(&mut self, src: &mut BytesMut) -> Result<bool, CodecError> {
+    fn read(&mut self, src: &mut BytesMut) -> Result<bool, String> {
         let keep_up_to = if self.cut.body_bytes.is_some() { BODY_PREFIX_BYTES } else { MAX_BODY_BYTES };
         let (take, done) = match self.length {
             Some(len) if src.len() > len - self.seen => {
                 if src[len - self.seen] != 0 {
-                    return Err(CodecError::Malformed("body not followed by NUL".into()));
+                    return Err(format!("the body's content-length {len} is not followed by NUL"));
                 }
                 (len - self.seen, true)
             }
@@ -466,10 +561,106 @@ mod tests {
         assert_eq!(back.headers, frame.headers, "encoded and decoded alike");
     }
 
+    /// The first frame of `bytes` and what was amiss in it.
+    fn first_frame(bytes: &[u8]) -> (Frame, Vec<String>) {
+        let Item::Frame(f) = decode_all(bytes).remove(0) else { panic!("a frame") };
+        let defects = f.cut.clone().map(|c| c.defects).unwrap_or_default();
+        (f, defects)
+    }
+
     #[test]
-    fn garbage_is_an_error() {
-        let mut buf = BytesMut::from(&b"MESSAGE\nno-colon\n\n\0"[..]);
-        assert!(StompCodec::default().decode(&mut buf).is_err());
+    fn a_header_name_with_an_undefined_escape_is_kept_as_it_came_and_named() {
+        let wire = b"MESSAGE\nmessage-id:ID:1\nack:a-1\nx\\q:v\ncontent-length:2\n\n{}\0MESSAGE\nack:a-2\n\nnext\0";
+        let items = decode_all(wire);
+        let Item::Frame(f) = &items[0] else { panic!() };
+        assert_eq!((f.get("ack"), f.get("x\\q"), &f.body[..]), (Some("a-1"), Some("v"), &b"{}"[..]));
+        let defects = &f.cut.as_ref().expect("the defect is told").defects;
+        assert_eq!(defects.len(), 1);
+        assert!(defects[0].contains(r#"the name of header "x\\q" holds the undefined escape "\\q""#), "{defects:?}");
+        let Item::Frame(next) = &items[1] else { panic!() };
+        assert_eq!((next.get("ack"), &next.body[..], &next.cut), (Some("a-2"), &b"next"[..], &None));
+    }
+
+    #[test]
+    fn a_value_ending_in_a_backslash_is_kept_and_named() {
+        let (f, defects) = first_frame(b"MESSAGE\nnote:abc\\\n\n\0");
+        assert_eq!(f.get("note"), Some("abc\\"));
+        assert!(defects[0].contains(r#"the value of header "note" holds a backslash at its end"#), "{defects:?}");
+    }
+
+    #[test]
+    fn a_header_line_without_a_colon_or_not_utf8_is_dropped_and_named() {
+        let (f, defects) = first_frame(b"MESSAGE\nack:a-1\nno-colon\nbad\xff\xfe:v\n\nbody\0");
+        assert_eq!((f.headers.len(), &f.body[..]), (1, &b"body"[..]));
+        assert!(defects[0].contains(r#"header line "no-colon" has no colon"#), "{defects:?}");
+        assert!(defects[1].contains("is not UTF-8"), "{defects:?}");
+    }
+
+    #[test]
+    fn a_content_length_that_is_no_length_is_named_and_the_body_read_to_its_nul() {
+        for odd in ["", "-1", "+2", "2x", " ", "99999999999999999999999", "0x2"] {
+            let wire = format!("MESSAGE\ncontent-length:{odd}\n\n{{}}\0MESSAGE\n\nnext\0");
+            let items = decode_all(wire.as_bytes());
+            let Item::Frame(f) = &items[0] else { panic!() };
+            assert_eq!(&f.body[..], b"{}", "{odd:?}");
+            assert!(f.cut.as_ref().unwrap().defects[0].contains("is not a length"), "{odd:?}");
+            assert!(matches!(&items[1], Item::Frame(n) if &n.body[..] == b"next"), "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_stream_without_frame_boundaries_is_an_error_and_it_says_where() {
+        let mut buf = BytesMut::from(&b"RECEIPT\nreceipt-id:1\n\n\0\nMESSAGE\ncontent-length:2\n\nabc\0"[..]);
+        let mut codec = StompCodec::default();
+        let mut error = None;
+        while error.is_none() {
+            match codec.decode(&mut buf) {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("an error expected"),
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        let error = error.unwrap();
+        assert!(error.contains("content-length 2 is not followed by NUL"), "{error}");
+        assert!(error.contains("frame 2 of the stream, starting at byte 24"), "{error}");
+        let mut buf = BytesMut::from(vec![b'X'; MAX_HEADER_LINE + 1].as_slice());
+        assert!(StompCodec::default().decode(&mut buf).unwrap_err().to_string().contains("no command"));
+    }
+
+    #[test]
+    fn many_defects_are_counted_beyond_the_named_ones() {
+        let mut wire = b"MESSAGE\n".to_vec();
+        for i in 0..10 {
+            wire.extend_from_slice(format!("h{i}\\z:v\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\n\0");
+        let cut = first_frame(&wire).0.cut.unwrap();
+        assert_eq!((cut.defects.len(), cut.defects_more), (MAX_DEFECTS, 10 - MAX_DEFECTS));
+    }
+
+    /// What a frame's headers cost, counted as the decoder counts them.
+    fn header_cost(f: &Frame) -> usize {
+        f.headers.iter().map(|(k, v)| k.len() + v.len() + 1 + HEADER_COST).sum()
+    }
+
+    #[test]
+    fn headers_of_any_shape_stay_within_the_frame_bound() {
+        // Tiny headers by the thousand, every protocol name at its longest and
+        // again, and escapes that shrink when unescaped.
+        let mut wire = b"MESSAGE\n".to_vec();
+        for i in 0..5000 {
+            wire.extend_from_slice(format!("{i}:\n").as_bytes());
+        }
+        for name in PROTOCOL_HEADERS {
+            for len in [MAX_PROTOCOL_LINE - name.len() - 1, 4000] {
+                wire.extend_from_slice(format!("{name}:{}\n", "p".repeat(len)).as_bytes());
+            }
+        }
+        wire.extend_from_slice(b"\n\0");
+        let (f, _) = first_frame(&wire);
+        assert!(f.get("ack").is_some_and(|v| v.len() == MAX_PROTOCOL_LINE - 4), "the protocol's own are kept");
+        assert!(header_cost(&f) <= MAX_FRAME_BYTES - MAX_BODY_BYTES, "{} bytes of headers", header_cost(&f));
+        assert!(f.headers.capacity() <= 2 * f.headers.len().max(16), "no slack beyond doubling");
     }
 
     /// Feeds `bytes` in chunks as a socket would; the frames, and the largest
@@ -533,7 +724,8 @@ mod tests {
     #[test]
     fn frames_within_the_limits_are_whole() {
         let body = "é".repeat(MAX_BODY_BYTES / 2);
-        let frame = Frame::new("MESSAGE").header("k", "v".repeat(MAX_HEADER_LINE - 8)).body(body.clone());
+        let frame =
+            Frame::new("MESSAGE").header("k", "v".repeat(MAX_HEADER_BYTES - HEADER_COST - 2)).body(body.clone());
         let mut buf = BytesMut::new();
         StompCodec::default().encode(Item::Frame(frame), &mut buf).unwrap();
         let (frames, _) = decode_streamed(&buf, 1000);

@@ -15,5 +15,8 @@ pub use args::{BrokerArgs, HEARTBEAT_MS, ORDER_QUEUE};
 pub use broker_url::{BrokerUrl, UrlError};
 
 pub use client::{Client, Config, Receipt, StompError};
-pub use codec::{BODY_PREFIX_BYTES, CodecError, Cut, Frame, Item, MAX_BODY_BYTES, MAX_HEADER_BYTES, StompCodec};
+pub use codec::{
+    BODY_PREFIX_BYTES, CodecError, Cut, Frame, HEADER_COST, Item, MAX_BODY_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES,
+    MAX_PROTOCOL_LINE, StompCodec,
+};
 pub use stats::{QueueStats, queue_stats};

@@ -14,8 +14,9 @@ use tokio_util::codec::{Decoder, Encoder};
 pub type Check = fn(&[u8]);
 
 /// The targets, by the name of their corpus folder.
-pub const TARGETS: [(&str, Check); 4] = [
+pub const TARGETS: [(&str, Check); 5] = [
     ("stomp_codec", stomp_codec),
+    ("broker_passthrough", broker_passthrough),
     ("consumer_message", consumer_message),
     ("order_validation", order_validation),
     ("urls", urls),
@@ -76,6 +77,113 @@ pub fn stomp_codec(data: &[u8]) {
         assert_eq!((&back.command, &back.body), (&frame.command, &frame.body));
         assert_eq!(without_length(back), without_length(&frame), "headers survive encode then decode");
     }
+}
+
+/// `content-length` values that are no length: each must leave the body to
+/// be read to its NUL, never lose the stream.
+const ODD_LENGTHS: [&str; 8] = ["", " ", "-1", "+2", "2x", "0x10", "1e3", "\u{663}"];
+
+/// What a broker may forward to a subscriber as it came from any producer:
+/// `data` is split at each `0xFF` into a body, then header names and values
+/// passed through raw (every escape, defined or not, and bytes that are not
+/// UTF-8), framed by the broker's own headers and a `content-length` that is
+/// right, missing or no length (the first byte chooses). The frame must be
+/// read whole, keep its broker headers and its bound, say what is amiss in
+/// it, and become a dead letter with that reason whose copy the broker can
+/// take; the frame after it must come through untouched.
+pub fn broker_passthrough(data: &[u8]) {
+    let (mode, rest) = data.split_first().map_or((0, data), |(m, r)| (m % 3, r));
+    let mut parts = rest.split(|b| *b == 0xFF);
+    let mut body = parts.next().unwrap_or_default().to_vec();
+    if mode != 0 {
+        body.retain(|b| *b != 0);
+    }
+    let raw: Vec<Vec<u8>> = parts.map(|p| p.iter().copied().filter(|b| !matches!(b, b'\n' | b':')).collect()).collect();
+    let mut wire = b"MESSAGE\nmessage-id:ID:fuzz-1\nack:fuzz-ack-1\ndestination:/queue/order.processing\n".to_vec();
+    match mode {
+        0 => wire.extend_from_slice(format!("content-length:{}\n", body.len()).as_bytes()),
+        1 => {}
+        _ => wire
+            .extend_from_slice(format!("content-length:{}\n", ODD_LENGTHS[body.len() % ODD_LENGTHS.len()]).as_bytes()),
+    }
+    // Names and values alternate; a name left without a value gets an empty one.
+    let mut amiss = false;
+    for pair in raw.chunks(2) {
+        let (name, value) = (&pair[0], pair.get(1).map_or(&[][..], |v| v.as_slice()));
+        if name == b"content-length" {
+            continue; // the broker's own: a producer's is taken by the broker, never passed on
+        }
+        amiss |= undefined_escape(name) || undefined_escape(value) || std::str::from_utf8(name).is_err();
+        amiss |= std::str::from_utf8(value).is_err();
+        wire.extend_from_slice(name);
+        wire.push(b':');
+        wire.extend_from_slice(value);
+        wire.push(b'\n');
+    }
+    wire.extend_from_slice(b"\n");
+    wire.extend_from_slice(&body);
+    wire.extend_from_slice(b"\0\nMESSAGE\nmessage-id:ID:fuzz-2\nack:fuzz-ack-2\n\nnext\0\n");
+
+    for chunk in [wire.len(), 7] {
+        let (items, failed) = decode(&wire, chunk);
+        assert!(!failed, "what a frame holds never loses the stream");
+        let frames: Vec<Frame> = items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Frame(f) => Some(f),
+                Item::Heartbeat => None,
+            })
+            .collect();
+        let [first, next] = &frames[..] else { panic!("two frames, got {}", frames.len()) };
+        assert_eq!((next.get("ack"), &next.body[..], &next.cut), (Some("fuzz-ack-2"), &b"next"[..], &None));
+        assert_eq!((first.get("message-id"), first.get("ack")), (Some("ID:fuzz-1"), Some("fuzz-ack-1")));
+        if body.len() <= stomp::MAX_BODY_BYTES {
+            assert_eq!(first.body, body, "the body is whole");
+        } else {
+            assert_eq!(first.cut.as_ref().and_then(|c| c.body_bytes), Some(body.len()));
+        }
+        let headers: usize = first.headers.iter().map(|(k, v)| k.len() + v.len() + 1 + stomp::HEADER_COST).sum();
+        assert!(headers + first.body.len() <= stomp::MAX_FRAME_BYTES, "within the frame bound");
+        let defects = first.cut.as_ref().map_or(0, |c| c.defects.len());
+        let dropped = first.cut.as_ref().map_or(0, |c| c.headers_dropped);
+        // A header dropped for its size is not read, so its escapes are not judged.
+        assert!(defects == 0 || amiss || mode == 2, "a defect is named only when there is one: {first:?}");
+        assert!(defects > 0 || !(mode == 2 || amiss && dropped == 0), "every defect read is named: {first:?}");
+
+        let delivery = consumer::handler::to_delivery(first.clone());
+        assert_eq!(delivery.dead_letter_id, "ID:fuzz-1", "a redelivery is recognised");
+        if defects > 0 {
+            let reason = delivery.rejection.clone().expect("a frame found amiss is refused");
+            assert!(reason.contains("not a valid STOMP 1.2 frame"), "{reason}");
+        }
+        let Some(reason) = delivery.rejection else { continue };
+        let letter = schema::DeadLetter {
+            dead_letter_id: delivery.dead_letter_id,
+            reason,
+            headers: delivery.headers.to_vec(),
+            body: delivery.body.to_vec(),
+            attempts: 0,
+        };
+        let copy = consumer::step::dead_letter_frame("/queue/order.processing", &letter);
+        let mut encoded = BytesMut::new();
+        StompCodec::default().encode(Item::Frame(copy), &mut encoded).expect("encoding cannot fail");
+        let (again, failed) = decode(&encoded, encoded.len());
+        assert!(!failed, "the dead-letter copy is a frame");
+        let [Item::Frame(back)] = &again[..] else { panic!("one frame back") };
+        assert!(back.cut.as_ref().is_none_or(|c| c.defects.is_empty()), "the copy is well-formed: {back:?}");
+    }
+}
+
+/// True when `text` holds a backslash STOMP 1.2 does not define: any but
+/// `\\`, `\n`, `\r` and `\c`, or one at its end.
+fn undefined_escape(text: &[u8]) -> bool {
+    let mut bytes = text.iter();
+    while let Some(b) = bytes.next() {
+        if *b == b'\\' && !matches!(bytes.next(), Some(b'\\' | b'n' | b'r' | b'c')) {
+            return true;
+        }
+    }
+    false
 }
 
 /// The consumer's check: any frame gives a delivery whose dead-letter key fits
