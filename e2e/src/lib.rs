@@ -106,6 +106,36 @@ pub async fn send_raw(client: &stomp::Client, queue: &str, body: &str, headers: 
     client.request(frame.body(body.to_string()), Duration::from_secs(10)).await.expect("broker accepts the send");
 }
 
+/// Sends one SEND frame written byte for byte as given (`head` is its header
+/// lines, each ending in `\n`, written unescaped), as a producer in another
+/// language might, on a connection of its own, and waits for the broker's
+/// receipt: how a header our own client would escape reaches the broker as is.
+pub async fn send_raw_bytes(broker_url: &str, queue: &str, head: &[u8], body: &[u8]) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = stomp::Config::from_url(broker_url).map_err(anyhow::Error::msg)?;
+    let addr = config.addrs.first().context("a broker address")?;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.context("connecting to the broker")?;
+    let mut frame = b"CONNECT\naccept-version:1.2\nhost:localhost\nheart-beat:0,0\n\n\0".to_vec();
+    frame.extend_from_slice(format!("SEND\ndestination:{queue}\npersistent:true\nreceipt:raw-1\n").as_bytes());
+    frame.extend_from_slice(head);
+    frame.extend_from_slice(format!("content-length:{}\n\n", body.len()).as_bytes());
+    frame.extend_from_slice(body);
+    frame.push(0);
+    socket.write_all(&frame).await.context("writing the frames")?;
+    let mut answer = Vec::new();
+    let receipt = async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("receipt-id:raw-1") {
+            let n = socket.read(&mut chunk).await?;
+            anyhow::ensure!(n > 0, "the broker closed the connection: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), receipt).await.context("no receipt in 10 s")??;
+    Ok(())
+}
+
 /// Reads every message on `queue` (acknowledging each) until the queue has
 /// been quiet for `quiet`.
 pub async fn read_queue(broker_url: &str, queue: &str, quiet: Duration) -> anyhow::Result<Vec<stomp::Frame>> {

@@ -1,7 +1,8 @@
 //! Hostile input against the real broker: a message far over every limit, a
 //! valid message carrying another order's outbox id, a header too long to be
-//! copied as it is, made-up HTTP methods, and a DNS-rebinding page. None may
-//! halt a service, block an order or open an admin door.
+//! copied as it is, header names STOMP 1.2 does not allow (passed through by
+//! the broker as they came), made-up HTTP methods, and a DNS-rebinding page.
+//! None may halt a service, block an order or open an admin door.
 
 use std::time::Duration;
 
@@ -36,6 +37,43 @@ async fn a_message_over_every_limit_is_dead_lettered_and_orders_keep_flowing() {
     assert_eq!(consumer.admin_get("/readyz").await.0, 200, "the consumer is still ready");
     let (status, aside) = consumer.admin_get("/consumer/dead-letters/undeliverable").await;
     assert_eq!((status, aside), (200, json!([])), "nothing was set aside");
+    client.disconnect(Duration::from_secs(2)).await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_our_codec_cannot_read_whole_are_dead_lettered_and_orders_keep_flowing() {
+    let mut stack = Stack::start_producer(&shared_broker_url()).await;
+    stack.relay = Some(stack.start_relay().await);
+    stack.consumer = Some(stack.start_consumer().await);
+    let before = stack.place_order("Before", "P123", 1).await;
+    stack.wait_until_final(1, Duration::from_secs(60)).await;
+    // ActiveMQ passes header names through as its producers wrote them, so an
+    // escape the grammar does not define reaches the consumer as it was sent.
+    let poisons: [&[u8]; 3] = [b"x\\q:1\n", b"tab\\tbed:2\nnote:fine\n", b"many\\a:1\nmore\\b:2\n"];
+    for head in poisons {
+        e2e::send_raw_bytes(&stack.broker_url, &stack.queue, head, b"{\"order_id\": 1}")
+            .await
+            .expect("the broker takes it");
+    }
+    let after = stack.place_order("After", "P123", 2).await;
+    stack.wait_until_final(2, Duration::from_secs(60)).await;
+    for order in [before, after] {
+        assert_eq!(stack.store.order(schema::OrderId(order)).await.unwrap().status.to_string(), "processed");
+    }
+    let client = raw_client(&stack.broker_url).await;
+    let letters = next_dead_letters(&client, &stack.queue, 3).await;
+    let reasons: Vec<&str> = letters.iter().map(|l| l.get("dlq-reason").unwrap_or_default()).collect();
+    assert!(reasons[0].contains(r#"the name of header "x\\q" holds the undefined escape "\\q""#), "{}", reasons[0]);
+    assert!(reasons[1].contains(r#"header "tab\\tbed""#), "{}", reasons[1]);
+    assert!(reasons[2].contains(r#""many\\a""#) && reasons[2].contains(r#""more\\b""#), "{}", reasons[2]);
+    assert_eq!(letters[0].get("original-x\\q"), Some("1"), "the header is copied as it came");
+    assert_eq!(&letters[0].body[..], b"{\"order_id\": 1}");
+    let consumer = stack.consumer.as_ref().unwrap();
+    assert_eq!(consumer.admin_get("/readyz").await.0, 200, "the consumer is still ready");
+    let metrics = consumer.metrics().await;
+    let processed = e2e::metric_value(&metrics, r#"orderflow_consumer_messages_total{outcome="processed"}"#);
+    assert_eq!(processed, Some(2.0), "each order once, none held up behind the poison");
     client.disconnect(Duration::from_secs(2)).await;
     stack.shutdown().await;
 }
