@@ -5,8 +5,9 @@
 //! counts one attempt and parks it at the cap, so one bad row never blocks others;
 //! a batch is sent and answered within two thirds of its lease, counted from
 //! its claim's start (or given back unsent), and handed to be marked as soon
-//! as its answers are in (marks go in claim order, at most one waiting), so no
-//! other relay can claim it while the broker holds it unmarked.
+//! as its answers are in (marks go in claim order, at most one waiting); while
+//! batches are in hand their leases are renewed every third of a lease, so no
+//! other relay can claim one while the broker holds it unmarked.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -366,12 +367,40 @@ impl Relay {
             }
             Ok::<_, RelayError>(())
         };
-        let (streak, recorded) = tokio::join!(self.send_while_claiming(shutdown, handoff), recorder);
+        // The leases of the batches in hand are renewed every third of a lease
+        // while the streak lasts, so a slow mark (or a slow claim before the
+        // send) never lets one lapse into another relay's claim. The renewer is
+        // told to stop, never dropped mid-call.
+        let done = CancellationToken::new();
+        let work = async {
+            let ended = tokio::join!(self.send_while_claiming(shutdown, handoff), recorder);
+            done.cancel();
+            ended
+        };
+        let ((streak, recorded), ()) = tokio::join!(work, self.renew_while(&done));
         let released = if streak.unsent { self.store.release_leases(&self.owner).await.map(drop) } else { Ok(()) };
         streak.ended?;
         recorded?;
         released?;
         Ok(streak.claimed)
+    }
+
+    /// Renews this relay's leases every third of a lease until `done`; a
+    /// failed renewal is only logged (the next one, or the mark, may yet come
+    /// in time, and the consumer absorbs a duplicate if none does).
+    async fn renew_while(&self, done: &CancellationToken) {
+        let every = (self.lease / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.store.renew_leases(&self.owner, self.lease).await {
+                Ok(renewed) => tracing::debug!(renewed, "leases renewed"),
+                Err(error) => tracing::warn!(error = %Report::new(&error), "renewing the leases in hand failed"),
+            }
+        }
     }
 
     /// The sending half of [`Relay::stream`]: sends each batch while claiming

@@ -331,6 +331,10 @@ impl schema::OutboxStore for Gated {
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         self.inner.release_leases(owner).await
     }
+
+    async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        self.inner.renew_leases(owner, lease).await
+    }
     async fn outbox_stats(&self) -> Result<schema::OutboxStats, StoreError> {
         self.inner.outbox_stats().await
     }
@@ -382,6 +386,29 @@ async fn the_next_batch_is_sent_while_the_one_before_is_marked_and_the_queue_kee
     stop.cancel();
     running.await.unwrap();
     assert_eq!(*broker.seen.lock().unwrap(), orders, "each row sent once, in claim order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_held_past_the_lease_keeps_its_rows_from_another_relay() {
+    let broker = FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)]);
+    let (mut relay, store, _dir) = setup(broker.clone()).await;
+    relay.lease = Duration::from_millis(600);
+    let held = Gated::held_marks(store.clone());
+    relay.store = held.clone();
+    let orders = place_many(&store, 25).await;
+    let (_relay, stop, running) = run_loop(relay);
+    until("the first batches were not sent", async || broker.seen.lock().unwrap().len() >= 20).await;
+    // Three leases pass while the first mark is held: renewed, none lapses.
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    let stolen = store.claim_batch("relay-other", 100, Duration::from_secs(30)).await.unwrap();
+    let sent = broker.seen.lock().unwrap().clone();
+    assert!(stolen.iter().all(|row| !sent.contains(&row.order_id)), "another relay took a sent row: {stolen:?}");
+    store.release_leases("relay-other").await.unwrap();
+    held.marks.add_permits(100);
+    until("the rest was not published", async || store.outbox_stats().await.unwrap().pending == 0).await;
+    stop.cancel();
+    running.await.unwrap();
+    assert_eq!(*broker.seen.lock().unwrap(), orders, "each row sent once");
 }
 
 #[tokio::test]

@@ -69,6 +69,11 @@ impl OutboxStore for MssqlStore {
         self.with_conn(async |c| Ok(changed(c, RELEASE_LEASES, &[&owner]).await?)).await
     }
 
+    async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
+        self.with_conn(async |c| Ok(changed(c, RENEW_LEASES, &[&owner, &from_now(lease)]).await?)).await
+    }
+
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         self.with_conn(async |c| {
             let pending = rows(c, PENDING_STATS, &[]).await?;

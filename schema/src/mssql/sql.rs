@@ -177,6 +177,8 @@ statements! {
          OUTPUT inserted.dead_at WHERE outbox_id = @P1 AND published_at IS NULL AND dead_at IS NULL AND lease_owner = @P5";
     RELEASE_LEASES = "UPDATE dbo.outbox SET lease_owner = NULL, lease_until = NULL OUTPUT inserted.outbox_id \
          WHERE lease_owner = @P1 AND published_at IS NULL";
+    RENEW_LEASES = "UPDATE dbo.outbox SET lease_until = DATEADD(millisecond, @P2, SYSUTCDATETIME()) \
+         OUTPUT inserted.outbox_id WHERE lease_owner = @P1 AND published_at IS NULL";
     PENDING_STATS = "SELECT COUNT_BIG(*), DATEDIFF_BIG(millisecond, MIN(created_at), SYSUTCDATETIME()) \
          FROM dbo.outbox WHERE published_at IS NULL AND dead_at IS NULL";
     PARKED_COUNT = "SELECT COUNT_BIG(*) FROM dbo.outbox WHERE dead_at IS NOT NULL";

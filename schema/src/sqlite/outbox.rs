@@ -66,6 +66,12 @@ impl OutboxStore for SqliteStore {
         self.write(move |tx| Ok(tx.prepare_cached(RELEASE_LEASES)?.execute([owner])? as u64)).await
     }
 
+    async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        let owner = truncate_utf16(owner, LEASE_OWNER_UNITS).to_string();
+        self.write(move |tx| Ok(tx.prepare_cached(RENEW_LEASES)?.execute(params![owner, from_now(lease)])? as u64))
+            .await
+    }
+
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         self.with_conn(|conn| {
             let (pending, oldest): (i64, Option<f64>) =

@@ -357,6 +357,33 @@ pub async fn released_leases_are_claimable_at_once(store: Arc<dyn Store>) {
     assert!(stats.oldest_pending_seconds >= 0.0);
 }
 
+pub async fn renewed_leases_outlast_their_term_and_never_take_a_row_back(store: Arc<dyn Store>) {
+    place(&store, "P123", 1).await;
+    place(&store, "P200", 1).await;
+    let held = store.claim_batch("relay-a", 2, Duration::from_millis(500)).await.unwrap();
+    assert_eq!(held.len(), 2);
+    assert_eq!(store.renew_leases("relay-a", Duration::from_secs(60)).await.unwrap(), 2);
+    // Past the first term: the renewal holds them.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(store.claim_batch("relay-b", 10, Duration::from_secs(60)).await.unwrap().is_empty(), "still relay-a's");
+    store.mark_published(&[held[0].outbox_id]).await.unwrap();
+    place(&store, "P123", 2).await;
+    let lapsing = store.claim_batch("relay-a", 10, Duration::from_millis(1)).await.unwrap();
+    assert_eq!(lapsing.len(), 1);
+    let taken = poll(Duration::from_secs(10), async || {
+        Some(store.claim_batch("relay-b", 10, Duration::from_secs(60)).await.unwrap()).filter(|r| !r.is_empty())
+    })
+    .await
+    .expect("the lapsed lease is claimable");
+    assert_eq!(taken[0].outbox_id, lapsing[0].outbox_id);
+    assert_eq!(
+        store.renew_leases("relay-a", Duration::from_secs(60)).await.unwrap(),
+        1,
+        "only the row still relay-a's: not the one it published, nor the one relay-b took"
+    );
+    assert_eq!(store.renew_leases("relay-b", Duration::from_secs(60)).await.unwrap(), 1);
+}
+
 pub async fn recent_orders_are_newest_first(store: Arc<dyn Store>) {
     let a = place(&store, "P123", 1).await;
     let b = place(&store, "P200", 3).await;
@@ -750,6 +777,7 @@ macro_rules! contract_tests {
                 a_refused_dead_letter_is_set_aside_and_sent_ones_expire,
                 a_failing_row_is_retried_then_parked,
                 released_leases_are_claimable_at_once,
+                renewed_leases_outlast_their_term_and_never_take_a_row_back,
                 recent_orders_are_newest_first,
                 parked_rows_are_listed_and_requeued_with_an_audit_record,
                 retention_deletes_old_rows_in_small_batches,
