@@ -23,7 +23,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::{get, post};
 use observability::Readiness;
-use schema::{NewOrder, OrderStore, Placed, Product, StoreError};
+use schema::{NewOrder, Order, OrderStore, Placed, Product, StoreError};
 use service::{AdminPort, Every, Service, Supervisor};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +64,9 @@ impl AppState {
     }
 
     /// Validates and stores an order. A client hanging up cannot cut a
-    /// database call in half: the store's own writer task places the order.
+    /// database call in half: the store's own writer task places the order,
+    /// and it is that task which counts and logs a new order ([`counted`]),
+    /// so an order committed after its client hung up is counted all the same.
     async fn place(
         &self,
         raw: RawOrder,
@@ -91,7 +93,7 @@ impl AppState {
             traceparent,
             tracestate,
         };
-        let placed = self.store.place_order(order).await?;
+        let placed = self.store.place_order_then(order, counted(&self.metrics, trace_id)).await?;
         // A key names one request: the same key with another body is a client
         // bug, answered as such instead of with the other order.
         if let Placed::Existing(existing) = &placed
@@ -104,18 +106,28 @@ impl AppState {
                 existing.order_id
             )));
         }
-        if let Placed::Created(order) = &placed {
-            self.metrics.orders_placed.inc();
-            tracing::info!(
-                order_id = order.order_id.0,
-                product_id = %order.product_id,
-                quantity = order.quantity,
-                trace_id = trace_id.as_deref(),
-                "order placed"
-            );
-        }
         Ok(placed)
     }
+}
+
+/// What the store's writer does for an order the moment it commits: count it
+/// (`orderflow_producer_orders_placed_total`, which the ops charts draw) and
+/// log it, under the request's span. Exactly once per order: a replayed key
+/// answers the existing order and calls nothing.
+fn counted(metrics: &Metrics, trace_id: Option<String>) -> Box<dyn FnOnce(&Order) + Send> {
+    let placed = metrics.orders_placed.clone();
+    let span = tracing::Span::current();
+    Box::new(move |order| {
+        placed.inc();
+        tracing::info!(
+            parent: &span,
+            order_id = order.order_id.0,
+            product_id = %order.product_id,
+            quantity = order.quantity,
+            trace_id = trace_id.as_deref(),
+            "order placed"
+        );
+    })
 }
 
 /// A built producer: database connected and migrated, both ports bound.

@@ -18,7 +18,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// HTTP request latency, by method and route.
     pub http_seconds: HistogramVec,
-    /// Orders this producer placed.
+    /// Orders this producer placed, counted by the store's writer as each
+    /// commits, whether or not its client waited for the answer.
     pub orders_placed: IntCounter,
     /// Orders refused by validation, by field.
     pub validation_rejections: IntCounterVec,

@@ -7,6 +7,7 @@ mod broker_stats;
 mod browser;
 mod charts;
 mod consumer;
+mod hang_ups;
 mod hostile;
 mod incidents;
 mod load_test;

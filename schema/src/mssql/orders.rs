@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tiberius::ToSql;
 
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc};
 use uuid::Uuid;
 
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
-use crate::store::{Cause, add_count};
+use crate::store::{Answer, Cause, add_count};
 use crate::{
     MssqlStore, NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, StoreError,
 };
@@ -88,7 +88,7 @@ const MAX_ORDERS_PER_COMMIT: usize = 100;
 /// An order waiting for the group-commit writers, with where its answer goes.
 pub(super) struct PlaceRequest {
     pub(super) order: NewOrder,
-    pub(super) reply: oneshot::Sender<Result<Placed, StoreError>>,
+    pub(super) answer: Answer,
 }
 
 /// What the group-commit writers share: the queue of orders, and how many
@@ -172,18 +172,18 @@ async fn place_group(store: &MssqlStore, group: Vec<PlaceRequest>) {
     match store.with_hot_conn(async |c| Ok(place(c, &orders).await?)).await {
         Ok(placed) => {
             for (request, placed) in group.into_iter().zip(placed) {
-                let _ = request.reply.send(Ok(placed));
+                request.answer.send(Ok(placed));
             }
         }
         Err(error) if error.is_transient() || group.len() == 1 && !matches!(error, StoreError::Conflict(_)) => {
             for request in group {
-                let _ = request.reply.send(Err(error.clone()));
+                request.answer.send(Err(error.clone()));
             }
         }
         Err(_) => {
             for request in group {
                 let placed = store.place_alone(&request.order).await;
-                let _ = request.reply.send(placed);
+                request.answer.send(placed);
             }
         }
     }
@@ -396,13 +396,17 @@ impl OrderStore for MssqlStore {
         .ok_or(StoreError::NotFound)
     }
 
-    async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError> {
-        let (reply, answer) = oneshot::channel();
+    async fn place_order_then(
+        &self,
+        order: NewOrder,
+        on_created: Box<dyn for<'o> FnOnce(&'o Order) + Send>,
+    ) -> Result<Placed, StoreError> {
+        let (answer, reply) = Answer::new(on_created);
         self.orders
-            .send(PlaceRequest { order, reply })
+            .send(PlaceRequest { order, answer })
             .await
             .map_err(|_| StoreError::Unavailable(Cause::msg("the order writers have stopped")))?;
-        answer.await.map_err(|_| StoreError::Unavailable(Cause::msg("the order writers have stopped")))?
+        reply.await.map_err(|_| StoreError::Unavailable(Cause::msg("the order writers have stopped")))?
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {

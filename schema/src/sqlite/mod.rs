@@ -13,11 +13,11 @@ use chrono::{DateTime, Utc};
 use deadpool_sqlite::{Config, Hook, HookError, Pool, PoolConfig, Runtime};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use rust_decimal::Decimal;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::database_url::SqliteOptions;
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
-use crate::store::{Cause, Moves, Placed, StoreError};
+use crate::store::{Answer, Cause, Moves, StoreError};
 
 mod busy;
 mod incidents;
@@ -47,7 +47,7 @@ pub struct SqliteStore {
 
 struct PlaceRequest {
     order: NewOrder,
-    reply: oneshot::Sender<Result<Placed, StoreError>>,
+    answer: Answer,
 }
 
 impl SqliteStore {

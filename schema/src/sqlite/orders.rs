@@ -8,10 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
-use crate::store::{Cause, Moves, add_count};
+use crate::store::{Answer, Cause, Moves, add_count};
 use crate::{
     NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, SqliteStore, StoreError,
 };
@@ -32,7 +32,7 @@ pub(super) async fn place_orders(writer: Db, mut queue: mpsc::Receiver<PlaceRequ
                 Err(_) => break,
             }
         }
-        let (orders, replies): (Vec<NewOrder>, Vec<_>) = batch.into_iter().map(|r| (r.order, r.reply)).unzip();
+        let (orders, answers): (Vec<NewOrder>, Vec<_>) = batch.into_iter().map(|r| (r.order, r.answer)).unzip();
         let orders = Arc::new(orders);
         // All at once first; when one order fails (rare: the API has validated
         // them), that transaction is rolled back whole and the group placed
@@ -46,13 +46,13 @@ pub(super) async fn place_orders(writer: Db, mut queue: mpsc::Receiver<PlaceRequ
         };
         match results {
             Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
+                for (answer, result) in answers.into_iter().zip(results) {
+                    answer.send(result);
                 }
             }
             Err(error) => {
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                for answer in answers {
+                    answer.send(Err(error.clone()));
                 }
             }
         }
@@ -170,13 +170,17 @@ impl OrderStore for SqliteStore {
         self.with_conn(move |conn| Ok(conn.prepare_cached(PRODUCT)?.query_row([product_id], product_from_row)?)).await
     }
 
-    async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError> {
-        let (reply, answer) = oneshot::channel();
+    async fn place_order_then(
+        &self,
+        order: NewOrder,
+        on_created: Box<dyn for<'o> FnOnce(&'o Order) + Send>,
+    ) -> Result<Placed, StoreError> {
+        let (answer, reply) = Answer::new(on_created);
         self.orders
-            .send(PlaceRequest { order, reply })
+            .send(PlaceRequest { order, answer })
             .await
             .map_err(|_| StoreError::Unavailable(Cause::msg("the order writer has stopped")))?;
-        answer.await.map_err(|_| StoreError::Unavailable(Cause::msg("the order writer has stopped")))?
+        reply.await.map_err(|_| StoreError::Unavailable(Cause::msg("the order writer has stopped")))?
     }
 
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError> {

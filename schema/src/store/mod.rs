@@ -10,7 +10,7 @@ mod outbox;
 mod processing;
 
 pub use error::{Cause, StoreError};
-pub(crate) use orders::{Moves, add_count};
+pub(crate) use orders::{Answer, Moves, add_count};
 pub use orders::{OrderCounts, OrderStore, Placed};
 pub use outbox::{
     AuditAction, AuditEntry, FailedAttempt, FailureOutcome, OutboxAdmin, OutboxStats, OutboxStore, ParkedRow,

@@ -6,6 +6,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
 
 use super::StoreError;
 use crate::model::{NewOrder, Order, OrderId, OrderStatus, Product};
@@ -17,6 +18,34 @@ pub enum Placed {
     Created(Order),
     /// The idempotency key was seen before: this is the order it created.
     Existing(Order),
+}
+
+/// Where the outcome of one queued order goes: the hook told of a created
+/// order, then the caller, who may have given up waiting.
+pub(crate) struct Answer {
+    reply: oneshot::Sender<Result<Placed, StoreError>>,
+    on_created: Box<dyn FnOnce(&Order) + Send>,
+}
+
+impl Answer {
+    /// The answer the writer sends, and the receiver its caller awaits.
+    pub(crate) fn new(
+        on_created: Box<dyn FnOnce(&Order) + Send>,
+    ) -> (Answer, oneshot::Receiver<Result<Placed, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        (Answer { reply, on_created }, answer)
+    }
+
+    /// Called by a backend's writer once `result` is committed (or failed):
+    /// a created order is told to the hook before its caller hears, so that
+    /// whatever the hook counts is never behind an answer, and is told even
+    /// when the caller has gone. An existing order (a replayed key) is not.
+    pub(crate) fn send(self, result: Result<Placed, StoreError>) {
+        if let Ok(Placed::Created(order)) = &result {
+            (self.on_created)(order);
+        }
+        let _ = self.reply.send(result);
+    }
 }
 
 /// How many orders are in each status.
@@ -90,7 +119,20 @@ pub trait OrderStore: Send + Sync {
     /// Writes the order and its `OrderPlacedV1` outbox row in one transaction.
     /// Cancel-safe: once queued, the order is written by the store's own task,
     /// so dropping the future never cuts a database call in half.
-    async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError>;
+    async fn place_order(&self, order: NewOrder) -> Result<Placed, StoreError> {
+        self.place_order_then(order, Box::new(|_| {})).await
+    }
+    /// [`OrderStore::place_order`], and `on_created` is called with the new
+    /// order by the store's own task the moment it commits, before the answer
+    /// is sent: also when this future was dropped after the order was queued
+    /// (a client that hung up), and never for a replayed key
+    /// ([`Placed::Existing`]) or an order that failed. It runs on the writer:
+    /// keep it short (a counter, a log line).
+    async fn place_order_then(
+        &self,
+        order: NewOrder,
+        on_created: Box<dyn for<'o> FnOnce(&'o Order) + Send>,
+    ) -> Result<Placed, StoreError>;
     /// One order, or `NotFound`.
     async fn order(&self, order_id: OrderId) -> Result<Order, StoreError>;
     /// The most recent orders, newest first.

@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use error_reporter::Report;
@@ -30,6 +31,14 @@ fn new_order(name: &str, product: &str, quantity: i32) -> NewOrder {
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         tracestate: None,
     }
+}
+
+/// A hook for `place_order_then` that counts the orders it is told of in `created`.
+fn count_into(created: &Arc<AtomicI64>) -> Box<dyn FnOnce(&schema::Order) + Send> {
+    let created = created.clone();
+    Box::new(move |_| {
+        created.fetch_add(1, Ordering::SeqCst);
+    })
 }
 
 pub(crate) async fn place(store: &Arc<dyn Store>, product: &str, quantity: i32) -> OrderId {
@@ -130,9 +139,12 @@ pub async fn order_and_outbox_row_are_written_together(store: Arc<dyn Store>) {
 pub async fn idempotency_key_returns_the_first_order(store: Arc<dyn Store>) {
     let mut order = new_order("Bea", "P200", 1);
     order.idempotency_key = Some("key-1".into());
-    let Placed::Created(first) = store.place_order(order.clone()).await.unwrap() else { panic!("first is new") };
-    let Placed::Existing(again) = store.place_order(order).await.unwrap() else { panic!("second is a replay") };
+    let created = Arc::new(AtomicI64::new(0));
+    let place = |order: NewOrder| store.place_order_then(order, count_into(&created));
+    let Placed::Created(first) = place(order.clone()).await.unwrap() else { panic!("first is new") };
+    let Placed::Existing(again) = place(order).await.unwrap() else { panic!("second is a replay") };
     assert_eq!(first.order_id, again.order_id);
+    assert_eq!(created.load(Ordering::SeqCst), 1, "the hook is told of the new order, not of its replay");
     let rows = store.claim_batch("relay-a", 100, Duration::from_secs(30)).await.unwrap();
     assert_eq!(rows.len(), 1, "one outbox row for one key");
 }
@@ -889,15 +901,17 @@ pub async fn a_held_write_lock_stops_writers_until_released(url: String) {
 /// A caller that stops waiting (a client that hangs up) drops its answer,
 /// never half a write: of 200 placements given up after 0 to 30 ms, each wrote
 /// its order with its outbox row and its count, or nothing; those already
-/// queued are written all the same; and the store goes on placing orders.
+/// queued are written all the same, and each written one is told to its hook
+/// once; and the store goes on placing orders.
 pub async fn an_abandoned_placement_writes_its_whole_order_or_nothing(url: String) {
     let TestDb { store, probe } = schema::testing::open(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let created = Arc::new(AtomicI64::new(0));
     let mut placements = tokio::task::JoinSet::new();
     for i in 0..200_u64 {
-        let store = store.clone();
+        let (store, hook) = (store.clone(), count_into(&created));
         placements.spawn(async move {
             let patience = Duration::from_micros(i * 149 % 30_000);
-            tokio::time::timeout(patience, store.place_order(new_order("Gone", "P123", 1))).await.ok()
+            tokio::time::timeout(patience, store.place_order_then(new_order("Gone", "P123", 1), hook)).await.ok()
         });
     }
     let mut answered = Vec::new();
@@ -908,17 +922,21 @@ pub async fn an_abandoned_placement_writes_its_whole_order_or_nothing(url: Strin
     }
     place(&store, "P200", 1).await;
     // Groups queued before the last order may still be in a writer's hands.
+    // The last order (`place`, no hook) is not told.
     let figures = async || {
         let (tally, counts) = (probe.tally().await.unwrap(), store.order_counts().await.unwrap());
-        (tally.orders, tally.outbox, counts.pending)
+        (tally.orders, tally.outbox, counts.pending, created.load(Ordering::SeqCst) + 1)
     };
-    let settled =
-        async || Some(figures().await).filter(|&(orders, outbox, pending)| (outbox, pending) == (orders, orders));
-    let (orders, outbox, pending) = match poll(Duration::from_secs(30), settled).await {
+    let settled = async || {
+        Some(figures().await)
+            .filter(|&(orders, outbox, pending, told)| (outbox, pending, told) == (orders, orders, orders))
+    };
+    let (orders, outbox, pending, told) = match poll(Duration::from_secs(30), settled).await {
         Some(settled) => settled,
         None => figures().await,
     };
     assert_eq!((outbox, pending), (orders, orders), "each order has its outbox row and its count");
+    assert_eq!(told, orders, "each order written is told to its hook once, its caller gone or not");
     for placed in &answered {
         let Placed::Created(order) = placed else { panic!("no idempotency key was given") };
         assert_eq!(store.order(order.order_id).await.unwrap().customer_name, "Gone");
