@@ -184,7 +184,8 @@ mod tests {
         let consumer = format!("http://{}", listener.local_addr().unwrap());
         let stop = tokio_util::sync::CancellationToken::new();
         let router = observability::admin_router(registry, observability::Readiness::new(&[]));
-        tokio::spawn(service::serve(listener, router, stop.clone()));
+        let limits = <crate::Config as clap::Parser>::try_parse_from(["producer"]).unwrap().service.http_limits();
+        tokio::spawn(service::serve(listener, router, limits, stop.clone()));
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let sampler = Sampler {
             charts: Charts::new(Duration::from_millis(500)),

@@ -184,7 +184,8 @@ impl Service for App {
         vec![("http", http), ("admin", self.admin.local_addr())]
     }
 
-    /// Serves until `shutdown`, then lets requests in flight finish within the grace period.
+    /// Serves until `shutdown`, then lets requests in flight finish within the
+    /// grace period (both ports drain at once) and drops the connections left.
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let App { config, http, admin, state, ops } = self;
         tracing::info!(
@@ -210,12 +211,8 @@ impl Service for App {
             http: ops.http.clone(),
         };
         supervisor.spawn("chart sampler", charts::run(sampler, supervisor.stop_token()));
-        let server = service::serve(http, router(state, ops, charts), shutdown.clone());
-        let grace = config.service.grace();
-        match service::within_grace(server, &shutdown, grace).await {
-            Some(result) => result.context("http server")?,
-            None => tracing::warn!("grace period over with requests in flight"),
-        }
+        // Ends within the grace period of `shutdown`, whatever clients hold open.
+        service::serve(http, router(state, ops, charts), config.service.http_limits(), shutdown.clone()).await;
         supervisor.stop().await?;
         tracing::info!("producer stopped");
         Ok(())

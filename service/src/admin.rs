@@ -1,5 +1,6 @@
 //! A service's admin port, bound at start-up in one call: the bind checked
-//! against the door, the listener, and the registry its `/metrics` serves.
+//! against the door, the listener, the bounds it is served within, and the
+//! registry its `/metrics` serves.
 //!
 //! Invariant: an admin port reachable from other machines is never bound
 //! without `ADMIN_TOKEN`; the token is read once, here, for the admin routes
@@ -11,11 +12,13 @@ use anyhow::Context;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
-use crate::{AdminToken, ServiceArgs};
+use crate::{AdminToken, HttpLimits, ServiceArgs};
 
 /// The bound admin port, ready for [`crate::Supervisor::serve_admin`].
 pub struct AdminPort {
     pub(crate) listener: TcpListener,
+    /// The bounds of its connections, as of every HTTP port of the service.
+    pub(crate) limits: HttpLimits,
     /// The registry `/metrics` serves; the service registers its metrics in it.
     pub registry: Registry,
     /// The door of the mutating admin routes (and of the producer's ops actions).
@@ -35,7 +38,7 @@ impl AdminPort {
         token.check_bind(addr)?;
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding admin address {addr}"))?;
         let registry = observability::new_registry(service, db_round_trips);
-        Ok(AdminPort { listener, registry, token })
+        Ok(AdminPort { listener, limits: args.http_limits(), registry, token })
     }
 
     /// The bound address (tests bind port 0).

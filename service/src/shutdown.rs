@@ -1,12 +1,13 @@
 //! One cancellation token per process, cancelled by SIGINT or SIGTERM; the
-//! grace period that bounds what runs after it; the clock of watch loops; an
-//! HTTP server that stops on a token.
+//! grace period that bounds what runs after it; the clock of watch loops.
+//! (The HTTP server that drains on the token is `server.rs`.)
+//!
+//! Invariant: the token is cancelled once, by the first signal; what waits on
+//! it with [`within_grace`] gives up after the grace period.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use error_reporter::Report;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Returns a token that is cancelled on the first SIGINT or SIGTERM.
@@ -53,13 +54,6 @@ pub async fn within_grace<T>(
         output = work => Some(output),
         _ = expired => None,
     }
-}
-
-/// Serves `router` on an already bound listener until `shutdown` fires.
-pub async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 /// The clock of a watch loop (gauges, readiness checks):

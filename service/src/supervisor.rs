@@ -4,7 +4,9 @@
 //! Invariant: an essential task that ends while the service runs, for
 //! whatever reason (an error, a panic, a plain return), cancels the service's
 //! shutdown token, so the service drains and stops, and is reported by
-//! [`Supervisor::stop`], so the process exits non-zero.
+//! [`Supervisor::stop`], so the process exits non-zero. The admin server
+//! drains from the shutdown signal, within the grace period, so no admin
+//! client can hold [`Supervisor::stop`] up.
 
 use observability::Readiness;
 use tokio_util::sync::CancellationToken;
@@ -56,10 +58,25 @@ impl Supervisor {
 
     /// Serves the admin port until [`Supervisor::stop`]: `/metrics` from its
     /// registry, `/healthz`, `/readyz` from `readiness`, and the service's own `routes`.
+    /// It drains from the shutdown signal (or the stop, if that comes first),
+    /// alongside the service's own drain, so both fit in one grace period.
     pub fn serve_admin(&mut self, admin: AdminPort, readiness: Readiness, routes: axum::Router) {
         let router = observability::admin_router(admin.registry, readiness).merge(routes);
-        let stop = self.stop_token();
-        self.spawn("admin server", async move { Ok(crate::serve(admin.listener, router, stop).await?) });
+        let (stop, drain) = (self.stop_token(), self.shutdown.child_token());
+        self.spawn("admin server", async move {
+            let serving = crate::serve(admin.listener, router, admin.limits, drain.clone());
+            tokio::pin!(serving);
+            tokio::select! {
+                () = &mut serving => {}
+                () = stop.cancelled() => {
+                    drain.cancel();
+                    serving.await;
+                }
+            }
+            // Drained by the shutdown signal, it ends cleanly only with the supervisor.
+            stop.cancelled().await;
+            Ok(())
+        });
     }
 
     /// Stops every task and waits for them: the first failure, if any.
