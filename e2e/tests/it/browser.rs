@@ -1,6 +1,7 @@
 //! A real browser (headless Chromium via chromedriver) places an order through
 //! the form, sees field errors for bad input, and watches the order become processed.
 
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -11,26 +12,42 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use service::Service as _;
 
-/// A chromedriver process, ended on drop, and the port it serves.
-pub(crate) struct Driver(Child, u16);
+/// chromedriver and every browser process it starts, in a process group of
+/// their own that is killed whole when this drops, and by its watchdog within
+/// a second of the test process ending any other way (a signal, an abort).
+/// Killing chromedriver alone left Chromium running after the test command.
+/// Chromium's crash handlers leave the group (`setsid`) and end with the
+/// browser. Holds the port it serves and the browser's profile folder.
+pub(crate) struct Driver(Child, u16, tempfile::TempDir);
+
+/// Runs chromedriver (`$1`: its port) until it or the test process (`$2`)
+/// ends, then kills its whole process group, browser included.
+const DRIVER_WATCHDOG: &str = r#"chromedriver --port="$1" >/dev/null 2>&1 </dev/null &
+while kill -0 "$2" 2>/dev/null && kill -0 $! 2>/dev/null; do sleep 1; done
+kill -KILL 0"#;
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // The group is the watchdog's: it leads it (`process_group(0)`).
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.0.wait();
     }
 }
 
 pub(crate) async fn browser() -> (Driver, Client) {
     let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
+    let child = Command::new("sh")
+        .args(["-c", DRIVER_WATCHDOG, "chromedriver-watchdog", &port.to_string(), &std::process::id().to_string()])
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
-        .expect("chromedriver is installed (the test command installs chromium-driver)");
-    let driver = Driver(child, port);
-    let profile = tempfile::tempdir().unwrap().keep();
+        .expect("sh starts chromedriver (the test command installs chromium-driver)");
+    let profile = tempfile::tempdir().unwrap();
+    let driver = Driver(child, port, profile);
+    let profile = driver.2.path();
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
