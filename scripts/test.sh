@@ -76,8 +76,19 @@ export SCHEMATHESIS="$PWD/$schemathesis_venv/bin/schemathesis"
 echo "== build"
 cargo build --workspace --all-targets --quiet
 
+# Every process from here on carries this run's mark in its environment, so
+# that the end can tell what this run left running from anything else.
+export ORDERFLOW_TEST_RUN="test-$$-$(date +%s%N)"
 broker_dir=$(mktemp -d -t orderflow-test-broker-XXXXXX)
-cleanup() { scripts/activemq.sh stop "$broker_dir"; rm -rf "$broker_dir"; }
+# On every exit: stop the broker, then fail if anything the run started still
+# runs (a browser, a broker, a service), naming each with its PID.
+cleanup() {
+    local status=$?
+    scripts/activemq.sh stop "$broker_dir" || status=1
+    rm -rf "$broker_dir"
+    scripts/leftovers.sh "$ORDERFLOW_TEST_RUN" || status=1
+    exit "$status"
+}
 trap cleanup EXIT
 echo "== starting ActiveMQ"
 # Port 0: the broker binds a port of the kernel's choosing, which no other process can take first.
