@@ -166,10 +166,9 @@ impl AsyncWrite for Watched {
 }
 
 /// Serves one accepted connection until it ends or breaks a bound. When
-/// `close` fires (the server drains, or needs its place at the cap) it is
-/// closed at once if it has no request in service, or after the answer to the
-/// one it has; the server drops it at the end of the grace period if it has
-/// not ended by then.
+/// `close` fires (the server drains) it is closed at once if it has no
+/// request in service, or after the answer to the one it has; the server
+/// drops it at the end of the grace period if it has not ended by then.
 pub(crate) async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,

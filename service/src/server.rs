@@ -18,7 +18,7 @@ use axum::Router;
 use error_reporter::Report;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio::task::{Id, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +33,10 @@ const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
 /// descriptors, out of memory): retrying at once would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// A connection the port holds: what it is doing, and how to close it.
+/// A connection the port holds: what it is doing, and how to drop it.
 struct Held {
     activity: Arc<Activity>,
-    close: CancellationToken,
+    abort: AbortHandle,
 }
 
 /// Serves `router` on `listener` within `limits` until `shutdown` fires, then
@@ -46,7 +46,7 @@ struct Held {
 ///
 /// At the cap, a new connection takes the place of the one that has waited
 /// longest with no request in service (an idle keep-alive, a silent or a
-/// slow client), which is closed. Chosen so that clients that open
+/// slow client), which is dropped. Chosen so that clients that open
 /// connections and send nothing cannot lock others out for a whole idle
 /// timeout, while no request in service is ever cut to make room. When every
 /// connection has a request in service, the new one waits (and the listener
@@ -62,12 +62,20 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
     let mut next: Option<(TcpStream, SocketAddr)> = None;
     loop {
         if let Some((stream, peer)) = next.take() {
-            let full = held.len() >= max;
-            if full && warned_at.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
-                warned_at = Some(Instant::now());
-                tracing::warn!(max, "HTTP connection cap reached; closing the longest-idle connections for new ones");
-            }
-            if full && !close_longest_waiting(&mut held) {
+            // Counted until their tasks end, dropped connections included: a
+            // hard bound on the sockets the port holds.
+            if tasks.len() >= max {
+                if warned_at.is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY) {
+                    warned_at = Some(Instant::now());
+                    tracing::warn!(
+                        max,
+                        "HTTP connection cap reached; dropping the longest-idle connections for new ones"
+                    );
+                }
+                // Unless one dropped already is still ending; false when every one has a request in service.
+                if tasks.len() == held.len() {
+                    drop_longest_waiting(&mut held);
+                }
                 next = Some((stream, peer));
                 tokio::select! {
                     biased;
@@ -77,10 +85,10 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, sh
                 }
                 continue;
             }
-            let (activity, close) = (Activity::new(went_idle.clone()), shutdown.child_token());
-            let connection = serve_connection(stream, peer, router.clone(), limits, activity.clone(), close.clone());
-            let task = tasks.spawn(connection);
-            held.insert(task.id(), Held { activity, close });
+            let activity = Activity::new(went_idle.clone());
+            let connection = serve_connection(stream, peer, router.clone(), limits, activity.clone(), shutdown.clone());
+            let abort = tasks.spawn(connection);
+            held.insert(abort.id(), Held { activity, abort });
         }
         tokio::select! {
             biased;
@@ -113,19 +121,21 @@ async fn drain(mut tasks: JoinSet<()>, grace: Duration) {
     tasks.shutdown().await;
 }
 
-/// Closes the connection that has waited longest with no request in service,
-/// and stops counting it; false if every connection has one. A half-sent
-/// head or an idle connection closes at once; one still writing its last
-/// answer to a slow reader closes after it, within the idle timeout.
-fn close_longest_waiting(held: &mut HashMap<Id, Held>) -> bool {
+/// Drops the connection that has waited longest with no request in service
+/// (a half-sent head, a silent client, an idle keep-alive; at worst one still
+/// writing its last answer to a client that does not read it) and stops
+/// tracking it; false if every connection has a request in service. Dropped,
+/// not closed gracefully: hyper would wait for a first request's half-sent
+/// head, and the new connection would wait with it.
+fn drop_longest_waiting(held: &mut HashMap<Id, Held>) -> bool {
     let longest = held.iter().filter_map(|(id, c)| Some((c.activity.waiting_since()?, *id))).min();
     let Some((_, id)) = longest else {
         return false;
     };
     if let Some(connection) = held.remove(&id) {
-        connection.close.cancel();
+        connection.abort.abort();
     }
-    tracing::debug!("connection closed to make room at the cap");
+    tracing::debug!("connection dropped to make room at the cap");
     true
 }
 

@@ -9,6 +9,7 @@ mod charts;
 mod consumer;
 mod hang_ups;
 mod hostile;
+mod http_limits;
 mod incidents;
 mod load_test;
 mod openapi;
