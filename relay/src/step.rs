@@ -47,8 +47,9 @@ pub enum RelayError {
     /// The broker is unreachable or stopped answering; retry later.
     #[error("broker unavailable: {0}")]
     BrokerUnavailable(String),
-    /// The claim took two thirds of the lease: sent now, the batch could reach
-    /// the broker after another relay had claimed it again, so it was given back.
+    /// The claim took two thirds of the lease, and no renewal since made up
+    /// for it: sent now, the batch could reach the broker after another relay
+    /// had claimed it again, so it was given back.
     #[error("the claim took {0:?}, two thirds of the lease or more; its rows were given back unsent")]
     LeaseSpent(Duration),
 }
@@ -61,6 +62,9 @@ pub struct Control {
     step: tokio::sync::Mutex<()>,
     /// Unix milliseconds of the loop's last turn (its heartbeat).
     beat_ms: AtomicU64,
+    /// When the last renewal that succeeded began: every lease this relay
+    /// holds runs at least a lease from then. `None` outside a streak.
+    renewed: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Control {
@@ -77,6 +81,14 @@ impl Control {
 
     fn beat(&self) {
         self.beat_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    fn renewed_at(&self) -> Option<Instant> {
+        *self.renewed.lock().expect("renewal lock")
+    }
+
+    fn set_renewed(&self, at: Option<Instant>) {
+        *self.renewed.lock().expect("renewal lock") = at;
     }
 }
 
@@ -111,7 +123,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// One step: lease a batch, publish it, record every row's outcome.
+    /// One step: lease a batch, publish it, record every row's outcome. A
+    /// batch not sent, or whose outcome is unknown, is given back at once.
     pub async fn relay_once(&self) -> Result<BatchReport, RelayError> {
         let claimed_at = Instant::now();
         let rows = self.claim().await?;
@@ -120,7 +133,18 @@ impl Relay {
         }
         let report = self.publish(rows, claimed_at).await;
         self.metrics.leases_held.set(0);
+        if report.is_err() {
+            self.store.release_leases(&self.owner).await?;
+        }
         report
+    }
+
+    /// Until when a batch claimed at `claimed_at` may still be sent and
+    /// answered: two thirds of a lease from its claim's start, or from the
+    /// start of the last renewal that succeeded, whichever is later.
+    fn send_deadline(&self, claimed_at: Instant) -> Instant {
+        let from = self.control.renewed_at().map_or(claimed_at, |renewed| renewed.max(claimed_at));
+        from + publish_budget(self.lease)
     }
 
     /// Sends a claimed batch and records its outcomes at once, so it is marked
@@ -131,13 +155,12 @@ impl Relay {
         self.record(sent).await
     }
 
-    /// Sends a claimed batch unless its claim alone took two thirds of the
-    /// lease: then every lease is given back and nothing is sent.
+    /// Sends a claimed batch unless its lease may lapse before the broker
+    /// answers: then nothing is sent, and the caller gives the leases back
+    /// once no batch of this relay is in flight.
     async fn send_in_lease(&self, rows: Vec<OutboxRow>, claimed_at: Instant) -> Result<Sent, RelayError> {
-        let took = claimed_at.elapsed();
-        if took >= publish_budget(self.lease) {
-            self.store.release_leases(&self.owner).await?;
-            return Err(RelayError::LeaseSpent(took));
+        if Instant::now() >= self.send_deadline(claimed_at) {
+            return Err(RelayError::LeaseSpent(claimed_at.elapsed()));
         }
         Ok(self.send(rows, claimed_at).await)
     }
@@ -171,24 +194,36 @@ impl Relay {
                 span
             })
             .collect();
-        // The budget runs from the claim's start: the lease does.
-        let budget = publish_budget(self.lease).saturating_sub(claimed_at.elapsed());
-        let outcomes = match tokio::time::timeout(budget, self.publisher.publish(&rows)).await {
-            Ok(outcomes) => outcomes,
-            Err(_) => {
-                // Past the budget the lease may lapse and another relay send the
-                // same rows: give up on this connection, count nothing, retry.
-                self.publisher.close().await;
-                let reason = format!("no broker answer within {budget:?}, what was left of two thirds of the lease");
-                vec![Outcome::Unknown(reason); rows.len()]
+        // The budget runs from the claim's start, as the lease does, and
+        // moves on with each renewal that succeeds meanwhile.
+        let outcomes = {
+            let publish = self.publisher.publish(&rows);
+            tokio::pin!(publish);
+            loop {
+                let deadline = self.send_deadline(claimed_at);
+                tokio::select! {
+                    outcomes = &mut publish => break outcomes,
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        if self.send_deadline(claimed_at) > Instant::now() {
+                            continue;
+                        }
+                        // Past the budget the lease may lapse and another relay send the
+                        // same rows: give up on this connection, count nothing, retry.
+                        self.publisher.close().await;
+                        let waited = claimed_at.elapsed();
+                        let reason = format!("no broker answer {waited:?} after the claim, with the lease unrenewed");
+                        break vec![Outcome::Unknown(reason); rows.len()];
+                    }
+                }
             }
         };
         Sent { rows, outcomes, _spans: spans, claimed_at }
     }
 
     /// Records a sent batch's outcomes: marks the confirmed rows, counts an
-    /// attempt for each rejected one; when an outcome is unknown, gives every
-    /// lease back and reports the broker unavailable.
+    /// attempt for each rejected one; when an outcome is unknown, reports the
+    /// broker unavailable (the caller gives the leases back once no other
+    /// batch of this relay is in flight: another may be on the wire now).
     async fn record(&self, sent: Sent) -> Result<BatchReport, RelayError> {
         let Sent { rows, outcomes, claimed_at, .. } = sent;
         let mut report = BatchReport { claimed: rows.len(), ..BatchReport::default() };
@@ -251,9 +286,6 @@ impl Relay {
         self.metrics.batch_seconds.observe(claimed_at.elapsed().as_secs_f64());
         if let Some(reason) = unknown_reason {
             self.metrics.publish_errors.with_label_values(&["unknown"]).inc_by(report.unknown as u64);
-            // Give the rows back at once: they go out again after the reconnect
-            // rather than after the lease; the consumer absorbs any duplicate.
-            self.store.release_leases(&self.owner).await?;
             return Err(RelayError::BrokerUnavailable(reason));
         }
         Ok(report)
@@ -377,8 +409,14 @@ impl Relay {
             done.cancel();
             ended
         };
+        self.control.set_renewed(None);
         let ((streak, recorded), ()) = tokio::join!(work, self.renew_while(&done));
-        let released = if streak.unsent { self.store.release_leases(&self.owner).await.map(drop) } else { Ok(()) };
+        self.control.set_renewed(None);
+        // Nothing is in flight now: what was claimed and not sent, or sent
+        // with an unknown outcome, goes back (out again after the reconnect
+        // rather than after the lease; the consumer absorbs any duplicate).
+        let give_back = streak.unsent || streak.ended.is_err() || recorded.is_err();
+        let released = if give_back { self.store.release_leases(&self.owner).await.map(drop) } else { Ok(()) };
         streak.ended?;
         recorded?;
         released?;
@@ -396,8 +434,12 @@ impl Relay {
                 _ = done.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let started = Instant::now();
             match self.store.renew_leases(&self.owner, self.lease).await {
-                Ok(renewed) => tracing::debug!(renewed, "leases renewed"),
+                Ok(renewed) => {
+                    self.control.set_renewed(Some(started));
+                    tracing::debug!(renewed, "leases renewed");
+                }
                 Err(error) => tracing::warn!(error = %Report::new(&error), "renewing the leases in hand failed"),
             }
         }
