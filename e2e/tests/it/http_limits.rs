@@ -15,7 +15,6 @@ use std::time::Duration;
 use e2e::broker::shared_broker_url;
 use e2e::flags::Flags;
 use e2e::process::{Launch, Process};
-use e2e::wait_for;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -191,24 +190,10 @@ async fn sigterm_ends_every_service_within_its_grace_while_clients_hold_half_sen
     }
     // All three at once: each must exit 0 within its grace period and a margin.
     let deadline = Duration::from_millis(GRACE_MS) + Duration::from_secs(10);
-    let stops = services.into_iter().map(|service| async move { service.end_with("TERM", deadline).await });
-    for status in futures_join_all(stops).await {
-        let status = status.expect("exits within SHUTDOWN_GRACE_MS and a margin");
+    let stops: Vec<_> = services.into_iter().map(|service| tokio::spawn(service.end_with("TERM", deadline))).collect();
+    for stop in stops {
+        let status = stop.await.unwrap().expect("exits within SHUTDOWN_GRACE_MS and a margin");
         assert!(status.success(), "{status}");
     }
     drop(held);
-}
-
-/// Runs `futures` at once; their outputs in order.
-async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut outputs = Vec::new();
-    for handle in handles {
-        outputs.push(handle.await.unwrap());
-    }
-    outputs
 }
