@@ -16,8 +16,10 @@ use tokio_util::sync::CancellationToken;
 /// Flags every service has, with the same names and env vars.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
-    /// How long SIGTERM waits for the work in flight (ms).
-    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15_000)]
+    /// How long SIGTERM waits for the work in flight (ms, 0-600000: past ten
+    /// minutes a deploy would wait on a stuck request as if for ever).
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 15_000,
+        value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_grace_ms: u64,
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
@@ -168,15 +170,18 @@ mod tests {
     }
 
     #[test]
-    fn an_http_bound_out_of_its_range_is_refused_naming_the_setting_and_range() {
+    fn a_shared_setting_out_of_its_range_is_refused_naming_the_setting_and_range() {
         for (flag, value, range) in [
             ("--http-max-buffer-bytes", "4096", "8192..=1048576"),
             ("--http-max-connections", "0", "1..=65536"),
             ("--http-idle-timeout-ms", "10", "100..=3600000"),
             ("--http-header-read-timeout-ms", "700000", "100..=600000"),
             ("--http-request-timeout-ms", "0", "100..=600000"),
+            ("--shutdown-grace-ms", "600001", "0..=600000"),
+            ("--shutdown-grace-ms", "-1", "--shutdown-grace-ms"),
+            ("--http-max-connections", "18446744073709551616", "--http-max-connections"),
         ] {
-            let error = Flags::try_parse_from(["service", flag, value]).unwrap_err().to_string();
+            let error = Flags::try_parse_from(["service", &format!("{flag}={value}")]).unwrap_err().to_string();
             assert!(error.contains(flag) && error.contains(range), "{error}");
         }
     }
