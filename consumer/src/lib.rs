@@ -160,6 +160,7 @@ impl Consumer {
             tracing::info!(queue = %self.queue, prefetch = self.prefetch, "subscribed");
             let session = Instant::now();
             let consumed = self.consume(&client, &shutdown).await;
+            let lasted = session.elapsed();
             self.metrics.broker_connected.set(0);
             self.readiness.set("broker", false, "disconnected");
             client.disconnect(Duration::from_secs(2)).await;
@@ -167,7 +168,7 @@ impl Consumer {
             // A connection that lasted ended for a new reason: reconnect soon.
             // One that ended at once likely ends again the same way (the broker
             // redelivers the same message first): back off as after a refusal.
-            if session.elapsed() >= HEALTHY_SESSION {
+            if lasted >= HEALTHY_SESSION {
                 backoff.reset();
             }
             let delay = backoff.next_delay();

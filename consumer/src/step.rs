@@ -84,8 +84,16 @@ pub async fn handle_delivery(
     deliveries: &[Delivery],
 ) -> Result<Vec<Applied>, StepError> {
     let applied = apply_isolating(store, deliveries).await.map_err(StepError::Store)?;
-    let acks: Vec<&str> =
-        deliveries.iter().map(|d| d.header("ack").or_else(|| d.header("message-id")).unwrap_or_default()).collect();
+    // A frame that lost its ack id (dropped by the codec's limits) cannot be
+    // acknowledged: an ACK without an id would cost the connection. It stays
+    // unacknowledged until the connection ends; its dead letter is recorded.
+    let acks: Vec<&str> = deliveries
+        .iter()
+        .filter_map(|d| d.header("ack").or_else(|| d.header("message-id")).filter(|id| !id.is_empty()))
+        .collect();
+    if acks.len() < deliveries.len() {
+        tracing::warn!(unacknowledged = deliveries.len() - acks.len(), "a message carries no ack id; not acknowledged");
+    }
     match broker.ack(&acks).await {
         Ok(()) => Ok(applied),
         Err(error) => Err(StepError::NotAcked { applied, error }),

@@ -4,10 +4,12 @@
 //! outage never counts an attempt or parks a row; a broker ERROR for a row
 //! counts one attempt and parks it at the cap, so one bad row never blocks others;
 //! a batch is sent and answered within two thirds of its lease, counted from
-//! its claim's start (or given back unsent), and handed to be marked as soon
-//! as its answers are in (marks go in claim order, at most one waiting); while
-//! batches are in hand their leases are renewed every third of a lease, so no
-//! other relay can claim one while the broker holds it unmarked.
+//! its claim's start or the last renewal that reached every row in hand (or
+//! given back unsent), and handed to be marked as soon as its answers are in
+//! (marks go in claim order, at most one waiting); while batches are in hand
+//! their leases are renewed every third of a lease, so no other relay can
+//! claim one while the broker holds it unmarked; leases are given back only
+//! when none of the relay's batches is on the wire or waiting for its mark.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -393,11 +395,17 @@ impl Relay {
     async fn stream(&self, shutdown: &CancellationToken) -> Result<usize, RelayError> {
         // One recorded, one waiting at most: the sender runs one batch ahead.
         let (handoff, mut sent) = tokio::sync::mpsc::channel::<Sent>(1);
+        // After a failure the recorder takes no new batch, but still records
+        // the one waiting: its rows may be on the queue and must be marked.
         let recorder = async move {
+            let mut recorded = Ok::<_, RelayError>(());
             while let Some(batch) = sent.recv().await {
-                self.record(batch).await?;
+                if let (Err(error), true) = (self.record(batch).await, recorded.is_ok()) {
+                    sent.close();
+                    recorded = Err(error);
+                }
             }
-            Ok::<_, RelayError>(())
+            recorded
         };
         // The leases of the batches in hand are renewed every third of a lease
         // while the streak lasts, so a slow mark (or a slow claim before the
@@ -409,7 +417,8 @@ impl Relay {
             done.cancel();
             ended
         };
-        self.control.set_renewed(None);
+        // Vacuously true at the start: every row in hand is claimed after it.
+        self.control.set_renewed(Some(Instant::now()));
         let ((streak, recorded), ()) = tokio::join!(work, self.renew_while(&done));
         self.control.set_renewed(None);
         // Nothing is in flight now: what was claimed and not sent, or sent
@@ -437,7 +446,13 @@ impl Relay {
             let started = Instant::now();
             match self.store.renew_leases(&self.owner, self.lease).await {
                 Ok(renewed) => {
-                    self.control.set_renewed(Some(started));
+                    // Every row in hand was still leased when the renewal ran only
+                    // if it ran before the last base plus a lease: only then does
+                    // the base move on (a late renewal may have found one lapsed).
+                    let base = self.control.renewed_at().unwrap_or(started);
+                    if Instant::now() < base + self.lease {
+                        self.control.set_renewed(Some(started));
+                    }
                     tracing::debug!(renewed, "leases renewed");
                 }
                 Err(error) => tracing::warn!(error = %Report::new(&error), "renewing the leases in hand failed"),

@@ -250,6 +250,9 @@ impl StompCodec {
                         }
                         return Ok(None);
                     };
+                    if head.command.is_none() && pos > MAX_HEADER_LINE {
+                        return Err(format!("no command within {MAX_HEADER_LINE} bytes"));
+                    }
                     let line = src.split_to(pos + 1);
                     if std::mem::take(&mut head.skipping_line) {
                         continue;
@@ -446,19 +449,16 @@ impl Body {
             },
         };
         let room = keep_up_to.saturating_sub(self.kept.len()).min(take);
-        if self.kept.is_empty() && room == take {
-            // A body read whole in one go is kept where it was read, uncopied.
-            self.kept = src.split_to(take);
-        } else {
-            self.kept.extend_from_slice(&src[..room]);
-            src.advance(take);
-        }
+        // Copied, never split off the read buffer: a frame in hand must not
+        // keep a whole (possibly grown) read buffer alive.
+        self.kept.extend_from_slice(&src[..room]);
+        src.advance(take);
         self.seen += take;
         src.advance(usize::from(done));
         if self.length.is_none() && self.seen > MAX_BODY_BYTES && self.cut.body_bytes.is_none() {
             // No length given and past the limit: keep the prefix, skip to the NUL.
             self.cut.body_bytes = Some(self.seen);
-            self.kept.truncate(BODY_PREFIX_BYTES);
+            self.kept = BytesMut::from(&self.kept[..BODY_PREFIX_BYTES]);
         }
         if done && self.length.is_none() && self.cut.body_bytes.is_some() {
             self.cut.body_bytes = Some(self.seen);
@@ -474,7 +474,9 @@ impl Body {
 
     fn into_frame(self) -> Frame {
         let cut = (self.cut != Cut::default()).then_some(self.cut);
-        Frame { command: self.command, headers: self.headers, body: self.kept.freeze(), cut }
+        // Exactly the body's bytes: no spare capacity outlives the read.
+        let body = if self.kept.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&self.kept) };
+        Frame { command: self.command, headers: self.headers, body, cut }
     }
 }
 

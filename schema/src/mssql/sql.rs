@@ -178,7 +178,8 @@ statements! {
     RELEASE_LEASES = "UPDATE dbo.outbox SET lease_owner = NULL, lease_until = NULL OUTPUT inserted.outbox_id \
          WHERE lease_owner = @P1 AND published_at IS NULL";
     RENEW_LEASES = "UPDATE dbo.outbox SET lease_until = DATEADD(millisecond, @P2, SYSUTCDATETIME()) \
-         OUTPUT inserted.outbox_id WHERE lease_owner = @P1 AND published_at IS NULL";
+         OUTPUT inserted.outbox_id WHERE lease_owner = @P1 AND published_at IS NULL AND dead_at IS NULL \
+         AND lease_until > SYSUTCDATETIME()";
     PENDING_STATS = "SELECT COUNT_BIG(*), DATEDIFF_BIG(millisecond, MIN(created_at), SYSUTCDATETIME()) \
          FROM dbo.outbox WHERE published_at IS NULL AND dead_at IS NULL";
     PARKED_COUNT = "SELECT COUNT_BIG(*) FROM dbo.outbox WHERE dead_at IS NOT NULL";

@@ -152,7 +152,8 @@ statements! {
     RELEASE_LEASES =
         "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?1 AND published_at IS NULL";
     RENEW_LEASES =
-        concat!("UPDATE outbox SET lease_until = ", now!("?2"), " WHERE lease_owner = ?1 AND published_at IS NULL");
+        concat!("UPDATE outbox SET lease_until = ", now!("?2"), " WHERE lease_owner = ?1 AND published_at IS NULL \
+         AND dead_at IS NULL AND lease_until > ", now!());
     PENDING_STATS = "SELECT COUNT(*), (julianday('now') - julianday(MIN(created_at))) * 86400.0 \
          FROM outbox WHERE published_at IS NULL AND dead_at IS NULL";
     PARKED_COUNT = "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL";

@@ -165,10 +165,10 @@ pub trait OutboxStore: Send + Sync {
     async fn record_failure(&self, failure: &FailedAttempt<'_>) -> Result<FailureOutcome, StoreError>;
     /// Gives back every lease `owner` holds, so another relay may take the rows at once.
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
-    /// Extends every lease `owner` still holds to `lease` from now (database
-    /// clock), whether or not it has lapsed: the relay keeps the rows it has
-    /// sent and not yet marked, so no other relay sends them too. A row another
-    /// relay has claimed meanwhile is no longer `owner`'s and is left alone.
+    /// Extends every lease `owner` holds that has not lapsed to `lease` from
+    /// now (database clock): the relay keeps the rows it has in hand, so no
+    /// other relay sends them too. A lapsed lease is never revived (its rows
+    /// may be another relay's by now, or left by a run that gave up on them).
     /// Returns the leases extended.
     async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError>;
     /// Backlog figures.

@@ -369,7 +369,7 @@ pub async fn released_leases_are_claimable_at_once(store: Arc<dyn Store>) {
     assert!(stats.oldest_pending_seconds >= 0.0);
 }
 
-pub async fn renewed_leases_outlast_their_term_and_never_take_a_row_back(store: Arc<dyn Store>) {
+pub async fn renewed_leases_outlast_their_term_and_a_lapsed_one_is_never_revived(store: Arc<dyn Store>) {
     place(&store, "P123", 1).await;
     place(&store, "P200", 1).await;
     let held = store.claim_batch("relay-a", 2, Duration::from_millis(500)).await.unwrap();
@@ -382,6 +382,12 @@ pub async fn renewed_leases_outlast_their_term_and_never_take_a_row_back(store: 
     place(&store, "P123", 2).await;
     let lapsing = store.claim_batch("relay-a", 10, Duration::from_millis(1)).await.unwrap();
     assert_eq!(lapsing.len(), 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        store.renew_leases("relay-a", Duration::from_secs(60)).await.unwrap(),
+        1,
+        "a lapsed lease is not revived"
+    );
     let taken = poll(Duration::from_secs(10), async || {
         Some(store.claim_batch("relay-b", 10, Duration::from_secs(60)).await.unwrap()).filter(|r| !r.is_empty())
     })
@@ -789,7 +795,7 @@ macro_rules! contract_tests {
                 a_refused_dead_letter_is_set_aside_and_sent_ones_expire,
                 a_failing_row_is_retried_then_parked,
                 released_leases_are_claimable_at_once,
-                renewed_leases_outlast_their_term_and_never_take_a_row_back,
+                renewed_leases_outlast_their_term_and_a_lapsed_one_is_never_revived,
                 recent_orders_are_newest_first,
                 parked_rows_are_listed_and_requeued_with_an_audit_record,
                 retention_deletes_old_rows_in_small_batches,
