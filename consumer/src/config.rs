@@ -41,7 +41,8 @@ pub struct Config {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
+    use clap::Parser;
+    use service::flag_ranges::{walk_numeric_flags, wide};
 
     use super::*;
 
@@ -49,13 +50,8 @@ mod tests {
         Config::try_parse_from([&["consumer"], args].concat()).map_err(|e| e.to_string())
     }
 
-    fn wide<T: Into<i128> + Copy>(range: &RangeInclusive<T>) -> RangeInclusive<i128> {
-        (*range.start()).into()..=(*range.end()).into()
-    }
-
     /// Each numeric flag through 0, -1, its bounds, one past each and a number
-    /// no integer holds: refused outside its range, naming the flag (and the
-    /// range when the value is a number of its type), taken inside; its help says the range.
+    /// no integer holds (see `service::flag_ranges`).
     #[test]
     fn every_numeric_setting_out_of_range_is_refused_naming_it() {
         let flags = [
@@ -63,25 +59,7 @@ mod tests {
             ("--batch-size", wide(&BATCH)),
             ("--heartbeat-ms", wide(&stomp::HEARTBEAT_MS)),
         ];
-        let command = Config::command();
-        for (flag, range) in flags {
-            let (low, high) = (*range.start(), *range.end());
-            for value in [0, -1, low, high, low - 1, high + 1, i128::from(u64::MAX) + 1] {
-                match (range.contains(&value), parse(&[&format!("{flag}={value}")])) {
-                    (true, Ok(_)) => {}
-                    (true, Err(error)) => panic!("{flag}={value} is in range: {error}"),
-                    (false, Ok(_)) => panic!("{flag}={value} is taken"),
-                    (false, Err(error)) => {
-                        assert!(error.contains(flag), "{flag}={value}: {error}");
-                        let a_number_of_its_type = value >= 0 && value <= i128::from(i32::MAX);
-                        assert!(!a_number_of_its_type || error.contains(&format!("{low}..={high}")), "{error}");
-                    }
-                }
-            }
-            let arg = command.get_arguments().find(|a| a.get_long() == flag.strip_prefix("--")).expect("a flag");
-            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-            assert!(help.contains(&format!("{low}-{high}")), "{flag}'s help says its range: {help}");
-        }
+        walk_numeric_flags::<Config>("consumer", &flags);
     }
 
     #[test]

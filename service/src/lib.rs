@@ -15,6 +15,7 @@ mod answer;
 mod backoff;
 mod connection;
 mod door;
+pub mod flag_ranges;
 mod run;
 mod server;
 mod shutdown;
