@@ -4,8 +4,9 @@
 //! outage never counts an attempt or parks a row; a broker ERROR for a row
 //! counts one attempt and parks it at the cap, so one bad row never blocks others;
 //! a batch is sent and answered within two thirds of its lease, counted from
-//! its claim's start or the last renewal that reached every row in hand (or
-//! given back unsent), and handed to be marked as soon as its answers are in
+//! its claim's start or the last renewal that reached every row in hand (a
+//! renewal that ran beside a claim does not reach that claim's rows), or is
+//! given back unsent; it is handed to be marked as soon as its answers are in
 //! (marks go in claim order, at most one waiting); while batches are in hand
 //! their leases are renewed every third of a lease, so no other relay can
 //! claim one while the broker holds it unmarked; leases are given back only
@@ -64,9 +65,22 @@ pub struct Control {
     step: tokio::sync::Mutex<()>,
     /// Unix milliseconds of the loop's last turn (its heartbeat).
     beat_ms: AtomicU64,
-    /// When the last renewal that succeeded began: every lease this relay
-    /// holds runs at least a lease from then. `None` outside a streak.
+    /// When the last renewal that succeeded began, or the claim it ran
+    /// beside began if that was earlier: every lease this relay holds runs at
+    /// least a lease from then. `None` outside a streak.
     renewed: std::sync::Mutex<Option<Instant>>,
+    /// When the claim now running began: its rows may be committed after a
+    /// renewal has read the outbox, so that renewal does not cover them.
+    claiming: std::sync::Mutex<Option<Instant>>,
+}
+
+/// Marks a claim as running until dropped (see [`Control::claiming`]).
+struct Claiming<'a>(&'a Control);
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        *self.0.claiming.lock().expect("claim lock") = None;
+    }
 }
 
 impl Control {
@@ -91,6 +105,17 @@ impl Control {
 
     fn set_renewed(&self, at: Option<Instant>) {
         *self.renewed.lock().expect("renewal lock") = at;
+    }
+
+    /// Notes a claim beginning now; it ends when the guard is dropped. A relay
+    /// runs one claim at a time.
+    fn claiming(&self) -> Claiming<'_> {
+        *self.claiming.lock().expect("claim lock") = Some(Instant::now());
+        Claiming(self)
+    }
+
+    fn claiming_since(&self) -> Option<Instant> {
+        *self.claiming.lock().expect("claim lock")
     }
 }
 
@@ -168,6 +193,7 @@ impl Relay {
     }
 
     async fn claim(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        let _claiming = self.control.claiming();
         self.store.claim_batch(&self.owner, self.batch_size, self.lease).await
     }
 
@@ -444,6 +470,10 @@ impl Relay {
                 _ = tick.tick() => {}
             }
             let started = Instant::now();
+            // A claim running now may commit after this renewal has read the
+            // outbox (on SQL Server it may wait seconds on locks): its rows
+            // count from their own claim's start, not from this renewal.
+            let claiming = self.control.claiming_since();
             match self.store.renew_leases(&self.owner, self.lease).await {
                 Ok(renewed) => {
                     // Every row in hand was still leased when the renewal ran only
@@ -451,9 +481,10 @@ impl Relay {
                     // the base move on (a late renewal may have found one lapsed).
                     let base = self.control.renewed_at().unwrap_or(started);
                     if Instant::now() < base + self.lease {
-                        self.control.set_renewed(Some(started));
+                        let covered = claiming.map_or(started, |since| since.min(started));
+                        self.control.set_renewed(Some(covered.max(base)));
                     }
-                    tracing::debug!(renewed, "leases renewed");
+                    tracing::debug!(renewed, took = ?started.elapsed(), "leases renewed");
                 }
                 Err(error) => tracing::warn!(error = %Report::new(&error), "renewing the leases in hand failed"),
             }

@@ -282,7 +282,8 @@ fn a_bad_url_is_refused_at_start_naming_its_flag_and_never_its_password() {
 /// The store behind gates the test opens: from the second claim on, each
 /// claim waits for a permit of `claims` (none at first), then answers `late`
 /// after the rows were leased; when `hold_marks` is set, each mark waits for
-/// a permit of `marks`.
+/// a permit of `marks`; when `late_commits` is set, a renewal while a claim
+/// runs renews nothing, as when the claim's transaction commits at its end.
 struct Gated {
     inner: Arc<dyn Store>,
     claims: tokio::sync::Semaphore,
@@ -290,11 +291,17 @@ struct Gated {
     late: Duration,
     marks: tokio::sync::Semaphore,
     hold_marks: bool,
+    late_commits: bool,
+    in_claim: std::sync::atomic::AtomicBool,
 }
 
 impl Gated {
     fn slow_claims(inner: Arc<dyn Store>, late: Duration) -> Arc<Self> {
         Arc::new(Self::new(inner, late, false))
+    }
+
+    fn late_commits(inner: Arc<dyn Store>, late: Duration) -> Arc<Self> {
+        Arc::new(Self { late_commits: true, ..Self::new(inner, late, false) })
     }
 
     fn held_marks(inner: Arc<dyn Store>) -> Arc<Self> {
@@ -305,7 +312,8 @@ impl Gated {
 
     fn new(inner: Arc<dyn Store>, late: Duration, hold_marks: bool) -> Self {
         let (claims, marks) = (tokio::sync::Semaphore::new(0), tokio::sync::Semaphore::new(0));
-        Self { inner, claims, claimed: Default::default(), late, marks, hold_marks }
+        let (claimed, in_claim) = Default::default();
+        Self { inner, claims, claimed, late, marks, hold_marks, late_commits: false, in_claim }
     }
 }
 
@@ -315,8 +323,10 @@ impl schema::OutboxStore for Gated {
         if self.claimed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
             self.claims.acquire().await.unwrap().forget();
         }
+        self.in_claim.store(true, std::sync::atomic::Ordering::SeqCst);
         let rows = self.inner.claim_batch(owner, limit, lease).await;
         tokio::time::sleep(self.late).await;
+        self.in_claim.store(false, std::sync::atomic::Ordering::SeqCst);
         rows
     }
     async fn mark_published(&self, ids: &[schema::OutboxId]) -> Result<u64, StoreError> {
@@ -333,6 +343,9 @@ impl schema::OutboxStore for Gated {
     }
 
     async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        if self.late_commits && self.in_claim.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(0);
+        }
         self.inner.renew_leases(owner, lease).await
     }
     async fn outbox_stats(&self) -> Result<schema::OutboxStats, StoreError> {
@@ -409,6 +422,30 @@ async fn a_mark_held_past_the_lease_keeps_its_rows_from_another_relay() {
     stop.cancel();
     running.await.unwrap();
     assert_eq!(*broker.seen.lock().unwrap(), orders, "each row sent once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_ran_beside_a_claim_does_not_stretch_that_claims_lease() {
+    let broker = FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)]);
+    let (mut relay, store, _dir) = setup(broker.clone()).await;
+    relay.lease = Duration::from_millis(600);
+    // The claim answers after its lease ran out; the three renewals meanwhile
+    // (every 200 ms) cannot see its rows, as when it waited on locks and
+    // committed last (seen on the TDS engine: claims of 7 s against a 4 s lease).
+    let gated = Gated::late_commits(store.clone(), Duration::from_millis(700));
+    relay.store = gated.clone();
+    place(&store, "P123").await;
+    let (_relay, stop, running) = run_loop(relay);
+    until("the streak after the late claim began", async || {
+        gated.claimed.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert!(broker.seen.lock().unwrap().is_empty(), "a row was sent after its lease had lapsed");
+    let rows = store.claim_batch("relay-other", 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!((rows.len(), rows[0].attempts), (1, 0), "given back with no attempt counted");
+    stop.cancel();
+    gated.claims.add_permits(100);
+    running.await.unwrap();
 }
 
 #[tokio::test]

@@ -372,11 +372,15 @@ pub async fn released_leases_are_claimable_at_once(store: Arc<dyn Store>) {
 pub async fn renewed_leases_outlast_their_term_and_a_lapsed_one_is_never_revived(store: Arc<dyn Store>) {
     place(&store, "P123", 1).await;
     place(&store, "P200", 1).await;
-    let held = store.claim_batch("relay-a", 2, Duration::from_millis(500)).await.unwrap();
+    // A term long enough for a first call on a fresh connection (0.6 s each
+    // for the claim and the renewal on the TDS engine).
+    let term = Duration::from_secs(3);
+    let claimed_at = tokio::time::Instant::now();
+    let held = store.claim_batch("relay-a", 2, term).await.unwrap();
     assert_eq!(held.len(), 2);
     assert_eq!(store.renew_leases("relay-a", Duration::from_secs(60)).await.unwrap(), 2);
     // Past the first term: the renewal holds them.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep_until(claimed_at + term + Duration::from_millis(200)).await;
     assert!(store.claim_batch("relay-b", 10, Duration::from_secs(60)).await.unwrap().is_empty(), "still relay-a's");
     store.mark_published(&[held[0].outbox_id]).await.unwrap();
     place(&store, "P123", 2).await;
