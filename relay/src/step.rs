@@ -50,10 +50,10 @@ pub enum RelayError {
     /// The broker is unreachable or stopped answering; retry later.
     #[error("broker unavailable: {0}")]
     BrokerUnavailable(String),
-    /// The claim took two thirds of the lease, and no renewal since made up
-    /// for it: sent now, the batch could reach the broker after another relay
-    /// had claimed it again, so it was given back.
-    #[error("the claim took {0:?}, two thirds of the lease or more; its rows were given back unsent")]
+    /// The claim took two thirds of the lease, and no renewal reached its
+    /// rows before the lease ran out: sent now, the batch could reach the
+    /// broker after another relay had claimed it again, so it was given back.
+    #[error("the claim took {0:?}, and no renewal reached its rows within their lease; they were given back unsent")]
     LeaseSpent(Duration),
 }
 
@@ -105,6 +105,18 @@ impl Control {
 
     fn set_renewed(&self, at: Option<Instant>) {
         *self.renewed.lock().expect("renewal lock") = at;
+    }
+
+    /// After a renewal that reached every row in hand claimed before
+    /// `covered`, ending now: every row in hand was still leased when it ran
+    /// only if it ended within a lease of the last base (or of `floor`, the
+    /// claim's start, outside a streak), so only then does the base move on.
+    fn advance_renewed(&self, covered: Instant, floor: Instant, lease: Duration) {
+        let mut renewed = self.renewed.lock().expect("renewal lock");
+        let base = renewed.unwrap_or(floor);
+        if Instant::now() < base + lease {
+            *renewed = Some(covered.max(base));
+        }
     }
 
     /// Notes a claim beginning now; it ends when the guard is dropped. A relay
@@ -183,13 +195,37 @@ impl Relay {
     }
 
     /// Sends a claimed batch unless its lease may lapse before the broker
-    /// answers: then nothing is sent, and the caller gives the leases back
-    /// once no batch of this relay is in flight.
+    /// answers. A claim that took two thirds of the lease (a first call on a
+    /// connection, a wait on locks) is renewed at once; when even that renewal
+    /// cannot vouch for its rows, nothing is sent, and the caller gives the
+    /// leases back once no batch of this relay is in flight.
     async fn send_in_lease(&self, rows: Vec<OutboxRow>, claimed_at: Instant) -> Result<Sent, RelayError> {
         if Instant::now() >= self.send_deadline(claimed_at) {
-            return Err(RelayError::LeaseSpent(claimed_at.elapsed()));
+            let renewed = self.renew(claimed_at).await;
+            if let Err(error) = &renewed {
+                tracing::warn!(error = %Report::new(error), "renewing the leases of a slow claim failed");
+            }
+            if renewed.is_err() || Instant::now() >= self.send_deadline(claimed_at) {
+                return Err(RelayError::LeaseSpent(claimed_at.elapsed()));
+            }
         }
         Ok(self.send(rows, claimed_at).await)
+    }
+
+    /// Renews every lease this relay holds, and moves the base its batches'
+    /// budgets count from when the renewal reached them all in time (see
+    /// [`Control::advance_renewed`]); `floor` is the claim in hand's start.
+    async fn renew(&self, floor: Instant) -> Result<u64, StoreError> {
+        let started = Instant::now();
+        // A claim running now may commit after this renewal has read the
+        // outbox (on SQL Server it may wait seconds on locks): its rows
+        // count from their own claim's start, not from this renewal.
+        let claiming = self.control.claiming_since();
+        let renewed = self.store.renew_leases(&self.owner, self.lease).await?;
+        let covered = claiming.map_or(started, |since| since.min(started));
+        self.control.advance_renewed(covered, floor, self.lease);
+        tracing::debug!(renewed, took = ?started.elapsed(), "leases renewed");
+        Ok(renewed)
     }
 
     async fn claim(&self) -> Result<Vec<OutboxRow>, StoreError> {
@@ -469,24 +505,8 @@ impl Relay {
                 _ = done.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let started = Instant::now();
-            // A claim running now may commit after this renewal has read the
-            // outbox (on SQL Server it may wait seconds on locks): its rows
-            // count from their own claim's start, not from this renewal.
-            let claiming = self.control.claiming_since();
-            match self.store.renew_leases(&self.owner, self.lease).await {
-                Ok(renewed) => {
-                    // Every row in hand was still leased when the renewal ran only
-                    // if it ran before the last base plus a lease: only then does
-                    // the base move on (a late renewal may have found one lapsed).
-                    let base = self.control.renewed_at().unwrap_or(started);
-                    if Instant::now() < base + self.lease {
-                        let covered = claiming.map_or(started, |since| since.min(started));
-                        self.control.set_renewed(Some(covered.max(base)));
-                    }
-                    tracing::debug!(renewed, took = ?started.elapsed(), "leases renewed");
-                }
-                Err(error) => tracing::warn!(error = %Report::new(&error), "renewing the leases in hand failed"),
+            if let Err(error) = self.renew(Instant::now()).await {
+                tracing::warn!(error = %Report::new(&error), "renewing the leases in hand failed");
             }
         }
     }
