@@ -16,6 +16,20 @@ use crate::wait_for;
 /// Lease used in tests, so a killed relay's rows come back quickly.
 pub const TEST_LEASE_MS: u64 = 4_000;
 
+/// Lease used in tests on SQL Server. A lease must stay well above the
+/// database's slowest claim (docs/configuration.md): on the TDS engine a claim
+/// from a freshly loaded backlog takes 3-8 s under the suite's load, until the
+/// engine's statistics catch up; with 4 s, a relay gave back claim after claim.
+pub const TEST_MSSQL_LEASE_MS: u64 = 12_000;
+
+/// The test lease for the database at `database_url`.
+pub fn test_lease_ms(database_url: &str) -> u64 {
+    match database_url.starts_with("sqlite:") {
+        true => TEST_LEASE_MS,
+        false => TEST_MSSQL_LEASE_MS,
+    }
+}
+
 /// The operators' token the stack's relays require on their mutating routes.
 pub const TEST_ADMIN_TOKEN: &str = "e2e-operator-token";
 
@@ -77,7 +91,7 @@ impl Stack {
     pub fn relay_config(&self) -> relay::Config {
         let flags = Flags::relay(&self.database_url, &self.broker_url, &self.queue)
             .with("--heartbeat-ms", 1000)
-            .with("--lease-ms", TEST_LEASE_MS)
+            .with("--lease-ms", test_lease_ms(&self.database_url))
             .with("--receipt-timeout-ms", 2500)
             .with("--admin-token", TEST_ADMIN_TOKEN);
         flags.parse().expect("relay test flags")
