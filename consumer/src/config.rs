@@ -58,6 +58,8 @@ mod tests {
             ("--prefetch", wide(&PREFETCH)),
             ("--batch-size", wide(&BATCH)),
             ("--heartbeat-ms", wide(&stomp::HEARTBEAT_MS)),
+            ("--db-connect-timeout-ms", wide(&schema::CONNECT_TIMEOUT_MS_RANGE)),
+            ("--db-command-timeout-ms", wide(&schema::COMMAND_TIMEOUT_MS_RANGE)),
         ];
         walk_numeric_flags::<Config>("consumer", &flags);
     }

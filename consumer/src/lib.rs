@@ -61,7 +61,7 @@ impl Service for App {
     /// retries, so the consumer starts during an outage.
     async fn build(config: Config) -> anyhow::Result<App> {
         let admin = AdminPort::bind(Self::NAME, &config.service, config.admin_addr, schema::round_trips).await?;
-        let url = &config.database.database_url;
+        let url = &config.database.url();
         let store = url.open(schema::Durability::Full).await.with_context(|| format!("connecting to {url}"))?;
         let broker = config.broker.client_config();
         let metrics = Metrics::register(&admin.registry)?;

@@ -80,6 +80,8 @@ mod tests {
             ("--recent-orders", wide(&RECENT_ORDERS)),
             ("--charts-sample-ms", wide(&CHARTS_SAMPLE_MS)),
             ("--stale-published-secs", wide(&schema::STALE_PUBLISHED_SECS)),
+            ("--db-connect-timeout-ms", wide(&schema::CONNECT_TIMEOUT_MS_RANGE)),
+            ("--db-command-timeout-ms", wide(&schema::COMMAND_TIMEOUT_MS_RANGE)),
         ];
         walk_numeric_flags::<Config>("producer", &flags);
     }

@@ -151,7 +151,7 @@ impl Service for App {
     /// loads the catalogue, binds both ports.
     async fn build(config: Config) -> anyhow::Result<App> {
         let admin = AdminPort::bind(Self::NAME, &config.service, config.admin_addr, schema::round_trips).await?;
-        let url = &config.database.database_url;
+        let url = &config.database.url();
         let store = url.open(schema::Durability::Full).await.with_context(|| format!("connecting to {url}"))?;
         let products = store.products().await.context("loading the catalogue")?;
         let http = TcpListener::bind(config.http_addr)

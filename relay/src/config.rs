@@ -205,6 +205,8 @@ mod tests {
             ("--purge-pause-ms", wide(&PURGE_PAUSE_MS)),
             ("--stale-published-secs", wide(&schema::STALE_PUBLISHED_SECS)),
             ("--heartbeat-ms", wide(&stomp::HEARTBEAT_MS)),
+            ("--db-connect-timeout-ms", wide(&schema::CONNECT_TIMEOUT_MS_RANGE)),
+            ("--db-command-timeout-ms", wide(&schema::COMMAND_TIMEOUT_MS_RANGE)),
         ];
         walk_numeric_flags::<Config>("relay", &flags);
     }

@@ -54,7 +54,7 @@ impl Service for App {
         config.check()?;
         let admin = AdminPort::bind(Self::NAME, &config.service, config.admin_addr, schema::round_trips).await?;
         // Its writes are redone anyway (a lost lease lapses, a lost mark resends).
-        let url = &config.database.database_url;
+        let url = &config.database.url();
         let store = url.open(schema::Durability::Relaxed).await.with_context(|| format!("connecting to {url}"))?;
         let broker = config.broker.client_config();
         let publisher: Arc<dyn Publisher> = Arc::new(StompPublisher::new(

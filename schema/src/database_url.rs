@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::mssql::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, Server};
 use crate::{MssqlStore, SqliteStore, Store};
 
 /// The database flag every service has.
@@ -20,6 +21,33 @@ pub struct DatabaseArgs {
     /// `/ ? # @ :` in the password) or an ADO.NET string (`server=tcp:HOST,1433;user=…;password=…`).
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://.orderflow/orderflow.db", value_parser = Parser)]
     pub database_url: DatabaseUrl,
+    /// SQL Server: how long opening a connection (TCP, TLS, login) may take, in ms (100-600000);
+    /// after a failed one, the next is tried after a backoff of 0.1 s doubling to 5 s.
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(CONNECT_TIMEOUT_MS_RANGE))]
+    pub db_connect_timeout_ms: u64,
+    /// SQL Server: how long a call may wait for the server's answer, in ms (100-3600000); past it
+    /// the connection is closed (the server rolls back what it held) and the call is retried as an outage.
+    #[arg(long, env = "DB_COMMAND_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(COMMAND_TIMEOUT_MS_RANGE))]
+    pub db_command_timeout_ms: u64,
+}
+
+/// `DB_CONNECT_TIMEOUT_MS`'s range.
+pub const CONNECT_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=600_000;
+/// `DB_COMMAND_TIMEOUT_MS`'s range.
+pub const COMMAND_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+
+impl DatabaseArgs {
+    /// The URL with the timeouts these flags set.
+    pub fn url(&self) -> DatabaseUrl {
+        let mut url = self.database_url.clone();
+        if let Target::Mssql(server) = &mut url.target {
+            server.connect_timeout = Duration::from_millis(self.db_connect_timeout_ms);
+            server.config.command_timeout(Some(Duration::from_millis(self.db_command_timeout_ms)));
+        }
+        url
+    }
 }
 
 /// Parses the flag without echoing it: clap's own message would print the
@@ -56,7 +84,7 @@ pub struct DatabaseUrl {
 #[derive(Clone)]
 pub(crate) enum Target {
     Sqlite { path: PathBuf, options: SqliteOptions },
-    Mssql(Box<tiberius::Config>),
+    Mssql(Box<Server>),
 }
 
 /// What a `sqlite://` URL may ask for; `None` leaves the backend's default.
@@ -111,8 +139,8 @@ impl DatabaseUrl {
                     .await
                     .with_context(|| format!("opening sqlite database {}", path.display()))?,
             ),
-            Target::Mssql(config) => {
-                Backend::Mssql(MssqlStore::connect((**config).clone()).await.context("connecting to sql server")?)
+            Target::Mssql(server) => {
+                Backend::Mssql(MssqlStore::connect((**server).clone()).await.context("connecting to sql server")?)
             }
         })
     }
@@ -121,7 +149,7 @@ impl DatabaseUrl {
     #[cfg(feature = "testing")]
     pub(crate) fn mssql_config(&self) -> Option<&tiberius::Config> {
         match &self.target {
-            Target::Mssql(config) => Some(config),
+            Target::Mssql(server) => Some(&server.config),
             Target::Sqlite { .. } => None,
         }
     }
@@ -150,8 +178,9 @@ impl FromStr for DatabaseUrl {
             )
         };
         config.application_name("orderflow");
-        config.command_timeout(Some(Duration::from_secs(30)));
-        Ok(Self { target: Target::Mssql(Box::new(config)), shown: redacted(text) })
+        config.command_timeout(Some(COMMAND_TIMEOUT));
+        let server = Server { config, connect_timeout: CONNECT_TIMEOUT };
+        Ok(Self { target: Target::Mssql(Box::new(server)), shown: redacted(text) })
     }
 }
 
@@ -320,8 +349,12 @@ mod tests {
         let url: DatabaseUrl = "mssql://app:p%40ss%2Fw@db:1444/orders?trust_server_certificate=true".parse().unwrap();
         assert!(url.is_mssql());
         assert_eq!(url.to_string(), "mssql://app:***@db:1444/orders?trust_server_certificate=true");
-        let Target::Mssql(config) = url.target else { panic!("mssql") };
-        assert_eq!(config.get_addr(), "db:1444");
+        let Target::Mssql(server) = url.target else { panic!("mssql") };
+        assert_eq!(server.config.get_addr(), "db:1444");
+        assert_eq!(
+            (server.connect_timeout, server.config.get_command_timeout()),
+            (CONNECT_TIMEOUT, Some(COMMAND_TIMEOUT))
+        );
         for bad in ["mssql://db:1433/orders", "mssql://sa:pw@db/orders?tls=maybe"] {
             assert!(bad.parse::<DatabaseUrl>().is_err(), "{bad:?} is refused");
         }

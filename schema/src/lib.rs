@@ -18,7 +18,7 @@ mod store;
 pub mod testing;
 mod timestamps;
 
-pub use database_url::{DatabaseArgs, DatabaseUrl, Durability};
+pub use database_url::{COMMAND_TIMEOUT_MS_RANGE, CONNECT_TIMEOUT_MS_RANGE, DatabaseArgs, DatabaseUrl, Durability};
 pub use incidents::{FailureGroup, IncidentAdmin, ReplayReport, Replayed, Skipped};
 pub use model::{NewOrder, Order, OrderId, OrderStatus, OutboxId, OutboxRow, Product};
 pub(crate) use mssql::MssqlStore;

@@ -115,7 +115,12 @@ pub struct TestDb {
 
 /// Opens the database `url` names (running the migrations) as a store and its probe.
 pub async fn open(url: &str) -> anyhow::Result<TestDb> {
-    Ok(match url.parse::<DatabaseUrl>()?.connect(crate::Durability::Full).await? {
+    open_url(&url.parse()?).await
+}
+
+/// [`open`] for a parsed URL (with the timeouts of a service's flags, say).
+pub async fn open_url(url: &DatabaseUrl) -> anyhow::Result<TestDb> {
+    Ok(match url.connect(crate::Durability::Full).await? {
         Backend::Sqlite(store) => {
             let store = Arc::new(store);
             TestDb { store: store.clone(), probe: store }

@@ -6,6 +6,7 @@
 //! pool; time comes from `SYSUTCDATETIME()`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -39,9 +40,20 @@ pub(crate) mod testing;
 
 use sql::*;
 
+/// Where SQL Server is, and how long opening a connection to it may take
+/// (`DB_CONNECT_TIMEOUT_MS`); how long a call may wait for an answer
+/// (`DB_COMMAND_TIMEOUT_MS`) is the config's command timeout.
+#[derive(Clone)]
+pub(crate) struct Server {
+    pub(crate) config: Config,
+    pub(crate) connect_timeout: Duration,
+}
+
 /// deadpool manager for tiberius connections.
 struct TdsManager {
-    config: Config,
+    server: Server,
+    /// Shared by both pools: after a failed connect, the next waits its turn.
+    gate: Arc<ConnectGate>,
 }
 
 impl managed::Manager for TdsManager {
@@ -49,9 +61,15 @@ impl managed::Manager for TdsManager {
     type Error = tiberius::error::Error;
 
     async fn create(&self) -> TdsResult<TdsClient> {
-        let mut client = open_client(&self.config).await?;
-        client.simple_query(SESSION_SETUP).await?.into_results().await?;
-        Ok(client)
+        self.gate.admit()?;
+        let opened = async {
+            let mut client = open_client(&self.server.config, self.server.connect_timeout).await?;
+            client.simple_query(SESSION_SETUP).await?.into_results().await?;
+            Ok(client)
+        };
+        let opened = opened.await;
+        self.gate.record(opened.is_ok());
+        opened
     }
 
     /// A connection used within the last [`RECHECK_AFTER`] is handed out as it
@@ -69,16 +87,58 @@ impl managed::Manager for TdsManager {
     }
 }
 
-/// How long opening a connection (TCP, TLS, login) may take: a blackholed
-/// host answers "unavailable" instead of hanging the call. Nothing is sent on
-/// a connection before it is open, so cutting it here cannot desynchronise one.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a connection (TCP, TLS, login) may take by default
+/// (`DB_CONNECT_TIMEOUT_MS`): a blackholed host answers "unavailable" instead
+/// of hanging the call. Nothing is sent on a connection before it is open, so
+/// cutting it there cannot desynchronise one.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call may wait for the server's answer by default
+/// (`DB_COMMAND_TIMEOUT_MS`, ADO.NET's own default): past it the connection
+/// is closed, which rolls back what it held, and the call is "unavailable".
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a failed connect, no new one is tried for this long, doubling with
+/// each failure up to [`CONNECT_BACKOFF_MAX`]: during an outage or a failover
+/// the callers get "unavailable" at once instead of a connect each.
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Backs off connecting after a failure (see [`CONNECT_BACKOFF_MIN`]).
+#[derive(Default)]
+struct ConnectGate {
+    /// Failures in a row, and the moment before which no connect is tried.
+    state: std::sync::Mutex<(u32, Option<std::time::Instant>)>,
+}
+
+impl ConnectGate {
+    /// Refuses a connect while the last failure's backoff runs.
+    fn admit(&self) -> TdsResult<()> {
+        let (failures, not_before) = *self.state.lock().expect("connect gate");
+        match not_before.map(|t| t.saturating_duration_since(std::time::Instant::now())) {
+            Some(wait) if !wait.is_zero() => Err(tiberius::error::Error::Io {
+                kind: std::io::ErrorKind::ConnectionRefused,
+                message: format!("{failures} connects in a row failed; the next is tried in {wait:?}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&self, opened: bool) {
+        let mut state = self.state.lock().expect("connect gate");
+        *state = match opened {
+            true => (0, None),
+            false => {
+                let wait = CONNECT_BACKOFF_MIN.saturating_mul(1 << state.0.min(16)).min(CONNECT_BACKOFF_MAX);
+                (state.0 + 1, Some(std::time::Instant::now() + wait))
+            }
+        };
+    }
+}
 /// How long a pooled connection may stay idle and still be handed out unasked.
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// How long a call waits for a pooled connection before "unavailable".
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
-async fn open_client(config: &Config) -> TdsResult<TdsClient> {
+async fn open_client(config: &Config, timeout: Duration) -> TdsResult<TdsClient> {
     // Boxed: the login's TLS handshake is a large future, and every future
     // that waits on a new connection (a pool's `get` inside `with_conn` inside
     // `transaction` ...) would hold a copy of it; unboxed, a debug build ran
@@ -88,11 +148,11 @@ async fn open_client(config: &Config) -> TdsResult<TdsClient> {
         tcp.set_nodelay(true)?;
         Client::connect(config.clone(), tcp.compat_write()).await
     });
-    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+    match tokio::time::timeout(timeout, connect).await {
         Ok(client) => client,
         Err(_) => Err(tiberius::error::Error::Io {
             kind: std::io::ErrorKind::TimedOut,
-            message: format!("no connection to {} within {CONNECT_TIMEOUT:?}", config.get_addr()),
+            message: format!("no connection to {} within {timeout:?}", config.get_addr()),
         }),
     }
 }
@@ -118,15 +178,19 @@ const ORDER_WRITERS: usize = 4;
 
 impl MssqlStore {
     /// Connects, runs the migrations under an application lock, and builds the pool.
-    pub async fn connect(config: Config) -> anyhow::Result<Self> {
-        let mut client = open_client(&config).await.context("opening a connection")?;
+    pub(crate) async fn connect(server: Server) -> anyhow::Result<Self> {
+        // Migrations are not calls: one may rebuild a large table for minutes.
+        let mut unbounded = server.config.clone();
+        unbounded.command_timeout(None);
+        let mut client = open_client(&unbounded, server.connect_timeout).await.context("opening a connection")?;
         client.simple_query(MIGRATION_LOCK).await?.into_results().await.context("taking the migration lock")?;
         let migrated = migrate(&mut client).await;
         client.simple_query(MIGRATION_UNLOCK).await?.into_results().await?;
         migrated?;
         client.close().await?;
-        let pool = pool_of(&config, 16)?;
-        let hot = pool_of(&config, ORDER_WRITERS)?;
+        let gate = Arc::new(ConnectGate::default());
+        let pool = pool_of(&server, &gate, 16)?;
+        let hot = pool_of(&server, &gate, ORDER_WRITERS)?;
         let (orders, queue) = mpsc::channel(1024);
         let writers = orders::Writers::new(queue);
         // The writers get a store whose sender is closed: holding the real one
@@ -192,13 +256,13 @@ async fn run_on<T>(
 /// first (each Babelfish connection parses a statement or compiles a
 /// procedure slowly the first time it meets it, so a few hot connections
 /// beat many lukewarm ones).
-fn pool_of(config: &Config, size: usize) -> anyhow::Result<Pool<TdsManager>> {
-    Ok(Pool::builder(TdsManager { config: config.clone() })
+fn pool_of(server: &Server, gate: &Arc<ConnectGate>, size: usize) -> anyhow::Result<Pool<TdsManager>> {
+    Ok(Pool::builder(TdsManager { server: server.clone(), gate: gate.clone() })
         .max_size(size)
         .queue_mode(deadpool::managed::QueueMode::Lifo)
         .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(POOL_WAIT))
-        .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(1)))
+        .create_timeout(Some(server.connect_timeout + Duration::from_secs(1)))
         .build()?)
 }
 
@@ -257,10 +321,20 @@ enum ErrorClass {
 fn class_of(code: u32) -> ErrorClass {
     match code {
         // 1205 deadlock victim, 1222 lock timeout, 3960 snapshot update conflict;
-        // 233/10053/10054/10060/10061/11001 transport, 4060 cannot open database,
-        // 18456 login failed; 40xxx/49xxx/10928/10929/4221 Azure throttling and failover.
-        1205 | 1222 | 3960 | 233 | 10053 | 10054 | 10060 | 10061 | 11001 | 4060 | 18456 | 4221 | 10928 | 10929
-        | 40143 | 40197 | 40501 | 40613 | 49918 | 49919 | 49920 => ErrorClass::Transient,
+        // 41301/41302/41305/41325/41839 memory-optimized tables' commit conflicts;
+        // 20/64/121/233/10053/10054/10060/10061/11001 transport, 4060 cannot open
+        // database, 18456 login failed, 18401 server in script-upgrade mode.
+        1205 | 1222 | 3960 | 41301 | 41302 | 41305 | 41325 | 41839 | 20 | 64 | 121 | 233 | 10053 | 10054 | 10060
+        | 10061 | 11001 | 4060 | 18456 | 18401 => ErrorClass::Transient,
+        // Azure SQL reconfiguration and throttling (docs/sql-server.md): 40143, 40197,
+        // 40501, 40540, 40613, 49918-49920, 49977, 49983, 10928, 10929, 4221, 615,
+        // 926; serverless or paused pools 42108, 42109.
+        40143 | 40197 | 40501 | 40540 | 40613 | 49918 | 49919 | 49920 | 49977 | 49983 | 10928 | 10929 | 4221 | 615
+        | 926 | 42108 | 42109 => ErrorClass::Transient,
+        // Always On failover: the session reached a replica that is not (or no
+        // longer) the primary (976, 978, 983), or a role change ended its
+        // transaction (3948); reconnecting finds the new primary.
+        976 | 978 | 983 | 3948 => ErrorClass::Transient,
         // Our own THROW: an order moved under every pass of its move (sql.rs); done again.
         50002 => ErrorClass::Transient,
         // Resources and capacity, the state of the server and never of a message:
@@ -580,6 +654,57 @@ mod tests {
             assert_eq!(class_of(code), ErrorClass::Invalid, "{code}");
         }
         assert_eq!(class_of(208), ErrorClass::Other, "invalid object name");
+    }
+
+    #[test]
+    fn microsofts_documented_transient_numbers_are_retried() {
+        // Azure SQL's transient list, the Always On role changes, and the
+        // memory-optimized commit conflicts: each is the server's passing state.
+        let azure = [4060, 4221, 40143, 40197, 40501, 40540, 40613, 49918, 49919, 49920, 10928, 10929, 615, 926];
+        let failover = [976, 978, 983, 3948, 18401, 42108, 42109];
+        let in_memory = [41301, 41302, 41305, 41325, 41839];
+        for code in azure.into_iter().chain(failover).chain(in_memory) {
+            assert_eq!(class_of(code), ErrorClass::Transient, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_backs_off_the_next_and_a_good_one_ends_it() {
+        let gate = ConnectGate::default();
+        gate.admit().expect("the first connect is tried");
+        gate.record(false);
+        let refused = gate.admit().expect_err("within the backoff").to_string();
+        assert!(refused.contains("1 connects in a row failed"), "{refused}");
+        assert!(matches!(map_err(gate.admit().unwrap_err()), StoreError::Unavailable(_)), "an outage, retried");
+        tokio::time::sleep(CONNECT_BACKOFF_MIN).await;
+        gate.admit().expect("tried again after the backoff");
+        gate.record(false);
+        gate.record(false);
+        let waits = gate.state.lock().unwrap().1.unwrap().saturating_duration_since(std::time::Instant::now());
+        assert!(waits > CONNECT_BACKOFF_MIN * 2 && waits <= CONNECT_BACKOFF_MIN * 4, "doubles: {waits:?}");
+        for _ in 0..40 {
+            gate.record(false);
+        }
+        let waits = gate.state.lock().unwrap().1.unwrap().saturating_duration_since(std::time::Instant::now());
+        assert!(waits <= CONNECT_BACKOFF_MAX, "capped: {waits:?}");
+        gate.record(true);
+        gate.admit().expect("a good connect ends the backoff");
+    }
+
+    #[tokio::test]
+    async fn a_blackholed_server_answers_unavailable_within_the_connect_timeout() {
+        // A listener that accepts and never answers the login: the TDS
+        // pre-login waits for ever without a connect timeout.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = Config::new();
+        config.host("127.0.0.1");
+        config.port(silent.local_addr().unwrap().port());
+        config.trust_cert();
+        let started = std::time::Instant::now();
+        let Err(error) = open_client(&config, Duration::from_millis(300)).await else { panic!("no login") };
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(error.to_string().contains("within 300ms"), "{error}");
+        assert!(matches!(map_err(error), StoreError::Unavailable(_)));
     }
 
     #[test]

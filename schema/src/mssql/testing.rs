@@ -15,7 +15,8 @@ use crate::{MssqlStore, OrderId, OrderStatus, OutboxId, Product, StoreError};
 
 use super::sql::*;
 use super::{
-    TdsClient, batch, changed, conn_from, conversion, count, count_moves, exec, open_client, rows, superseded_checksums,
+    CONNECT_TIMEOUT, TdsClient, batch, changed, conn_from, conversion, count, count_moves, exec, open_client, rows,
+    superseded_checksums,
 };
 
 fn count_at(row: &Row, i: usize) -> i64 {
@@ -162,7 +163,7 @@ impl Probe for MssqlStore {
 /// bench's HTTP max on a fresh one from 1,662 to 514 orders/s).
 pub(crate) async fn fresh_database(config: &Config) -> anyhow::Result<String> {
     let name = format!("orderflow_test_{}", Uuid::new_v4().simple());
-    let mut client = open_client(config).await?;
+    let mut client = open_client(config, CONNECT_TIMEOUT).await?;
     // Once per process: the suites create a database for every test.
     static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -194,7 +195,7 @@ async fn drop_stale_databases(client: &mut TdsClient) {
 /// superseded migration, as a database migrated before the replacement holds
 /// them; the number of records changed.
 pub(crate) async fn record_superseded(config: &Config) -> anyhow::Result<u64> {
-    let mut client = open_client(config).await?;
+    let mut client = open_client(config, CONNECT_TIMEOUT).await?;
     let mut records = 0;
     for (version, first, current) in superseded_checksums()? {
         records += changed(&mut client, ACCEPT_SUPERSEDED, &[&first, &version, &current]).await?;

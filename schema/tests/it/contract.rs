@@ -968,6 +968,38 @@ async fn mssql_a_database_that_applied_the_first_v3_still_starts() {
     assert_eq!(schema::testing::record_superseded_migrations(&url).await.unwrap(), 1, "the replacement was recorded");
 }
 
+/// A call the server does not answer within `DB_COMMAND_TIMEOUT_MS` (here
+/// 2 s, below the session's 5 s lock timeout) is an outage: its connection is
+/// closed, which rolls its transaction back, and the next call gets a new one.
+/// (The order is placed and finally applied through a store with the default
+/// bound: on the TDS engine a procedure's first call on a connection compiles it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mssql_server_given), ignore = "TEST_MSSQL_URL is not set: no SQL Server to run against")]
+async fn mssql_a_call_past_the_command_timeout_is_an_outage_and_its_connection_is_replaced() {
+    let url = std::env::var("TEST_MSSQL_URL").expect("TEST_MSSQL_URL names the SQL Server to test against");
+    let url = schema::testing::fresh_mssql_database(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let TestDb { store, probe } = schema::testing::open(&url).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let args = schema::DatabaseArgs {
+        database_url: url.parse().unwrap(),
+        db_connect_timeout_ms: 10_000,
+        db_command_timeout_ms: 2_000,
+    };
+    let bounded = schema::testing::open_url(&args.url()).await.unwrap_or_else(|e| panic!("{e:#}")).store;
+    let id = place(&store, "P123", 2).await;
+    let message = delivery(Some(outbox_of(&store, id).await), Some(id), None);
+    let held = probe.hold_order(id).await.unwrap();
+    let started = Instant::now();
+    let refused = bounded.apply(std::slice::from_ref(&message)).await;
+    let waited = started.elapsed();
+    held.release().await;
+    let error = refused.expect_err("no write gets past the lock");
+    assert!(matches!(error, schema::StoreError::Unavailable(_)), "an outage: {}", Report::new(&error));
+    assert!(waited < Duration::from_millis(4_500), "cut at the command timeout, not the lock timeout: {waited:?}");
+    assert_eq!(bounded.order(id).await.unwrap().status, OrderStatus::Pending, "rolled back, read on a new connection");
+    let applied = store.apply(&[message]).await.unwrap();
+    assert!(matches!(applied[..], [Applied::Processed(_)]), "{applied:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_migrations_are_safe_to_run_concurrently_and_repeatedly() {
     let dir = tempfile::tempdir().unwrap();
