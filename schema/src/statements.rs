@@ -87,7 +87,7 @@ mod tests {
     /// and the replacement of the first V3, a lock on one order's row (SQLite
     /// locks the whole file), and a fresh database with the sweep of those
     /// earlier runs left behind.
-    const MSSQL_ONLY: [&str; 17] = [
+    const MSSQL_ONLY: [&str; 18] = [
         "PLACE_ORDER",
         "BEGIN_AND_INSERT_ORDERS",
         "INSERT_OUTBOX_AND_COMMIT",
@@ -105,6 +105,7 @@ mod tests {
         "CREATE_DATABASE",
         "TEST_STALE_DATABASES",
         "DROP_DATABASE",
+        "TEST_KILL_SESSIONS",
     ];
 
     fn names(table: &[(&'static str, &str)]) -> BTreeSet<&'static str> {

@@ -151,6 +151,12 @@ pub async fn record_superseded_migrations(url: &str) -> anyhow::Result<u64> {
     crate::mssql::testing::record_superseded(&mssql_config(url)?).await
 }
 
+/// Kills every server session the services opened on the SQL Server
+/// database `url` names (a failover as they meet it); answers how many.
+pub async fn kill_mssql_sessions(url: &str) -> anyhow::Result<i64> {
+    crate::mssql::testing::kill_sessions(&mssql_config(url)?).await
+}
+
 /// The SQL Server settings of `url`.
 fn mssql_config(url: &str) -> anyhow::Result<tiberius::Config> {
     url.parse::<DatabaseUrl>()?.mssql_config().cloned().ok_or_else(|| anyhow::anyhow!("not a SQL Server url"))

@@ -17,4 +17,5 @@ mod pipeline;
 mod process;
 mod prometheus;
 mod relay;
+mod sql_server;
 mod traces;

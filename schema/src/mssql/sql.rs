@@ -366,6 +366,13 @@ statements! {
              SELECT outbox_id, order_id, published_at FROM dbo.outbox WHERE order_id >= @P1";
         TEST_CLEAR = "DELETE FROM dbo.inbox; DELETE FROM dbo.outbox_audit; DELETE FROM dbo.outbox; DELETE FROM dbo.orders; \
              UPDATE dbo.order_counts SET n = 0";
+        /// Every server session the services opened on this database, killed
+        /// (a failover as they meet it); answers how many. `KILL` takes no
+        /// variable, so the server builds the statements from the session ids.
+        TEST_KILL_SESSIONS = "DECLARE @n INT, @kill NVARCHAR(MAX); \
+             SELECT @n = COUNT(*), @kill = STRING_AGG(CONCAT(N'KILL ', session_id, N';'), N' ') \
+             FROM sys.dm_exec_sessions WHERE program_name = N'orderflow' AND database_id = DB_ID() AND session_id <> @@SPID; \
+             IF @n > 0 EXEC (@kill); SELECT @n";
         /// A fresh database beside the one tests were given (`@NAME`, a name made
         /// of letters, digits and `_`, is inlined by [`with_name`]).
         CREATE_DATABASE = "CREATE DATABASE @NAME";

@@ -191,6 +191,17 @@ async fn drop_stale_databases(client: &mut TdsClient) {
     }
 }
 
+/// Kills every session the services opened on the database `config` names;
+/// answers how many there were.
+pub(crate) async fn kill_sessions(config: &Config) -> anyhow::Result<i64> {
+    let mut config = config.clone();
+    config.application_name("orderflow-test");
+    let mut client = open_client(&config, CONNECT_TIMEOUT).await?;
+    let killed = count(&super::batch_rows(&mut client, TEST_KILL_SESSIONS).await?);
+    client.close().await?;
+    Ok(killed)
+}
+
 /// Records on the migrated database `config` names the first text of every
 /// superseded migration, as a database migrated before the replacement holds
 /// them; the number of records changed.

@@ -1,0 +1,66 @@
+//! SQL Server's own failures as the services meet them, under a steady load:
+//! every server session killed, as a failover does. Runs when
+//! `TEST_DATABASE_URL` names SQL Server (the TDS engine here); on SQLite it is
+//! reported as ignored.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::broker::shared_broker_url;
+use e2e::stack::Stack;
+use e2e::wait_for;
+use serde_json::json;
+
+/// Places `n` orders, one each `every`, each retried with its own
+/// idempotency key until it is accepted: a 503 during an outage is the
+/// client's cue to send the same order again, never a lost one.
+fn place_retrying(stack: &Arc<Stack>, n: usize, every: Duration) -> tokio::task::JoinHandle<()> {
+    let stack = stack.clone();
+    tokio::spawn(async move {
+        let mut pace = tokio::time::interval(every);
+        for i in 0..n {
+            pace.tick().await;
+            let body = json!({"customer_name": format!("Failover {i}"), "product_id": "P123", "quantity": 2});
+            let key = format!("failover-{i}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match stack.post_json(&body, Some(&key)).await {
+                    (200 | 201, _) => break,
+                    (503, _) => assert!(Instant::now() < deadline, "order {i} still refused after 60 s"),
+                    (status, answer) => panic!("order {i}: {status} {answer}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mssql_database), ignore = "TEST_DATABASE_URL names no SQL Server")]
+async fn every_server_session_killed_under_load_loses_nothing_and_the_services_are_ready_within_15_s() {
+    let stack = Arc::new(Stack::start(&shared_broker_url()).await);
+    let orders = 300;
+    let load = place_retrying(&stack, orders, Duration::from_millis(20));
+    wait_for("orders flowing", Duration::from_secs(60), || async {
+        (stack.tally().await.processed >= 20).then_some(())
+    })
+    .await;
+    let killed = schema::testing::kill_mssql_sessions(&stack.database_url).await.unwrap();
+    let at = Instant::now();
+    assert!(killed >= 3, "each service had a session: {killed} killed");
+    let services = [&stack.producer, stack.relay.as_ref().unwrap(), stack.consumer.as_ref().unwrap()];
+    wait_for("every service ready again", Duration::from_secs(15), || async {
+        for service in services {
+            if service.admin_get("/readyz").await.0 != 200 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    eprintln!("{killed} sessions killed; every service ready {:?} after", at.elapsed());
+    load.await.unwrap();
+    stack.wait_until_settled(orders as i64, Duration::from_secs(120)).await;
+    stack.assert_all_processed_exactly_once(orders as i64).await;
+    Arc::into_inner(stack).expect("no other owner").shutdown().await;
+}
