@@ -50,7 +50,7 @@ async fn sigterm_during_a_batch_marks_it_and_leaves_no_lease() {
     let stack = Stack::start_producer(&shared_broker_url()).await;
     stack.fill_outbox(20_000, 0).await;
     let relay = stack.start_relay().await;
-    wait_for("publishing under way", Duration::from_secs(30), || async {
+    wait_for("publishing under way", Duration::from_secs(90), || async {
         (stack.tally().await.published_rows > 0).then_some(())
     })
     .await;

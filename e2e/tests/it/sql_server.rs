@@ -1,7 +1,10 @@
 //! SQL Server's own failures as the services meet them, under a steady load:
-//! every server session killed, as a failover does. Runs when
-//! `TEST_DATABASE_URL` names SQL Server (the TDS engine here); on SQLite it is
-//! reported as ignored.
+//! every server session killed, as a failover does; the server stopped for
+//! 10 s and started again. Runs when `TEST_DATABASE_URL` names SQL Server
+//! (the TDS engine here); on SQLite it is reported as ignored. Stopping the
+//! server also takes the commands to do it (`TEST_MSSQL_STOP`,
+//! `TEST_MSSQL_START`, run by `sh -c`), and every other test's sessions with
+//! it: run that test alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +62,51 @@ async fn every_server_session_killed_under_load_loses_nothing_and_the_services_a
     })
     .await;
     eprintln!("{killed} sessions killed; every service ready {:?} after", at.elapsed());
+    load.await.unwrap();
+    stack.wait_until_settled(orders as i64, Duration::from_secs(120)).await;
+    stack.assert_all_processed_exactly_once(orders as i64).await;
+    Arc::into_inner(stack).expect("no other owner").shutdown().await;
+}
+
+/// Runs the shell command the environment variable `var` holds.
+fn run_command(var: &str) {
+    let command = std::env::var(var).unwrap_or_else(|_| panic!("{var} holds the command"));
+    let status = std::process::Command::new("sh").arg("-c").arg(&command).status().unwrap();
+    assert!(status.success(), "{var} ({command}) failed: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stops the SQL Server every test uses: run alone, with TEST_MSSQL_STOP and TEST_MSSQL_START set"]
+async fn the_server_stopped_for_10_s_under_load_loses_nothing_and_the_services_are_ready_within_15_s_of_its_return() {
+    let stack = Arc::new(Stack::start(&shared_broker_url()).await);
+    let orders = 300;
+    let load = place_retrying(&stack, orders, Duration::from_millis(30));
+    wait_for("orders flowing", Duration::from_secs(60), || async {
+        (stack.tally().await.processed >= 20).then_some(())
+    })
+    .await;
+    run_command("TEST_MSSQL_STOP");
+    let stopped = Instant::now();
+    wait_for("the outage reported, naming the database", Duration::from_secs(8), || async {
+        let (status, readiness) = stack.producer.admin_get("/readyz").await;
+        (status == 503 && readiness.to_string().contains("database")).then_some(())
+    })
+    .await;
+    // The outage itself lasts ten seconds: a scenario length, not a wait for a condition.
+    tokio::time::sleep_until((stopped + Duration::from_secs(10)).into()).await;
+    run_command("TEST_MSSQL_START");
+    let at = Instant::now();
+    let services = [&stack.producer, stack.relay.as_ref().unwrap(), stack.consumer.as_ref().unwrap()];
+    wait_for("every service ready again", Duration::from_secs(15), || async {
+        for service in services {
+            if service.admin_get("/readyz").await.0 != 200 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    eprintln!("every service ready {:?} after the server's return", at.elapsed());
     load.await.unwrap();
     stack.wait_until_settled(orders as i64, Duration::from_secs(120)).await;
     stack.assert_all_processed_exactly_once(orders as i64).await;

@@ -369,8 +369,8 @@ statements! {
         /// Every server session the services opened on this database, killed
         /// (a failover as they meet it); answers how many. `KILL` takes no
         /// variable, so the server builds the statements from the session ids.
-        TEST_KILL_SESSIONS = "DECLARE @n INT, @kill NVARCHAR(MAX); \
-             SELECT @n = COUNT(*), @kill = STRING_AGG(CONCAT(N'KILL ', session_id, N';'), N' ') \
+        TEST_KILL_SESSIONS = "DECLARE @n BIGINT, @kill NVARCHAR(MAX); \
+             SELECT @n = COUNT_BIG(*), @kill = STRING_AGG(CONCAT(N'KILL ', session_id, N';'), N' ') \
              FROM sys.dm_exec_sessions WHERE program_name = N'orderflow' AND database_id = DB_ID() AND session_id <> @@SPID; \
              IF @n > 0 EXEC (@kill); SELECT @n";
         /// A fresh database beside the one tests were given (`@NAME`, a name made
