@@ -38,19 +38,19 @@ fn place_retrying(stack: &Arc<Stack>, n: usize, every: Duration) -> tokio::task:
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(mssql_database), ignore = "TEST_DATABASE_URL names no SQL Server")]
-async fn every_server_session_killed_under_load_loses_nothing_and_the_services_are_ready_within_15_s() {
+/// Places 300 orders, one each `every`; once 20 are processed runs `fault`
+/// (which says what it did), then checks that every service is ready within
+/// 15 s of its end and that every order is processed exactly once.
+async fn under_load(every: Duration, fault: impl AsyncFnOnce(&Stack) -> String) {
     let stack = Arc::new(Stack::start(&shared_broker_url()).await);
     let orders = 300;
-    let load = place_retrying(&stack, orders, Duration::from_millis(20));
+    let load = place_retrying(&stack, orders, every);
     wait_for("orders flowing", Duration::from_secs(60), || async {
         (stack.tally().await.processed >= 20).then_some(())
     })
     .await;
-    let killed = schema::testing::kill_mssql_sessions(&stack.database_url).await.unwrap();
+    let done = fault(&stack).await;
     let at = Instant::now();
-    assert!(killed >= 3, "each service had a session: {killed} killed");
     let services = [&stack.producer, stack.relay.as_ref().unwrap(), stack.consumer.as_ref().unwrap()];
     wait_for("every service ready again", Duration::from_secs(15), || async {
         for service in services {
@@ -61,11 +61,22 @@ async fn every_server_session_killed_under_load_loses_nothing_and_the_services_a
         Some(())
     })
     .await;
-    eprintln!("{killed} sessions killed; every service ready {:?} after", at.elapsed());
+    eprintln!("{done}; every service ready {:?} after", at.elapsed());
     load.await.unwrap();
     stack.wait_until_settled(orders as i64, Duration::from_secs(120)).await;
     stack.assert_all_processed_exactly_once(orders as i64).await;
     Arc::into_inner(stack).expect("no other owner").shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(mssql_database), ignore = "TEST_DATABASE_URL names no SQL Server")]
+async fn every_server_session_killed_under_load_loses_nothing_and_the_services_are_ready_within_15_s() {
+    under_load(Duration::from_millis(20), async |stack| {
+        let killed = schema::testing::kill_mssql_sessions(&stack.database_url).await.unwrap();
+        assert!(killed >= 3, "each service had a session: {killed} killed");
+        format!("{killed} sessions killed")
+    })
+    .await;
 }
 
 /// Runs the shell command the environment variable `var` holds.
@@ -78,37 +89,18 @@ fn run_command(var: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "stops the SQL Server every test uses: run alone, with TEST_MSSQL_STOP and TEST_MSSQL_START set"]
 async fn the_server_stopped_for_10_s_under_load_loses_nothing_and_the_services_are_ready_within_15_s_of_its_return() {
-    let stack = Arc::new(Stack::start(&shared_broker_url()).await);
-    let orders = 300;
-    let load = place_retrying(&stack, orders, Duration::from_millis(30));
-    wait_for("orders flowing", Duration::from_secs(60), || async {
-        (stack.tally().await.processed >= 20).then_some(())
+    under_load(Duration::from_millis(30), async |stack| {
+        run_command("TEST_MSSQL_STOP");
+        let stopped = Instant::now();
+        wait_for("the outage reported, naming the database", Duration::from_secs(8), || async {
+            let (status, readiness) = stack.producer.admin_get("/readyz").await;
+            (status == 503 && readiness.to_string().contains("database")).then_some(())
+        })
+        .await;
+        // The outage itself lasts ten seconds: a scenario length, not a wait for a condition.
+        tokio::time::sleep_until((stopped + Duration::from_secs(10)).into()).await;
+        run_command("TEST_MSSQL_START");
+        "the server stopped for 10 s and started".to_string()
     })
     .await;
-    run_command("TEST_MSSQL_STOP");
-    let stopped = Instant::now();
-    wait_for("the outage reported, naming the database", Duration::from_secs(8), || async {
-        let (status, readiness) = stack.producer.admin_get("/readyz").await;
-        (status == 503 && readiness.to_string().contains("database")).then_some(())
-    })
-    .await;
-    // The outage itself lasts ten seconds: a scenario length, not a wait for a condition.
-    tokio::time::sleep_until((stopped + Duration::from_secs(10)).into()).await;
-    run_command("TEST_MSSQL_START");
-    let at = Instant::now();
-    let services = [&stack.producer, stack.relay.as_ref().unwrap(), stack.consumer.as_ref().unwrap()];
-    wait_for("every service ready again", Duration::from_secs(15), || async {
-        for service in services {
-            if service.admin_get("/readyz").await.0 != 200 {
-                return None;
-            }
-        }
-        Some(())
-    })
-    .await;
-    eprintln!("every service ready {:?} after the server's return", at.elapsed());
-    load.await.unwrap();
-    stack.wait_until_settled(orders as i64, Duration::from_secs(120)).await;
-    stack.assert_all_processed_exactly_once(orders as i64).await;
-    Arc::into_inner(stack).expect("no other owner").shutdown().await;
 }
