@@ -61,7 +61,7 @@ async fn sigterm_during_a_batch_marks_it_and_leaves_no_lease() {
 
     // A successor finishes the rest; the queue then holds each row exactly once.
     let successor = stack.start_relay().await;
-    wait_unpublished(&stack, 0, Duration::from_secs(60)).await;
+    wait_unpublished(&stack, 0, Duration::from_secs(180)).await;
     successor.stop().await.unwrap();
     assert_distinct(&stack.read_queue(Duration::from_secs(2)).await, 20_000);
     stack.shutdown().await;
