@@ -215,7 +215,7 @@ impl Relay {
     /// Renews every lease this relay holds, and moves the base its batches'
     /// budgets count from when the renewal reached them all in time (see
     /// [`Control::advance_renewed`]); `floor` is the claim in hand's start.
-    async fn renew(&self, floor: Instant) -> Result<u64, StoreError> {
+    async fn renew(&self, floor: Instant) -> Result<(), StoreError> {
         let started = Instant::now();
         // A claim running now may commit after this renewal has read the
         // outbox (on SQL Server it may wait seconds on locks): its rows
@@ -225,7 +225,7 @@ impl Relay {
         let covered = claiming.map_or(started, |since| since.min(started));
         self.control.advance_renewed(covered, floor, self.lease);
         tracing::debug!(renewed, took = ?started.elapsed(), "leases renewed");
-        Ok(renewed)
+        Ok(())
     }
 
     async fn claim(&self) -> Result<Vec<OutboxRow>, StoreError> {

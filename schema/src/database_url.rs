@@ -23,12 +23,12 @@ pub struct DatabaseArgs {
     pub database_url: DatabaseUrl,
     /// SQL Server: how long opening a connection (TCP, TLS, login) may take, in ms (100-600000);
     /// after a failed one, the next is tried after a backoff of 0.1 s doubling to 5 s.
-    #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value_t = 10_000,
+    #[arg(long, env = "DB_CONNECT_TIMEOUT_MS", default_value_t = CONNECT_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(CONNECT_TIMEOUT_MS_RANGE))]
     pub db_connect_timeout_ms: u64,
     /// SQL Server: how long a call may wait for the server's answer, in ms (100-3600000); past it
     /// the connection is closed (the server rolls back what it held) and the call is retried as an outage.
-    #[arg(long, env = "DB_COMMAND_TIMEOUT_MS", default_value_t = 30_000,
+    #[arg(long, env = "DB_COMMAND_TIMEOUT_MS", default_value_t = COMMAND_TIMEOUT.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(COMMAND_TIMEOUT_MS_RANGE))]
     pub db_command_timeout_ms: u64,
 }

@@ -448,12 +448,19 @@ async fn a_renewal_that_ran_beside_a_claim_does_not_stretch_that_claims_lease() 
     running.await.unwrap();
 }
 
+/// A relay with a 600 ms lease whose claims answer `late` after leasing, its
+/// broker confirming every message.
+async fn with_slow_claims(late: Duration) -> (Relay, Arc<dyn Store>, Arc<FakeBroker>, tempfile::TempDir) {
+    let broker = FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)]);
+    let (mut relay, store, dir) = setup(broker.clone()).await;
+    relay.lease = Duration::from_millis(600);
+    relay.store = Gated::slow_claims(store.clone(), late);
+    (relay, store, broker, dir)
+}
+
 #[tokio::test]
 async fn a_claim_that_took_two_thirds_of_the_lease_is_renewed_and_sent() {
-    let broker = FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)]);
-    let (mut relay, store, _dir) = setup(broker.clone()).await;
-    relay.lease = Duration::from_millis(600);
-    relay.store = Gated::slow_claims(store.clone(), Duration::from_millis(450));
+    let (relay, store, broker, _dir) = with_slow_claims(Duration::from_millis(450)).await;
     let order = place(&store, "P123").await;
     let report = relay.relay_once().await.unwrap();
     assert_eq!((report.claimed, report.published), (1, 1));
@@ -462,10 +469,7 @@ async fn a_claim_that_took_two_thirds_of_the_lease_is_renewed_and_sent() {
 
 #[tokio::test]
 async fn a_claim_that_outlasted_its_lease_gives_its_batch_back_unsent() {
-    let broker = FakeBroker::new(vec![Box::new(|_| Outcome::Confirmed)]);
-    let (mut relay, store, _dir) = setup(broker.clone()).await;
-    relay.lease = Duration::from_millis(600);
-    relay.store = Gated::slow_claims(store.clone(), Duration::from_millis(700));
+    let (relay, store, broker, _dir) = with_slow_claims(Duration::from_millis(700)).await;
     place(&store, "P123").await;
     let error = relay.relay_once().await.unwrap_err();
     assert!(matches!(error, RelayError::LeaseSpent(_)), "{error}");
