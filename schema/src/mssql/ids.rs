@@ -6,8 +6,10 @@
 //! first, then 8-9, 7-6, 5-4 and 3-0 last ("Comparing GUID and uniqueidentifier
 //! Values", learn.microsoft.com/dotnet/framework/data/adonet/sql/comparing-guid-and-uniqueidentifier-values;
 //! `SqlGuid.CompareTo` implements the same order over .NET's byte layout). A
-//! UUIDv7 keeps its clock in bytes 0-5 and randomness in 10-15, so under that
-//! order each new row lands on a random page of the clustered index.
+//! UUIDv7 keeps its clock in bytes 0-5 and random bits in 10-15 (the uuid
+//! crate puts there the low bits of a counter it reseeds at random every
+//! millisecond), so under that order each new row lands on a random page of
+//! the clustered index.
 //!
 //! Invariant: ids made by one process ascend strictly in SQL Server's order,
 //! each later than the one before, even when the clock steps back. They are
@@ -170,7 +172,18 @@ mod tests {
 
     #[test]
     fn uuid_v7_ids_made_in_sequence_do_not_ascend_in_sql_server_order() {
-        let ids: Vec<Uuid> = (0..1_000).map(|_| OutboxId::new().0).collect();
+        // Within one millisecond the uuid crate's counter ascends in bytes
+        // 10-11 too; it is reseeded at random in each new one. Over 64
+        // milliseconds v7 ids ascend in SQL Server's order by chance about
+        // once in 2^64 runs.
+        let millis = |id: &Uuid| id.as_bytes()[..6].to_vec();
+        let mut ids = vec![OutboxId::new().0];
+        let mut crossed = 0;
+        while crossed < 64 {
+            let id = OutboxId::new().0;
+            crossed += usize::from(millis(&id) != millis(&ids[ids.len() - 1]));
+            ids.push(id);
+        }
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "they ascend byte by byte, as SQLite compares");
         assert!(!ascend_strictly(&ids));
     }
