@@ -62,6 +62,13 @@ pub(crate) fn decide(order: &OrderFacts, first_delivery: bool) -> Decision {
     if !first_delivery || order.status.is_final() {
         return Decision::Duplicate;
     }
+    verdict(order)
+}
+
+/// What a first delivery does to `order` while it is not final: fail it for
+/// an unknown product, or price it. (SQL Server's batch call takes this for
+/// every message and re-checks the status itself, `mssql/processing.rs`.)
+pub(crate) fn verdict(order: &OrderFacts) -> Decision {
     match order.list_price {
         None => Decision::Fail(
             truncate_utf16(&format!("unknown product {}", order.product_id), FAILURE_REASON_UNITS).to_string(),

@@ -64,37 +64,41 @@ mod tests {
     use std::collections::BTreeSet;
 
     /// SQLite's own statements: savepoints for its group commit (SQL Server
-    /// places a group in procedures); an order inserted alone, and moved to
-    /// `published` apart from its outbox row (SQL Server's procedures do
-    /// either with the other); the status an order leaves read before it is
-    /// failed (SQL Server's move says it, pass by pass); a WAL checkpoint; the
-    /// clock read once per transaction (SQL Server's procedures read it).
-    const SQLITE_ONLY: [&str; 8] = [
+    /// places a group in one procedure call); an order inserted alone, and
+    /// moved to `published` apart from its outbox row (SQL Server's
+    /// procedures do either with the other); the consumer's message-by-message
+    /// steps (SQL Server applies a batch in one call); the status an order
+    /// leaves read before it is failed; a WAL checkpoint; the clock read once
+    /// per transaction (SQL Server's procedures read it).
+    const SQLITE_ONLY: [&str; 14] = [
         "CLOCK",
         "SAVEPOINT",
         "RELEASE_SAVEPOINT",
         "ROLLBACK_TO_SAVEPOINT",
         "INSERT_ORDER",
         "MARK_ORDER_PUBLISHED",
+        "ORDER_FOR_PRICING",
+        "OWN_MESSAGE",
+        "RECORD_INBOX",
+        "MARK_PROCESSED",
+        "MARK_FAILED",
+        "RECORD_DEAD_LETTER",
         "OPEN_STATUS",
         "TEST_CHECKPOINT",
     ];
 
-    /// SQL Server's own statements: procedures and batches that stand for
-    /// several statements (placing, the consumer's set-based batch), a text
-    /// that avoids a NULL parameter, transactions and session control (SQLite
-    /// has rusqlite's transaction), the migration lock (SQLite locks a file)
-    /// and the replacement of the first V3, a lock on one order's row (SQLite
-    /// locks the whole file), and a fresh database with the sweep of those
-    /// earlier runs left behind.
-    const MSSQL_ONLY: [&str; 18] = [
-        "PLACE_ORDER",
-        "BEGIN_AND_INSERT_ORDERS",
-        "INSERT_OUTBOX_AND_COMMIT",
+    /// SQL Server's own statements: the procedure calls that stand for
+    /// several statements (placing a group, the consumer's facts and batch),
+    /// a text that avoids a NULL parameter, transactions and session control
+    /// (SQLite has rusqlite's transaction), the migration lock (SQLite locks a
+    /// file) and the replacement of the first V3, a lock on one order's row
+    /// (SQLite locks the whole file), and a fresh database with the sweep of
+    /// those earlier runs left behind.
+    const MSSQL_ONLY: [&str; 15] = [
+        "PLACE_ORDERS",
         "INSERT_OUTBOX_NOW",
         "ORDER_FACTS",
-        "BEGIN_AND_MARK_PROCESSED",
-        "RECORD_BATCH",
+        "APPLY_BATCH",
         "RESET_SESSION",
         "BEGIN",
         "COMMIT",

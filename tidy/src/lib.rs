@@ -97,6 +97,97 @@ fn no_sql_string_lives_outside_the_statement_tables() {
 }
 
 #[test]
+fn no_sql_text_is_built_from_a_value() {
+    let tables: Vec<PathBuf> = STATEMENT_TABLES.iter().map(|t| root().join(t)).collect();
+    let names: BTreeSet<String> = tables.iter().flat_map(|t| statement_names(&read(t))).collect();
+    let mut offenders = Vec::new();
+    for path in tables.iter() {
+        for (n, marker) in template_markers(&read(path)) {
+            offenders.push(format!(
+                "{}:{}: a statement holds {marker}, a place a value is put into",
+                shown(path),
+                n + 1
+            ));
+        }
+    }
+    for path in files("rs").into_iter().filter(|p| !is_test_file(p)) {
+        for (n, what) in built_statements(&read(&path), &names) {
+            offenders.push(format!("{}:{}: {what}", shown(&path), n + 1));
+        }
+    }
+    fail_on(
+        "SQL text built from a value (a statement formatted, replaced into or appended to)",
+        "send every value as a parameter (`@P1`, `?1`); several rows go as one JSON or list parameter that a \
+         procedure reads, its texts carried (`schema/src/mssql/carried.rs`)",
+        offenders,
+    );
+}
+
+/// The names a statement table declares (`NAME = ...` inside `statements!`).
+fn statement_names(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .filter_map(|line| line.trim_start().split_once(" = ").map(|(name, _)| name))
+        .filter(|name| name.len() > 1 && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The lines of a statement table's code holding a template marker: an
+/// `@` followed by an upper-case word that is no parameter (`@P1`), such as
+/// `@JSON` or `@LIMIT`, which only a text replacement can fill.
+fn template_markers(table: &str) -> Vec<(usize, String)> {
+    code_lines(table)
+        .filter(|(_, line)| !line.trim_start().starts_with("//"))
+        .flat_map(|(n, line)| {
+            line.match_indices('@')
+                .filter(|(at, _)| !line[..*at].ends_with('@'))
+                .filter_map(|(at, _)| {
+                    let word: String =
+                        line[at + 1..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    let parameter =
+                        word.strip_prefix('P').is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()));
+                    let upper = word.len() > 1 && word.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+                    (upper && !parameter).then(|| format!("@{word}"))
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(move |marker| (n, marker))
+        })
+        .collect()
+}
+
+/// The lines of a Rust file's code (before its unit tests) that build a
+/// string from a statement: a statement constant (one of `names`) on the
+/// same line as `format!`, `.replace(`, `.replacen(`, `push_str(` or `+ &`.
+fn built_statements(text: &str, names: &BTreeSet<String>) -> Vec<(usize, String)> {
+    const BUILDERS: [&str; 6] = ["format!(", "write!(", ".replace(", ".replacen(", "push_str(", " + &"];
+    code_lines(text)
+        .filter(|(_, line)| !line.trim_start().starts_with("//"))
+        .filter_map(|(n, line)| {
+            let builder = BUILDERS.iter().find(|b| line.contains(**b))?;
+            let named = names.iter().find(|name| {
+                line.match_indices(name.as_str()).any(|(at, _)| {
+                    let before = line[..at].chars().next_back();
+                    let after = line[at + name.len()..].chars().next();
+                    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                    !word(before) && !word(after)
+                })
+            })?;
+            Some((n, format!("{named} goes through `{}`", builder.trim())))
+        })
+        .collect()
+}
+
+/// A file's lines of code, numbered from 0: those before its unit tests.
+fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let tests = |w: &[&str]| w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod tests");
+    let code = lines.windows(2).position(tests).unwrap_or(lines.len());
+    lines.into_iter().take(code).enumerate()
+}
+
+#[test]
 fn every_contract_test_runs_on_both_backends() {
     let dir = root().join("schema/tests/it");
     let contract = read(&dir.join("contract.rs"));
@@ -296,4 +387,38 @@ mod tests {
     assert_eq!(sql_strings(sample), [(3, "DELETE"), (4, "SELECT"), (5, "BEGIN"), (6, "ROLLBACK"), (9, "UPDATE")]);
     assert!(is_test_file(&root().join("schema/tests/it/contract.rs")));
     assert!(!is_test_file(&root().join("schema/src/sqlite/outbox.rs")));
+}
+
+#[test]
+fn sql_built_from_a_value_is_found_on_a_planted_sample() {
+    // The shapes this workspace once had (`mssql/sql.rs` before issue 40).
+    let table = r#"//! A statement table.
+statements! {
+    /// Inlined by `with_json`: @JSON is replaced.
+    BEGIN_AND_INSERT_ORDERS = "BEGIN TRANSACTION; EXEC dbo.insert_orders @JSON";
+    PURGE = "DELETE FROM dbo.outbox WHERE outbox_id IN (SELECT TOP (@LIMIT) p.outbox_id FROM dbo.outbox p)";
+    PLACE_ORDER = "EXEC dbo.place_order @P1, @P2; SELECT @@SPID, @cutoff";
+}
+pub(super) fn with_json(sql: &str, json: &str) -> String {
+    sql.replace("@JSON", &format!("N'{}'", json.replace('\'', "''")))
+}
+fn place_calls_sql(n: usize) -> String {
+    (0..n).map(|i| PLACE_ORDER.replace("@P1", &format!("@P{i}"))).collect()
+}
+fn fine(client: &mut Client) {
+    exec(client, PLACE_ORDER, &[&name]).await?;
+    let note = format!("placed {n} orders");
+}
+#[cfg(test)]
+mod tests {
+    fn expand() -> String { format!("{PLACE_ORDER}; {PURGE}") }
+}
+"#;
+    let names: BTreeSet<String> = statement_names(table).into_iter().collect();
+    assert_eq!(names, BTreeSet::from(["BEGIN_AND_INSERT_ORDERS", "PURGE", "PLACE_ORDER"].map(String::from)));
+    let markers = [(3, "@JSON"), (4, "@LIMIT"), (8, "@JSON")].map(|(n, m)| (n, m.to_string()));
+    assert_eq!(template_markers(table), markers, "in statements and in the code that fills them");
+    let built: Vec<usize> = built_statements(table, &names).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(built, [11], "PLACE_ORDER replaced into; with_json's own line names no statement");
+    assert_eq!(template_markers("    A = \"SELECT @P10, @@TRANCOUNT, @n\";"), []);
 }

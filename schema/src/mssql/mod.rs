@@ -30,6 +30,8 @@ mod migrations {
 type TdsClient = Client<Compat<TcpStream>>;
 type TdsResult<T> = Result<T, tiberius::error::Error>;
 
+mod carried;
+mod ids;
 mod incidents;
 mod orders;
 mod outbox;
@@ -160,21 +162,13 @@ async fn open_client(config: &Config, timeout: Duration) -> TdsResult<TdsClient>
 /// The production backend.
 #[derive(Clone)]
 pub struct MssqlStore {
+    /// One pool for every call. Its most recently used connections go out
+    /// first, so the few that carry the load are the ones that have met the
+    /// procedures (Babelfish compiles one on each connection's first call).
     pool: Pool<TdsManager>,
-    /// The connections that call the per-batch procedures (placing, the
-    /// relay's claim and confirmation, the consumer's batch): at most
-    /// [`ORDER_WRITERS`], so each compiles them once. Babelfish compiles a
-    /// procedure on each connection's first call (0.3-0.8 s of its CPU); from
-    /// the shared pool, sixteen connections met them for the first time one
-    /// by one, for minutes (a quarter of the producer's server time at 500/s).
-    hot: Pool<TdsManager>,
     /// Orders to place, committed in groups by [`orders::place_orders`].
     orders: mpsc::Sender<orders::PlaceRequest>,
 }
-
-/// Group-commit writers: while some commit, the next group gathers. Measured
-/// on Babelfish at 500 orders/s: HTTP p99 32 ms with four, 644 ms with two.
-const ORDER_WRITERS: usize = 4;
 
 impl MssqlStore {
     /// Connects, runs the migrations under an application lock, and builds the pool.
@@ -190,34 +184,20 @@ impl MssqlStore {
         client.close().await?;
         let gate = Arc::new(ConnectGate::default());
         let pool = pool_of(&server, &gate, 16)?;
-        let hot = pool_of(&server, &gate, ORDER_WRITERS)?;
         let (orders, queue) = mpsc::channel(1024);
-        let writers = orders::Writers::new(queue);
-        // The writers get a store whose sender is closed: holding the real one
-        // would keep them alive forever.
+        // The writer gets a store whose sender is closed: holding the real one
+        // would keep it alive forever.
         let (closed, _) = mpsc::channel(1);
-        for _ in 0..ORDER_WRITERS {
-            let store = Self { pool: pool.clone(), hot: hot.clone(), orders: closed.clone() };
-            tokio::spawn(orders::place_orders(store, writers.clone()));
-        }
-        Ok(Self { pool, hot, orders })
+        tokio::spawn(orders::place_orders(Self { pool: pool.clone(), orders: closed }, queue));
+        Ok(Self { pool, orders })
     }
 
-    /// Runs `f` on a connection of the shared pool: reads, and writes of one
-    /// statement (mirrors `SqliteStore::with_conn`).
+    /// Runs `f` on a connection of the pool (mirrors `SqliteStore::with_conn`).
     async fn with_conn<T>(
         &self,
         f: impl AsyncFnOnce(&mut TdsClient) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         run_on(&self.pool, f).await
-    }
-
-    /// [`MssqlStore::with_conn`] on the [`MssqlStore::hot`] pool, for the per-batch procedures.
-    async fn with_hot_conn<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut TdsClient) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        run_on(&self.hot, f).await
     }
 
     /// Runs `f` in one transaction, committed when `f` succeeds; after any
@@ -560,8 +540,8 @@ async fn rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsRe
     client.query(sql, params).await?.into_first_result().await
 }
 
-/// The rows of every result set a batch returns, in order (a move's passes,
-/// `sql.rs`, each return their own).
+/// The rows of every result set a call returns, in order (a procedure may
+/// answer with several).
 async fn all_rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<Vec<Row>> {
     check_params(sql, params)?;
     round_trip();
@@ -593,8 +573,8 @@ async fn batch(client: &mut TdsClient, sql: &str) -> TdsResult<()> {
     batch_rows(client, sql).await.map(drop)
 }
 
-/// A SQL batch (no parameters: what it holds is inlined by `with_json` and
-/// `with_integers`), with the rows of every result set it returns.
+/// A SQL batch that takes no value (session control, transactions, the test
+/// probe's fixed statements), with the rows of every result set it returns.
 async fn batch_rows(client: &mut TdsClient, sql: &str) -> TdsResult<Vec<Row>> {
     round_trip();
     Ok(client.simple_query(sql).await?.into_results().await?.into_iter().flatten().collect())

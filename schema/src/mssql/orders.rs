@@ -4,15 +4,11 @@
 //! failure never undoes another's ([`place_orders`]); a replayed idempotency key
 //! returns the first order, also when two requests race.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use tiberius::ToSql;
-
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, Notify, mpsc};
+use tiberius::ToSql;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::messages::{ORDER_PLACED_V1, OrderPlacedV1};
@@ -21,10 +17,11 @@ use crate::{
     MssqlStore, NewOrder, Order, OrderCounts, OrderId, OrderStatus, OrderStore, OutboxId, Placed, Product, StoreError,
 };
 
+use super::carried::carried;
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, all_rows, batch, batch_rows, conversion, exec, load_order, order_from_row, product_from_row,
-    rows, text_or_empty, utc,
+    TdsClient, TdsResult, all_rows, conversion, exec, load_order, order_from_row, product_from_row, rows,
+    text_or_empty, utc,
 };
 
 /// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
@@ -52,7 +49,7 @@ struct OutboxInsert {
 impl OutboxInsert {
     /// The `OrderPlacedV1` row of `order`, with a new outbox id.
     fn of(order: &Order, created_at: Option<NaiveDateTime>) -> TdsResult<Self> {
-        let outbox_id = OutboxId::new();
+        let outbox_id = super::ids::outbox_id();
         let payload = serde_json::to_string(&OrderPlacedV1::for_order(order, outbox_id))
             .map_err(|e| tiberius::error::Error::Conversion(e.to_string().into()))?;
         Ok(Self { outbox_id: outbox_id.0, order_id: order.order_id.0, payload, created_at })
@@ -81,87 +78,30 @@ impl OutboxInsert {
     }
 }
 
-/// Most orders committed together: each takes 9 parameters, and SQL Server
-/// takes 2,100 per call.
-const MAX_ORDERS_PER_COMMIT: usize = 100;
+/// Most orders placed in one call: a bound on the call's size and on the
+/// work one failed group makes its orders do again alone.
+const MAX_ORDERS_PER_CALL: usize = 100;
 
-/// An order waiting for the group-commit writers, with where its answer goes.
+/// An order waiting for the writer, with where its answer goes.
 pub(super) struct PlaceRequest {
     pub(super) order: NewOrder,
     pub(super) answer: Answer,
 }
 
-/// What the group-commit writers share: the queue of orders, and how many
-/// groups are committing now.
-pub(super) struct Writers {
-    queue: Mutex<mpsc::Receiver<PlaceRequest>>,
-    committing: AtomicUsize,
-    committed: Notify,
-}
-
-impl Writers {
-    pub(super) fn new(queue: mpsc::Receiver<PlaceRequest>) -> Arc<Self> {
-        Arc::new(Self { queue: Mutex::new(queue), committing: AtomicUsize::new(0), committed: Notify::new() })
-    }
-
-    /// The orders waiting now, at least one, counted as committing until
-    /// [`Writers::done`]; `None` once the store is gone.
-    /// While [`BUSY`] groups commit, another starts only with
-    /// [`WORTH_A_COMMIT`] orders or when one of them ends: a commit's fixed
-    /// cost is spread over a bigger group when the database is busy, and an
-    /// order still starts at once when it is not.
-    async fn next_group(&self) -> Option<Vec<PlaceRequest>> {
-        let mut queue = self.queue.lock().await;
-        let mut group = vec![queue.recv().await?];
-        loop {
-            while group.len() < MAX_ORDERS_PER_COMMIT {
-                match queue.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
-                }
-            }
-            let committed = self.committed.notified();
-            tokio::pin!(committed);
-            committed.as_mut().enable();
-            if group.len() >= WORTH_A_COMMIT || self.committing.load(Ordering::Acquire) < BUSY {
-                break;
-            }
-            tokio::select! {
-                next = queue.recv() => match next {
-                    Some(next) => group.push(next),
-                    None => break,
-                },
-                _ = committed => {}
+/// The group-commit writer, shaped like SQLite's: the orders waiting at the
+/// moment the last call returned are placed in one call and one transaction
+/// ([`place`]); while it runs, the next group gathers. When a group fails,
+/// each of its orders is placed on its own, so one bad order fails no other.
+pub(super) async fn place_orders(store: MssqlStore, mut queue: mpsc::Receiver<PlaceRequest>) {
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_ORDERS_PER_CALL {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
             }
         }
-        // Counted while the queue is still held, before the next writer can look.
-        self.committing.fetch_add(1, Ordering::AcqRel);
-        Some(group)
-    }
-
-    /// A group from [`Writers::next_group`] has been answered.
-    fn done(&self) {
-        self.committing.fetch_sub(1, Ordering::AcqRel);
-        self.committed.notify_waiters();
-    }
-}
-
-/// Groups committing at once beyond which a new group waits to grow. With 1,
-/// at 500 orders/s on Babelfish the producer's share of the server fell from
-/// 80 % of a core to 43-46 % (bigger groups), against 2.
-const BUSY: usize = 1;
-/// The size of a group that starts whatever else is committing.
-const WORTH_A_COMMIT: usize = 8;
-
-/// One group-commit writer: it takes the orders waiting at that moment
-/// ([`Writers::next_group`]) and places them in one call and one transaction
-/// ([`place`]). Several writers share the queue, so one group is collected
-/// while another commits. When a group fails, each of its orders is placed
-/// on its own, so one bad order fails no other.
-pub(super) async fn place_orders(store: MssqlStore, writers: Arc<Writers>) {
-    while let Some(group) = writers.next_group().await {
         place_group(&store, group).await;
-        writers.done();
     }
 }
 
@@ -169,7 +109,7 @@ pub(super) async fn place_orders(store: MssqlStore, writers: Arc<Writers>) {
 /// a reason of one of them, and answers each order.
 async fn place_group(store: &MssqlStore, group: Vec<PlaceRequest>) {
     let orders: Vec<&NewOrder> = group.iter().map(|r| &r.order).collect();
-    match store.with_hot_conn(async |c| Ok(place(c, &orders).await?)).await {
+    match store.with_conn(async |c| Ok(place(c, &orders).await?)).await {
         Ok(placed) => {
             for (request, placed) in group.into_iter().zip(placed) {
                 request.answer.send(Ok(placed));
@@ -190,8 +130,8 @@ async fn place_group(store: &MssqlStore, group: Vec<PlaceRequest>) {
 }
 
 /// The event's JSON without its order id and creation time, for
-/// `dbo.place_order` (migration V8) to complete: what follows `{"order_id":0`,
-/// up to but without the closing brace.
+/// `dbo.place_orders` (migration V20) to complete: what follows
+/// `{"order_id":0`, up to but without the closing brace.
 fn event_rest(order: &NewOrder, outbox_id: OutboxId) -> TdsResult<String> {
     let event = OrderPlacedV1 {
         order_id: 0,
@@ -209,156 +149,78 @@ fn event_rest(order: &NewOrder, outbox_id: OutboxId) -> TdsResult<String> {
         .ok_or_else(|| conversion("the event's JSON, which must start with its order id"))
 }
 
-/// The values `dbo.place_order` takes for one order, bound without a NULL.
-struct PlaceArgs<'a> {
-    order: &'a NewOrder,
-    outbox_id: Uuid,
-    rest: String,
+/// What `dbo.place_orders` takes for `orders`: one object each, numbered by
+/// its place in `orders`, its texts [`carried`]; and the outbox id each
+/// order's row will have, in the same order.
+fn orders_json(orders: &[&NewOrder]) -> TdsResult<(String, Vec<OutboxId>)> {
+    let outbox_ids: Vec<OutboxId> = orders.iter().map(|_| super::ids::outbox_id()).collect();
+    let rows = orders
+        .iter()
+        .zip(&outbox_ids)
+        .enumerate()
+        .map(|(n, (order, &outbox_id))| {
+            let mut row = json!({
+                "n": n,
+                "c": carried(&order.customer_name),
+                "p": carried(&order.product_id),
+                "q": order.quantity,
+                "x": outbox_id.0,
+                "e": carried(&event_rest(order, outbox_id)?),
+            });
+            let optional = [("k", &order.idempotency_key), ("tp", &order.traceparent), ("ts", &order.tracestate)];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    row[key] = Value::from(carried(value));
+                }
+            }
+            Ok(row)
+        })
+        .collect::<TdsResult<Vec<Value>>>()?;
+    Ok((Value::Array(rows).to_string(), outbox_ids))
 }
 
-impl<'a> PlaceArgs<'a> {
-    fn of(order: &'a NewOrder) -> TdsResult<Self> {
-        let outbox_id = OutboxId::new();
-        Ok(Self { order, outbox_id: outbox_id.0, rest: event_rest(order, outbox_id)? })
-    }
-
-    fn params(&self) -> [&dyn ToSql; 9] {
-        let o = self.order;
-        [
-            &o.customer_name,
-            &o.product_id,
-            &o.quantity,
-            text_or_empty(&o.idempotency_key),
-            &self.outbox_id,
-            &ORDER_PLACED_V1,
-            &self.rest,
-            text_or_empty(&o.traceparent),
-            text_or_empty(&o.tracestate),
-        ]
-    }
-}
-
-/// Places `orders` in one transaction, answered in their order. When at least
-/// [`TOGETHER`] of them have no idempotency key and plain texts
-/// ([`goes_as_json`]), those go together: one `dbo.insert_orders` for all,
-/// then one `dbo.insert_outbox` (migrations V9, V10), each with its JSON
-/// inlined in a SQL batch, since the transaction spans the calls and SQL
-/// Server refuses one that an `sp_executesql` call leaves open or finds open
-/// and closes (266). Each of the others is one `dbo.place_order`: in a call
-/// between the two, or all in one call of their own.
+/// Places `orders` in one call of `dbo.place_orders` (migration V21), which
+/// owns its transaction, answered in their order. Each new order comes back
+/// as its outbox row (the id its request brought, the order's id and time);
+/// a key's request that placed nothing comes back with its number and the
+/// order the key names.
 async fn place(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Placed>> {
-    let (mut plain, mut others): (Vec<usize>, Vec<usize>) = (0..orders.len()).partition(|&i| goes_as_json(orders[i]));
-    if plain.len() < TOGETHER {
-        (plain, others) = (Vec::new(), (0..orders.len()).collect());
-    }
-    let others_args = others.iter().map(|&i| PlaceArgs::of(orders[i])).collect::<TdsResult<Vec<_>>>()?;
-    let others_params: Vec<&dyn ToSql> = others_args.iter().flat_map(PlaceArgs::params).collect();
-    let (inserted, answers) = if plain.is_empty() {
-        (Vec::new(), all_rows(client, &place_orders_sql(others.len()), &others_params).await?)
-    } else {
-        let plain_orders: Vec<&NewOrder> = plain.iter().map(|&i| orders[i]).collect();
-        let inserted = insert_orders(client, &plain_orders).await?;
-        let answers = match others.is_empty() {
-            true => Vec::new(),
-            false => all_rows(client, &place_calls_sql(others.len()), &others_params).await?,
-        };
-        batch(client, &with_json(INSERT_OUTBOX_AND_COMMIT, &outbox_json(&inserted, &plain_orders))).await?;
-        (inserted, answers)
-    };
-    if answers.len() != others.len() {
-        return Err(conversion("one answer per order placed"));
-    }
+    let (json, outbox_ids) = orders_json(orders)?;
+    let count = i32::try_from(orders.len()).map_err(|_| conversion("a group's size"))?;
+    let keyed = orders.iter().any(|o| o.idempotency_key.is_some());
+    let answers = all_rows(client, PLACE_ORDERS, &[&json, &ORDER_PLACED_V1, &count, &keyed]).await?;
     let mut placed: Vec<Option<Placed>> = (0..orders.len()).map(|_| None).collect();
-    for (i, order) in plain.into_iter().zip(inserted) {
-        placed[i] = Some(Placed::Created(order));
-    }
-    for (i, row) in others.into_iter().zip(&answers) {
-        let created = row.try_get::<i32, _>(0)?.ok_or_else(|| conversion("created"))? == 1;
-        let order = super::order_at(row, 1)?;
-        placed[i] = Some(if created { Placed::Created(order) } else { Placed::Existing(order) });
+    for row in &answers {
+        if row.columns().len() == NEW_ORDER_COLUMNS {
+            let outbox_id = row.try_get::<Uuid, _>(0)?.ok_or_else(|| conversion("outbox_id"))?;
+            let n =
+                outbox_ids.iter().position(|x| x.0 == outbox_id).ok_or_else(|| conversion("an outbox id asked for"))?;
+            let asked = orders[n];
+            let order = Order {
+                order_id: OrderId(row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?),
+                customer_name: asked.customer_name.clone(),
+                product_id: asked.product_id.clone(),
+                quantity: asked.quantity,
+                status: OrderStatus::Pending,
+                unit_price: None,
+                total_price: None,
+                failure_reason: None,
+                created_at: utc(row.try_get::<NaiveDateTime, _>(2)?.ok_or_else(|| conversion("created_at"))?),
+                processed_at: None,
+            };
+            placed[n] = Some(Placed::Created(order));
+        } else {
+            let n = row.try_get::<i32, _>(0)?.ok_or_else(|| conversion("n"))?;
+            let slot = usize::try_from(n).ok().and_then(|n| placed.get_mut(n)).ok_or_else(|| conversion("n"))?;
+            *slot = Some(Placed::Existing(super::order_at(row, 1)?));
+        }
     }
     placed.into_iter().map(|p| p.ok_or_else(|| conversion("one answer per order placed"))).collect()
 }
 
-/// The fewest plain orders placed together. Babelfish's time per order, on a
-/// warm connection: 1.32 ms alone by `dbo.place_order` against 2.18 ms in two
-/// calls; for 2, 1.05 against 1.09; for 4, 0.79 against 0.60; for 16, 0.89
-/// against 0.24.
-const TOGETHER: usize = 3;
-
-/// Whether `order` can be placed with others through JSON: no idempotency key
-/// (its check is `dbo.place_order`'s), and no text that JSON escapes (`"`,
-/// `\`, a control character), since Babelfish's OPENJSON keeps the escapes.
-fn goes_as_json(order: &NewOrder) -> bool {
-    let plain = |text: &str| !text.chars().any(|c| c == '"' || c == '\\' || c.is_control());
-    order.idempotency_key.is_none()
-        && plain(&order.customer_name)
-        && plain(&order.product_id)
-        && order.traceparent.as_deref().is_none_or(plain)
-        && order.tracestate.as_deref().is_none_or(plain)
-}
-
-/// Opens the transaction and inserts `orders`, answering each with its row.
-/// The server answers the rows in any order: each is told its order by its
-/// fields, the lowest id to the first of equal orders (the order in which
-/// both engines number an `INSERT ... SELECT` over a JSON array). Equal
-/// orders differ only in their trace context and outbox id, which follow the
-/// id each is given.
-async fn insert_orders(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Order>> {
-    let json: Vec<Value> =
-        orders.iter().map(|o| json!({"c": o.customer_name, "p": o.product_id, "q": o.quantity})).collect();
-    let mut rows = batch_rows(client, &with_json(BEGIN_AND_INSERT_ORDERS, &Value::Array(json).to_string())).await?;
-    if rows.len() != orders.len() {
-        return Err(conversion("one row per order inserted"));
-    }
-    let mut inserted: Vec<Option<Order>> = (0..orders.len()).map(|_| None).collect();
-    rows.sort_by_key(|row| row.try_get::<i64, _>(0).ok().flatten());
-    for row in &rows {
-        let order = Order {
-            order_id: OrderId(row.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?),
-            customer_name: row.try_get::<&str, _>(1)?.ok_or_else(|| conversion("customer_name"))?.to_string(),
-            product_id: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string(),
-            quantity: row.try_get::<i32, _>(3)?.ok_or_else(|| conversion("quantity"))?,
-            status: OrderStatus::Pending,
-            unit_price: None,
-            total_price: None,
-            failure_reason: None,
-            created_at: utc(row.try_get::<NaiveDateTime, _>(4)?.ok_or_else(|| conversion("created_at"))?),
-            processed_at: None,
-        };
-        let asked = |i: usize| {
-            let o = orders[i];
-            inserted[i].is_none()
-                && (o.customer_name.as_str(), o.product_id.as_str(), o.quantity)
-                    == (order.customer_name.as_str(), order.product_id.as_str(), order.quantity)
-        };
-        let i = (0..orders.len()).find(|&i| asked(i)).ok_or_else(|| conversion("an order inserted as asked"))?;
-        inserted[i] = Some(order);
-    }
-    inserted.into_iter().map(|o| o.ok_or_else(|| conversion("one row per order inserted"))).collect()
-}
-
-/// What `dbo.insert_outbox` takes for `inserted`, the rows of `orders`: their
-/// outbox rows' ids, the fields of their events and their trace context.
-fn outbox_json(inserted: &[Order], orders: &[&NewOrder]) -> String {
-    let rows: Vec<Value> = inserted
-        .iter()
-        .zip(orders)
-        .map(|(order, asked)| {
-            json!({
-                "x": OutboxId::new().0,
-                "o": order.order_id.0,
-                "c": order.customer_name,
-                "p": order.product_id,
-                "q": order.quantity,
-                "at": order.created_at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
-                "tp": asked.traceparent,
-                "ts": asked.tracestate,
-            })
-        })
-        .collect();
-    Value::Array(rows).to_string()
-}
+/// The columns of a new order's answer: its outbox row's id, the order's id
+/// and its creation time.
+const NEW_ORDER_COLUMNS: usize = 3;
 
 impl MssqlStore {
     /// One order in a transaction of its own, after its group failed.
@@ -455,10 +317,12 @@ mod tests {
     use super::super::check_params;
     use super::*;
 
-    /// Every optional value of an order, absent: no NULL may be bound.
+    /// Each order is numbered by its place, an absent optional value is
+    /// absent from its object (never a JSON null), and no text holds a
+    /// character the TDS engine's OPENJSON would hand back escaped.
     #[test]
-    fn optional_values_are_never_bound_as_null() {
-        let order = NewOrder {
+    fn a_group_is_sent_numbered_with_its_texts_carried() {
+        let plain = NewOrder {
             customer_name: "Ajay".into(),
             product_id: "P123".into(),
             quantity: 2,
@@ -466,8 +330,24 @@ mod tests {
             traceparent: None,
             tracestate: None,
         };
-        let args = PlaceArgs::of(&order).unwrap();
-        check_params(&place_orders_sql(1), &args.params()).unwrap();
+        let hostile = NewOrder {
+            customer_name: "a \"quoted\" \\ 100% \u{1F600}\n".into(),
+            idempotency_key: Some("key \"1\"".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ..plain.clone()
+        };
+        let (json, _) = orders_json(&[&plain, &hostile]).unwrap();
+        let rows: Vec<Value> = serde_json::from_str(&json).unwrap();
+        assert_eq!((rows[0]["n"].as_i64(), rows[1]["n"].as_i64()), (Some(0), Some(1)));
+        assert!(rows[0].get("k").is_none() && rows[0].get("tp").is_none() && rows[0].get("ts").is_none());
+        assert_eq!(rows[1]["c"], "a %22quoted%22 %5C 100%25 \u{1F600}%0A");
+        assert_eq!(rows[1]["k"], "key %221%22");
+        let rest = rows[1]["e"].as_str().unwrap();
+        assert!(rest.starts_with(",%22customer_name%22:%22a %5C%22quoted"), "{rest}");
+        let escaped = |text: &str| text.chars().any(|c| c == '"' || c == '\\' || c.is_control());
+        assert!(
+            rows.iter().flat_map(|r| r.as_object().unwrap().values()).filter_map(Value::as_str).all(|t| !escaped(t))
+        );
     }
 
     #[test]

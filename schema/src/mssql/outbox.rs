@@ -31,7 +31,7 @@ impl OutboxStore for MssqlStore {
     async fn claim_batch(&self, owner: &str, limit: u32, lease: Duration) -> Result<Vec<OutboxRow>, StoreError> {
         let owner = truncate_utf16(owner, LEASE_OWNER_UNITS);
         let limit = i32::try_from(limit).unwrap_or(i32::MAX);
-        self.with_hot_conn(async |c| {
+        self.with_conn(async |c| {
             let claimed = rows(c, CLAIM_OUTBOX, &[&owner, &from_now(lease), &limit]).await?;
             let mut rows = claimed.iter().map(outbox_from_row).collect::<TdsResult<Vec<_>>>()?;
             rows.sort_by_key(|r| (r.created_at, r.order_id));
@@ -46,10 +46,8 @@ impl OutboxStore for MssqlStore {
             return Ok(0);
         }
         let ids: Vec<String> = ids.iter().map(|id| id.0.to_string()).collect();
-        self.with_hot_conn(
-            async |c| Ok(count(&rows(c, MARK_PUBLISHED, &[&ids.join(","), &count_slot()]).await?) as u64),
-        )
-        .await
+        self.with_conn(async |c| Ok(count(&rows(c, MARK_PUBLISHED, &[&ids.join(","), &count_slot()]).await?) as u64))
+            .await
     }
 
     async fn record_failure(&self, failure: &FailedAttempt<'_>) -> Result<FailureOutcome, StoreError> {
@@ -134,15 +132,15 @@ impl OutboxAdmin for MssqlStore {
     }
 
     async fn purge_published(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        self.with_conn(async |c| Ok(changed(c, &with_limit(PURGE_PUBLISHED, limit), &[&ago(older_than)]).await?)).await
+        self.with_conn(async |c| Ok(changed(c, PURGE_PUBLISHED, &[&ago(older_than), &i64::from(limit)]).await?)).await
     }
 
     async fn purge_inbox(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        self.with_conn(async |c| Ok(changed(c, &with_limit(PURGE_INBOX, limit), &[&ago(older_than)]).await?)).await
+        self.with_conn(async |c| Ok(changed(c, PURGE_INBOX, &[&ago(older_than), &i64::from(limit)]).await?)).await
     }
 
     async fn purge_dead_letters(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        self.with_conn(async |c| Ok(changed(c, &with_limit(PURGE_DEAD_LETTERS, limit), &[&ago(older_than)]).await?))
+        self.with_conn(async |c| Ok(changed(c, PURGE_DEAD_LETTERS, &[&ago(older_than), &i64::from(limit)]).await?))
             .await
     }
 
@@ -164,7 +162,7 @@ impl OutboxAdmin for MssqlStore {
     ) -> Result<Vec<(OrderId, OutboxId)>, StoreError> {
         let requested_by = truncate_utf16(requested_by, REQUESTED_BY_UNITS);
         self.transaction(async |c| {
-            let stuck = rows(c, &with_limit(STUCK_ORDERS, limit), &[&ago(published_for)])
+            let stuck = rows(c, STUCK_ORDERS, &[&ago(published_for), &i64::from(limit)])
                 .await?
                 .iter()
                 .map(|r| Ok((OrderId(r.try_get::<i64, _>(0)?.ok_or_else(|| conversion("order_id"))?), r.try_get(1)?)))

@@ -1,6 +1,7 @@
 //! SQL Server: the consumer's unit of work: inbox, pricing, final status.
 //!
-//! Invariant: a batch of messages is one transaction; an unknown order leaves no inbox row.
+//! Invariant: a batch of messages is one call and one transaction
+//! (`dbo.apply_batch`); an unknown order leaves no inbox row.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,153 +11,23 @@ use rust_decimal::Decimal;
 use tiberius::Row;
 use uuid::Uuid;
 
-use crate::decide::{
-    Decision, OrderFacts, ProcessOutcome, dead_letter, decide, failure_reason, order_of, own_ids, settle,
-};
+use serde_json::json;
+
+use crate::decide::{Decision, OrderFacts, dead_letter, failure_reason, order_of, own_ids, verdict};
 use crate::limits::{LAST_ERROR_UNITS, truncate_utf16};
-use crate::store::Moves;
+use crate::pricing::Priced;
 use crate::{
-    Applied, DeadLetter, Delivery, MssqlStore, Order, OrderId, OrderStatus, OutboxId, ProcessingStore, StoreError,
+    Applied, DeadLetter, Delivery, MssqlStore, Order, OrderId, OrderStatus, ProcessingStore, StoreError,
     UndeliverableLetter,
 };
 
+use super::carried::carried;
 use super::sql::*;
-use super::{
-    TdsClient, TdsResult, all_rows, batch, batch_rows, changed, conversion, count, count_moves, count_slot, exec,
-    order_at, rows, status_at, utc,
-};
+use super::{TdsClient, TdsResult, changed, conversion, count_slot, order_at, rows, status_at, utc};
 
-/// One message's effect inside the batch's transaction ([`decide`]).
-async fn process_one(
-    client: &mut TdsClient,
-    outbox_id: Option<OutboxId>,
-    order_id: OrderId,
-    moves: &mut Moves,
-) -> TdsResult<ProcessOutcome> {
-    let found = rows(client, ORDER_FOR_PRICING, &[&order_id.0]).await?;
-    let Some(row) = found.first() else {
-        return Ok(ProcessOutcome::OrderNotFound);
-    };
-    let facts = OrderFacts {
-        status: status_at(row, 0)?,
-        quantity: row.try_get::<i32, _>(1)?.ok_or_else(|| conversion("quantity"))?,
-        product_id: row.try_get::<&str, _>(2)?.ok_or_else(|| conversion("product_id"))?.to_string(),
-        list_price: row.try_get::<Decimal, _>(3)?,
-    };
-    if let Some(id) = outbox_id
-        && !own_message(client, id, order_id).await?
-    {
-        return Ok(ProcessOutcome::NotItsOutboxId(id));
-    }
-    match decide(&facts, record_inbox(client, outbox_id, order_id).await?) {
-        Decision::Duplicate => Ok(ProcessOutcome::Duplicate),
-        Decision::Fail(reason) => {
-            mark_failed(client, order_id, &reason, moves).await?;
-            Ok(ProcessOutcome::Failed(reason))
-        }
-        Decision::Process { priced, .. } => {
-            let updated =
-                all_rows(client, MARK_PROCESSED, &[&order_id.0, &priced.unit_price, &priced.total_price]).await?;
-            // Final by now through another message: the status guard held.
-            let Some(row) = updated.first() else { return Ok(ProcessOutcome::Duplicate) };
-            moves.moved(status_at(row, 0)?, OrderStatus::Processed, 1);
-            Ok(ProcessOutcome::Processed(order_at(row, 1)?))
-        }
-    }
-}
-
-/// Records an inbox row; false when the outbox id was seen before.
-async fn record_inbox(client: &mut TdsClient, outbox_id: Option<OutboxId>, order_id: OrderId) -> TdsResult<bool> {
-    let Some(id) = outbox_id else { return Ok(true) };
-    Ok(changed(client, RECORD_INBOX, &[&id.0, &order_id.0]).await? == 1)
-}
-
-/// Fails the order unless it is already final; true when it did.
-async fn mark_failed(client: &mut TdsClient, order_id: OrderId, reason: &str, moves: &mut Moves) -> TdsResult<bool> {
-    let updated = all_rows(client, MARK_FAILED, &[&order_id.0, &reason]).await?;
-    let Some(row) = updated.first() else { return Ok(false) };
-    moves.moved(status_at(row, 0)?, OrderStatus::Failed, 1);
-    Ok(true)
-}
-
-/// Records the dead letter unless one with its id exists.
-async fn record_dead_letter(client: &mut TdsClient, d: &Delivery, reason: &str) -> Result<(), StoreError> {
-    let row = dead_letter(d, reason)?;
-    // No NULL parameter: order 0 names none (ids start at 1).
-    let params: [&dyn tiberius::ToSql; 5] =
-        [&row.id, &row.order_id.map_or(0, |o| o.0), &row.reason, &row.headers, &&d.body[..]];
-    exec(client, RECORD_DEAD_LETTER, &params).await?;
-    Ok(())
-}
-
-/// True when `outbox_id` names an outbox row of `order_id`: the order's own message.
-async fn own_message(client: &mut TdsClient, outbox_id: OutboxId, order_id: OrderId) -> TdsResult<bool> {
-    Ok(count(&rows(client, OWN_MESSAGE, &[&outbox_id.0, &order_id.0]).await?) > 0)
-}
-
-/// A delivery that failed its checks: it may fail only its own order.
-async fn reject(client: &mut TdsClient, d: &Delivery, reason: &str, moves: &mut Moves) -> Result<Applied, StoreError> {
-    let reason = failure_reason(reason);
-    let mut order_failed = false;
-    if let Some((outbox_id, order_id)) = own_ids(d)
-        && own_message(client, outbox_id, order_id).await?
-    {
-        if !record_inbox(client, Some(outbox_id), order_id).await? {
-            return Ok(Applied::Duplicate);
-        }
-        order_failed = mark_failed(client, order_id, reason, moves).await?;
-    }
-    record_dead_letter(client, d, reason).await?;
-    Ok(Applied::DeadLettered { reason: reason.to_string(), order_failed })
-}
-
-async fn apply_one(client: &mut TdsClient, d: &Delivery, moves: &mut Moves) -> Result<Applied, StoreError> {
-    let order_id = match order_of(d) {
-        Ok(order_id) => order_id,
-        Err(reason) => return reject(client, d, reason, moves).await,
-    };
-    match settle(process_one(client, d.outbox_id, order_id, moves).await?, order_id) {
-        Ok(applied) => Ok(applied),
-        Err((reason, order_failed)) => {
-            record_dead_letter(client, d, &reason).await?;
-            Ok(Applied::DeadLettered { reason, order_failed })
-        }
-    }
-}
-
-/// A batch in three round trips whatever its size, when every message is a
-/// plain case: the facts of every order it names (one read), then the
-/// transaction opened with the final states of the plain cases set-based
-/// ([`apply_plain`]), then their inbox rows, the counters and the commit in
-/// one SQL batch. Any other message (and any plain case the set-based update
-/// did not move) goes message by message ([`apply_one`]) before the commit.
-/// An inbox row is written only with its order's move.
-async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
-    let facts = read_facts(client, deliveries).await?;
-    let mut moves = Moves::default();
-    let (mut outcomes, inboxes) = apply_plain(client, deliveries, &facts, &mut moves).await?;
-    if outcomes.iter().all(Option::is_some) {
-        let [pending, published, processed, failed] = moves.deltas();
-        let counts = [pending, published, processed, failed, i64::from(count_slot())];
-        let record = with_json(&with_integers(RECORD_BATCH, &counts), &inboxes.to_string());
-        batch(client, &format!("{record}; {COMMIT}")).await?;
-    } else {
-        if inboxes.as_array().is_some_and(|rows| !rows.is_empty()) {
-            batch(client, &with_json(&with_integers(RECORD_BATCH, &[0; 5]), &inboxes.to_string())).await?;
-        }
-        for (d, outcome) in deliveries.iter().zip(outcomes.iter_mut()) {
-            if outcome.is_none() {
-                *outcome = Some(apply_one(client, d, &mut moves).await?);
-            }
-        }
-        count_moves(client, moves).await?;
-        batch(client, COMMIT).await?;
-    }
-    Ok(outcomes.into_iter().map(|o| o.expect("every delivery has an outcome")).collect())
-}
-
-/// What the database held of an order before the batch's transaction: a
-/// plain read, so every write that depends on it repeats its guard.
+/// What the database held of an order before the batch's call: a plain
+/// read of what does not change (its product, quantity, outbox rows); its
+/// status the call checks again on the row it moves.
 struct Facts {
     facts: OrderFacts,
     order: Order,
@@ -165,7 +36,7 @@ struct Facts {
 }
 
 async fn read_facts(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResult<HashMap<i64, Facts>> {
-    let mut ids: Vec<i64> = deliveries.iter().filter_map(|d| order_of(d).ok()).map(|o| o.0).collect();
+    let mut ids: Vec<i64> = deliveries.iter().filter_map(|d| d.order_id).map(|o| o.0).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut found = HashMap::with_capacity(ids.len());
@@ -189,101 +60,154 @@ async fn read_facts(client: &mut TdsClient, deliveries: &[Delivery]) -> TdsResul
     Ok(found)
 }
 
-/// One plain case: a valid message, alone in its batch with its order and
-/// outbox id, for an order that [`decide`]s to be processed.
-struct Plain {
-    index: usize,
-    outbox_id: Option<OutboxId>,
-    order_id: i64,
-    unit_price: Decimal,
-    total_price: Decimal,
+/// What one message is to `dbo.apply_batch` (migration V21), decided from the
+/// facts ([`order_of`], [`own_ids`], [`verdict`]).
+enum Kind {
+    /// Price its order and process it.
+    Process(Priced),
+    /// Fail its order (unknown product) and park the message.
+    Fail(String),
+    /// A rejected message of its own order: fail the order, park the message.
+    Reject(String),
+    /// Park the message; no order of it may change.
+    Letter(String),
 }
 
-/// Opens the transaction and applies the plain cases set-based; `None` for
-/// every other delivery, and the inbox rows of those moved as a JSON array.
-async fn apply_plain(
-    client: &mut TdsClient,
-    deliveries: &[Delivery],
-    facts: &HashMap<i64, Facts>,
-    moves: &mut Moves,
-) -> TdsResult<(Vec<Option<Applied>>, serde_json::Value)> {
-    let mut outcomes: Vec<Option<Applied>> = vec![None; deliveries.len()];
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for d in deliveries {
-        let keys = [d.outbox_id.map(|id| format!("x{}", id.0)), order_of(d).ok().map(|o| format!("o{}", o.0))];
-        for key in keys.into_iter().flatten() {
-            *seen.entry(key).or_default() += 1;
+impl Kind {
+    fn of(d: &Delivery, facts: &HashMap<i64, Facts>) -> Kind {
+        let order_id = match order_of(d) {
+            Ok(order_id) => order_id,
+            Err(reason) => {
+                let reason = failure_reason(reason).to_string();
+                let own = own_ids(d).is_some_and(|(x, o)| facts.get(&o.0).is_some_and(|f| f.outbox_ids.contains(&x.0)));
+                return if own { Kind::Reject(reason) } else { Kind::Letter(reason) };
+            }
+        };
+        let Some(facts) = facts.get(&order_id.0) else {
+            return Kind::Letter(format!("order {order_id} not found"));
+        };
+        if let Some(id) = d.outbox_id.filter(|id| !facts.outbox_ids.contains(&id.0)) {
+            return Kind::Letter(format!("outbox-id {id} is not an outbox message of order {order_id}"));
+        }
+        match verdict(&facts.facts) {
+            Decision::Process { priced, .. } => Kind::Process(priced),
+            Decision::Fail(reason) => Kind::Fail(reason),
+            Decision::Duplicate => unreachable!("a verdict is never a duplicate"),
         }
     }
-    let alone = |key: String| seen.get(&key).is_some_and(|n| *n == 1);
-    let mut plain: Vec<Plain> = deliveries
-        .iter()
-        .enumerate()
-        .filter_map(|(index, d)| {
-            let order_id = order_of(d).ok()?;
-            if !alone(format!("o{}", order_id.0)) || d.outbox_id.is_some_and(|id| !alone(format!("x{}", id.0))) {
-                return None;
-            }
-            let facts = facts.get(&order_id.0)?;
-            if d.outbox_id.is_some_and(|id| !facts.outbox_ids.contains(&id.0)) {
-                return None;
-            }
-            match decide(&facts.facts, true) {
-                Decision::Process { priced, .. } => Some(Plain {
-                    index,
-                    outbox_id: d.outbox_id,
-                    order_id: order_id.0,
-                    unit_price: priced.unit_price,
-                    total_price: priced.total_price,
-                }),
-                _ => None,
-            }
-        })
-        .collect();
-    // In ascending order of id, the order the relay's confirmation locks them in (V13).
-    plain.sort_by_key(|p| p.order_id);
-    // The transaction opens with the orders' move, one guarded update for
-    // all; what it did not move (final by now, or skipped: Babelfish's UPDATE
-    // ... FROM passes over a row another writer changed meanwhile) goes the
-    // slow way, row by row.
-    if plain.is_empty() {
-        batch(client, BEGIN).await?;
-        return Ok((outcomes, serde_json::Value::Array(Vec::new())));
+
+    fn code(&self) -> &'static str {
+        match self {
+            Kind::Process(_) => "p",
+            Kind::Fail(_) => "f",
+            Kind::Reject(_) => "r",
+            Kind::Letter(_) => "d",
+        }
     }
-    let prices: Vec<serde_json::Value> = plain
-        .iter()
-        .map(|p| serde_json::json!({"o": p.order_id, "u": p.unit_price.to_string(), "t": p.total_price.to_string()}))
-        .collect();
-    let prices = serde_json::Value::Array(prices).to_string();
-    let lo = plain.iter().map(|p| p.order_id).min().unwrap_or_default();
-    let hi = plain.iter().map(|p| p.order_id).max().unwrap_or_default();
-    let mark = with_json(&with_integers(BEGIN_AND_MARK_PROCESSED, &[lo, hi]), &prices);
-    let mut done = HashMap::with_capacity(plain.len());
-    for row in batch_rows(client, &mark).await? {
-        let order_id = row.try_get::<i64, _>(1)?.ok_or_else(|| conversion("order_id"))?;
-        let processed_at = row.try_get::<NaiveDateTime, _>(2)?.ok_or_else(|| conversion("processed_at"))?;
-        done.insert(order_id, (status_at(&row, 0)?, utc(processed_at)));
-    }
-    // Then the inbox rows of exactly the orders moved, in the same transaction.
-    let inboxes: serde_json::Value = plain
-        .iter()
-        .filter(|p| done.contains_key(&p.order_id))
-        .filter_map(|p| p.outbox_id.map(|id| serde_json::json!({"x": id.0.to_string(), "o": p.order_id})))
-        .collect();
-    for p in &plain {
-        let Some((from, processed_at)) = done.get(&p.order_id) else { continue };
-        moves.moved(*from, OrderStatus::Processed, 1);
-        let order = Order {
-            status: OrderStatus::Processed,
-            unit_price: Some(p.unit_price),
-            total_price: Some(p.total_price),
-            failure_reason: None,
-            processed_at: Some(*processed_at),
-            ..facts[&p.order_id].order.clone()
+}
+
+/// The calls a batch takes: each a list of its messages (by index) in which
+/// no outbox id and no order comes twice among those that may move an order
+/// (what `dbo.apply_batch` asks). Nearly every batch is one call; a message
+/// that repeats one goes in the next, which sees the first one's effect.
+fn rounds(deliveries: &[Delivery], kinds: &[Kind]) -> Vec<Vec<usize>> {
+    let mut rounds: Vec<(HashSet<Uuid>, HashSet<i64>, Vec<usize>)> = Vec::new();
+    for (i, (d, kind)) in deliveries.iter().zip(kinds).enumerate() {
+        let keys = (!matches!(kind, Kind::Letter(_))).then_some((d.outbox_id.map(|x| x.0), d.order_id.map(|o| o.0)));
+        let fits = |(xs, os, _): &(HashSet<Uuid>, HashSet<i64>, Vec<usize>)| {
+            keys.is_none_or(|(x, o)| x.is_none_or(|x| !xs.contains(&x)) && o.is_none_or(|o| !os.contains(&o)))
         };
-        outcomes[p.index] = Some(Applied::Processed(order));
+        let at = match rounds.iter().position(fits) {
+            Some(at) => at,
+            None => {
+                rounds.push(Default::default());
+                rounds.len() - 1
+            }
+        };
+        let (xs, os, members) = &mut rounds[at];
+        if let Some((x, o)) = keys {
+            xs.extend(x);
+            os.extend(o);
+        }
+        members.push(i);
     }
-    Ok((outcomes, inboxes))
+    rounds.into_iter().map(|(_, _, members)| members).collect()
+}
+
+/// One call's `@rows` and `@bodies` for `dbo.apply_batch`: an object per
+/// message of `round`, numbered by its place there, texts [`carried`], and
+/// the dead-letter bodies one after another, each found by its offset and
+/// length.
+fn batch_args(round: &[usize], deliveries: &[Delivery], kinds: &[Kind]) -> Result<(String, Vec<u8>), StoreError> {
+    let mut bodies = Vec::new();
+    let mut rows = Vec::with_capacity(round.len());
+    for (n, &i) in round.iter().enumerate() {
+        let (d, kind) = (&deliveries[i], &kinds[i]);
+        let mut row = json!({"n": n, "k": kind.code()});
+        if let Some(x) = d.outbox_id {
+            row["x"] = json!(x.0);
+        }
+        if let Some(o) = d.order_id {
+            row["o"] = json!(o.0);
+        }
+        match kind {
+            Kind::Process(priced) => {
+                row["u"] = json!(priced.unit_price.to_string());
+                row["t"] = json!(priced.total_price.to_string());
+            }
+            Kind::Fail(reason) | Kind::Reject(reason) | Kind::Letter(reason) => {
+                let letter = dead_letter(d, reason)?;
+                row["r"] = json!(carried(reason));
+                row["lr"] = json!(carried(letter.reason));
+                row["l"] = json!(carried(letter.id));
+                row["h"] = json!(carried(&letter.headers));
+                row["b"] = json!(bodies.len() + 1);
+                row["bn"] = json!(d.body.len());
+                bodies.extend_from_slice(&d.body);
+            }
+        }
+        rows.push(row);
+    }
+    Ok((serde_json::Value::Array(rows).to_string(), bodies))
+}
+
+/// The batch after one read of its orders' facts, in one call of
+/// `dbo.apply_batch` (migration V22), which owns its transaction (or one per
+/// [`rounds`]). Each row a call answers carries the number of its message.
+async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
+    let facts = read_facts(client, deliveries).await?;
+    let kinds: Vec<Kind> = deliveries.iter().map(|d| Kind::of(d, &facts)).collect();
+    let mut applied: Vec<Option<Applied>> = vec![None; deliveries.len()];
+    for round in rounds(deliveries, &kinds) {
+        let (batch, bodies) = batch_args(&round, deliveries, &kinds)?;
+        for row in rows(client, APPLY_BATCH, &[&batch, &bodies, &count_slot()]).await? {
+            let n = row.try_get::<i32, _>(0)?.ok_or_else(|| conversion("n"))?;
+            let i = *usize::try_from(n).ok().and_then(|n| round.get(n)).ok_or_else(|| conversion("n"))?;
+            let counted = row.try_get::<bool, _>(1)?.ok_or_else(|| conversion("counts"))?;
+            let moved = row.try_get::<&str, _>(2)?.is_some();
+            let processed_at = row.try_get::<NaiveDateTime, _>(3)?.map(utc);
+            applied[i] = Some(match &kinds[i] {
+                Kind::Process(priced) if moved => {
+                    let order_id = deliveries[i].order_id.ok_or_else(|| conversion("order_id"))?;
+                    Applied::Processed(Order {
+                        status: OrderStatus::Processed,
+                        unit_price: Some(priced.unit_price),
+                        total_price: Some(priced.total_price),
+                        failure_reason: None,
+                        processed_at,
+                        ..facts[&order_id.0].order.clone()
+                    })
+                }
+                Kind::Fail(reason) if moved => Applied::DeadLettered { reason: reason.clone(), order_failed: true },
+                Kind::Reject(reason) if counted => {
+                    Applied::DeadLettered { reason: reason.clone(), order_failed: moved }
+                }
+                Kind::Letter(reason) => Applied::DeadLettered { reason: reason.clone(), order_failed: false },
+                Kind::Process(_) | Kind::Fail(_) | Kind::Reject(_) => Applied::Duplicate,
+            });
+        }
+    }
+    applied.into_iter().map(|a| a.ok_or_else(|| StoreError::from(conversion("one answer per message")))).collect()
 }
 
 fn dead_letter_from_row(row: &Row) -> TdsResult<DeadLetter> {
@@ -304,7 +228,7 @@ fn dead_letter_from_row(row: &Row) -> TdsResult<DeadLetter> {
 #[async_trait]
 impl ProcessingStore for MssqlStore {
     async fn apply(&self, deliveries: &[Delivery]) -> Result<Vec<Applied>, StoreError> {
-        match self.with_hot_conn(async |c| apply_batch(c, deliveries).await).await {
+        match self.with_conn(async |c| apply_batch(c, deliveries).await).await {
             // A duplicate key here is another consumer's commit of the same
             // inbox row or dead letter, seen where the lock hints are ignored
             // (Babelfish): done again, the batch finds it and counts a duplicate.
@@ -369,5 +293,45 @@ impl ProcessingStore for MssqlStore {
             Ok(rows(c, UNDELIVERABLE_DEAD_LETTERS, &[&limit]).await?.iter().map(read).collect::<TdsResult<_>>()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{OrderId, OutboxId};
+
+    fn delivery(outbox_id: Option<OutboxId>, order_id: Option<i64>) -> Delivery {
+        Delivery {
+            dead_letter_id: format!("ID:{}", Uuid::new_v4()),
+            outbox_id,
+            order_id: order_id.map(OrderId),
+            rejection: None,
+            headers: Vec::new().into(),
+            body: Default::default(),
+        }
+    }
+
+    fn process() -> Kind {
+        Kind::Process(Priced { unit_price: Decimal::ONE, total_price: Decimal::ONE })
+    }
+
+    /// A call sees each outbox id and each order once among the messages
+    /// that may move an order; dead letters alone never split a batch.
+    #[test]
+    fn a_batch_is_one_call_unless_it_repeats_an_outbox_id_or_an_order() {
+        let (x, y) = (OutboxId::new(), OutboxId::new());
+        let deliveries = [
+            delivery(Some(x), Some(1)),
+            delivery(Some(y), Some(2)),
+            delivery(Some(x), Some(1)),
+            delivery(None, Some(2)),
+            delivery(Some(x), Some(9)),
+            delivery(None, Some(1)),
+        ];
+        let kinds = [process(), process(), process(), process(), Kind::Letter("stray".into()), process()];
+        assert_eq!(rounds(&deliveries, &kinds), [vec![0, 1, 4], vec![2, 3], vec![5]]);
+        let plain = [delivery(Some(x), Some(1)), delivery(Some(y), Some(2))];
+        assert_eq!(rounds(&plain, &[process(), process()]), [vec![0, 1]]);
     }
 }

@@ -118,7 +118,7 @@ impl Probe for MssqlStore {
                 let inserted = rows(c, TEST_BULK_ORDER, &[&name]).await?;
                 let order_id =
                     inserted.first().and_then(|r| r.get::<i64, _>(0)).ok_or_else(|| conversion("order_id"))?;
-                let outbox_id = OutboxId::new();
+                let outbox_id = super::ids::outbox_id();
                 let payload = bulk_payload(order_id, &name, outbox_id, payload_pad);
                 exec(c, TEST_BULK_OUTBOX, &[&outbox_id.0, &order_id, &payload]).await?;
                 ids.push(outbox_id);
@@ -139,7 +139,7 @@ impl Probe for MssqlStore {
             self.transaction(async |c| {
                 let first = rows(c, TEST_HISTORY_FIRST, &[]).await?;
                 let first = first.first().and_then(|r| r.get::<i64, _>(0)).ok_or_else(|| conversion("first id"))?;
-                exec(c, &with_limit(TEST_HISTORY_ORDERS, chunk as u32), &[]).await?;
+                exec(c, TEST_HISTORY_ORDERS, &[&(chunk as i64)]).await?;
                 exec(c, TEST_HISTORY_OUTBOX, &[&first]).await?;
                 exec(c, TEST_HISTORY_INBOX, &[&first]).await?;
                 let mut moves = Moves::default();
@@ -172,7 +172,7 @@ pub(crate) async fn fresh_database(config: &Config) -> anyhow::Result<String> {
     // Babelfish fails a CREATE DATABASE that runs beside another one ("tuple
     // concurrently updated"); a moment later it succeeds.
     let mut attempt = 0;
-    while let Err(error) = batch(&mut client, &with_name(CREATE_DATABASE, &name)).await {
+    while let Err(error) = exec(&mut client, CREATE_DATABASE, &[&name.as_str()]).await {
         attempt += 1;
         anyhow::ensure!(attempt < 10 && error.to_string().contains("concurrently"), error);
         tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
@@ -186,8 +186,8 @@ pub(crate) async fn fresh_database(config: &Config) -> anyhow::Result<String> {
 async fn drop_stale_databases(client: &mut TdsClient) {
     let Ok(stale) = rows(client, TEST_STALE_DATABASES, &[]).await else { return };
     let names: Vec<String> = stale.iter().filter_map(|r| r.get::<&str, _>(0).map(str::to_string)).collect();
-    for name in names.iter().filter(|n| is_plain_name(n)) {
-        let _ = batch(client, &with_name(DROP_DATABASE, name)).await;
+    for name in &names {
+        let _ = exec(client, DROP_DATABASE, &[&name.as_str()]).await;
     }
 }
 
