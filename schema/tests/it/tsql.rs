@@ -16,8 +16,9 @@ fn every_sql_server_migration_parses_as_tsql() {
         // split on it; a procedure is alone in its file (CREATE PROCEDURE must
         // be alone in its batch) and parsed whole.
         let whole = without_comments(&sql);
-        let statements: Vec<String> = match whole.starts_with("CREATE PROCEDURE") {
-            true => vec![whole],
+        let routine = ["CREATE PROCEDURE", "ALTER PROCEDURE", "CREATE FUNCTION"].iter().any(|r| whole.starts_with(r));
+        let statements: Vec<String> = match routine {
+            true => vec![as_sqlparser_reads(&whole)],
             false => sql.split(';').map(without_comments).filter(|s| !s.is_empty()).collect(),
         };
         for statement in statements {
@@ -38,10 +39,52 @@ fn without_comments(statement: &str) -> String {
     lines.filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
+/// A routine's text, `ALTER PROCEDURE` read as `CREATE PROCEDURE`, with each `BEGIN TRY`, `END TRY`, `BEGIN CATCH` and
+/// `END CATCH` written as a plain `BEGIN` or `END` block: sqlparser reads
+/// `BEGIN TRY` as the start of a transaction, so a TRY/CATCH block could not
+/// parse, though SQL Server's own grammar has it (and there `END TRY` takes
+/// no `;` before `BEGIN CATCH`; sqlparser wants one after every block).
+/// Everything else is checked as written.
+fn as_sqlparser_reads(routine: &str) -> String {
+    // sqlparser has no ALTER PROCEDURE; its body is a CREATE PROCEDURE's.
+    let routine = match routine.strip_prefix("ALTER PROCEDURE ") {
+        Some(rest) => format!("CREATE PROCEDURE {rest}"),
+        None => routine.to_string(),
+    };
+    let tokens: Vec<&str> = routine.split(' ').collect();
+    let mut out: Vec<&str> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let pair = (tokens[i], tokens.get(i + 1).map(|t| t.trim_end_matches(';')));
+        match pair {
+            ("BEGIN", Some("TRY" | "CATCH")) => out.push("BEGIN"),
+            ("END", Some("TRY" | "CATCH")) => out.push("END;"),
+            _ => {
+                out.push(tokens[i]);
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    out.join(" ")
+}
+
 /// `ALTER TABLE t ALTER COLUMN ...`, which some SQL Server engines refuse.
 fn alters_a_column(statement: &str) -> bool {
     let upper: Vec<String> = statement.split_whitespace().map(|t| t.to_ascii_uppercase()).collect();
     upper.windows(2).any(|w| w[0] == "ALTER" && w[1] == "COLUMN")
+}
+
+#[test]
+fn a_try_catch_block_is_read_as_plain_blocks_and_nothing_else_changes() {
+    let routine = "AS BEGIN BEGIN TRY BEGIN TRANSACTION; SELECT 1; COMMIT TRANSACTION; END TRY \
+                   BEGIN CATCH IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION; THROW; END CATCH; END";
+    assert_eq!(
+        as_sqlparser_reads(routine),
+        "AS BEGIN BEGIN BEGIN TRANSACTION; SELECT 1; COMMIT TRANSACTION; END; \
+         BEGIN IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION; THROW; END; END"
+    );
 }
 
 #[test]
