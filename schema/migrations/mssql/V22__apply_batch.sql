@@ -28,7 +28,8 @@
 -- It answers one row per message, in the order of "n": the number, whether
 -- it counted, the status its order left (NULL: not moved) and the time.
 -- No table variable (V20); `dbo.orders.order_id BETWEEN @lo AND @hi` keeps
--- the TDS engine's planner on the primary key.
+-- the TDS engine's planner on the primary key. Carried texts are read as
+-- dbo.place_orders reads them (V21), their common cases inline.
 CREATE PROCEDURE dbo.apply_batch (@rows NVARCHAR(MAX), @bodies VARBINARY(MAX), @slot INT)
 AS
 BEGIN
@@ -67,7 +68,11 @@ BEGIN
         WHERE dbo.orders.order_id = j.o AND dbo.orders.order_id BETWEEN @lo AND @hi AND j.k = N'p'
           AND dbo.orders.status = N'published'
           AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = j.x));
-        UPDATE dbo.orders SET status = N'failed', failure_reason = dbo.carried_text(j.r), processed_at = @now
+        UPDATE dbo.orders SET status = N'failed', processed_at = @now,
+            failure_reason = CASE WHEN j.r IS NULL OR CHARINDEX(N'%', j.r) = 0 THEN j.r
+                WHEN CHARINDEX(N'%0', j.r) + CHARINDEX(N'%1', j.r) = 0
+                THEN REPLACE(REPLACE(REPLACE(j.r, N'%22', N'"'), N'%5C', N'\'), N'%25', N'%')
+                ELSE dbo.carried_text(j.r) END
         OUTPUT @@SPID, inserted.order_id, N'published', inserted.processed_at
         INTO dbo.batch_moves (session_id, order_id, moved_from, processed_at)
         FROM OPENJSON(@rows) WITH (n INT '$.n', k NCHAR(1) '$.k', x UNIQUEIDENTIFIER '$.x', o BIGINT '$.o',
@@ -75,7 +80,11 @@ BEGIN
         WHERE dbo.orders.order_id = j.o AND dbo.orders.order_id BETWEEN @lo AND @hi AND j.k IN (N'f', N'r')
           AND dbo.orders.status = N'published'
           AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = j.x));
-        UPDATE dbo.orders SET status = N'failed', failure_reason = dbo.carried_text(j.r), processed_at = @now
+        UPDATE dbo.orders SET status = N'failed', processed_at = @now,
+            failure_reason = CASE WHEN j.r IS NULL OR CHARINDEX(N'%', j.r) = 0 THEN j.r
+                WHEN CHARINDEX(N'%0', j.r) + CHARINDEX(N'%1', j.r) = 0
+                THEN REPLACE(REPLACE(REPLACE(j.r, N'%22', N'"'), N'%5C', N'\'), N'%25', N'%')
+                ELSE dbo.carried_text(j.r) END
         OUTPUT @@SPID, inserted.order_id, N'pending', inserted.processed_at
         INTO dbo.batch_moves (session_id, order_id, moved_from, processed_at)
         FROM OPENJSON(@rows) WITH (n INT '$.n', k NCHAR(1) '$.k', x UNIQUEIDENTIFIER '$.x', o BIGINT '$.o',
@@ -83,7 +92,11 @@ BEGIN
         WHERE dbo.orders.order_id = j.o AND dbo.orders.order_id BETWEEN @lo AND @hi AND j.k IN (N'f', N'r')
           AND dbo.orders.status = N'pending'
           AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = j.x));
-        UPDATE dbo.orders SET status = N'failed', failure_reason = dbo.carried_text(j.r), processed_at = @now
+        UPDATE dbo.orders SET status = N'failed', processed_at = @now,
+            failure_reason = CASE WHEN j.r IS NULL OR CHARINDEX(N'%', j.r) = 0 THEN j.r
+                WHEN CHARINDEX(N'%0', j.r) + CHARINDEX(N'%1', j.r) = 0
+                THEN REPLACE(REPLACE(REPLACE(j.r, N'%22', N'"'), N'%5C', N'\'), N'%25', N'%')
+                ELSE dbo.carried_text(j.r) END
         OUTPUT @@SPID, inserted.order_id, N'published', inserted.processed_at
         INTO dbo.batch_moves (session_id, order_id, moved_from, processed_at)
         FROM OPENJSON(@rows) WITH (n INT '$.n', k NCHAR(1) '$.k', x UNIQUEIDENTIFIER '$.x', o BIGINT '$.o',
@@ -98,15 +111,26 @@ BEGIN
                      AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WHERE i.outbox_id = j.x)))
             THROW 50002, N'an order changed status under each pass of its move', 1;
         INSERT INTO dbo.dead_letters (dead_letter_id, order_id, reason, headers, body)
-        SELECT dbo.carried_text(j.l), j.o, dbo.carried_text(j.lr), dbo.carried_text(j.h),
-            SUBSTRING(@bodies, j.b, j.bn)
+        SELECT t.l, j.o, t.lr, t.h, SUBSTRING(@bodies, j.b, j.bn)
         FROM OPENJSON(@rows) WITH (n INT '$.n', k NCHAR(1) '$.k', x UNIQUEIDENTIFIER '$.x', o BIGINT '$.o',
             lr NVARCHAR(MAX) '$.lr', l NVARCHAR(MAX) '$.l', h NVARCHAR(MAX) '$.h', b INT '$.b', bn INT '$.bn') AS j
+        CROSS APPLY (SELECT
+            CASE WHEN j.l IS NULL OR CHARINDEX(N'%', j.l) = 0 THEN j.l
+                 WHEN CHARINDEX(N'%0', j.l) + CHARINDEX(N'%1', j.l) = 0
+                 THEN REPLACE(REPLACE(REPLACE(j.l, N'%22', N'"'), N'%5C', N'\'), N'%25', N'%')
+                 ELSE dbo.carried_text(j.l) END AS l,
+            CASE WHEN j.lr IS NULL OR CHARINDEX(N'%', j.lr) = 0 THEN j.lr
+                 WHEN CHARINDEX(N'%0', j.lr) + CHARINDEX(N'%1', j.lr) = 0
+                 THEN REPLACE(REPLACE(REPLACE(j.lr, N'%22', N'"'), N'%5C', N'\'), N'%25', N'%')
+                 ELSE dbo.carried_text(j.lr) END AS lr,
+            CASE WHEN j.h IS NULL OR CHARINDEX(N'%', j.h) = 0 THEN j.h
+                 WHEN CHARINDEX(N'%0', j.h) + CHARINDEX(N'%1', j.h) = 0
+                 THEN REPLACE(REPLACE(REPLACE(j.h, N'%22', N'"'), N'%5C', N'\'), N'%25', N'%')
+                 ELSE dbo.carried_text(j.h) END AS h) AS t
         WHERE (j.k = N'd'
                OR (j.k = N'r' AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WHERE i.outbox_id = j.x)))
                OR (j.k = N'f' AND EXISTS (SELECT 1 FROM dbo.batch_moves m WHERE m.session_id = @@SPID AND m.order_id = j.o)))
-          AND NOT EXISTS (SELECT 1 FROM dbo.dead_letters d WITH (UPDLOCK, HOLDLOCK)
-                          WHERE d.dead_letter_id = dbo.carried_text(j.l))
+          AND NOT EXISTS (SELECT 1 FROM dbo.dead_letters d WITH (UPDLOCK, HOLDLOCK) WHERE d.dead_letter_id = t.l)
           AND NOT EXISTS (SELECT 1 FROM OPENJSON(@rows) WITH (n INT '$.n', l NVARCHAR(MAX) '$.l') AS e
                           WHERE e.l COLLATE Latin1_General_100_BIN2 = j.l COLLATE Latin1_General_100_BIN2
                             AND e.n < j.n)
