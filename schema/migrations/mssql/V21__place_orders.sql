@@ -8,9 +8,9 @@
 --  absent}. It answers one row per order, in the order of "n", carrying "n":
 -- whether the order is new, and the order.
 --
--- A key that names an order already answers that order; a key given twice in
--- the group is placed once, for its first request (keys compare as the
--- column does, binary). Each new order carries its request's outbox id
+-- A key that names an order already answers that order. The caller sends
+-- each key at most once (a group that repeats one goes in several calls): a
+-- test of the group against itself would read @orders again for every row. Each new order carries its request's outbox id
 -- (`placed_with`, V20), by which its outbox row and its answer find it; the
 -- ids the insert takes are at least IDENT_CURRENT read before it, so those
 -- joins seek a short range of the primary key. No table variable (V20).
@@ -49,10 +49,7 @@ BEGIN
                  THEN REPLACE(REPLACE(REPLACE(j.k, N'%22', N'"'), N'%5C', N'\'), N'%25', N'%')
                  ELSE dbo.carried_text(j.k) END AS k) AS t
         WHERE j.k IS NULL
-           OR (NOT EXISTS (SELECT 1 FROM dbo.orders o WITH (UPDLOCK, HOLDLOCK) WHERE o.idempotency_key = t.k)
-               AND NOT EXISTS (SELECT 1 FROM OPENJSON(@orders) WITH (n INT '$.n', k NVARCHAR(MAX) '$.k') AS e
-                               WHERE e.k COLLATE Latin1_General_100_BIN2 = j.k COLLATE Latin1_General_100_BIN2
-                                 AND e.n < j.n));
+           OR NOT EXISTS (SELECT 1 FROM dbo.orders o WITH (UPDLOCK, HOLDLOCK) WHERE o.idempotency_key = t.k);
         INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at)
         OUTPUT inserted.outbox_id, inserted.order_id, inserted.created_at
         SELECT j.x, o.order_id, @event_type,

@@ -10,7 +10,9 @@
 -- Kinds: p, an order to process; f, an order to fail (unknown product); r, a
 -- rejected message of its own order (fails it); d, a dead letter only.
 -- The caller sends each outbox id and each order at most once among the
--- kinds p, f and r (a batch that repeats one goes in several calls).
+-- kinds p, f and r, and each dead letter id at most once (a batch that
+-- repeats one goes in several calls): a test of the batch against itself
+-- would read @rows again for every row.
 -- - A message of kind p, f or r counts unless the inbox holds its outbox id
 --   (one without an id always counts: the status guard dedupes). Only a
 --   message that counts moves its order, and enters the inbox.
@@ -22,8 +24,8 @@
 --   moves are kept in dbo.batch_moves (V20) for the rest of the call, by
 --   order (the TDS engine refuses a column of the FROM clause in OUTPUT ...
 --   INTO).
--- - Dead letters: every d, every r that counts, an f whose order moved; each
---   id once, numbered (seq) in the order of "n".
+-- - Dead letters: every d, every r that counts, an f whose order moved; an
+--   id the table holds is not written again; numbered (seq) in the order of "n".
 -- - The counters move by what moved, in slot @slot.
 -- It answers one row per message, in the order of "n": the number, whether
 -- it counted, the status its order left (NULL: not moved) and the time.
@@ -131,9 +133,6 @@ BEGIN
                OR (j.k = N'r' AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WHERE i.outbox_id = j.x)))
                OR (j.k = N'f' AND EXISTS (SELECT 1 FROM dbo.batch_moves m WHERE m.session_id = @@SPID AND m.order_id = j.o)))
           AND NOT EXISTS (SELECT 1 FROM dbo.dead_letters d WITH (UPDLOCK, HOLDLOCK) WHERE d.dead_letter_id = t.l)
-          AND NOT EXISTS (SELECT 1 FROM OPENJSON(@rows) WITH (n INT '$.n', l NVARCHAR(MAX) '$.l') AS e
-                          WHERE e.l COLLATE Latin1_General_100_BIN2 = j.l COLLATE Latin1_General_100_BIN2
-                            AND e.n < j.n)
         ORDER BY j.n;
         SELECT j.n,
             CAST(CASE WHEN j.k = N'd' OR j.x IS NULL

@@ -54,7 +54,7 @@ pub(crate) struct Server {
 /// deadpool manager for tiberius connections.
 struct TdsManager {
     server: Server,
-    /// Shared by both pools: after a failed connect, the next waits its turn.
+    /// Shared by the pool's connections: after a failed connect, the next waits its turn.
     gate: Arc<ConnectGate>,
 }
 

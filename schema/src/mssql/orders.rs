@@ -179,12 +179,46 @@ fn orders_json(orders: &[&NewOrder]) -> TdsResult<(String, Vec<OutboxId>)> {
     Ok((Value::Array(rows).to_string(), outbox_ids))
 }
 
-/// Places `orders` in one call of `dbo.place_orders` (migration V21), which
-/// owns its transaction, answered in their order. Each new order comes back
+/// Places `orders`, answered in their order: in one call of
+/// `dbo.place_orders` (migration V21), which owns its transaction, or one
+/// per [`calls`]. Each new order comes back
 /// as its outbox row (the id its request brought, the order's id and time);
 /// a key's request that placed nothing comes back with its number and the
 /// order the key names.
 async fn place(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Placed>> {
+    let mut placed: Vec<Option<Placed>> = (0..orders.len()).map(|_| None).collect();
+    for call in calls(orders) {
+        let group: Vec<&NewOrder> = call.iter().map(|&i| orders[i]).collect();
+        for (i, answer) in call.into_iter().zip(place_call(client, &group).await?) {
+            placed[i] = Some(answer);
+        }
+    }
+    placed.into_iter().map(|p| p.ok_or_else(|| conversion("one answer per order placed"))).collect()
+}
+
+/// The calls a group takes: each a list of its orders (by index) in which
+/// no idempotency key comes twice (what `dbo.place_orders` asks). Nearly
+/// every group is one call; a repeated key goes in the next, which finds the
+/// first one's order.
+fn calls(orders: &[&NewOrder]) -> Vec<Vec<usize>> {
+    let mut calls: Vec<(std::collections::HashSet<&str>, Vec<usize>)> = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        let key = order.idempotency_key.as_deref();
+        let at = match calls.iter().position(|(keys, _)| key.is_none_or(|k| !keys.contains(k))) {
+            Some(at) => at,
+            None => {
+                calls.push(Default::default());
+                calls.len() - 1
+            }
+        };
+        calls[at].0.extend(key);
+        calls[at].1.push(i);
+    }
+    calls.into_iter().map(|(_, members)| members).collect()
+}
+
+/// One call of `dbo.place_orders` for `orders`, whose keys differ.
+async fn place_call(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Placed>> {
     let (json, outbox_ids) = orders_json(orders)?;
     let count = i32::try_from(orders.len()).map_err(|_| conversion("a group's size"))?;
     let keyed = orders.iter().any(|o| o.idempotency_key.is_some());
@@ -348,6 +382,20 @@ mod tests {
         assert!(
             rows.iter().flat_map(|r| r.as_object().unwrap().values()).filter_map(Value::as_str).all(|t| !escaped(t))
         );
+    }
+
+    #[test]
+    fn a_group_is_one_call_unless_it_repeats_a_key() {
+        let order = |key: Option<&str>| NewOrder {
+            customer_name: "Ajay".into(),
+            product_id: "P123".into(),
+            quantity: 2,
+            idempotency_key: key.map(str::to_string),
+            traceparent: None,
+            tracestate: None,
+        };
+        let group = [order(Some("a")), order(None), order(Some("a")), order(Some("A")), order(None)];
+        assert_eq!(calls(&group.iter().collect::<Vec<_>>()), [vec![0, 1, 3, 4], vec![2]], "keys compare as bytes");
     }
 
     #[test]

@@ -107,31 +107,33 @@ impl Kind {
 }
 
 /// The calls a batch takes: each a list of its messages (by index) in which
-/// no outbox id and no order comes twice among those that may move an order
-/// (what `dbo.apply_batch` asks). Nearly every batch is one call; a message
+/// no outbox id and no order comes twice among those that may move an order,
+/// and no dead letter id among those that may park one (what
+/// `dbo.apply_batch` asks). Nearly every batch is one call; a message
 /// that repeats one goes in the next, which sees the first one's effect.
 fn rounds(deliveries: &[Delivery], kinds: &[Kind]) -> Vec<Vec<usize>> {
-    let mut rounds: Vec<(HashSet<Uuid>, HashSet<i64>, Vec<usize>)> = Vec::new();
+    let mut rounds: Vec<(HashSet<String>, Vec<usize>)> = Vec::new();
     for (i, (d, kind)) in deliveries.iter().zip(kinds).enumerate() {
-        let keys = (!matches!(kind, Kind::Letter(_))).then_some((d.outbox_id.map(|x| x.0), d.order_id.map(|o| o.0)));
-        let fits = |(xs, os, _): &(HashSet<Uuid>, HashSet<i64>, Vec<usize>)| {
-            keys.is_none_or(|(x, o)| x.is_none_or(|x| !xs.contains(&x)) && o.is_none_or(|o| !os.contains(&o)))
-        };
-        let at = match rounds.iter().position(fits) {
+        let mut keys = Vec::with_capacity(3);
+        if !matches!(kind, Kind::Letter(_)) {
+            keys.extend(d.outbox_id.map(|x| format!("x{x}")));
+            keys.extend(d.order_id.map(|o| format!("o{o}")));
+        }
+        if !matches!(kind, Kind::Process(_)) {
+            keys.push(format!("l{}", d.dead_letter_id));
+        }
+        let at = match rounds.iter().position(|(taken, _)| keys.iter().all(|k| !taken.contains(k))) {
             Some(at) => at,
             None => {
                 rounds.push(Default::default());
                 rounds.len() - 1
             }
         };
-        let (xs, os, members) = &mut rounds[at];
-        if let Some((x, o)) = keys {
-            xs.extend(x);
-            os.extend(o);
-        }
+        let (taken, members) = &mut rounds[at];
+        taken.extend(keys);
         members.push(i);
     }
-    rounds.into_iter().map(|(_, _, members)| members).collect()
+    rounds.into_iter().map(|(_, members)| members).collect()
 }
 
 /// One call's `@rows` and `@bodies` for `dbo.apply_batch`: an object per
@@ -331,6 +333,10 @@ mod tests {
         ];
         let kinds = [process(), process(), process(), process(), Kind::Letter("stray".into()), process()];
         assert_eq!(rounds(&deliveries, &kinds), [vec![0, 1, 4], vec![2, 3], vec![5]]);
+        let letter = delivery(None, None);
+        let twice = [letter.clone(), delivery(None, None), letter];
+        let kinds = [Kind::Letter("a".into()), Kind::Letter("b".into()), Kind::Letter("a".into())];
+        assert_eq!(rounds(&twice, &kinds), [vec![0, 1], vec![2]], "a dead letter id once per call");
         let plain = [delivery(Some(x), Some(1)), delivery(Some(y), Some(2))];
         assert_eq!(rounds(&plain, &[process(), process()]), [vec![0, 1]]);
     }

@@ -149,7 +149,7 @@ statements! {
          FROM dbo.inbox i WITH (ROWLOCK, READPAST) WHERE i.processed_at < @cutoff)";
     PURGE_DEAD_LETTERS = concat!(
         "SET NOCOUNT ON; DECLARE @cutoff DATETIME2(3) = DATEADD(second, @P1, SYSUTCDATETIME()); ",
-        "DELETE FROM dbo.dead_letters OUTPUT deleted.seq WHERE dead_letter_id IN (SELECT TOP (@P2) d.dead_letter_id \
+        "DELETE FROM dbo.dead_letters OUTPUT deleted.seq WHERE seq IN (SELECT TOP (@P2) d.seq \
          FROM dbo.dead_letters d WITH (ROWLOCK, READPAST) WHERE d.sent_at IS NOT NULL AND d.sent_at < @cutoff)"
     );
     PENDING_WITHOUT_OUTBOX = "SELECT COUNT_BIG(*) FROM dbo.orders o WHERE o.status = N'pending' \
