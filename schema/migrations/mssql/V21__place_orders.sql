@@ -12,8 +12,8 @@
 -- each key at most once (a group that repeats one goes in several calls): a
 -- test of the group against itself would read @orders again for every row. Each new order carries its request's outbox id
 -- (`placed_with`, V20), by which its outbox row and its answer find it; the
--- ids the insert takes are at least IDENT_CURRENT read before it, so those
--- joins seek a short range of the primary key. No table variable (V20).
+-- ids the insert takes lie between IDENT_CURRENT read before it and after
+-- it, so those joins seek a short range of the primary key. No table variable (V20).
 -- Counts come from rows, not @@ROWCOUNT (0 after an INSERT ... SELECT on the
 -- TDS engine). Text columns are read wider than the table's, so a value too
 -- long fails the insert (2628) and the group; the caller then places each of
@@ -30,7 +30,7 @@ BEGIN
     SET XACT_ABORT ON;
     BEGIN TRY
         BEGIN TRANSACTION;
-        DECLARE @from BIGINT = COALESCE(IDENT_CURRENT(N'dbo.orders'), 0);
+        DECLARE @from BIGINT = COALESCE(IDENT_CURRENT(N'dbo.orders'), 0), @to BIGINT;
         INSERT INTO dbo.orders (customer_name, product_id, quantity, idempotency_key, placed_with)
         SELECT t.c, t.p, j.q, t.k, j.x
         FROM OPENJSON(@orders) WITH (n INT '$.n', c NVARCHAR(MAX) '$.c', p NVARCHAR(MAX) '$.p', q INT '$.q',
@@ -50,6 +50,7 @@ BEGIN
                  ELSE dbo.carried_text(j.k) END AS k) AS t
         WHERE j.k IS NULL
            OR NOT EXISTS (SELECT 1 FROM dbo.orders o WITH (UPDLOCK, HOLDLOCK) WHERE o.idempotency_key = t.k);
+        SET @to = IDENT_CURRENT(N'dbo.orders');
         INSERT INTO dbo.outbox (outbox_id, order_id, event_type, payload, traceparent, tracestate, created_at)
         OUTPUT inserted.outbox_id, inserted.order_id, inserted.created_at
         SELECT j.x, o.order_id, @event_type,
@@ -58,7 +59,7 @@ BEGIN
             t.tp, t.ts, o.created_at
         FROM OPENJSON(@orders) WITH (x UNIQUEIDENTIFIER '$.x', e NVARCHAR(MAX) '$.e', tp NVARCHAR(MAX) '$.tp',
             ts NVARCHAR(MAX) '$.ts') AS j
-        JOIN dbo.orders o ON o.order_id >= @from AND o.placed_with = j.x
+        JOIN dbo.orders o ON o.order_id BETWEEN @from AND @to AND o.placed_with = j.x
         CROSS APPLY (SELECT
             CASE WHEN j.e IS NULL OR CHARINDEX(N'%', j.e) = 0 THEN j.e
                  WHEN CHARINDEX(N'%0', j.e) + CHARINDEX(N'%1', j.e) = 0
@@ -78,7 +79,7 @@ BEGIN
         IF @keyed = 1
             SELECT @placed = COUNT_BIG(*)
             FROM OPENJSON(@orders) WITH (x UNIQUEIDENTIFIER '$.x') AS j
-            JOIN dbo.orders o ON o.order_id >= @from AND o.placed_with = j.x;
+            JOIN dbo.orders o ON o.order_id BETWEEN @from AND @to AND o.placed_with = j.x;
         IF @placed > 0
             UPDATE dbo.order_counts SET n = n + @placed WHERE status = N'pending' AND slot = @@SPID % 16;
         -- A key's request that placed nothing: the order its key names.

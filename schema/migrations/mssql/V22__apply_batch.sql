@@ -29,8 +29,9 @@
 -- - The counters move by what moved, in slot @slot.
 -- It answers one row per message, in the order of "n": the number, whether
 -- it counted, the status its order left (NULL: not moved) and the time.
--- No table variable (V20); `dbo.orders.order_id BETWEEN @lo AND @hi` keeps
--- the TDS engine's planner on the primary key. Carried texts are read as
+-- No table variable (V20); every join with dbo.orders also names the range
+-- `order_id BETWEEN @lo AND @hi`, which keeps the TDS engine's planner on the
+-- primary key (it cannot know how many rows a JSON parameter holds). Carried texts are read as
 -- dbo.place_orders reads them (V21), their common cases inline.
 CREATE PROCEDURE dbo.apply_batch (@rows NVARCHAR(MAX), @bodies VARBINARY(MAX), @slot INT)
 AS
@@ -108,7 +109,7 @@ BEGIN
           AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WITH (UPDLOCK, HOLDLOCK) WHERE i.outbox_id = j.x));
         IF EXISTS (SELECT 1
                    FROM OPENJSON(@rows) WITH (k NCHAR(1) '$.k', x UNIQUEIDENTIFIER '$.x', o BIGINT '$.o') AS j
-                   JOIN dbo.orders o ON o.order_id = j.o
+                   JOIN dbo.orders o ON o.order_id = j.o AND o.order_id BETWEEN @lo AND @hi
                    WHERE j.k <> N'd' AND o.status IN (N'pending', N'published')
                      AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WHERE i.outbox_id = j.x)))
             THROW 50002, N'an order changed status under each pass of its move', 1;
@@ -151,7 +152,7 @@ BEGIN
             @from_published = COUNT_BIG(CASE WHEN m.moved_from = N'published' THEN 1 END),
             @processed = COUNT_BIG(CASE WHEN o.status = N'processed' THEN 1 END),
             @failed = COUNT_BIG(CASE WHEN o.status = N'failed' THEN 1 END)
-        FROM dbo.batch_moves m JOIN dbo.orders o ON o.order_id = m.order_id
+        FROM dbo.batch_moves m JOIN dbo.orders o ON o.order_id = m.order_id AND o.order_id BETWEEN @lo AND @hi
         WHERE m.session_id = @@SPID;
         IF @from_pending + @from_published > 0
             UPDATE dbo.order_counts SET n = n + CASE status WHEN N'pending' THEN -@from_pending
