@@ -89,11 +89,22 @@ pub(super) struct PlaceRequest {
 }
 
 /// The group-commit writer, shaped like SQLite's: the orders waiting at the
-/// moment the last call returned are placed in one call and one transaction
-/// ([`place`]); while it runs, the next group gathers. When a group fails,
-/// each of its orders is placed on its own, so one bad order fails no other.
+/// moment a call can start are placed in one call and one transaction
+/// ([`place`]); while it runs, the next group gathers. Unlike SQLite, SQL
+/// Server takes several writers at once, so up to [`CALLS_IN_FLIGHT`] calls
+/// run together, each on its own connection; a new one starts when one ends
+/// or when [`WORTH_A_CALL`] orders wait. When a group fails, each of its
+/// orders is placed on its own, so one bad order fails no other.
 pub(super) async fn place_orders(store: MssqlStore, mut queue: mpsc::Receiver<PlaceRequest>) {
-    while let Some(first) = queue.recv().await {
+    let mut calls = tokio::task::JoinSet::new();
+    loop {
+        let first = tokio::select! {
+            next = queue.recv() => match next {
+                Some(next) => next,
+                None => break,
+            },
+            Some(_) = calls.join_next(), if !calls.is_empty() => continue,
+        };
         let mut group = vec![first];
         while group.len() < MAX_ORDERS_PER_CALL {
             match queue.try_recv() {
@@ -101,9 +112,27 @@ pub(super) async fn place_orders(store: MssqlStore, mut queue: mpsc::Receiver<Pl
                 Err(_) => break,
             }
         }
-        place_group(&store, group).await;
+        // A small group waits for a call to end while others run: the
+        // commit's fixed cost is then spread over more orders.
+        while calls.len() >= CALLS_IN_FLIGHT || !calls.is_empty() && group.len() < WORTH_A_CALL {
+            tokio::select! {
+                _ = calls.join_next() => {}
+                next = queue.recv(), if group.len() < MAX_ORDERS_PER_CALL => match next {
+                    Some(next) => group.push(next),
+                    None => break,
+                },
+            }
+        }
+        let store = store.clone();
+        calls.spawn(async move { place_group(&store, group).await });
     }
+    while calls.join_next().await.is_some() {}
 }
+
+/// Calls placing orders at once, at most.
+const CALLS_IN_FLIGHT: usize = 4;
+/// The size of a group that starts while other calls run.
+const WORTH_A_CALL: usize = 8;
 
 /// Places `group` together, or each of its orders alone when that fails for
 /// a reason of one of them, and answers each order.
