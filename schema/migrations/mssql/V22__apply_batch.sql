@@ -5,8 +5,12 @@
 --   {"n": the caller's sequence number, "k": the kind, "x": its outbox id or
 --    absent, "o": its order id or absent, "u"/"t": unit and total price (kind
 --    p), "r": the order's failure reason (kinds f, r), "lr": the dead
---    letter's reason, "l": its id, "h": its headers' JSON, "b"/"bn": where its
---    body starts in @bodies (from 1) and its length (kinds f, r, d)}
+--    letter's reason, "l": its id, "b"/"bn" and "hb"/"hn": where its body
+--    starts in @bodies and its headers' JSON in @headers (from 1), and their
+--    lengths (kinds f, r, d)}
+-- Headers travel apart, their JSON made ASCII so that an offset counts alike
+-- on every engine: a header may be long, and the TDS engine's OPENJSON cuts
+-- a text at 4,000 characters.
 -- Kinds: p, an order to process; f, an order to fail (unknown product); r, a
 -- rejected message of its own order (fails it); d, a dead letter only.
 -- The caller sends each outbox id and each order at most once among the
@@ -33,7 +37,7 @@
 -- `order_id BETWEEN @lo AND @hi`, which keeps the TDS engine's planner on the
 -- primary key (it cannot know how many rows a JSON parameter holds). Carried texts are read as
 -- dbo.place_orders reads them (V21), their common cases inline.
-CREATE PROCEDURE dbo.apply_batch (@rows NVARCHAR(MAX), @bodies VARBINARY(MAX), @slot INT)
+CREATE PROCEDURE dbo.apply_batch (@rows NVARCHAR(MAX), @bodies VARBINARY(MAX), @headers NVARCHAR(MAX), @slot INT)
 AS
 BEGIN
     SET NOCOUNT ON;
@@ -114,9 +118,10 @@ BEGIN
                      AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WHERE i.outbox_id = j.x)))
             THROW 50002, N'an order changed status under each pass of its move', 1;
         INSERT INTO dbo.dead_letters (dead_letter_id, order_id, reason, headers, body)
-        SELECT t.l, j.o, t.lr, t.h, SUBSTRING(@bodies, j.b, j.bn)
+        SELECT t.l, j.o, t.lr, SUBSTRING(@headers, j.hb, j.hn), SUBSTRING(@bodies, j.b, j.bn)
         FROM OPENJSON(@rows) WITH (n INT '$.n', k NCHAR(1) '$.k', x UNIQUEIDENTIFIER '$.x', o BIGINT '$.o',
-            lr NVARCHAR(MAX) '$.lr', l NVARCHAR(MAX) '$.l', h NVARCHAR(MAX) '$.h', b INT '$.b', bn INT '$.bn') AS j
+            lr NVARCHAR(MAX) '$.lr', l NVARCHAR(MAX) '$.l', b INT '$.b', bn INT '$.bn', hb INT '$.hb',
+            hn INT '$.hn') AS j
         CROSS APPLY (SELECT
             CASE WHEN j.l IS NULL OR CHARINDEX(N'%', j.l) = 0 THEN j.l
                  WHEN CHARINDEX(N'%0', j.l) + CHARINDEX(N'%1', j.l) = 0
@@ -125,11 +130,7 @@ BEGIN
             CASE WHEN j.lr IS NULL OR CHARINDEX(N'%', j.lr) = 0 THEN j.lr
                  WHEN CHARINDEX(N'%0', j.lr) + CHARINDEX(N'%1', j.lr) = 0
                  THEN REPLACE(REPLACE(REPLACE(j.lr, N'%22', N'"'), N'%5C', N'\'), N'%25', N'%')
-                 ELSE dbo.carried_text(j.lr) END AS lr,
-            CASE WHEN j.h IS NULL OR CHARINDEX(N'%', j.h) = 0 THEN j.h
-                 WHEN CHARINDEX(N'%0', j.h) + CHARINDEX(N'%1', j.h) = 0
-                 THEN REPLACE(REPLACE(REPLACE(j.h, N'%22', N'"'), N'%5C', N'\'), N'%25', N'%')
-                 ELSE dbo.carried_text(j.h) END AS h) AS t
+                 ELSE dbo.carried_text(j.lr) END AS lr) AS t
         WHERE (j.k = N'd'
                OR (j.k = N'r' AND (j.x IS NULL OR NOT EXISTS (SELECT 1 FROM dbo.inbox i WHERE i.outbox_id = j.x)))
                OR (j.k = N'f' AND EXISTS (SELECT 1 FROM dbo.batch_moves m WHERE m.session_id = @@SPID AND m.order_id = j.o)))

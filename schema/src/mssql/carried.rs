@@ -9,6 +9,29 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
+/// `json` with every character beyond ASCII written as its `\uXXXX` escapes
+/// (UTF-16 units, so a pair for one beyond the BMP): the same JSON, whose
+/// length in characters is its length in bytes on every engine, so a call can
+/// cut it out of a longer text by offset (`SUBSTRING`). Only strings of JSON
+/// hold such characters, and there an escape means the character.
+pub(super) fn ascii_json(json: &str) -> Cow<'_, str> {
+    if json.is_ascii() {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Whether `c` is written as `%XX`: what JSON escapes (`"`, `\`, the control
 /// characters U+0000-U+001F) and `%` itself.
 fn is_carried(c: char) -> bool {
@@ -65,5 +88,16 @@ mod tests {
             assert_eq!(as_the_server_reads(&sent), text);
         }
         assert!(matches!(carried("plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn json_made_ascii_means_the_same() {
+        let headers = serde_json::json!([["note", "caf\u{e9} \u{1F600} \"q\" \\"], ["x", "plain"]]);
+        let json = serde_json::to_string(&headers).unwrap();
+        let ascii = ascii_json(&json);
+        assert!(ascii.is_ascii(), "{ascii}");
+        assert!(ascii.contains("\\ud83d\\ude00"), "a pair beyond the BMP: {ascii}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&ascii).unwrap(), headers);
+        assert!(matches!(ascii_json("[]"), Cow::Borrowed(_)));
     }
 }

@@ -21,7 +21,7 @@ use crate::{
     UndeliverableLetter,
 };
 
-use super::carried::carried;
+use super::carried::{ascii_json, carried};
 use super::sql::*;
 use super::{TdsClient, TdsResult, changed, conversion, count_slot, order_at, rows, status_at, utc};
 
@@ -136,12 +136,19 @@ fn rounds(deliveries: &[Delivery], kinds: &[Kind]) -> Vec<Vec<usize>> {
     rounds.into_iter().map(|(_, members)| members).collect()
 }
 
-/// One call's `@rows` and `@bodies` for `dbo.apply_batch`: an object per
-/// message of `round`, numbered by its place there, texts [`carried`], and
-/// the dead-letter bodies one after another, each found by its offset and
-/// length.
-fn batch_args(round: &[usize], deliveries: &[Delivery], kinds: &[Kind]) -> Result<(String, Vec<u8>), StoreError> {
+/// One call's `@rows`, `@bodies` and `@headers` for `dbo.apply_batch`: an
+/// object per message of `round`, numbered by its place there, texts
+/// [`carried`]; the dead letters' bodies, and their headers' JSON made ASCII
+/// ([`ascii_json`]), one after another, each found by its offset and length
+/// (a header may be long, and the TDS engine's OPENJSON cuts a text at 4,000
+/// characters).
+fn batch_args(
+    round: &[usize],
+    deliveries: &[Delivery],
+    kinds: &[Kind],
+) -> Result<(String, Vec<u8>, String), StoreError> {
     let mut bodies = Vec::new();
+    let mut headers = String::new();
     let mut rows = Vec::with_capacity(round.len());
     for (n, &i) in round.iter().enumerate() {
         let (d, kind) = (&deliveries[i], &kinds[i]);
@@ -162,7 +169,10 @@ fn batch_args(round: &[usize], deliveries: &[Delivery], kinds: &[Kind]) -> Resul
                 row["r"] = json!(carried(reason));
                 row["lr"] = json!(carried(letter.reason));
                 row["l"] = json!(carried(letter.id));
-                row["h"] = json!(carried(&letter.headers));
+                let ascii = ascii_json(&letter.headers);
+                row["hb"] = json!(headers.len() + 1);
+                row["hn"] = json!(ascii.len());
+                headers.push_str(&ascii);
                 row["b"] = json!(bodies.len() + 1);
                 row["bn"] = json!(d.body.len());
                 bodies.extend_from_slice(&d.body);
@@ -170,7 +180,7 @@ fn batch_args(round: &[usize], deliveries: &[Delivery], kinds: &[Kind]) -> Resul
         }
         rows.push(row);
     }
-    Ok((serde_json::Value::Array(rows).to_string(), bodies))
+    Ok((serde_json::Value::Array(rows).to_string(), bodies, headers))
 }
 
 /// The batch after one read of its orders' facts, in one call of
@@ -181,8 +191,8 @@ async fn apply_batch(client: &mut TdsClient, deliveries: &[Delivery]) -> Result<
     let kinds: Vec<Kind> = deliveries.iter().map(|d| Kind::of(d, &facts)).collect();
     let mut applied: Vec<Option<Applied>> = vec![None; deliveries.len()];
     for round in rounds(deliveries, &kinds) {
-        let (batch, bodies) = batch_args(&round, deliveries, &kinds)?;
-        for row in rows(client, APPLY_BATCH, &[&batch, &bodies, &count_slot()]).await? {
+        let (batch, bodies, headers) = batch_args(&round, deliveries, &kinds)?;
+        for row in rows(client, APPLY_BATCH, &[&batch, &bodies, &headers, &count_slot()]).await? {
             let n = row.try_get::<i32, _>(0)?.ok_or_else(|| conversion("n"))?;
             let i = *usize::try_from(n).ok().and_then(|n| round.get(n)).ok_or_else(|| conversion("n"))?;
             let counted = row.try_get::<bool, _>(1)?.ok_or_else(|| conversion("counts"))?;

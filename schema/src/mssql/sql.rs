@@ -191,9 +191,9 @@ statements! {
     /// every order it names (@P1, their ids comma-separated, all between @P2
     /// and @P3; migration V16), then the batch applied in one call that owns
     /// its transaction (`dbo.apply_batch`, migration V22): @P1 the messages as
-    /// JSON, @P2 their dead-letter bodies, @P3 the counter slot.
+    /// JSON, @P2 their dead letters' bodies, @P3 their headers, @P4 the counter slot.
     ORDER_FACTS = "EXEC dbo.order_facts @P1, @P2, @P3";
-    APPLY_BATCH = "EXEC dbo.apply_batch @P1, @P2, @P3";
+    APPLY_BATCH = "EXEC dbo.apply_batch @P1, @P2, @P3, @P4";
     /// The order of ix_dead_letters_unsent (seq), which also filters on both tests.
     UNSENT_DEAD_LETTERS = "SELECT TOP (@P1) dead_letter_id, reason, headers, body, attempts \
          FROM dbo.dead_letters WHERE sent_at IS NULL AND undeliverable_at IS NULL ORDER BY seq";
