@@ -540,6 +540,26 @@ async fn rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsRe
     client.query(sql, params).await?.into_first_result().await
 }
 
+/// Items (by index) split into the calls a batch procedure takes: each item
+/// goes in the first call that holds none of its keys, so no key comes twice
+/// in one call, and later calls see the earlier ones' effects. Nearly every
+/// batch is one call.
+fn calls_without_repeats<K: Eq + std::hash::Hash>(keys: impl IntoIterator<Item = Vec<K>>) -> Vec<Vec<usize>> {
+    let mut calls: Vec<(std::collections::HashSet<K>, Vec<usize>)> = Vec::new();
+    for (i, keys) in keys.into_iter().enumerate() {
+        let at = match calls.iter().position(|(taken, _)| keys.iter().all(|k| !taken.contains(k))) {
+            Some(at) => at,
+            None => {
+                calls.push((std::collections::HashSet::new(), Vec::new()));
+                calls.len() - 1
+            }
+        };
+        calls[at].0.extend(keys);
+        calls[at].1.push(i);
+    }
+    calls.into_iter().map(|(_, members)| members).collect()
+}
+
 /// The rows of every result set a call returns, in order (a procedure may
 /// answer with several).
 async fn all_rows(client: &mut TdsClient, sql: &str, params: &[&dyn ToSql]) -> TdsResult<Vec<Row>> {

@@ -20,8 +20,8 @@ use crate::{
 use super::carried::carried;
 use super::sql::*;
 use super::{
-    TdsClient, TdsResult, all_rows, conversion, exec, load_order, order_from_row, product_from_row, rows,
-    text_or_empty, utc,
+    TdsClient, TdsResult, all_rows, calls_without_repeats, conversion, exec, load_order, order_from_row,
+    product_from_row, rows, text_or_empty, utc,
 };
 
 /// Writes the `OrderPlacedV1` outbox row of `order`; `created_at` None means now.
@@ -230,20 +230,7 @@ async fn place(client: &mut TdsClient, orders: &[&NewOrder]) -> TdsResult<Vec<Pl
 /// every group is one call; a repeated key goes in the next, which finds the
 /// first one's order.
 fn calls(orders: &[&NewOrder]) -> Vec<Vec<usize>> {
-    let mut calls: Vec<(std::collections::HashSet<&str>, Vec<usize>)> = Vec::new();
-    for (i, order) in orders.iter().enumerate() {
-        let key = order.idempotency_key.as_deref();
-        let at = match calls.iter().position(|(keys, _)| key.is_none_or(|k| !keys.contains(k))) {
-            Some(at) => at,
-            None => {
-                calls.push(Default::default());
-                calls.len() - 1
-            }
-        };
-        calls[at].0.extend(key);
-        calls[at].1.push(i);
-    }
-    calls.into_iter().map(|(_, members)| members).collect()
+    calls_without_repeats(orders.iter().map(|o| o.idempotency_key.as_deref().into_iter().collect::<Vec<_>>()))
 }
 
 /// One call of `dbo.place_orders` for `orders`, whose keys differ.

@@ -23,7 +23,9 @@ use crate::{
 
 use super::carried::{ascii_json, carried};
 use super::sql::*;
-use super::{TdsClient, TdsResult, changed, conversion, count_slot, order_at, rows, status_at, utc};
+use super::{
+    TdsClient, TdsResult, calls_without_repeats, changed, conversion, count_slot, order_at, rows, status_at, utc,
+};
 
 /// What the database held of an order before the batch's call: a plain
 /// read of what does not change (its product, quantity, outbox rows); its
@@ -112,8 +114,7 @@ impl Kind {
 /// `dbo.apply_batch` asks). Nearly every batch is one call; a message
 /// that repeats one goes in the next, which sees the first one's effect.
 fn rounds(deliveries: &[Delivery], kinds: &[Kind]) -> Vec<Vec<usize>> {
-    let mut rounds: Vec<(HashSet<String>, Vec<usize>)> = Vec::new();
-    for (i, (d, kind)) in deliveries.iter().zip(kinds).enumerate() {
+    calls_without_repeats(deliveries.iter().zip(kinds).map(|(d, kind)| {
         let mut keys = Vec::with_capacity(3);
         if !matches!(kind, Kind::Letter(_)) {
             keys.extend(d.outbox_id.map(|x| format!("x{x}")));
@@ -122,18 +123,8 @@ fn rounds(deliveries: &[Delivery], kinds: &[Kind]) -> Vec<Vec<usize>> {
         if !matches!(kind, Kind::Process(_)) {
             keys.push(format!("l{}", d.dead_letter_id));
         }
-        let at = match rounds.iter().position(|(taken, _)| keys.iter().all(|k| !taken.contains(k))) {
-            Some(at) => at,
-            None => {
-                rounds.push(Default::default());
-                rounds.len() - 1
-            }
-        };
-        let (taken, members) = &mut rounds[at];
-        taken.extend(keys);
-        members.push(i);
-    }
-    rounds.into_iter().map(|(_, members)| members).collect()
+        keys
+    }))
 }
 
 /// One call's `@rows`, `@bodies` and `@headers` for `dbo.apply_batch`: an
