@@ -44,6 +44,8 @@ fn without_comments(statement: &str) -> String {
 /// `BEGIN TRY` as the start of a transaction, so a TRY/CATCH block could not
 /// parse, though SQL Server's own grammar has it (and there `END TRY` takes
 /// no `;` before `BEGIN CATCH`; sqlparser wants one after every block).
+/// And `UPDATE TOP (n) t` is read as `UPDATE t`: sqlparser has no TOP in an
+/// UPDATE, which SQL Server's grammar has (`UPDATE TOP ( expression )`).
 /// Everything else is checked as written.
 fn as_sqlparser_reads(routine: &str) -> String {
     // sqlparser has no ALTER PROCEDURE; its body is a CREATE PROCEDURE's.
@@ -59,6 +61,11 @@ fn as_sqlparser_reads(routine: &str) -> String {
         match pair {
             ("BEGIN", Some("TRY" | "CATCH")) => out.push("BEGIN"),
             ("END", Some("TRY" | "CATCH")) => out.push("END;"),
+            ("UPDATE", Some("TOP")) if tokens.get(i + 2).is_some_and(|t| t.starts_with('(') && t.ends_with(')')) => {
+                out.push("UPDATE");
+                i += 3;
+                continue;
+            }
             _ => {
                 out.push(tokens[i]);
                 i += 1;
@@ -84,6 +91,16 @@ fn a_try_catch_block_is_read_as_plain_blocks_and_nothing_else_changes() {
         as_sqlparser_reads(routine),
         "AS BEGIN BEGIN BEGIN TRANSACTION; SELECT 1; COMMIT TRANSACTION; END; \
          BEGIN IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION; THROW; END; END"
+    );
+}
+
+#[test]
+fn an_update_top_is_read_without_its_top_and_nothing_else_changes() {
+    let statement = "AS BEGIN UPDATE TOP (@limit) dbo.t WITH (UPDLOCK, READPAST) SET a = 1 WHERE b IS NULL; \
+                     SELECT TOP (5) a FROM dbo.t; END";
+    assert_eq!(
+        as_sqlparser_reads(statement),
+        "AS BEGIN UPDATE dbo.t WITH (UPDLOCK, READPAST) SET a = 1 WHERE b IS NULL; SELECT TOP (5) a FROM dbo.t; END"
     );
 }
 
