@@ -145,7 +145,11 @@ fn duration_in_words(secs: u64) -> String {
     }
 }
 
-/// `GET /ops/state`: everything the page shows, in one answer.
+/// `GET /ops/state`: everything the page shows, in one answer. While the
+/// database cannot be reached the answer still comes, with the services'
+/// readiness and the relays (neither needs it) and `database_error` naming
+/// the cause in place of what only the database knows: an outage is when an
+/// operator needs the page most.
 async fn state(State(ops): State<Ops>) -> Result<Json<Value>, OpsError> {
     let mut services = vec![ServiceState::new(
         "producer".into(),
@@ -165,18 +169,30 @@ async fn state(State(ops): State<Ops>) -> Result<Json<Value>, OpsError> {
     for (i, url) in ops.consumers.iter().enumerate() {
         services.push(probe(&ops, format!("consumer {}", i + 1), url).await);
     }
-    Ok(Json(json!({
+    let mut answer = json!({
         "services": services,
-        "outbox": ops.store.outbox_stats().await?,
-        "parked": ops.store.parked_rows(50).await?,
-        "failed": ops.store.failed_orders(50).await?,
-        "dead_letters": ops.store.recent_dead_letters(50).await?,
-        "reconciliation": ops.store.reconcile(ops.stale_after).await?,
         "stale_after_seconds": ops.stale_after.as_secs(),
         "relays": relays,
-        "audit": ops.store.recent_audit(20).await?,
         "actions_enabled": ops.actions_enabled,
-    })))
+    });
+    match stored_state(&ops).await {
+        Ok(stored) => answer.as_object_mut().expect("an object").extend(stored),
+        Err(error @ StoreError::Unavailable(_)) => answer["database_error"] = json!(Report::new(error).to_string()),
+        Err(error) => return Err(error.into()),
+    }
+    Ok(Json(answer))
+}
+
+/// The part of `/ops/state` that the database holds.
+async fn stored_state(ops: &Ops) -> Result<serde_json::Map<String, Value>, StoreError> {
+    let mut stored = serde_json::Map::new();
+    stored.insert("outbox".into(), json!(ops.store.outbox_stats().await?));
+    stored.insert("parked".into(), json!(ops.store.parked_rows(50).await?));
+    stored.insert("failed".into(), json!(ops.store.failed_orders(50).await?));
+    stored.insert("dead_letters".into(), json!(ops.store.recent_dead_letters(50).await?));
+    stored.insert("reconciliation".into(), json!(ops.store.reconcile(ops.stale_after).await?));
+    stored.insert("audit".into(), json!(ops.store.recent_audit(20).await?));
+    Ok(stored)
 }
 
 /// Who acts: the `X-Requested-By` header (1-200 characters, no control characters).

@@ -71,20 +71,33 @@
 
   async function refresh() {
     let s;
+    const outage = $("database-error");
     try {
       const res = await fetch("/ops/state", { cache: "no-store" });
-      if (!res.ok) return;
       s = await res.json();
-    } catch (e) { return; }
+      if (!res.ok) throw new Error(s.error || res.statusText);
+    } catch (e) {
+      outage.textContent = "The page could not be refreshed: " + e.message + ". What it shows may be old.";
+      outage.hidden = false;
+      return;
+    }
+    // While the database is down the answer names it, and carries only what
+    // needs no database: the services and the relays.
+    outage.hidden = !s.database_error;
+    outage.textContent = s.database_error ? "The database cannot be reached (" + s.database_error +
+      "): the figures below the services and relays are as last read." : "";
     const services = $("services"); services.replaceChildren();
     for (const v of s.services) {
       const tr = row(services, [v.name, v.url, v.ready ? "ready" : "NOT READY", v.words]);
       tr.cells[2].className = v.ready ? "ready-yes" : "ready-no"; tr.cells[3].className = "detail";
       tr.dataset.service = v.name;
     }
-    $("outbox-pending").textContent = s.outbox.pending;
-    $("outbox-oldest").textContent = s.outbox.oldest_pending_seconds.toFixed(1) + " s";
-    $("outbox-parked").textContent = s.outbox.parked;
+    renderRelaysAndBroker(s);
+    if (!s.database_error) renderStored(s);
+    document.body.dataset.refreshed = Date.now();
+  }
+
+  function renderRelaysAndBroker(s) {
     // The broker's own figures, as the first relay that reached it last saw them.
     const seen = s.relays.map(r => (r.status || {}).broker).filter(b => b);
     const broker = seen.find(b => b.age_seconds !== null && b.age_seconds !== undefined) || seen[0];
@@ -108,6 +121,12 @@
       }
       row(relays, [r.url, st.relay_id, st.paused === undefined ? "unreachable" : String(st.paused), actions]).dataset.relay = r.index;
     }
+  }
+
+  function renderStored(s) {
+    $("outbox-pending").textContent = s.outbox.pending;
+    $("outbox-oldest").textContent = s.outbox.oldest_pending_seconds.toFixed(1) + " s";
+    $("outbox-parked").textContent = s.outbox.parked;
     const parked = $("parked"); parked.replaceChildren();
     for (const p of s.parked) {
       row(parked, [p.outbox_id, String(p.order_id), String(p.attempts), p.last_error, p.dead_at,
@@ -133,7 +152,6 @@
     for (const a of s.audit) {
       row(audit, [a.requested_at, a.action, a.requested_by, a.order_id ? String(a.order_id) : "—", a.order_id ? a.outbox_id : "—"]);
     }
-    document.body.dataset.refreshed = Date.now();
   }
   refresh();
   setInterval(refresh, 2000);

@@ -97,6 +97,13 @@ async fn the_server_stopped_for_10_s_under_load_loses_nothing_and_the_services_a
             (status == 503 && readiness.to_string().contains("database")).then_some(())
         })
         .await;
+        // The ops page still answers, naming the outage beside the services' readiness.
+        let ops = reqwest::get(format!("{}/ops/state", stack.base_url())).await.unwrap();
+        assert_eq!(ops.status().as_u16(), 200, "the ops page's state answers during the outage");
+        let ops: serde_json::Value = ops.json().await.unwrap();
+        let cause = ops["database_error"].as_str().unwrap_or_default();
+        assert!(cause.contains("database unavailable"), "the ops page names the outage: {ops}");
+        assert!(ops["services"][0]["words"].to_string().contains("database"), "and the producer's readiness: {ops}");
         // The outage itself lasts ten seconds: a scenario length, not a wait for a condition.
         tokio::time::sleep_until((stopped + Duration::from_secs(10)).into()).await;
         run_command("TEST_MSSQL_START");

@@ -32,3 +32,12 @@ CREATE TABLE dbo.batch_rows (
 );
 
 CREATE INDEX ix_batch_rows_order ON dbo.batch_rows (session_id, o);
+
+-- The relay's confirmed ids, for dbo.mark_published (V29) as dbo.batch_rows
+-- is for dbo.apply_batch: read from the parameter once, joined by key.
+CREATE TABLE dbo.marked_rows (
+    session_id INT              NOT NULL,
+    outbox_id  UNIQUEIDENTIFIER NOT NULL,
+    order_id   BIGINT           NULL,
+    CONSTRAINT pk_marked_rows PRIMARY KEY (session_id, outbox_id)
+);
