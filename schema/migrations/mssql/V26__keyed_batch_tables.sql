@@ -1,7 +1,10 @@
 -- dbo.apply_batch (V22) reads its JSON parameter once, into dbo.batch_rows,
--- a process-keyed table as dbo.batch_moves is (V20), and every pass joins
--- that table by key. Its statements and answers are V22's, what changed is
--- where they read the batch from (V27).
+-- and every pass joins that table by key. Rows there and in dbo.batch_moves
+-- (V20, keyed here anew) belong to one call: a NEWID() the call draws, not
+-- the session, so a lookup meets only its own call's rows (the TDS engine
+-- keeps a deleted row's index entry until its vacuum, and a session's key
+-- gathered thousands of them a minute). The procedure's statements and
+-- answers stay V22's, only where they read the batch from changes (V27).
 --
 -- Why: a join of a big table with `OPENJSON(@rows)` leaves the plan to
 -- estimates the server cannot make well. The statistics of a queue table lag
@@ -13,7 +16,7 @@
 -- counts (its outbox id not yet in the inbox) is settled once, under the
 -- inbox's key-range lock, before any order moves.
 CREATE TABLE dbo.batch_rows (
-    session_id INT              NOT NULL,
+    call_id    UNIQUEIDENTIFIER NOT NULL,
     n          INT              NOT NULL,
     k          NCHAR(1)         NOT NULL,
     x          UNIQUEIDENTIFIER NULL,
@@ -28,16 +31,18 @@ CREATE TABLE dbo.batch_rows (
     hb         INT              NULL,
     hn         INT              NULL,
     counts     BIT              NOT NULL,
-    CONSTRAINT pk_batch_rows PRIMARY KEY (session_id, n)
+    CONSTRAINT pk_batch_rows PRIMARY KEY (call_id, n)
 );
 
-CREATE INDEX ix_batch_rows_order ON dbo.batch_rows (session_id, o);
+CREATE INDEX ix_batch_rows_order ON dbo.batch_rows (call_id, o);
 
--- The relay's confirmed ids, for dbo.mark_published (V29) as dbo.batch_rows
--- is for dbo.apply_batch: read from the parameter once, joined by key.
-CREATE TABLE dbo.marked_rows (
-    session_id INT              NOT NULL,
-    outbox_id  UNIQUEIDENTIFIER NOT NULL,
-    order_id   BIGINT           NULL,
-    CONSTRAINT pk_marked_rows PRIMARY KEY (session_id, outbox_id)
+DROP TABLE dbo.batch_moves;
+
+CREATE TABLE dbo.batch_moves (
+    call_id      UNIQUEIDENTIFIER NOT NULL,
+    order_id     BIGINT           NOT NULL,
+    moved_from   NVARCHAR(16)     NOT NULL,
+    processed_at DATETIME2(3)     NOT NULL,
+    CONSTRAINT pk_batch_moves PRIMARY KEY (call_id, order_id)
 );
+

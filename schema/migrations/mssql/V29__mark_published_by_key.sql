@@ -1,0 +1,45 @@
+-- dbo.mark_published (V25) with its id list read by one statement only, the
+-- one that marks the rows, and that statement filtered by the key alone: a
+-- row already published (another relay confirmed it first) keeps its time
+-- and lease by the SET's own test. So the plan is driven by the ids, never
+-- by a guess at how many rows are unpublished (V26 says why such guesses
+-- fail on a queue table, and the guessed plan read the list once per row).
+-- The rows this call marked are those that now carry its @now, found by the
+-- index on published_at; only their orders move on (guarded by `pending`),
+-- in the range of their ids as V13 explains, and the counters move in the
+-- same transaction. A row another relay marked in the same millisecond
+-- shares @now: its order moves once all the same (whichever call comes
+-- second finds it published), and each call counts only what it moved.
+-- Answers a row per id it found, with the time it was published before this
+-- call: NULL where this call marked it (`deleted` is the row before the
+-- update).
+ALTER PROCEDURE dbo.mark_published (@ids NVARCHAR(MAX), @slot INT)
+AS
+BEGIN
+    SET NOCOUNT ON;
+    SET XACT_ABORT ON;
+    DECLARE @advanced BIGINT, @lo BIGINT, @hi BIGINT;
+    BEGIN TRY
+        BEGIN TRANSACTION;
+        DECLARE @now DATETIME2(3) = SYSUTCDATETIME();
+        UPDATE dbo.outbox SET published_at = COALESCE(dbo.outbox.published_at, @now),
+            lease_owner = CASE WHEN dbo.outbox.published_at IS NULL THEN NULL ELSE dbo.outbox.lease_owner END,
+            lease_until = CASE WHEN dbo.outbox.published_at IS NULL THEN NULL ELSE dbo.outbox.lease_until END,
+            dead_at = CASE WHEN dbo.outbox.published_at IS NULL THEN NULL ELSE dbo.outbox.dead_at END
+        OUTPUT deleted.published_at
+        WHERE dbo.outbox.outbox_id IN (SELECT CAST(s.value AS UNIQUEIDENTIFIER) FROM STRING_SPLIT(@ids, N',') AS s);
+        SELECT @lo = MIN(x.order_id), @hi = MAX(x.order_id)
+        FROM dbo.outbox x WHERE x.published_at = @now;
+        UPDATE dbo.orders SET status = N'published'
+        WHERE order_id BETWEEN @lo AND @hi AND status = N'pending'
+          AND EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = dbo.orders.order_id AND x.published_at = @now);
+        SET @advanced = @@ROWCOUNT;
+        UPDATE dbo.order_counts SET n = n + CASE WHEN status = N'pending' THEN -@advanced ELSE @advanced END
+        WHERE status IN (N'pending', N'published') AND slot = @slot AND @advanced > 0;
+        COMMIT TRANSACTION;
+    END TRY
+    BEGIN CATCH
+        IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION;
+        THROW;
+    END CATCH;
+END
