@@ -117,8 +117,8 @@ statements! {
     /// procedures (migrations V12, V13, now V28, V29), parsed once per session.
     /// The claim takes the owner, the lease in milliseconds and the limit, and
     /// answers the rows it leased; the confirmation takes the ids as one
-    /// comma-separated list and a counter slot, and answers a row per id it
-    /// found with the time it was published before: NULL where this call marked it.
+    /// comma-separated list (each id once) and a counter slot, and answers how
+    /// many rows it marked.
     CLAIM_OUTBOX = "EXEC dbo.claim_outbox @P1, @P2, @P3";
     MARK_PUBLISHED = "EXEC dbo.mark_published @P1, @P2";
     RECORD_FAILURE = "UPDATE dbo.outbox SET attempts = attempts + 1, last_error = @P2, lease_owner = NULL, \
