@@ -70,12 +70,18 @@ pub(crate) struct Refusal {
 #[derive(Debug, Deserialize)]
 pub(crate) struct State {
     pub services: Vec<Service>,
-    pub outbox: Outbox,
-    pub parked: Vec<Parked>,
-    pub dead_letters: Vec<DeadLetter>,
-    pub reconciliation: Reconciliation,
     pub stale_after_seconds: u64,
     pub relays: Vec<Relay>,
+    #[serde(flatten)]
+    pub stored: Stored,
+}
+
+/// What `/ops/state` read from the database, or why it could not.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Stored {
+    Read { outbox: Outbox, parked: Vec<Parked>, dead_letters: Vec<DeadLetter>, reconciliation: Reconciliation },
+    Unreachable { database_error: String },
 }
 
 /// A service's readiness, in words.

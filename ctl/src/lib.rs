@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::answers::{Groups, Purged, RelayAction, Replayed, Requeued, Retried, State};
+use crate::answers::{Groups, Purged, RelayAction, Replayed, Requeued, Retried, State, Stored};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -134,6 +134,11 @@ impl From<Exit> for ExitCode {
 /// Why a run stopped early: what to print and the exit code.
 struct Failed(Exit, String);
 
+/// The producer answered, but the database behind it cannot be reached.
+fn database_down(cause: &str) -> Failed {
+    Failed(Exit::Unreachable, format!("the producer cannot reach its database: {}", render::clean(cause)))
+}
+
 /// Parses the arguments, runs the command and prints its outcome; the exit code says how it went.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -151,16 +156,23 @@ async fn run(cli: &Cli) -> Result<(), Failed> {
     let (json, text) = match &cli.command {
         Command::Status => {
             let (raw, state) = ops.get::<State>("/ops/state").await?;
+            if let Stored::Unreachable { database_error } = &state.stored {
+                // The services' readiness still helps, so it is shown before the failure.
+                print!("{}", render::status(&state));
+                return Err(database_down(database_error));
+            }
             (raw, render::status(&state))
         }
-        Command::Parked => {
-            let (mut raw, state) = ops.get::<State>("/ops/state").await?;
-            (raw["parked"].take(), render::parked(&state.parked))
-        }
-        Command::DeadLetters => {
-            let (mut raw, state) = ops.get::<State>("/ops/state").await?;
-            (raw["dead_letters"].take(), render::dead_letters(&state.dead_letters))
-        }
+        Command::Parked => match ops.get::<State>("/ops/state").await? {
+            (mut raw, State { stored: Stored::Read { parked, .. }, .. }) => (raw["parked"].take(), render::parked(&parked)),
+            (_, State { stored: Stored::Unreachable { database_error }, .. }) => return Err(database_down(&database_error)),
+        },
+        Command::DeadLetters => match ops.get::<State>("/ops/state").await? {
+            (mut raw, State { stored: Stored::Read { dead_letters, .. }, .. }) => {
+                (raw["dead_letters"].take(), render::dead_letters(&dead_letters))
+            }
+            (_, State { stored: Stored::Unreachable { database_error }, .. }) => return Err(database_down(&database_error)),
+        },
         Command::Groups => {
             let (mut raw, groups) = ops.get::<Groups>("/ops/groups").await?;
             (raw["groups"].take(), render::groups(&groups.groups))

@@ -5,7 +5,7 @@
 //! the cursor or recolour an operator's terminal.
 
 use crate::answers::{
-    DeadLetter, Group, Parked, Purged, RelayAction, Replayed, Requeued, Retried, RetriedOrder, State,
+    DeadLetter, Group, Parked, Purged, RelayAction, Replayed, Requeued, Retried, RetriedOrder, State, Stored,
 };
 
 /// Text as it is, its control characters escaped.
@@ -66,18 +66,22 @@ pub(crate) fn status(s: &State) -> String {
             vec![r.index.to_string(), clean(&r.url), id, paused]
         })
         .collect();
-    let (o, r) = (&s.outbox, &s.reconciliation);
-    format!(
-        "{}\noutbox: {} pending, oldest {:.1} s, {} parked\n\n{}\nreconciliation: {} pending without an outbox row, {} published and not processed after {} s\n",
-        table(&["SERVICE", "READY", "STATE"], services),
-        o.pending,
-        o.oldest_pending_seconds,
-        o.parked,
-        table(&["RELAY", "ADMIN PORT", "ID", "PAUSED"], relays),
-        r.pending_without_outbox,
-        r.published_not_processed,
-        s.stale_after_seconds,
-    )
+    let services = table(&["SERVICE", "READY", "STATE"], services);
+    let relays = table(&["RELAY", "ADMIN PORT", "ID", "PAUSED"], relays);
+    match &s.stored {
+        Stored::Read { outbox: o, reconciliation: r, .. } => format!(
+            "{services}\noutbox: {} pending, oldest {:.1} s, {} parked\n\n{relays}\nreconciliation: {} pending without an outbox row, {} published and not processed after {} s\n",
+            o.pending,
+            o.oldest_pending_seconds,
+            o.parked,
+            r.pending_without_outbox,
+            r.published_not_processed,
+            s.stale_after_seconds,
+        ),
+        Stored::Unreachable { database_error } => {
+            format!("{services}\ndatabase: cannot be reached ({})\n\n{relays}", clean(database_error))
+        }
+    }
 }
 
 /// `parked`.

@@ -149,3 +149,24 @@ async fn a_well_formed_answer_is_done() {
     assert_eq!(code, 0);
     assert!(out.contains("\"leases_released\": 2"), "the producer's JSON as it came: {out}");
 }
+
+#[tokio::test]
+async fn a_producer_that_cannot_reach_its_database_is_shown_and_exits_3() {
+    let base = ok(
+        "application/json",
+        br#"{"services": [{"name": "producer", "url": "(this process)", "ready": false,
+             "words": "database: database unavailable: connection refused, 4 s"}],
+             "stale_after_seconds": 60, "relays": [], "actions_enabled": true,
+             "database_error": "database unavailable: connection refused"}"#,
+    )
+    .await;
+    let (code, out, err) = ctl(&base, &["status"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(out.contains("NOT READY") && out.contains("database: cannot be reached"), "the services still shown: {out}");
+    assert!(err.contains("cannot reach its database: database unavailable: connection refused"), "{err}");
+    for args in [&["parked"][..], &["dead-letters"]] {
+        let (code, out, err) = ctl(&base, args).await;
+        assert_eq!((code, out.as_str()), (3, ""), "{args:?}: {err}");
+        assert!(err.contains("cannot reach its database"), "{args:?}: {err}");
+    }
+}

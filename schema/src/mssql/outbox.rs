@@ -46,11 +46,8 @@ impl OutboxStore for MssqlStore {
             return Ok(0);
         }
         let ids: Vec<String> = ids.iter().map(|id| id.0.to_string()).collect();
-        self.with_conn(async |c| {
-            let rows = rows(c, MARK_PUBLISHED, &[&ids.join(","), &count_slot()]).await?;
-            Ok(rows.iter().filter(|row| row.get::<NaiveDateTime, _>(0).is_none()).count() as u64)
-        })
-        .await
+        self.with_conn(async |c| Ok(count(&rows(c, MARK_PUBLISHED, &[&ids.join(","), &count_slot()]).await?) as u64))
+            .await
     }
 
     async fn record_failure(&self, failure: &FailedAttempt<'_>) -> Result<FailureOutcome, StoreError> {
