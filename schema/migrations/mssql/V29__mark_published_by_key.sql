@@ -8,7 +8,8 @@
 --   (another relay confirmed it first) keeps its time and lease by the SET's
 --   own test.
 -- - The rows it marked are those that now carry its @now, found by the index
---   on published_at; only their orders move on (guarded by `pending`), in
+--   on published_at (counted with their range: MIN and MAX alone let the
+--   TDS engine walk the order_id index for the first row of @now); only their orders move on (guarded by `pending`), in
 --   the range of their ids as V13 explains, and the counters move in the
 --   same transaction. A row another relay marked in the same millisecond
 --   shares @now: its order still moves once (the second call finds it
@@ -19,7 +20,7 @@ AS
 BEGIN
     SET NOCOUNT ON;
     SET XACT_ABORT ON;
-    DECLARE @marked BIGINT, @advanced BIGINT, @lo BIGINT, @hi BIGINT;
+    DECLARE @marked BIGINT, @now_rows BIGINT, @advanced BIGINT, @lo BIGINT, @hi BIGINT;
     BEGIN TRY
         BEGIN TRANSACTION;
         DECLARE @now DATETIME2(3) = SYSUTCDATETIME();
@@ -31,12 +32,16 @@ BEGIN
             lease_until = CASE WHEN dbo.outbox.published_at IS NULL THEN NULL ELSE dbo.outbox.lease_until END,
             dead_at = CASE WHEN dbo.outbox.published_at IS NULL THEN NULL ELSE dbo.outbox.dead_at END
         WHERE dbo.outbox.outbox_id IN (SELECT CAST(s.value AS UNIQUEIDENTIFIER) FROM STRING_SPLIT(@ids, N',') AS s);
-        SELECT @lo = MIN(x.order_id), @hi = MAX(x.order_id)
+        SELECT @now_rows = COUNT_BIG(*), @lo = MIN(x.order_id), @hi = MAX(x.order_id)
         FROM dbo.outbox x WHERE x.published_at = @now;
-        UPDATE dbo.orders SET status = N'published'
-        WHERE order_id BETWEEN @lo AND @hi AND status = N'pending'
-          AND EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = dbo.orders.order_id AND x.published_at = @now);
-        SET @advanced = @@ROWCOUNT;
+        SET @advanced = 0;
+        IF @now_rows > 0
+        BEGIN
+            UPDATE dbo.orders SET status = N'published'
+            WHERE order_id BETWEEN @lo AND @hi AND status = N'pending'
+              AND EXISTS (SELECT 1 FROM dbo.outbox x WHERE x.order_id = dbo.orders.order_id AND x.published_at = @now);
+            SET @advanced = @@ROWCOUNT;
+        END;
         UPDATE dbo.order_counts SET n = n + CASE WHEN status = N'pending' THEN -@advanced ELSE @advanced END
         WHERE status IN (N'pending', N'published') AND slot = @slot AND @advanced > 0;
         COMMIT TRANSACTION;
