@@ -164,14 +164,20 @@ async fn run(cli: &Cli) -> Result<(), Failed> {
             (raw, render::status(&state))
         }
         Command::Parked => match ops.get::<State>("/ops/state").await? {
-            (mut raw, State { stored: Stored::Read { parked, .. }, .. }) => (raw["parked"].take(), render::parked(&parked)),
-            (_, State { stored: Stored::Unreachable { database_error }, .. }) => return Err(database_down(&database_error)),
+            (mut raw, State { stored: Stored::Read { parked, .. }, .. }) => {
+                (raw["parked"].take(), render::parked(&parked))
+            }
+            (_, State { stored: Stored::Unreachable { database_error }, .. }) => {
+                return Err(database_down(&database_error));
+            }
         },
         Command::DeadLetters => match ops.get::<State>("/ops/state").await? {
             (mut raw, State { stored: Stored::Read { dead_letters, .. }, .. }) => {
                 (raw["dead_letters"].take(), render::dead_letters(&dead_letters))
             }
-            (_, State { stored: Stored::Unreachable { database_error }, .. }) => return Err(database_down(&database_error)),
+            (_, State { stored: Stored::Unreachable { database_error }, .. }) => {
+                return Err(database_down(&database_error));
+            }
         },
         Command::Groups => {
             let (mut raw, groups) = ops.get::<Groups>("/ops/groups").await?;

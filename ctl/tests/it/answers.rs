@@ -162,7 +162,10 @@ async fn a_producer_that_cannot_reach_its_database_is_shown_and_exits_3() {
     .await;
     let (code, out, err) = ctl(&base, &["status"]).await;
     assert_eq!(code, 3, "{err}");
-    assert!(out.contains("NOT READY") && out.contains("database: cannot be reached"), "the services still shown: {out}");
+    assert!(
+        out.contains("NOT READY") && out.contains("database: cannot be reached"),
+        "the services still shown: {out}"
+    );
     assert!(err.contains("cannot reach its database: database unavailable: connection refused"), "{err}");
     for args in [&["parked"][..], &["dead-letters"]] {
         let (code, out, err) = ctl(&base, args).await;
