@@ -25,7 +25,8 @@ Exit codes:
   2  usage: bad arguments, or a value the producer calls malformed (400)
   3  unreachable: no answer from the producer, an answer that is not the producer's
      (not its JSON, cut short, over 4 MiB: an action's outcome is then unknown),
-     or it failed (5xx)";
+     or it failed (5xx), or it cannot reach its database (status still prints
+     what it could read)";
 
 /// Reads and drives a running orderflow pipeline through its producer's ops routes.
 #[derive(Debug, Parser)]
@@ -134,6 +135,14 @@ impl From<Exit> for ExitCode {
 /// Why a run stopped early: what to print and the exit code.
 struct Failed(Exit, String);
 
+/// Prints what came: the producer's JSON with `--json`, else the text.
+fn print_outcome(cli: &Cli, json: &Value, text: &str) {
+    match cli.json {
+        true => println!("{}", serde_json::to_string_pretty(json).unwrap_or_default()),
+        false => print!("{text}"),
+    }
+}
+
 /// The producer answered, but the database behind it cannot be reached.
 fn database_down(cause: &str) -> Failed {
     Failed(Exit::Unreachable, format!("the producer cannot reach its database: {}", render::clean(cause)))
@@ -158,7 +167,7 @@ async fn run(cli: &Cli) -> Result<(), Failed> {
             let (raw, state) = ops.get::<State>("/ops/state").await?;
             if let Stored::Unreachable { database_error } = &state.stored {
                 // The services' readiness still helps, so it is shown before the failure.
-                print!("{}", render::status(&state));
+                print_outcome(cli, &raw, &render::status(&state));
                 return Err(database_down(database_error));
             }
             (raw, render::status(&state))
@@ -209,10 +218,7 @@ async fn run(cli: &Cli) -> Result<(), Failed> {
             shown(answer, render::purged)
         }
     };
-    match cli.json {
-        true => println!("{}", serde_json::to_string_pretty(&json).unwrap_or_default()),
-        false => print!("{text}"),
-    }
+    print_outcome(cli, &json, &text);
     Ok(())
 }
 

@@ -167,6 +167,9 @@ async fn a_producer_that_cannot_reach_its_database_is_shown_and_exits_3() {
         "the services still shown: {out}"
     );
     assert!(err.contains("cannot reach its database: database unavailable: connection refused"), "{err}");
+    let (code, out, _) = ctl(&base, &["status", "--json"]).await;
+    assert_eq!(code, 3);
+    assert!(out.contains("\"database_error\""), "--json prints the producer's JSON: {out}");
     for args in [&["parked"][..], &["dead-letters"]] {
         let (code, out, err) = ctl(&base, args).await;
         assert_eq!((code, out.as_str()), (3, ""), "{args:?}: {err}");

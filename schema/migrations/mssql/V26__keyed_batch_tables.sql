@@ -1,6 +1,8 @@
 -- dbo.apply_batch (V22) reads its JSON parameter once, into dbo.batch_rows,
--- and every pass joins that table by key. Rows there and in dbo.batch_moves
--- (V20, keyed here anew) belong to one call: a NEWID() the call draws, not
+-- and every pass joins that table by key. The orders it moved wait in
+-- dbo.call_moves (V20's dbo.batch_moves keyed anew, under a new name so
+-- that V22's procedure works until V27 replaces it, and V30 drops the
+-- old table). Rows in both belong to one call: a NEWID() the call draws, not
 -- the session, so a lookup meets only its own call's rows (the TDS engine
 -- keeps a deleted row's index entry until its vacuum, and a session's key
 -- gathered thousands of them a minute). The procedure's statements and
@@ -36,13 +38,11 @@ CREATE TABLE dbo.batch_rows (
 
 CREATE INDEX ix_batch_rows_order ON dbo.batch_rows (call_id, o);
 
-DROP TABLE dbo.batch_moves;
-
-CREATE TABLE dbo.batch_moves (
+CREATE TABLE dbo.call_moves (
     call_id      UNIQUEIDENTIFIER NOT NULL,
     order_id     BIGINT           NOT NULL,
     moved_from   NVARCHAR(16)     NOT NULL,
     processed_at DATETIME2(3)     NOT NULL,
-    CONSTRAINT pk_batch_moves PRIMARY KEY (call_id, order_id)
+    CONSTRAINT pk_call_moves PRIMARY KEY (call_id, order_id)
 );
 

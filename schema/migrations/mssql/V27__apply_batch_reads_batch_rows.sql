@@ -37,39 +37,39 @@ BEGIN
         UPDATE dbo.orders SET status = N'processed', unit_price = b.u, total_price = b.t, failure_reason = NULL,
             processed_at = @now
         OUTPUT @call, inserted.order_id, N'published', inserted.processed_at
-        INTO dbo.batch_moves (call_id, order_id, moved_from, processed_at)
+        INTO dbo.call_moves (call_id, order_id, moved_from, processed_at)
         FROM dbo.batch_rows b
         WHERE b.call_id = @call AND dbo.orders.order_id = b.o AND dbo.orders.order_id BETWEEN @lo AND @hi
           AND b.k = N'p' AND b.counts = 1 AND dbo.orders.status = N'published';
         UPDATE dbo.orders SET status = N'processed', unit_price = b.u, total_price = b.t, failure_reason = NULL,
             processed_at = @now
         OUTPUT @call, inserted.order_id, N'pending', inserted.processed_at
-        INTO dbo.batch_moves (call_id, order_id, moved_from, processed_at)
+        INTO dbo.call_moves (call_id, order_id, moved_from, processed_at)
         FROM dbo.batch_rows b
         WHERE b.call_id = @call AND dbo.orders.order_id = b.o AND dbo.orders.order_id BETWEEN @lo AND @hi
           AND b.k = N'p' AND b.counts = 1 AND dbo.orders.status = N'pending';
         UPDATE dbo.orders SET status = N'processed', unit_price = b.u, total_price = b.t, failure_reason = NULL,
             processed_at = @now
         OUTPUT @call, inserted.order_id, N'published', inserted.processed_at
-        INTO dbo.batch_moves (call_id, order_id, moved_from, processed_at)
+        INTO dbo.call_moves (call_id, order_id, moved_from, processed_at)
         FROM dbo.batch_rows b
         WHERE b.call_id = @call AND dbo.orders.order_id = b.o AND dbo.orders.order_id BETWEEN @lo AND @hi
           AND b.k = N'p' AND b.counts = 1 AND dbo.orders.status = N'published';
         UPDATE dbo.orders SET status = N'failed', processed_at = @now, failure_reason = b.r
         OUTPUT @call, inserted.order_id, N'published', inserted.processed_at
-        INTO dbo.batch_moves (call_id, order_id, moved_from, processed_at)
+        INTO dbo.call_moves (call_id, order_id, moved_from, processed_at)
         FROM dbo.batch_rows b
         WHERE b.call_id = @call AND dbo.orders.order_id = b.o AND dbo.orders.order_id BETWEEN @lo AND @hi
           AND b.k IN (N'f', N'r') AND b.counts = 1 AND dbo.orders.status = N'published';
         UPDATE dbo.orders SET status = N'failed', processed_at = @now, failure_reason = b.r
         OUTPUT @call, inserted.order_id, N'pending', inserted.processed_at
-        INTO dbo.batch_moves (call_id, order_id, moved_from, processed_at)
+        INTO dbo.call_moves (call_id, order_id, moved_from, processed_at)
         FROM dbo.batch_rows b
         WHERE b.call_id = @call AND dbo.orders.order_id = b.o AND dbo.orders.order_id BETWEEN @lo AND @hi
           AND b.k IN (N'f', N'r') AND b.counts = 1 AND dbo.orders.status = N'pending';
         UPDATE dbo.orders SET status = N'failed', processed_at = @now, failure_reason = b.r
         OUTPUT @call, inserted.order_id, N'published', inserted.processed_at
-        INTO dbo.batch_moves (call_id, order_id, moved_from, processed_at)
+        INTO dbo.call_moves (call_id, order_id, moved_from, processed_at)
         FROM dbo.batch_rows b
         WHERE b.call_id = @call AND dbo.orders.order_id = b.o AND dbo.orders.order_id BETWEEN @lo AND @hi
           AND b.k IN (N'f', N'r') AND b.counts = 1 AND dbo.orders.status = N'published';
@@ -84,13 +84,13 @@ BEGIN
         FROM dbo.batch_rows b
         WHERE b.call_id = @call
           AND (b.k = N'd' OR (b.k = N'r' AND b.counts = 1)
-               OR (b.k = N'f' AND EXISTS (SELECT 1 FROM dbo.batch_moves m
+               OR (b.k = N'f' AND EXISTS (SELECT 1 FROM dbo.call_moves m
                                           WHERE m.call_id = @call AND m.order_id = b.o)))
           AND NOT EXISTS (SELECT 1 FROM dbo.dead_letters d WITH (UPDLOCK, HOLDLOCK) WHERE d.dead_letter_id = b.l)
         ORDER BY b.n;
         SELECT b.n, b.counts, m.moved_from, m.processed_at
         FROM dbo.batch_rows b
-        LEFT JOIN dbo.batch_moves m ON m.call_id = @call AND m.order_id = b.o AND b.k <> N'd'
+        LEFT JOIN dbo.call_moves m ON m.call_id = @call AND m.order_id = b.o AND b.k <> N'd'
         WHERE b.call_id = @call
         ORDER BY b.n;
         INSERT INTO dbo.inbox (outbox_id, order_id)
@@ -103,14 +103,14 @@ BEGIN
             @from_published = COUNT_BIG(CASE WHEN m.moved_from = N'published' THEN 1 END),
             @processed = COUNT_BIG(CASE WHEN o.status = N'processed' THEN 1 END),
             @failed = COUNT_BIG(CASE WHEN o.status = N'failed' THEN 1 END)
-        FROM dbo.batch_moves m JOIN dbo.orders o ON o.order_id = m.order_id AND o.order_id BETWEEN @lo AND @hi
+        FROM dbo.call_moves m JOIN dbo.orders o ON o.order_id = m.order_id AND o.order_id BETWEEN @lo AND @hi
         WHERE m.call_id = @call;
         IF @from_pending + @from_published > 0
             UPDATE dbo.order_counts SET n = n + CASE status WHEN N'pending' THEN -@from_pending
                 WHEN N'published' THEN -@from_published WHEN N'processed' THEN @processed
                 WHEN N'failed' THEN @failed ELSE 0 END
             WHERE slot = @slot;
-        DELETE FROM dbo.batch_moves WHERE call_id = @call;
+        DELETE FROM dbo.call_moves WHERE call_id = @call;
         DELETE FROM dbo.batch_rows WHERE call_id = @call;
         COMMIT TRANSACTION;
     END TRY

@@ -1,41 +1,41 @@
--- dbo.mark_published (V25) with every statement driven by the ids, never
--- by a guess at how many rows are unpublished (V26 says why such guesses
--- fail on a queue table; the guessed plan read the list once per row).
--- - It counts what it will mark first: each id looked up by its key, under
---   an update lock, in a subquery per id (the TDS engine runs `OUTPUT
---   deleted` as a scan of the whole table). The relay sends each id once.
+-- dbo.mark_published (V25) with every statement driven by its own ids, never
+-- by a guess at how many rows are unpublished (V26 says why such guesses fail
+-- on a queue table; the guessed plan read the list once per row).
+-- - It first looks each id up by its key (CROSS APPLY, one seek per id, under
+--   an update lock): how many rows it will mark and the range of their
+--   orders. The `TOP (1)` (the key is unique) keeps the TDS engine from
+--   flattening the APPLY into a join it would plan on a guess. (The TDS engine runs `OUTPUT deleted` as a scan of the whole
+--   table, and counts every row a key-only update touched.) The relay sends
+--   each id once.
 -- - The update is filtered by the key alone: a row already published
 --   (another relay confirmed it first) keeps its time and lease by the SET's
 --   own test.
--- - The rows it marked are those that now carry its @now, found by the index
---   on published_at (counted with their range: MIN and MAX alone let the
---   TDS engine walk the order_id index for the first row of @now); only their orders move on (guarded by `pending`), in
---   the range of their ids as V13 explains, and the counters move in the
---   same transaction. A row another relay marked in the same millisecond
---   shares @now: its order still moves once (the second call finds it
---   published), and each call counts only what it moved.
+-- - Only the orders of the rows it marked move on: in their range, as V13
+--   explains, guarded by `pending`, each found with its outbox row by the
+--   order's key and this call's @now. A row another relay marked in the same
+--   millisecond shares @now: if its order lies in this range it moves once
+--   all the same (the later call finds it published), and each call counts
+--   only what it moved. The counters move in the same transaction.
 -- Answers how many rows it marked.
 ALTER PROCEDURE dbo.mark_published (@ids NVARCHAR(MAX), @slot INT)
 AS
 BEGIN
     SET NOCOUNT ON;
     SET XACT_ABORT ON;
-    DECLARE @marked BIGINT, @now_rows BIGINT, @advanced BIGINT, @lo BIGINT, @hi BIGINT;
+    DECLARE @marked BIGINT, @advanced BIGINT = 0, @lo BIGINT, @hi BIGINT;
     BEGIN TRY
         BEGIN TRANSACTION;
         DECLARE @now DATETIME2(3) = SYSUTCDATETIME();
-        SELECT @marked = COUNT_BIG(*) FROM STRING_SPLIT(@ids, N',') AS s
-        WHERE (SELECT COUNT_BIG(*) FROM dbo.outbox x WITH (UPDLOCK)
-               WHERE x.outbox_id = CAST(s.value AS UNIQUEIDENTIFIER) AND x.published_at IS NULL) > 0;
+        SELECT @marked = COUNT_BIG(x.order_id), @lo = MIN(x.order_id), @hi = MAX(x.order_id)
+        FROM STRING_SPLIT(@ids, N',') AS s
+        CROSS APPLY (SELECT TOP (1) o.order_id FROM dbo.outbox o WITH (UPDLOCK)
+                     WHERE o.outbox_id = CAST(s.value AS UNIQUEIDENTIFIER) AND o.published_at IS NULL) AS x;
         UPDATE dbo.outbox SET published_at = COALESCE(dbo.outbox.published_at, @now),
             lease_owner = CASE WHEN dbo.outbox.published_at IS NULL THEN NULL ELSE dbo.outbox.lease_owner END,
             lease_until = CASE WHEN dbo.outbox.published_at IS NULL THEN NULL ELSE dbo.outbox.lease_until END,
             dead_at = CASE WHEN dbo.outbox.published_at IS NULL THEN NULL ELSE dbo.outbox.dead_at END
         WHERE dbo.outbox.outbox_id IN (SELECT CAST(s.value AS UNIQUEIDENTIFIER) FROM STRING_SPLIT(@ids, N',') AS s);
-        SELECT @now_rows = COUNT_BIG(*), @lo = MIN(x.order_id), @hi = MAX(x.order_id)
-        FROM dbo.outbox x WHERE x.published_at = @now;
-        SET @advanced = 0;
-        IF @now_rows > 0
+        IF @marked > 0
         BEGIN
             UPDATE dbo.orders SET status = N'published'
             WHERE order_id BETWEEN @lo AND @hi AND status = N'pending'
